@@ -1,0 +1,45 @@
+"""Kafka administration: create the catalogue's topics before anything produces to them.
+
+Creating topics explicitly (instead of relying on broker auto-creation) gives them the
+partition count and replication factor from settings, and ``min.insync.replicas`` that
+makes ``acks=all`` meaningful when the replication factor is above one.
+"""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from cohortstream.errors import CohortStreamError
+from cohortstream.settings import Settings
+from cohortstream.topics import TOPICS
+
+__all__ = ["ensure_topics"]
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every catalogue topic that does not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-admin"
+    )
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        min_isr = str(min(2, settings.topic_replication_factor))
+        wanted = [
+            NewTopic(
+                name=spec.full_name(settings),
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication_factor,
+                topic_configs={"min.insync.replicas": min_isr},
+            )
+            for spec in TOPICS
+            if spec.full_name(settings) not in existing
+        ]
+        if wanted:
+            await admin.create_topics(wanted)
+        return [topic.name for topic in wanted]
+    except KafkaError as exc:
+        raise CohortStreamError(f"cannot create topics on {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await admin.close()

@@ -1,0 +1,142 @@
+"""The ``cohortstream`` command line.
+
+``main(argv=None)`` parses, builds the one Settings object and hands it to the chosen
+command; tests call ``main([...])`` directly. Subcommands that need services import them
+lazily so ``cohortstream --help`` stays fast and works without a stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cohortstream import __version__
+from cohortstream.errors import CohortStreamError
+from cohortstream.settings import Settings, env_var_name, settings_markdown_table, unknown_env_vars
+
+__all__ = ["main"]
+
+log = logging.getLogger("cohortstream.cli")
+
+
+def _cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(settings_markdown_table())
+    else:
+        # SecretStr fields print as '**********': never echo credentials.
+        print(json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.schemas import default_registry
+
+    for schema in default_registry():
+        print(f"{schema.name}\tv{schema.version}\t{schema.fingerprint_bytes.hex()}\t{schema.source}")
+    return 0
+
+
+def _cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.topics import TOPICS
+
+    if args.action == "list":
+        for spec in TOPICS:
+            print(f"{spec.full_name(settings)}\t{spec.event.avro_name}\tkey={spec.key}")
+        return 0
+    from cohortstream.admin import ensure_topics
+
+    created = asyncio.run(ensure_topics(settings))
+    for name in created:
+        print(f"created {name}")
+    print(f"{len(TOPICS)} topics present ({len(created)} created)")
+    return 0
+
+
+def _cmd_events_decode(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.codec import EventCodec
+
+    data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    event = EventCodec().decode_event(data)
+    print(json.dumps({"schema": event.avro_name, "event": event.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cohortstream",
+        description="Bring a research cohort's DICOM, REDCap and EHR data together as one stream of events.",
+    )
+    parser.add_argument("--version", action="version", version=f"cohortstream {__version__}")
+    parser.add_argument(
+        "--env-file",
+        default=os.environ.get("COHORTSTREAM_ENV_FILE"),
+        help="read settings from this env file too (default: $COHORTSTREAM_ENV_FILE); "
+        "the environment wins over the file",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("settings", help="show the effective settings (secrets masked)")
+    p.add_argument("--markdown", action="store_true", help="print the README settings table instead")
+    p.set_defaults(func=_cmd_settings)
+
+    p = commands.add_parser("schemas", help="list the Avro event schemas with versions and fingerprints")
+    p.set_defaults(func=_cmd_schemas)
+
+    p = commands.add_parser("topics", help="list the topic catalogue, or create missing topics")
+    p.add_argument("action", choices=["list", "create"])
+    p.set_defaults(func=_cmd_topics)
+
+    p = commands.add_parser("events", help="work with encoded events")
+    events = p.add_subparsers(dest="events_command", metavar="ACTION", required=True)
+    d = events.add_parser("decode", help="decode one single-object-encoded message value to JSON")
+    d.add_argument("file", help="file holding the message value, or - for standard input")
+    d.set_defaults(func=_cmd_events_decode)
+
+    p = commands.add_parser("worker", help="run the faust stream worker with every agent")
+    p.set_defaults(func=_cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cohortstream`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.load(args.env_file)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{env_var_name(str(e['loc'][0])) if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"cohortstream: invalid settings: {problems}", file=sys.stderr)
+        return 2
+    except CohortStreamError as exc:
+        print(f"cohortstream: {exc}", file=sys.stderr)
+        return 2
+    from cohortstream.logs import configure_logging
+
+    configure_logging(settings)
+    for name in unknown_env_vars():
+        log.warning("ignoring unknown setting variable (typo?)", extra={"variable": name})
+    try:
+        return int(args.func(settings, args))
+    except CohortStreamError as exc:
+        print(f"cohortstream: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Publish typed events to Kafka and return only once the broker has them durably.
+
+Design decision 3 (success only after durability) rests here: the producer uses
+``acks=all`` and idempotence, and :meth:`EventPublisher.publish` awaits the broker's
+acknowledgement, so an edge (C-STORE listener, webhook) may answer success as soon as
+``publish`` returns and must answer failure if it raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Self
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
+
+from cohortstream.codec import EventCodec
+from cohortstream.errors import CohortStreamError
+from cohortstream.events import Event
+from cohortstream.settings import Settings
+from cohortstream.topics import topic_for_event
+
+__all__ = ["EventPublisher", "PublishError"]
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(CohortStreamError):
+    """The broker did not acknowledge an event; the caller must report failure upstream."""
+
+
+class EventPublisher:
+    """An idempotent ``acks=all`` Kafka producer of single-object-encoded events."""
+
+    def __init__(self, settings: Settings, codec: EventCodec | None = None) -> None:
+        self._settings = settings
+        self._codec = codec or EventCodec()
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect to the broker (kept out of ``__init__`` so construction never does I/O)."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            client_id=self._settings.kafka_client_id,
+            acks="all",
+            enable_idempotence=True,
+            request_timeout_ms=int(self._settings.kafka_request_timeout_s * 1000),
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise PublishError(f"cannot connect to Kafka at {self._settings.kafka_bootstrap}: {exc}") from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush pending messages and disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def publish(self, event: Event, key: str, topic: str | None = None) -> RecordMetadata:
+        """Send ``event`` keyed by ``key`` and wait until the broker acknowledged it.
+
+        ``topic`` defaults to the catalogue's topic for the event type.
+        """
+        if self._producer is None:
+            raise PublishError("publisher is not started")
+        topic = topic or topic_for_event(type(event)).full_name(self._settings)
+        value = self._codec.encode_event(event)
+        try:
+            metadata = await self._producer.send_and_wait(topic, value=value, key=key.encode("utf-8"))
+        except KafkaError as exc:
+            raise PublishError(f"Kafka did not acknowledge {type(event).__name__} on {topic}: {exc}") from exc
+        log.debug(
+            "event published",
+            extra={"event_type": type(event).__name__, "topic": topic,
+                   "partition": metadata.partition, "offset": metadata.offset},
+        )
+        return metadata

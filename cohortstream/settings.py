@@ -1,0 +1,185 @@
+"""One typed, frozen settings object for every cohortstream process.
+
+Built once at the edge (``cohortstream.cli.main`` or a test fixture) and passed down;
+nothing reads the environment anywhere else. Every field can be set with the
+environment variable ``COHORTSTREAM_<FIELD NAME IN CAPITALS>`` or from an env file
+(the local stack writes ``.stack/stack.env``). The README's settings table is generated
+from this class (``cohortstream settings --markdown``) and a test keeps them equal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "Settings", "env_var_name", "unknown_env_vars", "settings_markdown_table"]
+
+ENV_PREFIX = "COHORTSTREAM_"
+
+
+class Settings(BaseSettings):
+    """Everything a cohortstream process needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        extra="forbid",
+        env_file_encoding="utf-8",
+    )
+
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka bootstrap servers, comma-separated host:port.",
+    )
+    kafka_client_id: str = Field(
+        "cohortstream", description="Client id sent to Kafka; shows up in broker logs and quotas."
+    )
+    topic_prefix: str = Field(
+        "cohortstream.",
+        description="Prefix of every topic name, so several deployments can share a cluster.",
+    )
+    topic_partitions: int = Field(
+        3, ge=1, description="Partitions of topics created by `cohortstream topics create`."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of created topics (3 in production)."
+    )
+    kafka_request_timeout_s: float = Field(
+        30.0, gt=0, description="How long a producer waits for the broker's acknowledgement."
+    )
+
+    # --- Stream processing (faust) -------------------------------------------------------
+    app_id: str = Field(
+        "cohortstream",
+        description="Faust application id: the consumer group and the prefix of table changelog topics.",
+    )
+    data_dir: Path = Field(
+        Path(".stack/app"), description="Directory for the worker's local state (table stores)."
+    )
+    table_store: str = Field(
+        "memory://",
+        description="Faust table store URL; tables are rebuilt from their changelog topics on start.",
+    )
+
+    # --- MongoDB API (FerretDB locally, MongoDB in deployment) -------------------------
+    mongo_url: SecretStr = Field(
+        SecretStr("mongodb://127.0.0.1:27017/"),
+        description="MongoDB connection string (may hold credentials, so it is kept secret).",
+    )
+    mongo_database: str = Field("cohortstream", description="Database holding the views.")
+
+    # --- Orthanc -----------------------------------------------------------------------
+    orthanc_url: str = Field(
+        "http://127.0.0.1:8042", description="Orthanc REST API base URL (DICOMweb under /dicom-web/)."
+    )
+    orthanc_username: str = Field("cohortstream", description="Orthanc HTTP user.")
+    orthanc_password: SecretStr = Field(
+        SecretStr(""), description="Orthanc HTTP password (the local stack generates one)."
+    )
+    orthanc_aet: str = Field("ORTHANC", max_length=16, description="Orthanc's DICOM AE title.")
+    orthanc_dicom_port: int = Field(4242, ge=1, le=65535, description="Orthanc's DICOM port.")
+    orthanc_timeout_s: float = Field(60.0, gt=0, description="Timeout of one Orthanc HTTP request.")
+
+    # --- Logging -----------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Minimum level of log records."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="`json`: one JSON object per line (for collectors); `console`: for people."
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        servers = [s.strip() for s in value.split(",") if s.strip()]
+        if not servers:
+            raise ValueError("kafka_bootstrap is empty; expected host:port[,host:port]")
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"kafka_bootstrap entry {server!r} is not host:port")
+        return ",".join(servers)
+
+    @field_validator("orthanc_url")
+    @classmethod
+    def _orthanc_url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"orthanc_url {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def kafka_bootstrap_servers(self) -> list[str]:
+        """The bootstrap servers as a list, the form aiokafka and faust take."""
+        return self.kafka_bootstrap.split(",")
+
+    def topic(self, name: str) -> str:
+        """Full topic name for a logical topic name such as ``dicom.instance-received``."""
+        return f"{self.topic_prefix}{name}"
+
+    @classmethod
+    def load(cls, env_file: Path | str | None = None, **overrides: Any) -> Settings:
+        """Build settings from the environment, an optional env file, then explicit overrides.
+
+        A missing env file is an error rather than silently ignored: a typo in the path
+        would otherwise connect to the wrong services.
+        """
+        if env_file is not None and not Path(env_file).is_file():
+            from cohortstream.errors import ConfigurationError
+
+            raise ConfigurationError(f"env file {env_file} does not exist")
+        return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+
+
+def env_var_name(field_name: str) -> str:
+    """The environment variable that sets ``field_name``."""
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+#: Variables with our prefix that configure tools around the settings, not the settings.
+_NON_SETTINGS_VARS = frozenset({"COHORTSTREAM_ENV_FILE"})
+
+
+def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Variables that carry our prefix but match no setting: almost always a typo."""
+    environ = os.environ if environ is None else environ
+    known = {env_var_name(name) for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in environ
+        if key.startswith(ENV_PREFIX)
+        and key not in known
+        and key not in _NON_SETTINGS_VARS
+        and not key.startswith(f"{ENV_PREFIX}STACK_")  # read by deploy/stack.sh only
+    )
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        # Defaults live in the code, so none of them is a real secret worth hiding.
+        value = value.get_secret_value()
+        if not value:
+            return "(empty)"
+    if isinstance(value, Path):
+        return f"`{value.as_posix()}`"
+    return f"`{value}`"
+
+
+def settings_markdown_table() -> str:
+    """The README's settings table, generated from :class:`Settings` so the docs cannot drift."""
+    rows = ["| environment variable | type | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        type_name = getattr(annotation, "__name__", None) or str(annotation)
+        if type_name == "Literal":
+            type_name = " \\| ".join(f"`{a}`" for a in annotation.__args__)  # type: ignore[union-attr]
+        rows.append(
+            f"| `{env_var_name(name)}` | {type_name} | {_default_text(field.default)} "
+            f"| {field.description or ''} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,58 @@
+"""The topic catalogue: which event travels on which topic, and what keys it.
+
+Producers (which do not run faust) and the faust app both take topic names from here, so
+a topic is named once. Names get ``Settings.topic_prefix`` in front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cohortstream.events import (
+    AnnotationRequested,
+    AnnotationReviewed,
+    AnnotationSuggested,
+    DeadLetter,
+    DicomInstanceReceived,
+    DicomSeriesCompleted,
+    EhrRecord,
+    Event,
+    RedcapRecordChanged,
+)
+from cohortstream.settings import Settings
+
+__all__ = ["TOPICS", "TopicSpec", "topic_for_event"]
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One topic: its logical name, the event it carries and what the key is."""
+
+    name: str
+    event: type[Event]
+    key: str
+    """Natural identifier used as the message key (keeps one entity's events in order)."""
+
+    def full_name(self, settings: Settings) -> str:
+        """The topic name on the broker."""
+        return settings.topic(self.name)
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("dicom.instance-received", DicomInstanceReceived, "series_instance_uid"),
+    TopicSpec("dicom.series-completed", DicomSeriesCompleted, "series_instance_uid"),
+    TopicSpec("redcap.record-changed", RedcapRecordChanged, "project_id/record_id"),
+    TopicSpec("ehr.record", EhrRecord, "source/subject_id"),
+    TopicSpec("annotation.requested", AnnotationRequested, "series_instance_uid"),
+    TopicSpec("annotation.suggested", AnnotationSuggested, "series_instance_uid"),
+    TopicSpec("annotation.reviewed", AnnotationReviewed, "series_instance_uid"),
+    TopicSpec("dead-letter", DeadLetter, "original key"),
+)
+
+
+def topic_for_event(event_type: type[Event]) -> TopicSpec:
+    """The topic that carries ``event_type``."""
+    for spec in TOPICS:
+        if spec.event is event_type:
+            return spec
+    raise KeyError(f"no topic carries {event_type.__name__}")

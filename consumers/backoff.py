@@ -1,0 +1,49 @@
+"""Retry a sink operation through transient outages, as backpressure.
+
+An agent awaiting :func:`retry_transient` holds its message: the offset is not committed
+and the partition waits, which is what we want while MongoDB or Orthanc is down. Errors
+that retrying cannot fix (bad data) propagate at once so the caller can dead-letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+__all__ = ["retry_transient"]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+async def retry_transient(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    transient: tuple[type[BaseException], ...],
+    first_delay_s: float = 0.5,
+    max_delay_s: float = 30.0,
+    max_attempts: int | None = None,
+) -> T:
+    """Run ``operation`` until it succeeds, waiting longer after each transient failure.
+
+    ``max_attempts=None`` retries without end (backpressure); a number re-raises the
+    last transient error after that many attempts.
+    """
+    delay = first_delay_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await operation()
+        except transient as exc:
+            if max_attempts is not None and attempt >= max_attempts:
+                raise
+            log.warning(
+                "transient failure, will retry",
+                extra={"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)

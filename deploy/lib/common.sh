@@ -1,0 +1,174 @@
+# shellcheck shell=bash
+# Shared helpers for deploy/stack.sh: configuration, logging, process
+# management and port probing.  Sourced, never executed.
+
+# ---------------------------------------------------------------------------
+# Configuration (env vars with defaults; see deploy/README.md)
+# ---------------------------------------------------------------------------
+STATE_DIR="${COHORTSTREAM_STACK_DIR:-$REPO_ROOT/.stack}"
+CACHE_DIR="${COHORTSTREAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cohortstream}"
+KAFKA_PORT="${COHORTSTREAM_STACK_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${COHORTSTREAM_STACK_KAFKA_CONTROLLER_PORT:-9093}"
+KAFKA_HEAP="${COHORTSTREAM_STACK_KAFKA_HEAP:-512m}"
+MONGO_PORT="${COHORTSTREAM_STACK_MONGO_PORT:-27017}"
+ORTHANC_HTTP_PORT="${COHORTSTREAM_STACK_ORTHANC_HTTP_PORT:-8042}"
+ORTHANC_DICOM_PORT="${COHORTSTREAM_STACK_ORTHANC_DICOM_PORT:-4242}"
+ORTHANC_AET="${COHORTSTREAM_STACK_ORTHANC_AET:-ORTHANC}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc}"
+
+# Bounded waits (seconds).
+HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
+HEALTH_TIMEOUT_FERRETDB="${COHORTSTREAM_STACK_FERRETDB_TIMEOUT:-30}"
+HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
+STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
+
+ALL_SERVICES="kafka ferretdb orthanc"
+
+# The state dir is embedded in every service's command line; down/status use
+# it to make sure a pid from a pid file still belongs to *this* stack before
+# signalling it (pids are recycled).  Make it absolute so the match is exact.
+mkdir -p "$STATE_DIR"
+STATE_DIR="$(cd "$STATE_DIR" && pwd -P)"
+
+# ---------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------
+log()  { printf 'stack: %s\n' "$*" >&2; }
+die()  { printf 'stack: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Per-service paths
+# ---------------------------------------------------------------------------
+svc_dir()  { printf '%s/%s' "$STATE_DIR" "$1"; }
+svc_log()  { printf '%s/%s/service.log' "$STATE_DIR" "$1"; }
+svc_pidf() { printf '%s/%s/service.pid' "$STATE_DIR" "$1"; }
+
+validate_services() {
+  local s
+  for s in $SERVICES; do
+    case " $ALL_SERVICES " in
+      *" $s "*) ;;
+      *) die "unknown service '$s' in COHORTSTREAM_STACK_SERVICES (known: $ALL_SERVICES)" ;;
+    esac
+  done
+}
+
+# ---------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------
+
+# pid_belongs_to_stack PID -> true if PID is alive and its command line
+# mentions our state dir (i.e. it is the process we started, not a recycled pid).
+pid_belongs_to_stack() {
+  local pid="$1" cmdline
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/cmdline" ]] || return 1
+  cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmdline" == *"$STATE_DIR/"* ]]
+}
+
+# svc_pid SERVICE -> prints the recorded pid if it is alive and ours.
+svc_pid() {
+  local pidf pid
+  pidf="$(svc_pidf "$1")"
+  [[ -f "$pidf" ]] || return 1
+  pid="$(<"$pidf")"
+  pid_belongs_to_stack "$pid" || return 1
+  printf '%s' "$pid"
+}
+
+# spawn SERVICE CMD... : start CMD detached from this shell (own session, so
+# it survives the terminal / CI step that ran `up`), stdout+stderr appended
+# to the service log, and record its pid.
+spawn() {
+  local svc="$1"; shift
+  local logf pidf pid
+  logf="$(svc_log "$svc")"
+  pidf="$(svc_pidf "$svc")"
+  printf '\n===== %s: starting %s =====\n' "$(date -u +%FT%TZ)" "$svc" >>"$logf"
+  # Non-interactive bash runs background jobs in its own process group, so
+  # setsid(1) calls setsid() without forking and $! is the service's pid.
+  setsid nohup "$@" >>"$logf" 2>&1 </dev/null &
+  pid=$!
+  printf '%s\n' "$pid" >"$pidf"
+  STARTED_SERVICES+=("$svc")
+}
+
+# stop_service SERVICE : SIGTERM the recorded pid, wait, then SIGKILL.
+stop_service() {
+  local svc="$1" pidf pid i
+  pidf="$(svc_pidf "$svc")"
+  if [[ ! -f "$pidf" ]]; then
+    return 0
+  fi
+  pid="$(<"$pidf")"
+  if ! pid_belongs_to_stack "$pid"; then
+    log "$svc: pid file $pidf is stale (pid ${pid:-?} not running or not ours); removing it"
+    rm -f "$pidf"
+    return 0
+  fi
+  log "$svc: stopping pid $pid"
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < STOP_TIMEOUT * 5; i++)); do
+    pid_belongs_to_stack "$pid" || break
+    sleep 0.2
+  done
+  if pid_belongs_to_stack "$pid"; then
+    log "$svc: pid $pid still alive after ${STOP_TIMEOUT}s, sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$pidf"
+}
+
+# ---------------------------------------------------------------------------
+# Ports
+# ---------------------------------------------------------------------------
+
+# port_open PORT -> true if something accepts TCP connections on 127.0.0.1:PORT.
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# require_free_ports SERVICE PORT... : refuse to start a service whose port is
+# already taken (another stack, a system service...), because the health
+# check could otherwise succeed against the wrong server.
+require_free_ports() {
+  local svc="$1" p; shift
+  for p in "$@"; do
+    if port_open "$p"; then
+      printf '%s: port 127.0.0.1:%s is already in use by another process:\n%s\n' \
+        "$(date -u +%FT%TZ)" "$p" "$(ss -Hltnp "sport = :$p" 2>/dev/null || true)" >>"$(svc_log "$svc")"
+      return 1
+    fi
+  done
+}
+
+# ---------------------------------------------------------------------------
+# Misc
+# ---------------------------------------------------------------------------
+
+# files_hash FILE... -> sha256 over the contents of the given files.
+files_hash() {
+  cat "$@" | sha256sum | cut -d' ' -f1
+}
+
+random_secret() {
+  # 32 alphanumeric chars: safe in URLs, JSON and shell without quoting.
+  local s=""
+  while ((${#s} < 32)); do
+    s+="$(head -c 64 /dev/urandom | tr -dc 'A-Za-z0-9')"
+  done
+  printf '%s' "${s:0:32}"
+}
+
+# as_root CMD... : run CMD as root (directly, or via sudo when not root).
+as_root() {
+  if [[ "$(id -u)" == 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root (or sudo) to run: $*"
+  fi
+}
