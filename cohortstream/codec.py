@@ -159,8 +159,11 @@ class EventCodec:
         body.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
-        except (EOFError, StopIteration) as exc:
-            raise TruncatedMessageError(f"{writer.name} v{writer.version}: Avro body ends early") from exc
+        except (EOFError, StopIteration, IndexError) as exc:
+            # fastavro signals reading past the end of the buffer with any of these.
+            raise TruncatedMessageError(
+                f"{writer.name} v{writer.version}: Avro body ends early (truncated or corrupt lengths)"
+            ) from exc
         except Exception as exc:  # fastavro's decoders raise assorted types on corrupt input
             raise EventDecodeError(f"{writer.name} v{writer.version}: corrupt Avro body: {exc}") from exc
         remaining = len(data) - body.tell()

@@ -74,6 +74,8 @@ class EventSchema:
     parsed: Any = field(repr=False)
     canonical_form: str = field(repr=False)
     fingerprint: int = 0
+    released: bool = False
+    """True when this exact schema is kept under ``avro_schemas/history/``."""
 
     @property
     def fingerprint_bytes(self) -> bytes:
@@ -81,7 +83,7 @@ class EventSchema:
         return self.fingerprint.to_bytes(8, "little")
 
 
-def _parse(raw: Mapping[str, Any], stem: str, version: int, source: str) -> EventSchema:
+def _parse(raw: Mapping[str, Any], stem: str, version: int, source: str, released: bool) -> EventSchema:
     try:
         # A fresh named-type table per file: two versions of one schema define the
         # same named types (enums, nested records) and must not collide.
@@ -101,6 +103,7 @@ def _parse(raw: Mapping[str, Any], stem: str, version: int, source: str) -> Even
         parsed=parsed,
         canonical_form=canonical,
         fingerprint=crc64_avro(canonical.encode("utf-8")),
+        released=released,
     )
 
 
@@ -152,14 +155,16 @@ class SchemaRegistry:
                     if match is None:
                         continue
                     v_source = f"avro_schemas/history/{stem}/{version_file.name}"
-                    released.append(_parse(_load_json(version_file, v_source), stem, int(match[1]), v_source))
-            current = _parse(raw, stem, 0, source)
+                    released.append(
+                        _parse(_load_json(version_file, v_source), stem, int(match[1]), v_source, released=True)
+                    )
+            current = _parse(raw, stem, 0, source, released=False)
             same = [s for s in released if s.fingerprint == current.fingerprint]
             # The current file is the released version it equals, or the next,
             # not yet released one (a test insists it is released before merge).
             version = same[0].version if same else max((s.version for s in released), default=0) + 1
-            schemas.extend(released)
-            schemas.append(_parse(raw, stem, version, source))
+            schemas.extend(s for s in released if s.version != version)
+            schemas.append(_parse(raw, stem, version, source, released=bool(same)))
         if not schemas:
             raise SchemaError(f"no .avsc schema found in {root}")
         return cls(schemas)

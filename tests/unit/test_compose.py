@@ -1,0 +1,72 @@
+"""docker-compose.yml cannot run here (no Docker engine), so check it statically: real
+images, health checks, named volumes, no secrets, and settings that exist."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cohortstream.settings import ENV_PREFIX, Settings, env_var_name
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+OURS = {name: svc for name, svc in SERVICES.items() if "build" in svc}
+SETTING_VARS = {env_var_name(name) for name in Settings.model_fields}
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY\b", re.I)
+SUBSTITUTION = re.compile(r"^\$\{[A-Z_][A-Z0-9_]*(:?[-?][^}]*)?\}$")
+
+
+def test_the_infrastructure_uses_the_real_images() -> None:
+    images = {name: svc.get("image", "") for name, svc in SERVICES.items()}
+    assert images["kafka"].startswith("apache/kafka:3.9")
+    assert images["mongo"].startswith("mongo:7")
+    assert images["orthanc"].startswith("orthancteam/orthanc:")
+    assert SERVICES["orthanc"]["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    assert "KAFKA_PROCESS_ROLES" in SERVICES["kafka"]["environment"]  # KRaft, no ZooKeeper
+
+
+def test_our_services_are_built_from_the_repo_dockerfile() -> None:
+    assert OURS, "no service is built from the repository"
+    assert (ROOT / "Dockerfile").is_file()
+    for svc in OURS.values():
+        assert svc["build"] in (".", {"context": "."})
+
+
+@pytest.mark.parametrize("name", sorted(OURS))
+def test_every_cohortstream_variable_is_a_setting(name: str) -> None:
+    variables = {k for k in OURS[name]["environment"] if k.startswith(ENV_PREFIX)}
+    unknown = variables - SETTING_VARS
+    assert not unknown, f"{name}: {sorted(unknown)} match no field of Settings"
+    # What differs between a laptop and a deployment must be set explicitly.
+    for required in ("KAFKA_BOOTSTRAP", "MONGO_URL", "ORTHANC_URL", "ORTHANC_PASSWORD"):
+        assert f"{ENV_PREFIX}{required}" in variables
+
+
+def test_long_running_services_have_health_checks_and_volumes_are_named() -> None:
+    for name, svc in SERVICES.items():
+        if svc.get("restart") != "no":
+            assert "healthcheck" in svc, f"{name} has no healthcheck"
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source in COMPOSE["volumes"], f"{name}: volume {source} is not a named volume"
+
+
+def test_no_secret_is_written_in_the_file() -> None:
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if SECRET_WORDS.search(str(key)) and isinstance(value, (str, int)):
+                    assert SUBSTITUTION.match(str(value)), f"{path}.{key} holds a literal secret"
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}[{i}]")
+
+    walk(COMPOSE, "compose")
+    users = SERVICES["orthanc"]["environment"]["ORTHANC__REGISTERED_USERS"]
+    assert "${ORTHANC_PASSWORD" in users
