@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034  # settings below are used by lib/<service>.sh
 # Shared helpers for deploy/stack.sh: configuration, logging, process
 # management and port probing.  Sourced, never executed.
 
@@ -88,7 +89,9 @@ spawn() {
   printf '\n===== %s: starting %s =====\n' "$(date -u +%FT%TZ)" "$svc" >>"$logf"
   # Non-interactive bash runs background jobs in its own process group, so
   # setsid(1) calls setsid() without forking and $! is the service's pid.
-  setsid nohup "$@" >>"$logf" 2>&1 </dev/null &
+  # 9>&- : do not leak stack.sh's lock fd (see take_lock) into the service,
+  # or the lock would stay held for as long as the service runs.
+  setsid nohup "$@" >>"$logf" 2>&1 </dev/null 9>&- &
   pid=$!
   printf '%s\n' "$pid" >"$pidf"
   STARTED_SERVICES+=("$svc")

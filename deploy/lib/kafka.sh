@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2153  # KAFKA_PORT etc. come from lib/common.sh
 # Apache Kafka 3.9.1, KRaft mode, single combined broker+controller node.
 #
 # The broker classpath comes from Maven Central via deploy/kafka/pom.xml
@@ -23,7 +24,7 @@ kafka_install() {
   log "kafka: resolving Kafka $KAFKA_VERSION jars from Maven Central into $KAFKA_LIBS"
   rm -rf "$KAFKA_LIBS" "$marker"
   mkdir -p "$KAFKA_HOME"
-  mvn -q -B -f "$KAFKA_POM" dependency:copy-dependencies \
+  mvn -q -B -Dstyle.color=never -f "$KAFKA_POM" dependency:copy-dependencies \
     -DoutputDirectory="$KAFKA_LIBS" -DincludeScope=runtime \
     || die "kafka: mvn dependency:copy-dependencies failed"
   printf '%s\n' "$want" >"$marker"
