@@ -20,6 +20,8 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/ferretdb.sh"
 # shellcheck source=lib/orthanc.sh
 . "$DEPLOY_DIR/lib/orthanc.sh"
+# shellcheck source=lib/worker.sh
+. "$DEPLOY_DIR/lib/worker.sh"
 
 STARTED_SERVICES=()
 
@@ -121,15 +123,11 @@ wait_healthy() {
   return 1
 }
 
-cmd_up() {
-  local s t0=$SECONDS pending=()
-  validate_services
-  cmd_install
-  take_lock
-  trap on_interrupt INT TERM
-  # Start everything first, then wait: the JVM, Orthanc and FerretDB boot in
-  # parallel, which roughly halves the time to a usable stack.
-  for s in $SERVICES; do
+# start_and_wait SERVICE... : start the given services (skipping healthy ones)
+# in parallel, then wait for each to become healthy.
+start_and_wait() {
+  local s pending=()
+  for s in "$@"; do
     mkdir -p "$(svc_dir "$s")"
     if svc_pid "$s" >/dev/null; then
       if "${s}_health_once"; then
@@ -151,14 +149,37 @@ cmd_up() {
       fail_start "$s"
     fi
   done
-  trap - INT TERM
+}
+
+cmd_up() {
+  local s t0=$SECONDS infra=() apps=()
+  validate_services
+  cmd_install
+  take_lock
+  trap on_interrupt INT TERM
+  for s in $SERVICES; do
+    case " $APP_SERVICES " in
+      *" $s "*) apps+=("$s") ;;
+      *) infra+=("$s") ;;
+    esac
+  done
+  # The JVM, Orthanc and FerretDB boot in parallel, which roughly halves the
+  # time to a usable stack; our own services need them and stack.env first.
+  start_and_wait "${infra[@]}"
   write_env_file
+  ((${#apps[@]} == 0)) || start_and_wait "${apps[@]}"
+  trap - INT TERM
   log "up done in $((SECONDS - t0))s"
   printf '\n%-9s %-8s %-34s %s\n' SERVICE PID ENDPOINT PORTS
   for s in $SERVICES; do
     printf '%-9s %-8s %-34s %s\n' "$s" "$(svc_pid "$s")" "$("${s}_url")" "$("${s}_port_desc")"
   done
   printf '\nsettings: %s  (set -a; . %s; set +a)\n' "$STATE_DIR/stack.env" "$STATE_DIR/stack.env"
+  if [[ " $SERVICES " == *" orthanc "* ]]; then
+    printf 'Orthanc Explorer: %s/app/explorer.html   DICOMweb: %s/dicom-web/   (user/password: COHORTSTREAM_ORTHANC_* in stack.env)\n' \
+      "$(orthanc_url)" "$(orthanc_url)"
+  fi
+  printf 'logs: %s logs SERVICE [-f]   stop: make down\n' "$0"
 }
 
 cmd_down() {

@@ -3,19 +3,35 @@
 # own process with a per-stack config -- never through the Debian service.
 #
 # Bind address: Orthanc 1.10 has no option to choose the listening interface
-# (HttpPort/DicomPort are plain integers; a bind-address setting does not
-# exist in this version), so both the HTTP and the DICOM listeners bind to
-# 0.0.0.0.  Exposure is limited instead by:
-#   * RemoteAccessAllowed=false -> the HTTP server rejects every non-loopback
-#     client, and
-#   * AuthenticationEnabled=true with a per-state-dir random password.
-# The DICOM port (C-ECHO/C-STORE) stays reachable from the network; use a
-# host firewall if that matters on a shared machine.
+# (HttpPort/DicomPort are plain integers), so on its own it would listen on
+# 0.0.0.0. We start it with deploy/orthanc/bind_loopback.c preloaded, a tiny
+# LD_PRELOAD shim that turns wildcard binds into 127.0.0.1 / ::1 binds; the
+# health check verifies that both ports really listen on loopback only.
+# RemoteAccessAllowed=false and HTTP authentication stay on as a second line.
 
 ORTHANC_BIN=/usr/sbin/Orthanc
+ORTHANC_SHIM_SRC="$DEPLOY_DIR/orthanc/bind_loopback.c"
+ORTHANC_SHIM="$CACHE_DIR/orthanc-shim/bind_loopback.so"
+
+# Build the loopback-bind shim (cached by source hash).
+orthanc_build_shim() {
+  local want stamp="$ORTHANC_SHIM.sha256"
+  want="$(files_hash "$ORTHANC_SHIM_SRC")"
+  if [[ -f "$ORTHANC_SHIM" && -f "$stamp" && "$(<"$stamp")" == "$want" ]]; then
+    return 0
+  fi
+  command -v gcc >/dev/null || die "orthanc: gcc not found (needed for the loopback-bind shim)"
+  mkdir -p "$(dirname "$ORTHANC_SHIM")"
+  gcc -shared -fPIC -O2 -Wall -Werror -o "$ORTHANC_SHIM.tmp" "$ORTHANC_SHIM_SRC" -ldl \
+    || die "orthanc: building $ORTHANC_SHIM_SRC failed"
+  mv "$ORTHANC_SHIM.tmp" "$ORTHANC_SHIM"
+  printf '%s\n' "$want" >"$stamp"
+  log "orthanc: built loopback-bind shim $ORTHANC_SHIM"
+}
 ORTHANC_USERNAME=cohortstream
 
 orthanc_install() {
+  orthanc_build_shim
   if dpkg -s orthanc >/dev/null 2>&1 && dpkg -s orthanc-dicomweb >/dev/null 2>&1; then
     log "orthanc: install skipped (Debian packages orthanc, orthanc-dicomweb already installed)"
     return 0
@@ -87,7 +103,7 @@ cfg = {
     "DicomServerEnabled": True,
     "DicomPort": $ORTHANC_DICOM_PORT,
     "DicomAet": "$ORTHANC_AET",
-    # Orthanc 1.10 cannot bind to 127.0.0.1 only; see deploy/lib/orthanc.sh.
+    # Loopback-only comes from the bind shim; this rejects non-local HTTP clients too.
     "RemoteAccessAllowed": False,
     "AuthenticationEnabled": True,
     "RegisteredUsers": {"$ORTHANC_USERNAME": "$ORTHANC_PASSWORD"},
@@ -113,11 +129,21 @@ orthanc_start() {
   [[ -x "$ORTHANC_BIN" ]] || { log "orthanc: $ORTHANC_BIN missing; run 'stack.sh install'"; return 1; }
   require_free_ports orthanc "$ORTHANC_HTTP_PORT" "$ORTHANC_DICOM_PORT" || return 1
   orthanc_write_config
-  spawn orthanc "$ORTHANC_BIN" "$d/orthanc.json"
+  spawn orthanc env LD_PRELOAD="$ORTHANC_SHIM" "$ORTHANC_BIN" "$d/orthanc.json"
 }
 
-# Ready = authenticated REST call and the DICOMweb plugin both answer.
+# listens_on_loopback_only PORT -> true if every listener on PORT is 127.0.0.1/::1.
+listens_on_loopback_only() {
+  local addrs
+  addrs="$(ss -Hltn "sport = :$1" 2>/dev/null | awk '{print $4}')"
+  [[ -n "$addrs" ]] || return 1
+  ! grep -qvE '^(127\.0\.0\.1|\[::1\]):' <<<"$addrs"
+}
+
+# Ready = both ports listen on loopback only, and an authenticated REST call and
+# the DICOMweb plugin both answer.
 orthanc_health_once() {
+  listens_on_loopback_only "$ORTHANC_HTTP_PORT" && listens_on_loopback_only "$ORTHANC_DICOM_PORT" || return 1
   orthanc_credentials
   local base="http://127.0.0.1:$ORTHANC_HTTP_PORT" auth
   # credentials go through a curl config on a pipe, not argv (visible in ps)

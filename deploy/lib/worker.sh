@@ -1,0 +1,32 @@
+# shellcheck shell=bash
+# The cohortstream faust worker (every agent), started after the services it
+# needs are healthy and the settings file is written. It runs from the repo's
+# virtual environment, which `make install` creates.
+
+WORKER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
+WORKER_CLI="$WORKER_VENV/bin/cohortstream"
+
+worker_install() {
+  [[ -x "$WORKER_CLI" ]] || die "worker: $WORKER_CLI not found; run 'make install' first (or use 'make up')"
+  log "worker: using $WORKER_CLI"
+}
+
+worker_start() {
+  local d; d="$(svc_dir worker)"
+  mkdir -p "$d/data"
+  # Topics are created explicitly (partitions, replication, min ISR from settings)
+  # before anything consumes from them.
+  "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
+  spawn worker env COHORTSTREAM_DATA_DIR="$d/data" \
+    "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" worker
+}
+
+# Ready = faust reported its worker ready since the latest start marker.
+worker_health_once() {
+  awk '/^===== .*: starting worker =====/ { ready = 0 } /\[\^Worker\]: Ready/ { ready = 1 } END { exit !ready }' \
+    "$(svc_log worker)" 2>/dev/null
+}
+
+worker_port_desc() { printf '%s' "-"; }
+worker_url() { printf 'faust app %s' "${COHORTSTREAM_APP_ID:-cohortstream}"; }
+worker_timeout() { printf '%s' "${COHORTSTREAM_STACK_WORKER_TIMEOUT:-90}"; }
