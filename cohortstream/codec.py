@@ -171,6 +171,8 @@ class EventCodec:
             raise TrailingBytesError(
                 f"{writer.name} v{writer.version}: {remaining} bytes left after the Avro body"
             )
+        if not isinstance(record, dict):  # every event schema is a record
+            raise EventDecodeError(f"{writer.name} v{writer.version}: body is not a record")
         return DecodedEvent(writer=writer, reader=reader, record=record)
 
     def encode_event(self, event: Event) -> bytes:

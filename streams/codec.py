@@ -37,9 +37,8 @@ class AvroEventCodec(codecs.Codec):
         return self._event_codec.decode_event(s)
 
     def clone(self, *children: Any) -> Any:
-        clone = super().clone(*children)
-        clone._event_codec = self._event_codec  # keep the parsed schemas, not a re-parse
-        return clone
+        # Chaining (``codec | other``) clones; keep this codec's registry in the copy.
+        return type(self)(self._event_codec, children=self.children + children, **self.kwargs)
 
 
 def register_codec(event_codec: EventCodec | None = None) -> str:
