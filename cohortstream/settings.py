@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cohortstream.errors import ConfigurationError
+
 __all__ = ["ENV_PREFIX", "Settings", "env_var_name", "unknown_env_vars", "settings_markdown_table"]
 
 ENV_PREFIX = "COHORTSTREAM_"
@@ -130,8 +132,6 @@ class Settings(BaseSettings):
         would otherwise connect to the wrong services.
         """
         if env_file is not None and not Path(env_file).is_file():
-            from cohortstream.errors import ConfigurationError
-
             raise ConfigurationError(f"env file {env_file} does not exist")
         return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
 
