@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cohortstream.errors import ConfigurationError
 
@@ -88,6 +88,40 @@ class Settings(BaseSettings):
     orthanc_dicom_port: int = Field(4242, ge=1, le=65535, description="Orthanc's DICOM port.")
     orthanc_timeout_s: float = Field(60.0, gt=0, description="Timeout of one Orthanc HTTP request.")
 
+    # --- DICOM listener (C-STORE SCP) ---------------------------------------------------
+    dicom_scp_aet: str = Field("COHORTSTREAM", min_length=1, max_length=16, description="AE title of our C-STORE listener.")
+    dicom_scp_host: str = Field("127.0.0.1", description="Address the listener binds to.")
+    dicom_scp_port: int = Field(11112, ge=1, le=65535, description="Port the listener binds to.")
+    dicom_scp_allowed_aets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to connect, comma-separated. Empty accepts every caller: "
+        "for development only.",
+    )
+    dicom_scp_max_associations: int = Field(
+        16, ge=1, description="Associations served at the same time; more are rejected (transient)."
+    )
+    dicom_scp_publish_timeout_s: float = Field(
+        30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."
+    )
+    staging_dir: Path = Field(
+        Path(".stack/staging"),
+        description="Content-addressed store of received DICOM files (claim check); sinks read from here.",
+    )
+    quarantine_dir: Path = Field(
+        Path(".stack/quarantine"), description="Where unreadable received data is kept for inspection."
+    )
+
+    # --- Stream processing of DICOM ---------------------------------------------------
+    series_quiet_period_s: float = Field(
+        30.0, gt=0, description="A series with no new instance for this long is 'completed'."
+    )
+    sink_retry_attempts: int = Field(
+        5, ge=1, description="Fast retries of a failing sink call before the agent pauses and backs off."
+    )
+    sink_retry_max_delay_s: float = Field(
+        30.0, gt=0, description="Longest wait between retries of a sink while its service is down."
+    )
+
     # --- Logging -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Minimum level of log records."
@@ -107,6 +141,21 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"kafka_bootstrap entry {server!r} is not host:port")
         return ",".join(servers)
+
+    @field_validator("dicom_scp_allowed_aets", mode="before")
+    @classmethod
+    def _split_aets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("dicom_scp_allowed_aets")
+    @classmethod
+    def _aets_are_valid(cls, value: list[str]) -> list[str]:
+        for aet in value:
+            if len(aet) > 16:
+                raise ValueError(f"AE title {aet!r} is longer than 16 characters")
+        return value
 
     @field_validator("orthanc_url")
     @classmethod
@@ -178,8 +227,11 @@ def settings_markdown_table() -> str:
         type_name = getattr(annotation, "__name__", None) or str(annotation)
         if type_name == "Literal":
             type_name = " \\| ".join(f"`{a}`" for a in annotation.__args__)  # type: ignore[union-attr]
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or None
         rows.append(
-            f"| `{env_var_name(name)}` | {type_name} | {_default_text(field.default)} "
+            f"| `{env_var_name(name)}` | {type_name} | {_default_text(default) if default is not None else '(empty)'} "
             f"| {field.description or ''} |"
         )
     return "\n".join(rows) + "\n"
