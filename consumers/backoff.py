@@ -1,8 +1,11 @@
 """Retry a sink operation through transient outages, as backpressure.
 
 An agent awaiting :func:`retry_transient` holds its message: the offset is not committed
-and the partition waits, which is what we want while MongoDB or Orthanc is down. Errors
-that retrying cannot fix (bad data) propagate at once so the caller can dead-letter.
+and the partition waits, which is what we want while MongoDB or Orthanc is down. After
+``pause_after`` quick attempts the sink is declared paused (one ERROR log line) and keeps
+retrying with a capped delay until the service is back, then logs that it resumed.
+Errors that retrying cannot fix (bad data) propagate at once so the caller can
+dead-letter the message.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ async def retry_transient(
     transient: tuple[type[BaseException], ...],
     first_delay_s: float = 0.5,
     max_delay_s: float = 30.0,
+    pause_after: int = 5,
     max_attempts: int | None = None,
 ) -> T:
     """Run ``operation`` until it succeeds, waiting longer after each transient failure.
@@ -37,13 +41,18 @@ async def retry_transient(
     while True:
         attempt += 1
         try:
-            return await operation()
+            result = await operation()
         except transient as exc:
             if max_attempts is not None and attempt >= max_attempts:
                 raise
-            log.warning(
-                "transient failure, will retry",
-                extra={"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)},
-            )
+            fields = {"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)}
+            if attempt == pause_after:
+                log.error("sink paused: service unavailable, retrying until it is back", extra=fields)
+            else:
+                log.warning("transient failure, will retry", extra=fields)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay_s)
+            continue
+        if attempt >= pause_after:
+            log.warning("sink resumed", extra={"operation": what, "attempts": attempt})
+        return result

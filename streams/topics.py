@@ -16,14 +16,19 @@ class StreamTopics(dict[str, TopicT]):
     """Topic objects by logical name (``"dicom.instance-received"``...)."""
 
 
-def define_topics(app: faust.App, settings: Settings) -> StreamTopics:
-    """Declare every catalogue topic on ``app``: raw byte keys, typed Avro event values."""
+def define_topics(app: faust.App, settings: Settings, *, raw: bool = False) -> StreamTopics:
+    """Declare every catalogue topic on ``app``.
+
+    Keys are raw bytes. Values are typed events decoded by the Avro faust codec, or with
+    ``raw=True`` the undecoded bytes, for sink agents that dead-letter what does not
+    decode (see :mod:`streams.dead_letter`).
+    """
     return StreamTopics(
         {
             spec.name: app.topic(
                 spec.full_name(settings),
                 key_serializer="raw",
-                value_serializer=CODEC_NAME,
+                value_serializer="raw" if raw else CODEC_NAME,
                 partitions=settings.topic_partitions,
             )
             for spec in TOPICS

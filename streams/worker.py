@@ -8,7 +8,6 @@ from cohortstream.logs import logging_dict_config
 from cohortstream.settings import Settings
 from streams.agents import register_all
 from streams.app import create_app
-from streams.topics import define_topics
 
 __all__ = ["build_worker_app", "run_worker"]
 
@@ -16,7 +15,7 @@ __all__ = ["build_worker_app", "run_worker"]
 def build_worker_app(settings: Settings) -> faust.App:
     """The app with all topics and agents attached, not yet started."""
     app = create_app(settings)
-    register_all(app, define_topics(app, settings), settings)
+    register_all(app, settings)
     return app
 
 

@@ -1,0 +1,144 @@
+"""Agent + timer: announce a series as completed after a quiet period.
+
+Like Orthanc's "stable series", but as an event others subscribe to (the annotation
+worker does). State lives in two changelog-backed faust tables, so it survives a worker
+restart:
+
+- ``dicom-seen-instances``: SOPInstanceUID -> SeriesInstanceUID, so a resent instance
+  neither counts twice nor re-opens a completed series;
+- ``dicom-series-activity``: per series, the distinct instance count, first/last receipt,
+  when the worker last saw a new instance (processing time), the last completed
+  revision and whether new instances arrived since.
+
+The timer emits ``DicomSeriesCompleted`` for each open series whose last new instance
+was processed ``series_quiet_period_s`` ago, then marks it closed. It emits *before*
+marking, so a crash in between repeats the event (same revision) rather than losing it;
+consumers key on (series, revision). Late instances re-open a series and the next
+completion carries revision + 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+
+from cohortstream.codec import EventCodec
+from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
+from cohortstream.settings import Settings
+from streams.dead_letter import DeadLetterSender, decoded_events
+from streams.topics import StreamTopics
+
+__all__ = ["AGENT_NAME", "register"]
+
+AGENT_NAME = "series-completion"
+log = logging.getLogger(__name__)
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def observe(state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: int) -> dict[str, Any]:
+    """The series state after one new (never seen) instance."""
+    received = _ms(event.received_at)
+    if state is None:
+        return {
+            "study_instance_uid": event.study_instance_uid,
+            "patient_id": event.patient_id,
+            "modality": event.modality,
+            "instance_count": 1,
+            "first_received_ms": received,
+            "last_received_ms": received,
+            "activity_ms": now_ms,
+            "revision": 0,
+            "open": True,
+        }
+    return {
+        **state,
+        "instance_count": state["instance_count"] + 1,
+        "first_received_ms": min(state["first_received_ms"], received),
+        "last_received_ms": max(state["last_received_ms"], received),
+        "activity_ms": now_ms,
+        "open": True,
+    }
+
+
+def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float) -> bool:
+    """Whether an open series has seen no new instance for the quiet period."""
+    return bool(state and state["open"] and now_ms - state["activity_ms"] >= quiet_period_s * 1000)
+
+
+def register(
+    app: faust.App,
+    raw_topics: StreamTopics,
+    typed_topics: StreamTopics,
+    dead_letters: DeadLetterSender,
+    settings: Settings,
+) -> Any:
+    """Attach the series-completion agent, its tables and its timer to ``app``."""
+    codec = EventCodec()
+    seen = app.Table("dicom-seen-instances", default=None, partitions=settings.topic_partitions)
+    # use_partitioner: the timer updates this table outside stream iteration. Table keys
+    # go out with faust's default "raw" key serializer, i.e. the same SeriesInstanceUID
+    # bytes as the source topic's keys, so the producer's partitioner puts each key's
+    # changelog in the same partition number as its instances.
+    activity = app.Table(
+        "dicom-series-activity",
+        default=None,
+        partitions=settings.topic_partitions,
+        use_partitioner=True,
+    )
+    completed_topic = typed_topics["dicom.series-completed"]
+    quiet = settings.series_quiet_period_s
+
+    @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME)
+    async def track_series(stream: faust.StreamT[bytes]) -> None:
+        async for event, _message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
+            if seen.get(event.sop_instance_uid) is not None:
+                continue  # a resent copy: nothing new about the series
+            seen[event.sop_instance_uid] = event.series_instance_uid
+            series = event.series_instance_uid
+            activity[series] = observe(activity.get(series), event, int(time.time() * 1000))
+
+    @app.timer(interval=max(0.2, min(5.0, quiet / 4)))
+    async def complete_quiet_series() -> None:
+        if getattr(app, "in_recovery", False) or app.rebalancing:
+            return  # tables are incomplete until recovery ends
+        now_ms = int(time.time() * 1000)
+        for series, state in list(activity.items()):
+            if not is_quiet(state, now_ms, quiet):
+                continue
+            revision = state["revision"] + 1
+            completed = DicomSeriesCompleted(
+                producer=AGENT_NAME,
+                study_instance_uid=state["study_instance_uid"],
+                series_instance_uid=series,
+                patient_id=state["patient_id"],
+                modality=state["modality"],
+                instance_count=state["instance_count"],
+                first_received_at=_utc(state["first_received_ms"]),
+                last_received_at=_utc(state["last_received_ms"]),
+                revision=revision,
+                quiet_period_s=quiet,
+            )
+            pending = await completed_topic.send(key=series.encode("utf-8"), value=completed)
+            await pending
+            latest = activity.get(series)
+            # Instances that arrived while the event was being sent keep the series open.
+            still_quiet = latest is not None and latest["activity_ms"] == state["activity_ms"]
+            activity[series] = {**(latest or state), "revision": revision, "open": not still_quiet}
+            log.info(
+                "series completed",
+                extra={"series_instance_uid": series, "study_instance_uid": state["study_instance_uid"],
+                       "instance_count": state["instance_count"], "revision": revision},
+            )
+
+    return track_series

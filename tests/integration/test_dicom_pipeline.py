@@ -1,0 +1,237 @@
+"""The DICOM stream end to end on the real stack: DicomInstanceReceived events (with
+their files in the staging store) → worker agents → Orthanc, MongoDB views and
+DicomSeriesCompleted; poison to the dead-letter topic; replay gives identical views.
+
+The listener that produces these events is tested in test_dicom_listener.py; here the
+events are built from the staged files directly so the stream side is tested alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydicom.data import get_testdata_file
+
+from cohortstream.admin import ensure_topics
+from cohortstream.codec import EventCodec
+from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
+from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.orthanc_ids import orthanc_ids
+from cohortstream.publisher import EventPublisher
+from cohortstream.settings import Settings
+from cohortstream.staging import StagingStore
+from cohortstream.synthetic import mr_study, write_study
+from streams.worker import build_worker_app
+from tests.polling import eventually
+
+VIEWS = ("instances", "series", "studies", "patients")
+
+
+def instance_event(path: Path, store: StagingStore) -> DicomInstanceReceived:
+    """Stage ``path`` and describe it as the listener would."""
+    staged = store.stage_file(path)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return DicomInstanceReceived(
+        producer="test",
+        calling_aet="TESTSCU",
+        called_aet="COHORTSTREAM",
+        sop_class_uid=ds.SOPClassUID,
+        sop_instance_uid=ds.SOPInstanceUID,
+        study_instance_uid=ds.StudyInstanceUID,
+        series_instance_uid=ds.SeriesInstanceUID,
+        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+        patient_id=str(ds.get("PatientID", "")),
+        modality=str(ds.get("Modality", "")),
+        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
+        size_bytes=staged.size,
+        sha256=staged.sha256,
+        staged_uri=staged.uri,
+        received_at=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    return stack_settings.model_copy(
+        update={"series_quiet_period_s": 2.0, "staging_dir": tmp_path / "staging", "sink_retry_attempts": 3}
+    )
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[Any]:
+    await ensure_topics(settings)
+    app = build_worker_app(settings)
+    await app.start()
+    yield app
+    await app.stop()
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Any]:
+    client = mongo_client(settings)
+    yield mongo_database(client, settings)
+    await client.drop_database(settings.mongo_database)
+    client.close()
+
+
+@pytest.fixture
+def orthanc(settings: Settings) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=settings.orthanc_url,
+        auth=(settings.orthanc_username, settings.orthanc_password.get_secret_value()),
+        timeout=30,
+    )
+
+
+async def _completions(settings: Settings, expected: int) -> list[DicomSeriesCompleted]:
+    consumer = AIOKafkaConsumer(
+        settings.topic("dicom.series-completed"),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"probe-{uuid.uuid4().hex[:8]}",
+    )
+    await consumer.start()
+    codec = EventCodec()
+    found: list[DicomSeriesCompleted] = []
+    try:
+        async def collect() -> None:
+            async for record in consumer:
+                event = codec.decode_event(record.value)
+                assert isinstance(event, DicomSeriesCompleted)
+                found.append(event)
+                if len(found) >= expected:
+                    return
+
+        await asyncio.wait_for(collect(), timeout=90)
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
+    return {name: await db[name].find({}).sort("_id", 1).to_list(None) for name in VIEWS}
+
+
+async def test_instances_reach_orthanc_and_views_exactly_once(
+    worker: Any, settings: Settings, database: Any, orthanc: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    files = write_study(mr_study(n_series=2, slices=6, rows=16, cols=16, seed=7), tmp_path / "study")
+    files += [Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
+    store = StagingStore(settings.staging_dir)
+    events = [instance_event(path, store) for path in files]
+    async with EventPublisher(settings) as publisher:
+        for event in events:
+            await publisher.publish(event, key=event.series_instance_uid)
+        # A second copy of an instance (a modality retrying) changes nothing.
+        await publisher.publish(events[0].model_copy(update={"event_id": uuid.uuid4()}), key=events[0].series_instance_uid)
+
+    async def all_archived() -> bool:
+        n = await database.instances.count_documents({"in_orthanc": True, "sha256": {"$exists": True}})
+        return n == len(events)
+
+    await eventually(all_archived, timeout_s=120, what="every instance archived and in the views")
+
+    for event in events:
+        ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
+        response = await orthanc.get(f"/instances/{ids.instance}/file")
+        assert response.status_code == 200
+        assert hashlib.sha256(response.content).hexdigest() == event.sha256
+        assert not Path(event.staged_uri.removeprefix("file://")).exists(), "staged file kept after archiving"
+
+    series = {d["_id"]: d async for d in database.series.find({})}
+    assert {uid: d["instance_count"] for uid, d in series.items()} == {
+        uid: sum(e.series_instance_uid == uid for e in events) for uid in {e.series_instance_uid for e in events}
+    }
+    study = await database.studies.find_one({"_id": events[0].study_instance_uid})
+    assert study["instance_count"] == 12 and study["series_count"] == 2 and study["modalities"] == ["MR"]
+    assert study["viewer_url"].endswith(study["orthanc_id"])
+    patient = await database.patients.find_one({"_id": events[0].patient_id})
+    assert patient["study_count"] == 1 and patient["instance_count"] == 12
+
+    completions = await _completions(settings, expected=len(series))
+    assert sorted((c.series_instance_uid, c.revision, c.instance_count) for c in completions) == sorted(
+        (uid, 1, d["instance_count"]) for uid, d in series.items()
+    )
+
+
+async def test_poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flowing(
+    worker: Any, settings: Settings, database: Any, tmp_path: Path
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        poison = await producer.send_and_wait(settings.topic("dicom.instance-received"), b"\x00not avro", key=b"k")
+    finally:
+        await producer.stop()
+    good = instance_event(Path(get_testdata_file("CT_small.dcm")), StagingStore(settings.staging_dir))
+    async with EventPublisher(settings) as publisher:
+        await publisher.publish(good, key="k")  # same key, same partition, after the poison
+
+    async def good_one_viewed() -> Any:
+        return await database.instances.find_one({"_id": good.sop_instance_uid, "in_orthanc": True})
+
+    await eventually(good_one_viewed, timeout_s=90, what="the message after the poison")
+
+    readers = {"dicom-archive", "dicom-views", "series-completion"}
+
+    async def poison_archived() -> list[dict[str, Any]] | None:
+        letters = await database.dead_letters.find({"source.offset": poison.offset}).to_list(None)
+        return letters if {d["producer"] for d in letters} == readers else None
+
+    # Every agent reading the topic dead-letters it once, naming itself and the reason.
+    letters = await eventually(poison_archived, timeout_s=60, what="a dead letter from every reader")
+    assert len(letters) == len(readers)
+    for letter in letters:
+        assert letter["stage"] == "DECODE"
+        assert letter["value"] == b"\x00not avro"
+        assert "single-object marker" in letter["reason"]
+        assert letter["source"]["topic"] == settings.topic("dicom.instance-received")
+
+
+async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
+    worker: Any, settings: Settings, database: Any, tmp_path: Path
+) -> None:
+    store = StagingStore(settings.staging_dir)
+    events = [instance_event(p, store) for p in write_study(mr_study(n_series=2, slices=4, rows=8, cols=8, seed=3), tmp_path / "a")]
+    marker = instance_event(Path(get_testdata_file("MR_small.dcm")), store)
+    async with EventPublisher(settings) as publisher:
+        for event in events:
+            await publisher.publish(event, key=event.series_instance_uid)
+        await publisher.publish(marker, key=marker.series_instance_uid)
+
+    async def counted() -> bool:
+        doc = await database.patients.find_one({"_id": marker.patient_id, "instance_count": 1})
+        n = await database.instances.count_documents({"in_orthanc": True})
+        return doc is not None and n == len(events) + 1
+
+    await eventually(counted, timeout_s=120, what="views built")
+    original = await _snapshot(database)
+
+    # A second worker with a new consumer group and an empty database reads from offset 0.
+    replay_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-replay", "mongo_database": f"{settings.mongo_database}_replay"})
+    replay = build_worker_app(replay_settings)
+    client = mongo_client(replay_settings)
+    replay_db = mongo_database(client, replay_settings)
+    await replay.start()
+    try:
+        async def replayed() -> bool:
+            doc = await replay_db.patients.find_one({"_id": marker.patient_id, "instance_count": 1})
+            n = await replay_db.instances.count_documents({"in_orthanc": True})
+            return doc is not None and n == len(events) + 1
+
+        await eventually(replayed, timeout_s=120, what="views rebuilt by the replay")
+        assert await _snapshot(replay_db) == original
+    finally:
+        await replay.stop()
+        await client.drop_database(replay_settings.mongo_database)
+        client.close()

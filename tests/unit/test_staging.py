@@ -1,0 +1,164 @@
+"""The content-addressed staging store: atomic, idempotent, verified reads, quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from cohortstream.errors import CohortStreamError
+from cohortstream.staging import StagedFile, StagingError, StagingStore
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_stage_bytes_is_content_addressed(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    data = b"DICM-ish bytes" * 100
+    staged = store.stage_bytes(data)
+    digest = _sha(data)
+    assert staged == StagedFile(digest, tmp_path / "staging" / digest[:2] / digest[2:4] / f"{digest}.dcm", len(data))
+    assert staged.path.is_absolute()
+    assert staged.path.read_bytes() == data
+    assert staged.uri == staged.path.as_uri()
+    assert staged.uri.startswith("file:///")
+    assert store.path_for(digest) == staged.path
+
+
+def test_stage_file_hashes_while_copying_and_keeps_the_source(tmp_path: Path) -> None:
+    source = tmp_path / "in.dcm"
+    data = os.urandom(3 * 1024 * 1024 + 17)  # more than one copy chunk
+    source.write_bytes(data)
+    store = StagingStore(tmp_path / "staging")
+    staged = store.stage_file(source)
+    assert staged.sha256 == _sha(data)
+    assert staged.size == len(data)
+    assert staged.path.read_bytes() == data
+    assert source.read_bytes() == data
+
+
+def test_staging_twice_is_idempotent(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    source = tmp_path / "in.dcm"
+    source.write_bytes(b"same bytes")
+    first, created_first = store.stage_file_new(source)
+    mtime = first.path.stat().st_mtime_ns
+    second, created_second = store.stage_file_new(source)
+    third = store.stage_bytes(b"same bytes")
+    assert first == second == third
+    assert (created_first, created_second) == (True, False)
+    assert first.path.stat().st_mtime_ns == mtime  # not rewritten
+    assert list(store.iter_staged()) == [first]
+
+
+def test_no_temporary_file_is_left_or_listed(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    for i in range(5):
+        store.stage_bytes(f"file {i}".encode())
+    # A writer that crashed mid-copy leaves a temp file: it must not count as staged.
+    (store.root / ".tmp-crashed.part").write_bytes(b"half")
+    some = next(store.iter_staged())
+    (some.path.parent / ".tmp-other.part").write_bytes(b"half")
+    (some.path.parent / "not-a-hash.dcm").write_bytes(b"x")
+    listed = list(store.iter_staged())
+    assert len(listed) == 5
+    assert all(s.path.name == f"{s.sha256}.dcm" for s in listed)
+    assert {s.sha256 for s in listed} == {_sha(f"file {i}".encode()) for i in range(5)}
+    leftovers = [p for p in store.root.rglob("*") if p.is_file() and p.name.startswith(".tmp-")]
+    assert sorted(p.name for p in leftovers) == [".tmp-crashed.part", ".tmp-other.part"]
+
+
+def test_open_verified_returns_the_bytes(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path)
+    staged = store.stage_bytes(b"payload")
+    assert store.open_verified(staged.sha256) == b"payload"
+
+
+def test_open_verified_detects_corruption_and_absence(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path)
+    staged = store.stage_bytes(b"payload")
+    staged.path.write_bytes(b"tampered")
+    with pytest.raises(StagingError, match="corrupt") as info:
+        store.open_verified(staged.sha256)
+    assert str(staged.path) in str(info.value)
+    assert isinstance(info.value, CohortStreamError) and isinstance(info.value, OSError)
+    missing = _sha(b"never staged")
+    with pytest.raises(StagingError, match="missing"):
+        store.open_verified(missing)
+
+
+def test_remove(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path)
+    staged = store.stage_bytes(b"payload")
+    assert store.remove(staged.sha256) is True
+    assert not staged.path.exists()
+    assert store.remove(staged.sha256) is False
+    assert list(store.iter_staged()) == []
+
+
+def test_path_for_rejects_non_hashes(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path)
+    with pytest.raises(ValueError):
+        store.path_for("../../etc/passwd")
+    with pytest.raises(ValueError):
+        store.path_for("A" * 64)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_store_raises_staging_error_naming_the_path(tmp_path: Path) -> None:
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(StagingError, match=str(root)):
+            StagingStore(root).stage_bytes(b"x")
+    finally:
+        root.chmod(0o700)
+
+
+def test_unreadable_source_raises_staging_error(tmp_path: Path) -> None:
+    with pytest.raises(StagingError, match="nope.dcm"):
+        StagingStore(tmp_path / "s").stage_file(tmp_path / "nope.dcm")
+
+
+def test_disk_full_raises_staging_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StagingStore(tmp_path / "s")
+    source = tmp_path / "in.dcm"
+    source.write_bytes(b"x" * 100)
+
+    def no_space(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(StagingError, match="no space left on device"):
+        store.stage_file(source)
+    monkeypatch.undo()
+    # Nothing half-written stays behind, under a final name or as a temp file.
+    assert list(store.iter_staged()) == []
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+
+
+def test_quarantine_keeps_bytes_and_a_note(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    qdir = tmp_path / "quarantine"
+    kept = store.quarantine(b"garbage", "no SOP Instance UID", qdir, "MODALITY1")
+    assert kept.parent == qdir
+    assert kept.read_bytes() == b"garbage"
+    note = json.loads(kept.with_suffix(".json").read_text())
+    assert note["reason"] == "no SOP Instance UID"
+    assert note["calling_aet"] == "MODALITY1"
+    assert note["sha256"] == _sha(b"garbage")
+    assert note["size"] == 7
+    assert "quarantined_at" in note
+    # From a path too; quarantine never enters the staging store.
+    source = tmp_path / "bad.dcm"
+    source.write_bytes(b"truncated")
+    kept2 = store.quarantine(source, "truncated", qdir, "MODALITY2")
+    assert kept2.read_bytes() == b"truncated"
+    assert list(store.iter_staged()) == []
+    assert sorted(p.suffix for p in qdir.iterdir()) == [".dcm", ".dcm", ".json", ".json"]
