@@ -11,6 +11,7 @@ with a brighter core, so viewers and segmentation code have something to look at
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from datetime import date, timedelta
@@ -22,7 +23,6 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    generate_uid,
 )
 
 __all__ = ["SERIES_PROTOCOLS", "mr_study", "slice_normal", "write_study"]
@@ -47,7 +47,10 @@ def slice_normal(image_orientation: Sequence[float]) -> np.ndarray:
 
 
 def _uid(*parts: object) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=[str(p) for p in parts]))
+    # pydicom ignores entropy_srcs when prefix is None (it returns a random UUID-based
+    # UID), so derive the 2.25 UUID-integer form from a hash of the parts ourselves.
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode("utf-8")).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 def _phantom(rows: int, cols: int, slices: int, index: int, contrast: float, rng: np.random.Generator) -> np.ndarray:
