@@ -76,6 +76,22 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dicom_scp(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.dicom_scp import serve
+
+    return serve(settings)
+
+
+def _cmd_staging_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.staging_sweeper import sweep_staging
+
+    report = asyncio.run(sweep_staging(settings, min_age_s=args.min_age_s, dry_run=args.dry_run))
+    print(report.summary())
+    for uid in report.republished:
+        print(f"{'orphan' if args.dry_run else 'republished'}\t{uid}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cohortstream",
@@ -107,8 +123,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("file", help="file holding the message value, or - for standard input")
     d.set_defaults(func=_cmd_events_decode)
 
+    p = commands.add_parser("staging", help="inspect the staging store of received DICOM files")
+    staging = p.add_subparsers(dest="staging_command", metavar="ACTION", required=True)
+    sweep = staging.add_parser(
+        "sweep", help="report staged files the stream did not finish, remove archived ones, republish the rest"
+    )
+    sweep.add_argument("--min-age-s", type=float, default=600.0, help="ignore files younger than this (default 600)")
+    sweep.add_argument("--dry-run", action="store_true", help="only report; change nothing")
+    sweep.set_defaults(func=_cmd_staging_sweep)
+
     p = commands.add_parser("worker", help="run the faust stream worker with every agent")
     p.set_defaults(func=_cmd_worker)
+
+    p = commands.add_parser(
+        "dicom-scp", help="run the DICOM C-STORE listener (stages each instance, publishes its event)"
+    )
+    p.set_defaults(func=_cmd_dicom_scp)
     return parser
 
 

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Edges that turn the outside world into events: the DICOM C-STORE listener (``dicom_scp``)."""
