@@ -22,6 +22,8 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/orthanc.sh"
 # shellcheck source=lib/worker.sh
 . "$DEPLOY_DIR/lib/worker.sh"
+# shellcheck source=lib/listener.sh
+. "$DEPLOY_DIR/lib/listener.sh"
 
 STARTED_SERVICES=()
 
@@ -70,6 +72,11 @@ env_lines() {
         printf 'COHORTSTREAM_ORTHANC_PASSWORD=%s\n' "$ORTHANC_PASSWORD"
         printf 'COHORTSTREAM_ORTHANC_AET=%s\n' "$ORTHANC_AET"
         printf 'COHORTSTREAM_ORTHANC_DICOM_PORT=%s\n' "$ORTHANC_DICOM_PORT" ;;
+      listener)
+        # The worker reads the files the listener staged: both must see the same dir.
+        printf 'COHORTSTREAM_DICOM_SCP_PORT=%s\n' "$DICOM_SCP_PORT"
+        printf 'COHORTSTREAM_DICOM_SCP_AET=%s\n' "$DICOM_SCP_AET"
+        printf 'COHORTSTREAM_STAGING_DIR=%s\n' "$(listener_staging_dir)" ;;
     esac
   done
 }
@@ -170,9 +177,9 @@ cmd_up() {
   ((${#apps[@]} == 0)) || start_and_wait "${apps[@]}"
   trap - INT TERM
   log "up done in $((SECONDS - t0))s"
-  printf '\n%-9s %-8s %-34s %s\n' SERVICE PID ENDPOINT PORTS
+  printf '\n%-9s %-8s %-38s %s\n' SERVICE PID ENDPOINT PORTS
   for s in $SERVICES; do
-    printf '%-9s %-8s %-34s %s\n' "$s" "$(svc_pid "$s")" "$("${s}_url")" "$("${s}_port_desc")"
+    printf '%-9s %-8s %-38s %s\n' "$s" "$(svc_pid "$s")" "$("${s}_url")" "$("${s}_port_desc")"
   done
   printf '\nsettings: %s  (set -a; . %s; set +a)\n' "$STATE_DIR/stack.env" "$STATE_DIR/stack.env"
   if [[ " $SERVICES " == *" orthanc "* ]]; then

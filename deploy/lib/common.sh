@@ -15,7 +15,9 @@ MONGO_PORT="${COHORTSTREAM_STACK_MONGO_PORT:-27017}"
 ORTHANC_HTTP_PORT="${COHORTSTREAM_STACK_ORTHANC_HTTP_PORT:-8042}"
 ORTHANC_DICOM_PORT="${COHORTSTREAM_STACK_ORTHANC_DICOM_PORT:-4242}"
 ORTHANC_AET="${COHORTSTREAM_STACK_ORTHANC_AET:-ORTHANC}"
-SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker}"
+DICOM_SCP_PORT="${COHORTSTREAM_STACK_DICOM_SCP_PORT:-11112}"
+DICOM_SCP_AET="${COHORTSTREAM_STACK_DICOM_SCP_AET:-COHORTSTREAM}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker listener}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
@@ -23,9 +25,9 @@ HEALTH_TIMEOUT_FERRETDB="${COHORTSTREAM_STACK_FERRETDB_TIMEOUT:-30}"
 HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
 STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
 
-ALL_SERVICES="kafka ferretdb orthanc worker"
+ALL_SERVICES="kafka ferretdb orthanc worker listener"
 # Started only after the infrastructure is healthy and stack.env is written.
-APP_SERVICES="worker"
+APP_SERVICES="worker listener"
 
 # The state dir is embedded in every service's command line; down/status use
 # it to make sure a pid from a pid file still belongs to *this* stack before

@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# The cohortstream DICOM listener (C-STORE SCP, `cohortstream dicom-scp`), started
+# after the services it needs are healthy and the settings file is written. Received
+# instances are staged under $STATE_DIR/listener/staging (the worker reads them there:
+# stack.env carries COHORTSTREAM_STAGING_DIR), unreadable ones are kept in
+# $STATE_DIR/listener/quarantine. It runs from the repo's virtual environment.
+
+LISTENER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
+LISTENER_CLI="$LISTENER_VENV/bin/cohortstream"
+
+listener_staging_dir() { printf '%s/listener/staging' "$STATE_DIR"; }
+listener_quarantine_dir() { printf '%s/listener/quarantine' "$STATE_DIR"; }
+
+listener_install() {
+  [[ -x "$LISTENER_CLI" ]] || die "listener: $LISTENER_CLI not found; run 'make install' first (or use 'make up')"
+  log "listener: using $LISTENER_CLI"
+}
+
+listener_start() {
+  mkdir -p "$(listener_staging_dir)" "$(listener_quarantine_dir)"
+  require_free_ports listener "$DICOM_SCP_PORT" || return 1
+  # Topics are created explicitly (idempotent; the worker may have done it already).
+  "$LISTENER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log listener)" 2>&1 || return 1
+  spawn listener env \
+    COHORTSTREAM_DICOM_SCP_HOST=127.0.0.1 \
+    COHORTSTREAM_DICOM_SCP_PORT="$DICOM_SCP_PORT" \
+    COHORTSTREAM_DICOM_SCP_AET="$DICOM_SCP_AET" \
+    COHORTSTREAM_STAGING_DIR="$(listener_staging_dir)" \
+    COHORTSTREAM_QUARANTINE_DIR="$(listener_quarantine_dir)" \
+    "$LISTENER_CLI" --env-file "$STATE_DIR/stack.env" dicom-scp
+}
+
+# Healthy = answers a real C-ECHO (dcmtk's echoscu when installed, else pynetdicom).
+listener_health_once() {
+  if [[ -x /usr/bin/echoscu ]]; then
+    /usr/bin/echoscu -to 2 -ta 2 -td 2 -aet STACKCHECK -aec "$DICOM_SCP_AET" 127.0.0.1 "$DICOM_SCP_PORT" \
+      >/dev/null 2>&1
+  else
+    "$LISTENER_VENV/bin/python" - "$DICOM_SCP_AET" "$DICOM_SCP_PORT" >/dev/null 2>&1 <<'PY'
+import sys
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+ae = AE(ae_title="STACKCHECK")
+ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2
+ae.add_requested_context(Verification)
+assoc = ae.associate("127.0.0.1", int(sys.argv[2]), ae_title=sys.argv[1])
+ok = assoc.is_established and getattr(assoc.send_c_echo(), "Status", None) == 0
+if assoc.is_established:
+    assoc.release()
+sys.exit(0 if ok else 1)
+PY
+  fi
+}
+
+listener_port_desc() { printf '%s (AET %s)' "$DICOM_SCP_PORT" "$DICOM_SCP_AET"; }
+listener_url() { printf 'dicom://%s@127.0.0.1:%s' "$DICOM_SCP_AET" "$DICOM_SCP_PORT"; }
+listener_timeout() { printf '%s' "${COHORTSTREAM_STACK_LISTENER_TIMEOUT:-60}"; }
