@@ -363,3 +363,26 @@ async def test_stop_is_clean_and_frees_the_port(stack_settings: Settings, tmp_pa
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title=AET)
     assert not assoc.is_established
+
+
+async def test_too_many_associations_are_rejected_and_logged(
+    stack_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = _settings(stack_settings, tmp_path, dicom_scp_max_associations=1)
+    caplog.set_level(logging.INFO)
+    with DicomListener(settings) as listener:
+        port = listener.address[1]
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        held = await asyncio.to_thread(ae.associate, "127.0.0.1", port, ae_title=AET)
+        assert held.is_established
+        try:
+            second = await _run(ECHOSCU, "-aet", "SECOND", "-aec", AET, "127.0.0.1", str(port))
+            assert second.returncode != 0
+        finally:
+            held.release()
+        third = await _run(ECHOSCU, "-aet", "THIRD", "-aec", AET, "127.0.0.1", str(port))
+        assert third.returncode == 0, third.stderr
+    [record] = [r for r in caplog.records if r.getMessage() == "association rejected"]
+    assert record.calling_aet == "SECOND"  # type: ignore[attr-defined]
+    assert "too many associations" in record.reason  # type: ignore[attr-defined]
