@@ -37,6 +37,8 @@ usage: $(basename "$0") COMMAND
   status         one line per service; exit status 3 if any is not running
   env            print shell-sourceable COHORTSTREAM_* settings
   logs SERVICE   print the last lines of a service log ('-f' to follow)
+  stop SERVICE   stop one service of a running stack (others and stack.env untouched)
+  start SERVICE  start one stopped service again and wait until it is healthy
 
 state dir: $STATE_DIR   cache dir: $CACHE_DIR   services: $SERVICES
 EOF
@@ -201,6 +203,24 @@ cmd_down() {
   log "down: no stack processes left for $STATE_DIR"
 }
 
+# stop SERVICE / start SERVICE: one service of a running stack (fault tests, operators).
+# Unlike down/up they leave the other services and stack.env alone.
+cmd_stop_one() {
+  local svc="${1:-}"
+  [[ " $ALL_SERVICES " == *" $svc "* ]] || die "usage: stack.sh stop SERVICE (known: $ALL_SERVICES)"
+  take_lock
+  stop_service "$svc"
+}
+
+cmd_start_one() {
+  local svc="${1:-}"
+  [[ " $ALL_SERVICES " == *" $svc "* ]] || die "usage: stack.sh start SERVICE (known: $ALL_SERVICES)"
+  take_lock
+  trap on_interrupt INT TERM
+  start_and_wait "$svc"
+  trap - INT TERM
+}
+
 cmd_status() {
   local s pid rc=0 state
   for s in $SERVICES; do
@@ -236,6 +256,8 @@ main() {
     status)  validate_services; cmd_status ;;
     env)     validate_services; env_lines ;;
     logs)    cmd_logs "$@" ;;
+    stop)    cmd_stop_one "$@" ;;
+    start)   cmd_start_one "$@" ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
   esac

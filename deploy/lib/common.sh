@@ -141,13 +141,17 @@ port_open() {
 # already taken (another stack, a system service...), because the health
 # check could otherwise succeed against the wrong server.
 require_free_ports() {
-  local svc="$1" p; shift
+  local svc="$1" p i; shift
   for p in "$@"; do
-    if port_open "$p"; then
-      printf '%s: port 127.0.0.1:%s is already in use by another process:\n%s\n' \
-        "$(date -u +%FT%TZ)" "$p" "$(ss -Hltnp "sport = :$p" 2>/dev/null || true)" >>"$(svc_log "$svc")"
-      return 1
-    fi
+    # A process we just stopped may hold its port for a moment after it died
+    # (zombie until reaped, sockets closing): wait a little before giving up.
+    for ((i = 0; i < 50; i++)); do
+      port_open "$p" || continue 2
+      sleep 0.2
+    done
+    printf '%s: port 127.0.0.1:%s is already in use by another process:\n%s\n' \
+      "$(date -u +%FT%TZ)" "$p" "$(ss -Hltnp "sport = :$p" 2>/dev/null || true)" >>"$(svc_log "$svc")"
+    return 1
   done
 }
 

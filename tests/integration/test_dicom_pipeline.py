@@ -31,33 +31,25 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
+from producers.dicom_scp import instance_event as listener_event
+from producers.dicom_scp import read_instance_attributes
 from streams.worker import build_worker_app
 from tests.polling import eventually
 
 VIEWS = ("instances", "series", "studies", "patients")
 
 
+def fresh_seed() -> int:
+    """A new synthetic study per test run: Orthanc outlives a test, and a study it already
+    holds would make "stored now" indistinguishable from "found"."""
+    return uuid.uuid4().int % 10**9
+
+
 def instance_event(path: Path, store: StagingStore) -> DicomInstanceReceived:
-    """Stage ``path`` and describe it as the listener would."""
+    """Stage ``path`` and describe it exactly as the listener does."""
     staged = store.stage_file(path)
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    return DicomInstanceReceived(
-        producer="test",
-        calling_aet="TESTSCU",
-        called_aet="COHORTSTREAM",
-        sop_class_uid=ds.SOPClassUID,
-        sop_instance_uid=ds.SOPInstanceUID,
-        study_instance_uid=ds.StudyInstanceUID,
-        series_instance_uid=ds.SeriesInstanceUID,
-        transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-        patient_id=str(ds.get("PatientID", "")),
-        modality=str(ds.get("Modality", "")),
-        series_number=int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None,
-        size_bytes=staged.size,
-        sha256=staged.sha256,
-        staged_uri=staged.uri,
-        received_at=datetime.now(UTC),
-    )
+    attributes = read_instance_attributes(staged.path)
+    return listener_event(attributes, staged, calling_aet="TESTSCU", called_aet="COHORTSTREAM", received_at=datetime.now(UTC))
 
 
 @pytest.fixture
@@ -125,7 +117,7 @@ async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
 async def test_instances_reach_orthanc_and_views_exactly_once(
     worker: Any, settings: Settings, database: Any, orthanc: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    files = write_study(mr_study(n_series=2, slices=6, rows=16, cols=16, seed=7), tmp_path / "study")
+    files = write_study(mr_study(n_series=2, slices=6, rows=16, cols=16, seed=fresh_seed()), tmp_path / "study")
     files += [Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
     store = StagingStore(settings.staging_dir)
     events = [instance_event(path, store) for path in files]
@@ -202,7 +194,7 @@ async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
     worker: Any, settings: Settings, database: Any, tmp_path: Path
 ) -> None:
     store = StagingStore(settings.staging_dir)
-    events = [instance_event(p, store) for p in write_study(mr_study(n_series=2, slices=4, rows=8, cols=8, seed=3), tmp_path / "a")]
+    events = [instance_event(p, store) for p in write_study(mr_study(n_series=2, slices=4, rows=8, cols=8, seed=fresh_seed()), tmp_path / "a")]
     marker = instance_event(Path(get_testdata_file("MR_small.dcm")), store)
     async with EventPublisher(settings) as publisher:
         for event in events:
@@ -235,3 +227,33 @@ async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
         await replay.stop()
         await client.drop_database(replay_settings.mongo_database)
         client.close()
+
+
+async def test_sweeper_removes_archived_orphans_and_republishes_the_others(
+    worker: Any, settings: Settings, database: Any, orthanc: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from consumers.staging_sweeper import sweep_staging
+
+    archived_path, orphan_path = write_study(mr_study(n_series=1, slices=2, rows=8, cols=8, seed=fresh_seed()), tmp_path / "o")
+    store = StagingStore(settings.staging_dir)
+    archived = store.stage_file(archived_path)
+    orphan = store.stage_file(orphan_path)
+    # One staged file whose instance reached Orthanc but whose file stayed (e.g. a crash
+    # between the two steps), one whose event never made it.
+    assert (await orthanc.post("/instances", content=archived_path.read_bytes())).status_code == 200
+
+    dry = await sweep_staging(settings, min_age_s=0, dry_run=True)
+    assert dry.scanned == 2 and len(dry.republished) == 1 and len(dry.removed_already_archived) == 1
+    assert archived.path.exists() and orphan.path.exists()
+
+    report = await sweep_staging(settings, min_age_s=0)
+    orphan_uid = pydicom.dcmread(orphan_path, stop_before_pixels=True).SOPInstanceUID
+    assert report.republished == [orphan_uid]
+    assert not archived.path.exists()
+
+    async def orphan_archived() -> Any:
+        return await database.instances.find_one({"_id": orphan_uid, "in_orthanc": True, "sha256": orphan.sha256})
+
+    await eventually(orphan_archived, timeout_s=90, what="the republished orphan archived")
+    assert not orphan.path.exists()
+    assert (await sweep_staging(settings, min_age_s=0)).scanned == 0

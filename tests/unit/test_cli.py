@@ -11,7 +11,7 @@ from cohortstream.cli import main
 from cohortstream.codec import EventCodec
 from tests.examples import example_events
 
-SUBCOMMANDS = ("settings", "schemas", "topics", "events", "worker")
+SUBCOMMANDS = ("settings", "schemas", "topics", "events", "staging", "worker", "dicom-scp")
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,193 @@
+"""Faults on the real stack: the worker killed with SIGKILL mid-study, Orthanc stopped
+and restarted during ingestion. After recovery every instance is in Orthanc and in the
+views exactly once, and every series completes once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cohortstream.admin import ensure_topics
+from cohortstream.events import DicomInstanceReceived
+from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.orthanc_ids import orthanc_hash
+from cohortstream.publisher import EventPublisher
+from cohortstream.settings import Settings, env_var_name
+from cohortstream.staging import StagingStore
+from cohortstream.synthetic import mr_study, write_study
+from streams.worker import build_worker_app
+from tests.integration.test_dicom_pipeline import fresh_seed, instance_event
+from tests.polling import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in a child process."""
+    env = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, list):
+            value = ",".join(value)
+        env[env_var_name(name)] = str(value)
+    return env
+
+
+def stack(*args: str) -> None:
+    """Run deploy/stack.sh on the stack the tests use (its dir holds the env file)."""
+    state_dir = Path(os.environ["COHORTSTREAM_ENV_FILE"]).resolve().parent
+    env = {**os.environ, "COHORTSTREAM_STACK_DIR": str(state_dir)}
+    subprocess.run([str(ROOT / "deploy" / "stack.sh"), *args], env=env, check=True, timeout=180)
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    return stack_settings.model_copy(
+        update={"series_quiet_period_s": 2.0, "staging_dir": tmp_path / "staging", "sink_retry_max_delay_s": 1.0}
+    )
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Any]:
+    client = mongo_client(settings)
+    yield mongo_database(client, settings)
+    await client.drop_database(settings.mongo_database)
+    client.close()
+
+
+@pytest.fixture
+def study(settings: Settings, tmp_path: Path) -> list[DicomInstanceReceived]:
+    store = StagingStore(settings.staging_dir)
+    files = write_study(mr_study(n_series=3, slices=20, rows=16, cols=16, seed=fresh_seed()), tmp_path / "study")
+    return [instance_event(path, store) for path in files]
+
+
+async def _publish(settings: Settings, events: list[DicomInstanceReceived]) -> None:
+    async with EventPublisher(settings) as publisher:
+        for event in events:
+            await publisher.publish(event, key=event.series_instance_uid)
+
+
+async def _archived(database: Any) -> int:
+    return int(await database.instances.count_documents({"in_orthanc": True, "sha256": {"$exists": True}}))
+
+
+async def _assert_exactly_once(settings: Settings, database: Any, events: list[DicomInstanceReceived]) -> None:
+    per_series: dict[str, int] = {}
+    for event in events:
+        per_series[event.series_instance_uid] = per_series.get(event.series_instance_uid, 0) + 1
+    assert await database.instances.count_documents({}) == len(events)
+    series = {d["_id"]: d["instance_count"] async for d in database.series.find({})}
+    assert series == per_series
+    auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
+    async with httpx.AsyncClient(base_url=settings.orthanc_url, auth=auth, timeout=30) as orthanc:
+        for uid, count in per_series.items():
+            first = next(e for e in events if e.series_instance_uid == uid)
+            series_id = orthanc_hash(first.patient_id, first.study_instance_uid, uid)
+            response = await orthanc.get(f"/series/{series_id}")
+            assert response.status_code == 200
+            assert len(response.json()["Instances"]) == count
+    for event in events:
+        assert not Path(event.staged_uri.removeprefix("file://")).exists()
+
+
+@pytest.fixture
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[Any]:
+    """Start/kill `cohortstream worker` subprocesses with these settings."""
+    processes: list[subprocess.Popen[bytes]] = []
+    log_path = tmp_path / "worker.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        env = {**os.environ, **settings_environment(settings), "COHORTSTREAM_LOG_FORMAT": "console"}
+        env.pop("COHORTSTREAM_ENV_FILE", None)
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
+    settings: Settings, database: Any, study: list[DicomInstanceReceived], worker_process: Any
+) -> None:
+    await ensure_topics(settings)
+    first_half, second_half = study[:30], study[30:]
+    victim = worker_process()
+    await _publish(settings, first_half)
+
+    async def some_archived() -> bool:
+        return await _archived(database) >= 5
+
+    await eventually(some_archived, timeout_s=120, what="the worker to start archiving")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    await _publish(settings, second_half)  # the rest of the study arrives while it is down
+
+    worker_process()
+
+    async def all_archived() -> bool:
+        return await _archived(database) == len(study)
+
+    await eventually(all_archived, timeout_s=180, what="every instance archived after the restart")
+    await _assert_exactly_once(settings, database, study)
+
+
+async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catches_up(
+    settings: Settings, database: Any, study: list[DicomInstanceReceived]
+) -> None:
+    await ensure_topics(settings)
+    app = build_worker_app(settings)
+    await app.start()
+    try:
+        first_half, second_half = study[:30], study[30:]
+        await _publish(settings, first_half)
+
+        async def first_half_archived() -> bool:
+            return await _archived(database) == len(first_half)
+
+        await eventually(first_half_archived, timeout_s=120, what="the first half archived")
+        await asyncio.to_thread(stack, "stop", "orthanc")
+        try:
+            await _publish(settings, second_half)
+
+            async def second_half_viewed() -> bool:
+                return await database.instances.count_documents({}) == len(study)
+
+            # The views agent does not need Orthanc and goes on; the archive agent waits.
+            await eventually(second_half_viewed, timeout_s=120, what="views of the second half")
+            assert await _archived(database) == len(first_half)
+            for event in second_half:
+                assert Path(event.staged_uri.removeprefix("file://")).exists(), "staged file dropped before Orthanc had it"
+        finally:
+            await asyncio.to_thread(stack, "start", "orthanc")
+
+        async def all_archived() -> bool:
+            return await _archived(database) == len(study)
+
+        await eventually(all_archived, timeout_s=120, what="the archive to catch up after Orthanc came back")
+        await _assert_exactly_once(settings, database, study)
+    finally:
+        await app.stop()
