@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 
 from cohortstream.admin import ensure_topics
@@ -25,9 +27,12 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings, env_var_name
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
+from producers.dicom_scp import DicomListener
 from streams.worker import build_worker_app
 from tests.integration.test_dicom_pipeline import fresh_seed, instance_event
 from tests.polling import eventually
+
+STORESCU = "/usr/bin/storescu"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -191,3 +196,48 @@ async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catch
         await _assert_exactly_once(settings, database, study)
     finally:
         await app.stop()
+
+
+async def _storescu_until_accepted(settings: Settings, directory: Path, attempts: int = 3) -> int:
+    """Push ``directory`` with dcmtk's storescu, resending like a modality when a store failed."""
+    argv = [STORESCU, "-R", "+sd", "+r", "-aec", settings.dicom_scp_aet, "127.0.0.1", str(settings.dicom_scp_port), str(directory)]
+    for attempt in range(1, attempts + 1):
+        process = await asyncio.create_subprocess_exec(
+            *argv, env={**os.environ, "TCP_NODELAY": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+        if process.returncode == 0:  # dcmtk exits non-zero when any C-STORE did not succeed
+            return attempt
+    raise AssertionError(f"storescu kept failing after {attempts} attempts: {output.decode(errors='replace')[-2000:]}")
+
+
+@pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
+async def test_kafka_restarted_between_two_associations(settings: Settings, database: Any, tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = settings.model_copy(
+        update={"dicom_scp_port": port, "quarantine_dir": tmp_path / "quarantine", "dicom_scp_publish_timeout_s": 30.0}
+    )
+    await ensure_topics(settings)
+    first = write_study(mr_study(n_series=1, slices=10, rows=16, cols=16, seed=fresh_seed()), tmp_path / "first")
+    second = write_study(mr_study(n_series=1, slices=10, rows=16, cols=16, seed=fresh_seed()), tmp_path / "second")
+    app = build_worker_app(settings)
+    await app.start()
+    try:
+        with DicomListener(settings):
+            await _storescu_until_accepted(settings, tmp_path / "first")
+            await asyncio.to_thread(stack, "stop", "kafka")
+            await asyncio.to_thread(stack, "start", "kafka")
+            await _storescu_until_accepted(settings, tmp_path / "second")
+
+        async def all_archived() -> bool:
+            return await _archived(database) == len(first) + len(second)
+
+        await eventually(all_archived, timeout_s=180, what="both associations archived after the Kafka restart")
+    finally:
+        await app.stop()
+    sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in first + second}
+    assert {d["_id"] async for d in database.instances.find({})} == sops
+    series = [d["instance_count"] async for d in database.series.find({})]
+    assert series == [10, 10]
