@@ -92,6 +92,39 @@ def _cmd_staging_sweep(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_redcap_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.redcap.sync import run_sync
+
+    report = asyncio.run(run_sync(settings, args.project, args.redcap_url, batch_size=args.batch_size))
+    print(report.summary())
+    return 0
+
+
+def _cmd_redcap_webhook(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.redcap.webhook import serve_webhook
+
+    return serve_webhook(settings)
+
+
+def _cmd_ehr_load(settings: Settings, args: argparse.Namespace) -> int:
+    from producers.ehr.loader import publish_extract
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    report = asyncio.run(
+        publish_extract(settings, Path(args.path), source=args.source, progress=progress, batch_size=args.batch_size)
+    )
+    for file in report.files:
+        for bad in file.bad_rows[: args.show_bad]:
+            print(f"bad row {bad.location}: {bad.reason}", file=sys.stderr)
+        if len(file.bad_rows) > args.show_bad:
+            print(f"... {len(file.bad_rows) - args.show_bad} more bad rows in {file.file} (see the dead-letter topic)",
+                  file=sys.stderr)
+    print(report.summary())
+    # Bad rows and bad files are reported and dead-lettered, not a failure of the load;
+    # a publish failure raised PublishError above and exits 1.
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cohortstream",
@@ -139,6 +172,32 @@ def _parser() -> argparse.ArgumentParser:
         "dicom-scp", help="run the DICOM C-STORE listener (stages each instance, publishes its event)"
     )
     p.set_defaults(func=_cmd_dicom_scp)
+
+    p = commands.add_parser("redcap", help="REDCap: serve the Data Entry Trigger endpoint, or sync a whole project")
+    redcap = p.add_subparsers(dest="redcap_command", metavar="ACTION", required=True)
+    r = redcap.add_parser("sync", help="publish every record of a configured project (trigger FULL_SYNC); safe to rerun")
+    r.add_argument("--project", required=True, help="REDCap project id (pid) from COHORTSTREAM_REDCAP_PROJECTS")
+    r.add_argument("--redcap-url", default=None, help="REDCap base URL, needed when two servers share the project id")
+    r.add_argument("--batch-size", type=int, default=100, help="records pulled per API call (default 100)")
+    r.set_defaults(func=_cmd_redcap_sync)
+    r = redcap.add_parser("webhook", help="serve POST /redcap/trigger on COHORTSTREAM_REDCAP_WEBHOOK_HOST/PORT")
+    r.set_defaults(func=_cmd_redcap_webhook)
+
+    p = commands.add_parser("ehr", help="EHR extracts: load MIMIC-IV-style CSV tables and FHIR R4 bundles as events")
+    ehr = p.add_subparsers(dest="ehr_command", metavar="ACTION", required=True)
+    e = ehr.add_parser(
+        "load", help="publish every row of PATH (file or directory) as EhrRecord; bad rows go to the dead-letter topic"
+    )
+    e.add_argument("path", metavar="PATH", help="a MIMIC table (.csv/.csv.gz), a FHIR JSON bundle, or a directory of them")
+    e.add_argument("--source", default=None, help="source name in the events (default: mimic-iv for CSV, fhir for JSON)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)")
+    e.add_argument("--batch-size", type=int, default=1000, help="events sent before awaiting their acks (default 1000)")
+    e.add_argument("--show-bad", type=int, default=20, help="bad rows listed per file on stderr (default 20)")
+    e.set_defaults(func=_cmd_ehr_load)
+
+    from cohortstream import cli_subjects
+
+    cli_subjects.add_commands(commands)
     return parser
 
 

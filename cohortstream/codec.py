@@ -20,7 +20,6 @@ from typing import Any
 
 import fastavro
 from fastavro.validation import ValidationError, validate
-
 from pydantic import ValidationError as PydanticValidationError
 
 from cohortstream.errors import (
@@ -118,7 +117,11 @@ class EventCodec:
         schema = self.registry.current(schema_name)
         _check_fields(schema, record)
         try:
-            validate(record, schema.parsed, raise_errors=True, strict=True)
+            # The raising mode builds (and JSON-dumps the schema for) an exception on every
+            # union branch it rejects, even for valid records: ~9x slower on EhrRecord. Check
+            # quietly first and only re-run it to explain a record that is invalid.
+            if not validate(record, schema.parsed, raise_errors=False, strict=True):
+                validate(record, schema.parsed, raise_errors=True, strict=True)
         except ValidationError as exc:
             problems = "; ".join(_explain(schema, str(e)) for e in exc.errors) or str(exc)
             raise EventEncodeError(f"{schema_name}: record does not match schema: {problems}") from exc

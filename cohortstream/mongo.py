@@ -10,7 +10,7 @@ from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 
 from cohortstream.settings import Settings
 
-__all__ = ["mongo_client", "mongo_database"]
+__all__ = ["mongo_client", "mongo_database", "safe_key"]
 
 
 def mongo_client(settings: Settings) -> AsyncIOMotorClient:
@@ -26,3 +26,12 @@ def mongo_client(settings: Settings) -> AsyncIOMotorClient:
 def mongo_database(client: AsyncIOMotorClient, settings: Settings) -> AsyncIOMotorDatabase:
     """The database that holds the cohortstream views."""
     return client[settings.mongo_database]
+
+
+def safe_key(text: str) -> str:
+    """``text`` usable as a field name inside a document (no ``.``, no leading ``$``).
+
+    Codes such as LOINC ``2160-0`` or ICD ``E11.9`` become map keys in the views; a dot
+    would be read as a path and a leading ``$`` as an operator.
+    """
+    return text.replace(".", "_").replace("$", "_")

@@ -8,7 +8,9 @@ acknowledgement, so an edge (C-STORE listener, webhook) may answer success as so
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
 
@@ -89,3 +91,31 @@ class EventPublisher:
                    "partition": metadata.partition, "offset": metadata.offset},
         )
         return metadata
+
+    async def publish_many(self, items: Sequence[tuple[Event, str]]) -> list[RecordMetadata]:
+        """Send every ``(event, key)`` to its catalogue topic and wait for all acknowledgements.
+
+        Bulk loaders use this instead of awaiting :meth:`publish` per event: every send is
+        queued first, so the producer fills whole batches and keeps several requests in
+        flight (the idempotent producer keeps per-partition order), then all acks are
+        awaited. The same guarantee holds: when this returns, every event is durable; if
+        it raises, some may be and some not (replaying is safe when sinks are idempotent).
+        """
+        if self._producer is None:
+            raise PublishError("publisher is not started")
+        futures = []
+        try:
+            for event, key in items:
+                topic = topic_for_event(type(event)).full_name(self._settings)
+                value = self._codec.encode_event(event)
+                futures.append(await self._producer.send(topic, value=value, key=key.encode("utf-8")))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaError as exc:
+            raise PublishError(f"Kafka did not accept a batch of {len(items)} events: {exc}") from exc
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise PublishError(
+                f"Kafka did not acknowledge {len(failures)} of {len(items)} events: {failures[0]}"
+            ) from failures[0]
+        log.debug("events published", extra={"count": len(items)})
+        return [r for r in results if isinstance(r, RecordMetadata)]

@@ -9,19 +9,72 @@ from this class (``cohortstream settings --markdown``) and a test keeps them equ
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cohortstream.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "Settings", "env_var_name", "unknown_env_vars", "settings_markdown_table"]
+__all__ = ["ENV_PREFIX", "RedcapProject", "Settings", "SubjectLinkRule", "env_var_name", "settings_environment", "unknown_env_vars", "settings_markdown_table"]
 
 ENV_PREFIX = "COHORTSTREAM_"
+
+
+class RedcapProject(BaseModel):
+    """One REDCap project whose Data Entry Triggers are accepted and whose API is read."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redcap_url: str = Field(description="Base URL of the REDCap server, as REDCap sends it in `redcap_url`.")
+    project_id: str = Field(description="The project's id (pid), as a string.")
+    api_token: SecretStr = Field(description="API token with export rights on this project.")
+    api_url: str | None = Field(None, description="API endpoint; default `<redcap_url>/api/`.")
+
+    @field_validator("redcap_url")
+    @classmethod
+    def _url_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"redcap_url {value!r} must start with http:// or https://")
+        return value.rstrip("/") + "/"
+
+    @property
+    def endpoint(self) -> str:
+        """Where the REDCap API of this project answers."""
+        return self.api_url or f"{self.redcap_url}api/"
+
+
+class SubjectLinkRule(BaseModel):
+    """A rule that links two identifiers of one subject when a record carries both.
+
+    ``{"redcap_field": "mrn", "target": "dicom_patient_id"}``: the value of the REDCap
+    field ``mrn`` is the DICOM PatientID of the same subject.
+    ``{"redcap_field": "ehr_id", "target": "ehr_subject_id", "ehr_source": "mimic-iv"}``:
+    the value is that subject's id in the named EHR source.
+    ``{"ehr_source": "mimic-iv", "target": "dicom_patient_id"}`` (no field): the EHR
+    source's subject id is itself the DICOM PatientID.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    redcap_field: str | None = None
+    ehr_source: str | None = None
+    target: Literal["dicom_patient_id", "ehr_subject_id"]
+
+    @model_validator(mode="after")
+    def _names_a_source(self) -> SubjectLinkRule:
+        if self.redcap_field is None and self.ehr_source is None:
+            raise ValueError("a subject link rule needs redcap_field or ehr_source")
+        if self.target == "ehr_subject_id" and self.ehr_source is None:
+            raise ValueError("a rule with target ehr_subject_id must name its ehr_source")
+        if self.redcap_field is None and self.target == "ehr_subject_id":
+            raise ValueError("an EHR source cannot link to itself")
+        return self
 
 
 class Settings(BaseSettings):
@@ -122,6 +175,62 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait between retries of a sink while its service is down."
     )
 
+    # --- REDCap --------------------------------------------------------------------------
+    redcap_projects: list[RedcapProject] = Field(
+        default_factory=list,
+        description='Accepted REDCap projects, as JSON: `[{"redcap_url": "https://redcap.example.org/", '
+        '"project_id": "12", "api_token": "..."}]`. Triggers for any other project or server get 403.',
+    )
+    redcap_trigger_secret: SecretStr = Field(
+        SecretStr(""),
+        description="If set, a Data Entry Trigger must carry `?secret=<value>` in its URL (set it in the "
+        "trigger URL in REDCap); REDCap signs nothing, so this and the network list are the only checks.",
+    )
+    redcap_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Source addresses allowed to post triggers, comma-separated CIDRs. Empty accepts every address.",
+    )
+    redcap_webhook_host: str = Field("127.0.0.1", description="Address the REDCap trigger endpoint binds to.")
+    redcap_webhook_port: int = Field(8091, ge=1, le=65535, description="Port of the REDCap trigger endpoint.")
+    redcap_api_timeout_s: float = Field(30.0, gt=0, description="Timeout of one REDCap API request.")
+    redcap_metadata_ttl_s: float = Field(
+        300.0, ge=0, description="How long a project's data dictionary is cached before it is read again."
+    )
+    # --- Subjects and EHR ------------------------------------------------------------
+    subject_link_rules: list[SubjectLinkRule] = Field(
+        default_factory=list,
+        description='Rules that link identifiers of one subject, as JSON, e.g. `[{"redcap_field": "mrn", '
+        '"target": "dicom_patient_id"}]` (see the README, "Subjects").',
+    )
+    # --- Annotation -------------------------------------------------------------------
+    annotation_models_dir: str = Field(
+        "",
+        description="Directory of model weights: `<dir>/<model name>/` (a MONAI bundle) or `<dir>/<weights file>`. "
+        "Empty: the weights shipped in `consumers/annotation/weights/`.",
+    )
+    annotation_model_paths: dict[str, Path] = Field(
+        default_factory=dict,
+        description='Per-model weights path (file or bundle directory), as JSON: `{"phantom-sphere-unet": "/models/x.pt"}`; '
+        "wins over `annotation_models_dir`.",
+    )
+    annotation_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where inference runs: `auto` takes CUDA when torch sees a GPU, else the CPU."
+    )
+    annotation_cpu_threads: int = Field(
+        1, ge=1, description="Torch threads for CPU inference, so the worker leaves cores to the other processes."
+    )
+    annotation_sw_batch_size: int = Field(
+        4, ge=1, description="Sliding-window patches inferred in one batch (raise it on a GPU)."
+    )
+    annotation_roi_size: list[int] = Field(
+        default_factory=list,
+        description="Sliding-window patch size (slices, rows, columns) as JSON, e.g. `[48, 48, 48]`; empty: the model's own.",
+    )
+    annotation_overlap: float = Field(
+        0.25, ge=0, lt=1, description="Overlap of neighbouring sliding-window patches (fraction of the patch)."
+    )
+    annotation_amp: bool = Field(True, description="Mixed precision (float16 autocast) for inference on CUDA.")
+
     # --- Logging -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Minimum level of log records."
@@ -157,6 +266,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"AE title {aet!r} is longer than 16 characters")
         return value
 
+    @field_validator("redcap_allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("redcap_allowed_networks")
+    @classmethod
+    def _networks_are_valid(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"redcap_allowed_networks entry {network!r} is not an address or CIDR") from exc
+        return value
+
     @field_validator("orthanc_url")
     @classmethod
     def _orthanc_url_is_http(cls, value: str) -> str:
@@ -183,6 +309,37 @@ class Settings(BaseSettings):
         if env_file is not None and not Path(env_file).is_file():
             raise ConfigurationError(f"env file {env_file} does not exist")
         return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """Environment variables that rebuild ``settings`` in a child process (secrets included).
+
+    Lists of plain strings are written comma-separated (as people write them); lists of
+    models as JSON, the form pydantic-settings parses for complex fields.
+    """
+    env: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue  # unset: the child gets the default, None for every optional setting
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list) and any(meta is NoDecode for meta in field.metadata):
+            text = ",".join(value)
+        elif isinstance(value, list):
+            text = json.dumps([_revealed(item) for item in value])
+        else:
+            text = str(value)
+        env[env_var_name(name)] = text
+    return env
+
+
+def _revealed(item: Any) -> Any:
+    if isinstance(item, BaseModel):
+        return {k: _revealed(getattr(item, k)) for k in type(item).model_fields}
+    if isinstance(item, SecretStr):
+        return item.get_secret_value()
+    return item
 
 
 def env_var_name(field_name: str) -> str:

@@ -17,23 +17,19 @@ a processing time, only times carried by the events, for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import UpdateOne
-from pymongo.errors import AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError
 
 from cohortstream.events import DicomInstanceReceived
-from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
-from cohortstream.settings import Settings
-from consumers.backoff import retry_transient
+from cohortstream.subjects import SubjectIdentifier
+from consumers.subject_registry import SubjectAwareSink
 
-__all__ = ["DicomViews", "TRANSIENT_MONGO_ERRORS"]
+__all__ = ["DicomViews", "instance_attributes", "view_updates"]
 
-TRANSIENT_MONGO_ERRORS = (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError)
 
 _INDEXES = {
     "instances": ["series_instance_uid", "study_instance_uid", "patient_id"],
@@ -52,145 +48,169 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-class DicomViews:
+def _group(events: Sequence[DicomInstanceReceived], key: Callable[[DicomInstanceReceived], str]) -> dict[str, list[DicomInstanceReceived]]:
+    groups: dict[str, list[DicomInstanceReceived]] = {}
+    for event in events:
+        groups.setdefault(key(event), []).append(event)
+    return groups
+
+
+def _received_bounds(events: list[DicomInstanceReceived]) -> tuple[datetime, datetime]:
+    received = [e.received_at for e in events]
+    return min(received), max(received)
+
+
+def _study_date_bounds(events: list[DicomInstanceReceived]) -> tuple[datetime | None, datetime | None]:
+    dates = [d for d in (_study_date(e) for e in events) if d is not None]
+    return (min(dates), max(dates)) if dates else (None, None)
+
+
+def instance_attributes(event: DicomInstanceReceived) -> dict[str, Any]:
+    """What the ``instances`` view records of the first copy of an instance received.
+
+    The first copy wins, as in Orthanc (which keeps the first copy of a SOP instance and
+    does not overwrite it): a later copy with other bytes (another transfer syntax, a
+    re-send after a correction that should have had a new UID) only adds its hash to
+    ``received_sha256``, so the view and the archive never disagree about the bytes.
+    Both agents write these with ``$setOnInsert`` because either may create the document;
+    ``received_sha256`` is written by the views agent only, so its presence says the
+    views agent has folded the instance in.
+    """
+    ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
+    return _drop_none({
+        "sop_class_uid": event.sop_class_uid,
+        "series_instance_uid": event.series_instance_uid,
+        "study_instance_uid": event.study_instance_uid,
+        "patient_id": event.patient_id,
+        "instance_number": event.instance_number,
+        "transfer_syntax_uid": event.transfer_syntax_uid,
+        "sha256": event.sha256,
+        "size_bytes": event.size_bytes,
+        "received_at": event.received_at,
+        "calling_aet": event.calling_aet,
+        "orthanc_id": ids.instance,
+    })
+
+
+def view_updates(
+    events: Sequence[DicomInstanceReceived], viewer_url: Callable[[OrthancIds], str]
+) -> dict[str, list[UpdateOne]]:
+    """The upserts that fold ``events`` into the four views: one per distinct document.
+
+    A batch usually holds many instances of few series, so the series/study/patient
+    updates are merged per ``_id`` ($min/$max over the batch, $addToSet with $each)
+    instead of sent once per instance: fewer statements, same result, and the result
+    does not depend on how the stream was cut into batches.
+    """
+    updates: dict[str, list[UpdateOne]] = {"instances": [], "series": [], "studies": [], "patients": []}
+    for sop_uid, same_instance in _group(events, lambda e: e.sop_instance_uid).items():
+        updates["instances"].append(UpdateOne(
+            {"_id": sop_uid},
+            {
+                "$setOnInsert": instance_attributes(same_instance[0]),
+                "$addToSet": {"received_sha256": {"$each": list(dict.fromkeys(e.sha256 for e in same_instance))}},
+            },
+            upsert=True,
+        ))
+    for series_uid, in_series in _group(events, lambda e: e.series_instance_uid).items():
+        first = min(in_series, key=lambda e: e.received_at)
+        ids = orthanc_ids(first.patient_id, first.study_instance_uid, series_uid, first.sop_instance_uid)
+        earliest, latest = _received_bounds(in_series)
+        updates["series"].append(UpdateOne(
+            {"_id": series_uid},
+            {
+                "$setOnInsert": _drop_none({
+                    "study_instance_uid": first.study_instance_uid,
+                    "patient_id": first.patient_id,
+                    "modality": first.modality,
+                    "series_number": first.series_number,
+                    "series_description": first.series_description,
+                    "body_part_examined": first.body_part_examined,
+                    "orthanc_id": ids.series,
+                }),
+                "$min": {"first_received_at": earliest},
+                "$max": {"last_received_at": latest},
+            },
+            upsert=True,
+        ))
+    for study_uid, in_study in _group(events, lambda e: e.study_instance_uid).items():
+        first = min(in_study, key=lambda e: e.received_at)
+        ids = orthanc_ids(first.patient_id, study_uid, first.series_instance_uid, first.sop_instance_uid)
+        earliest, latest = _received_bounds(in_study)
+        updates["studies"].append(UpdateOne(
+            {"_id": study_uid},
+            {
+                "$setOnInsert": _drop_none({
+                    "patient_id": first.patient_id,
+                    "study_date": _study_date(first),
+                    "study_description": first.study_description,
+                    "orthanc_id": ids.study,
+                    "viewer_url": viewer_url(ids),
+                }),
+                "$addToSet": {
+                    "series": {"$each": sorted({e.series_instance_uid for e in in_study})},
+                    "modalities": {"$each": sorted({e.modality for e in in_study})},
+                },
+                "$min": {"first_received_at": earliest},
+                "$max": {"last_received_at": latest},
+            },
+            upsert=True,
+        ))
+    for patient_id, of_patient in _group(events, lambda e: e.patient_id).items():
+        first = min(of_patient, key=lambda e: e.received_at)
+        ids = orthanc_ids(patient_id, first.study_instance_uid, first.series_instance_uid, first.sop_instance_uid)
+        earliest, latest = _received_bounds(of_patient)
+        first_study, last_study = _study_date_bounds(of_patient)
+        updates["patients"].append(UpdateOne(
+            {"_id": patient_id},
+            {
+                "$setOnInsert": _drop_none({
+                    "identifiers": {"dicom_patient_id": patient_id},
+                    "sex": first.patient_sex,
+                    "orthanc_id": ids.patient,
+                }),
+                "$addToSet": {
+                    "studies": {"$each": sorted({e.study_instance_uid for e in of_patient})},
+                    "modalities": {"$each": sorted({e.modality for e in of_patient})},
+                },
+                "$min": _drop_none({"first_study_date": first_study, "first_received_at": earliest}),
+                "$max": _drop_none({"last_study_date": last_study, "last_received_at": latest}),
+            },
+            upsert=True,
+        ))
+    return updates
+
+
+class DicomViews(SubjectAwareSink):
     """The MongoDB view builder for ``dicom.instance-received`` (and archive confirmations)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._client: AsyncIOMotorClient | None = None
-        self._db: AsyncIOMotorDatabase | None = None
-
-    async def setup(self) -> None:
-        """Connect and create the indexes the count queries use."""
-        self._client = mongo_client(self._settings)
-        self._db = mongo_database(self._client, self._settings)
-        for collection, fields in _INDEXES.items():
-            for field in fields:
-                await self._retry(lambda c=collection, f=field: self.db[c].create_index(f), f"index {collection}.{field}")
-
-    async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    @property
-    def db(self) -> AsyncIOMotorDatabase:
-        if self._db is None:
-            raise RuntimeError("DicomViews.setup() was not awaited")
-        return self._db
-
-    async def _retry(self, operation: Any, what: str) -> Any:
-        return await retry_transient(
-            operation,
-            what=what,
-            transient=TRANSIENT_MONGO_ERRORS,
-            pause_after=self._settings.sink_retry_attempts,
-            max_delay_s=self._settings.sink_retry_max_delay_s,
-        )
+    INDEXES = _INDEXES
 
     def viewer_url(self, ids: OrthancIds) -> str:
         """Link to the study in Orthanc Explorer."""
         return f"{self._settings.orthanc_url}/app/explorer.html#study?uuid={ids.study}"
 
-    def _updates(self, event: DicomInstanceReceived) -> dict[str, UpdateOne]:
-        ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
-        received = event.received_at
-        study_date = _study_date(event)
-        return {
-            "instances": UpdateOne(
-                {"_id": event.sop_instance_uid},
-                {
-                    # $set, not $setOnInsert: the archive agent may have created the
-                    # document first (in_orthanc); the values are the same on replay.
-                    "$set": _drop_none({
-                        "sop_class_uid": event.sop_class_uid,
-                        "series_instance_uid": event.series_instance_uid,
-                        "study_instance_uid": event.study_instance_uid,
-                        "patient_id": event.patient_id,
-                        "instance_number": event.instance_number,
-                        "transfer_syntax_uid": event.transfer_syntax_uid,
-                        "sha256": event.sha256,
-                        "size_bytes": event.size_bytes,
-                        "received_at": received,
-                        "calling_aet": event.calling_aet,
-                        "orthanc_id": ids.instance,
-                    })
-                },
-                upsert=True,
-            ),
-            "series": UpdateOne(
-                {"_id": event.series_instance_uid},
-                {
-                    "$setOnInsert": _drop_none({
-                        "study_instance_uid": event.study_instance_uid,
-                        "patient_id": event.patient_id,
-                        "modality": event.modality,
-                        "series_number": event.series_number,
-                        "series_description": event.series_description,
-                        "body_part_examined": event.body_part_examined,
-                        "orthanc_id": ids.series,
-                    }),
-                    "$min": {"first_received_at": received},
-                    "$max": {"last_received_at": received},
-                },
-                upsert=True,
-            ),
-            "studies": UpdateOne(
-                {"_id": event.study_instance_uid},
-                {
-                    "$setOnInsert": _drop_none({
-                        "patient_id": event.patient_id,
-                        "study_date": study_date,
-                        "study_description": event.study_description,
-                        "orthanc_id": ids.study,
-                        "viewer_url": self.viewer_url(ids),
-                    }),
-                    "$addToSet": {"series": event.series_instance_uid, "modalities": event.modality},
-                    "$min": {"first_received_at": received},
-                    "$max": {"last_received_at": received},
-                },
-                upsert=True,
-            ),
-            "patients": UpdateOne(
-                {"_id": event.patient_id},
-                {
-                    "$setOnInsert": _drop_none({
-                        "identifiers": {"dicom_patient_id": event.patient_id},
-                        "sex": event.patient_sex,
-                        "orthanc_id": ids.patient,
-                    }),
-                    "$addToSet": {"studies": event.study_instance_uid, "modalities": event.modality},
-                    "$min": _drop_none({"first_study_date": study_date, "first_received_at": received}),
-                    "$max": _drop_none({"last_study_date": study_date, "last_received_at": received}),
-                },
-                upsert=True,
-            ),
-        }
-
     async def apply(self, events: Sequence[DicomInstanceReceived]) -> None:
         """Fold a batch of received instances into the views (idempotent)."""
         if not events:
             return
-        batches: dict[str, list[UpdateOne]] = {"instances": [], "series": [], "studies": [], "patients": []}
-        for event in events:
-            for collection, update in self._updates(event).items():
-                batches[collection].append(update)
+        updates = view_updates(events, self.viewer_url)
         # Parents after children: a reader never sees a study whose instances are missing.
         for collection in ("instances", "series", "studies", "patients"):
-            await self._retry(
-                lambda c=collection: self.db[c].bulk_write(batches[c], ordered=True), f"update {collection} view"
-            )
+            await self.bulk_write(collection, updates[collection], f"update {collection} view")
         await self._refresh_counts(
             series={e.series_instance_uid for e in events},
             studies={e.study_instance_uid for e in events},
             patients={e.patient_id for e in events},
         )
+        # Every PatientID is a subject of its own until a link joins it to others.
+        await self.registry.register([SubjectIdentifier.dicom(pid) for pid in {e.patient_id for e in events}])
 
     async def _count(self, collection: str, query: dict[str, Any]) -> int:
-        return int(await self._retry(lambda: self.db[collection].count_documents(query), f"count {collection}"))
+        return int(await self.retry(lambda: self.db[collection].count_documents(query), f"count {collection}"))
 
     async def _set(self, collection: str, key: str, values: dict[str, Any]) -> None:
-        await self._retry(lambda: self.db[collection].update_one({"_id": key}, {"$set": values}), f"update {collection} counts")
+        await self.retry(lambda: self.db[collection].update_one({"_id": key}, {"$set": values}), f"update {collection} counts")
 
     async def _refresh_counts(self, series: set[str], studies: set[str], patients: set[str]) -> None:
         for uid in sorted(series):
@@ -209,9 +229,14 @@ class DicomViews:
 
     async def record_archived(self, event: DicomInstanceReceived) -> None:
         """Note that Orthanc confirmed the instance (called by the archive agent)."""
-        await self._retry(
+        await self.retry(
             lambda: self.db["instances"].update_one(
-                {"_id": event.sop_instance_uid}, {"$set": {"in_orthanc": True}}, upsert=True
+                {"_id": event.sop_instance_uid},
+                {
+                    "$set": {"in_orthanc": True},
+                    "$setOnInsert": instance_attributes(event),
+                },
+                upsert=True,
             ),
             "record Orthanc confirmation",
         )

@@ -24,6 +24,8 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/worker.sh"
 # shellcheck source=lib/listener.sh
 . "$DEPLOY_DIR/lib/listener.sh"
+# shellcheck source=lib/redcap.sh
+. "$DEPLOY_DIR/lib/redcap.sh"
 
 STARTED_SERVICES=()
 
@@ -79,6 +81,8 @@ env_lines() {
         printf 'COHORTSTREAM_DICOM_SCP_PORT=%s\n' "$DICOM_SCP_PORT"
         printf 'COHORTSTREAM_DICOM_SCP_AET=%s\n' "$DICOM_SCP_AET"
         printf 'COHORTSTREAM_STAGING_DIR=%s\n' "$(listener_staging_dir)" ;;
+      redcap)
+        printf 'COHORTSTREAM_REDCAP_WEBHOOK_PORT=%s\n' "$REDCAP_WEBHOOK_PORT" ;;
     esac
   done
 }

@@ -17,7 +17,8 @@ ORTHANC_DICOM_PORT="${COHORTSTREAM_STACK_ORTHANC_DICOM_PORT:-4242}"
 ORTHANC_AET="${COHORTSTREAM_STACK_ORTHANC_AET:-ORTHANC}"
 DICOM_SCP_PORT="${COHORTSTREAM_STACK_DICOM_SCP_PORT:-11112}"
 DICOM_SCP_AET="${COHORTSTREAM_STACK_DICOM_SCP_AET:-COHORTSTREAM}"
-SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker listener}"
+REDCAP_WEBHOOK_PORT="${COHORTSTREAM_STACK_REDCAP_PORT:-8091}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker listener redcap}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
@@ -25,9 +26,9 @@ HEALTH_TIMEOUT_FERRETDB="${COHORTSTREAM_STACK_FERRETDB_TIMEOUT:-30}"
 HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
 STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
 
-ALL_SERVICES="kafka ferretdb orthanc worker listener"
+ALL_SERVICES="kafka ferretdb orthanc worker listener redcap"
 # Started only after the infrastructure is healthy and stack.env is written.
-APP_SERVICES="worker listener"
+APP_SERVICES="worker listener redcap"
 
 # The state dir is embedded in every service's command line; down/status use
 # it to make sure a pid from a pid file still belongs to *this* stack before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import faust
 
 from cohortstream.settings import Settings
-from streams.agents import dead_letters, dicom_archive, dicom_views, series_completion
+from streams.agents import dead_letters, dicom_archive, dicom_views, ehr_views, redcap_views, series_completion
 from streams.dead_letter import DeadLetterSender
 from streams.topics import define_topics
 
@@ -29,3 +29,5 @@ def register_all(app: faust.App, settings: Settings) -> None:
     dicom_archive.register(app, raw, sender(dicom_archive.AGENT_NAME), settings)
     dicom_views.register(app, raw, sender(dicom_views.AGENT_NAME), settings)
     series_completion.register(app, raw, typed, sender(series_completion.AGENT_NAME), settings)
+    redcap_views.register(app, raw, sender(redcap_views.AGENT_NAME), settings)
+    ehr_views.register(app, raw, sender(ehr_views.AGENT_NAME), settings)

@@ -41,10 +41,18 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
             async for event, message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
                 try:
                     result = await archive.store(event)
+                    await views.record_archived(event)
                 except (OrthancRejectedError, StagedFileError) as exc:
                     await dead_letters.send(message, FailureStage.SINK, exc)
                     continue
-                await views.record_archived(event)
+                except Exception as exc:
+                    # A failure nobody classified (transient ones are retried inside the
+                    # sinks): dead-letter this message rather than let the agent crash
+                    # and silently stop the partition.
+                    log.exception("unexpected failure archiving an instance",
+                                  extra={"sop_instance_uid": event.sop_instance_uid})
+                    await dead_letters.send(message, FailureStage.OTHER, exc)
+                    continue
                 staged_path(event.staged_uri).unlink(missing_ok=True)
                 log.info(
                     "instance archived",

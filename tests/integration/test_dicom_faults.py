@@ -24,30 +24,17 @@ from cohortstream.events import DicomInstanceReceived
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_hash
 from cohortstream.publisher import EventPublisher
-from cohortstream.settings import Settings, env_var_name
+from cohortstream.settings import Settings, settings_environment
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom_scp import DicomListener
 from streams.worker import build_worker_app
-from tests.integration.test_dicom_pipeline import fresh_seed, instance_event
+from tests.integration.test_dicom_pipeline import fresh_seed, instance_event, per_series, views_caught_up
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The environment variables that reproduce ``settings`` in a child process."""
-    env = {}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, list):
-            value = ",".join(value)
-        env[env_var_name(name)] = str(value)
-    return env
 
 
 def stack(*args: str) -> None:
@@ -86,7 +73,8 @@ async def _publish(settings: Settings, events: list[DicomInstanceReceived]) -> N
 
 
 async def _archived(database: Any) -> int:
-    return int(await database.instances.count_documents({"in_orthanc": True, "sha256": {"$exists": True}}))
+    """Instances both archived (archive agent) and folded into the views (views agent)."""
+    return int(await database.instances.count_documents({"in_orthanc": True, "received_sha256": {"$exists": True}}))
 
 
 async def _assert_exactly_once(settings: Settings, database: Any, events: list[DicomInstanceReceived]) -> None:
@@ -154,7 +142,7 @@ async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
     worker_process()
 
     async def all_archived() -> bool:
-        return await _archived(database) == len(study)
+        return await views_caught_up(database, per_series(study))
 
     await eventually(all_archived, timeout_s=180, what="every instance archived after the restart")
     await _assert_exactly_once(settings, database, study)
@@ -190,7 +178,7 @@ async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catch
             await asyncio.to_thread(stack, "start", "orthanc")
 
         async def all_archived() -> bool:
-            return await _archived(database) == len(study)
+            return await views_caught_up(database, per_series(study))
 
         await eventually(all_archived, timeout_s=120, what="the archive to catch up after Orthanc came back")
         await _assert_exactly_once(settings, database, study)
@@ -232,7 +220,8 @@ async def test_kafka_restarted_between_two_associations(settings: Settings, data
             await _storescu_until_accepted(settings, tmp_path / "second")
 
         async def all_archived() -> bool:
-            return await _archived(database) == len(first) + len(second)
+            counts = sorted([d.get("instance_count") async for d in database.series.find({})], key=str)
+            return await _archived(database) == len(first) + len(second) and counts == [10, 10]
 
         await eventually(all_archived, timeout_s=180, what="both associations archived after the Kafka restart")
     finally:

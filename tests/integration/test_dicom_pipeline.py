@@ -8,7 +8,6 @@ events are built from the staged files directly so the stream side is tested alo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -19,11 +18,10 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from pydicom.data import get_testdata_file
 
 from cohortstream.admin import ensure_topics
-from cohortstream.codec import EventCodec
 from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_ids
@@ -34,6 +32,7 @@ from cohortstream.synthetic import mr_study, write_study
 from producers.dicom_scp import instance_event as listener_event
 from producers.dicom_scp import read_instance_attributes
 from streams.worker import build_worker_app
+from tests.kafka_probe import read_topic
 from tests.polling import eventually
 
 VIEWS = ("instances", "series", "studies", "patients")
@@ -43,6 +42,44 @@ def fresh_seed() -> int:
     """A new synthetic study per test run: Orthanc outlives a test, and a study it already
     holds would make "stored now" indistinguishable from "found"."""
     return uuid.uuid4().int % 10**9
+
+
+async def forget_in_orthanc(settings: Settings, paths: list[Path]) -> None:
+    """Delete these files' instances from Orthanc if an earlier test stored them.
+
+    pydicom's sample files have fixed UIDs, and Orthanc keeps the first copy of an
+    instance it is sent (it does not overwrite): a test that checks the stored bytes
+    must start from an Orthanc that does not hold a differently encoded earlier copy.
+    """
+    auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
+    async with httpx.AsyncClient(base_url=settings.orthanc_url, auth=auth, timeout=30) as client:
+        for path in paths:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ids = orthanc_ids(str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+            response = await client.delete(f"/instances/{ids.instance}")
+            assert response.status_code in (200, 404), response.text
+
+
+async def views_caught_up(database: Any, per_series: dict[str, int]) -> bool:
+    """True once both agents are done with these series: every instance archived
+    (``in_orthanc``) and folded into the views (``received_sha256``, written by the views
+    agent), and each series' count refreshed (the views agent's last step)."""
+    expected = sum(per_series.values())
+    done = await database.instances.count_documents(
+        {"series_instance_uid": {"$in": list(per_series)}, "in_orthanc": True, "received_sha256": {"$exists": True}}
+    )
+    if done != expected:
+        return False
+    counts = {d["_id"]: d.get("instance_count") async for d in database.series.find({"_id": {"$in": list(per_series)}})}
+    return counts == per_series
+
+
+def per_series(events: list[DicomInstanceReceived]) -> dict[str, int]:
+    """How many distinct instances each series should end with."""
+    uids: dict[str, set[str]] = {}
+    for event in events:
+        uids.setdefault(event.series_instance_uid, set()).add(event.sop_instance_uid)
+    return {series: len(sops) for series, sops in uids.items()}
 
 
 def instance_event(path: Path, store: StagingStore) -> DicomInstanceReceived:
@@ -85,29 +122,11 @@ def orthanc(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-async def _completions(settings: Settings, expected: int) -> list[DicomSeriesCompleted]:
-    consumer = AIOKafkaConsumer(
-        settings.topic("dicom.series-completed"),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=f"probe-{uuid.uuid4().hex[:8]}",
-    )
-    await consumer.start()
-    codec = EventCodec()
-    found: list[DicomSeriesCompleted] = []
-    try:
-        async def collect() -> None:
-            async for record in consumer:
-                event = codec.decode_event(record.value)
-                assert isinstance(event, DicomSeriesCompleted)
-                found.append(event)
-                if len(found) >= expected:
-                    return
-
-        await asyncio.wait_for(collect(), timeout=90)
-    finally:
-        await consumer.stop()
-    return found
+async def completions(settings: Settings, expected: int, timeout_s: float = 90) -> list[DicomSeriesCompleted]:
+    """The series-completed events, once ``expected`` arrived (and no extra)."""
+    found = [r.event for r in await read_topic(settings, "dicom.series-completed", expected, timeout_s=timeout_s)]
+    assert all(isinstance(e, DicomSeriesCompleted) for e in found)
+    return found  # type: ignore[return-value]
 
 
 async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
@@ -119,6 +138,7 @@ async def test_instances_reach_orthanc_and_views_exactly_once(
 ) -> None:
     files = write_study(mr_study(n_series=2, slices=6, rows=16, cols=16, seed=fresh_seed()), tmp_path / "study")
     files += [Path(get_testdata_file(name)) for name in ("CT_small.dcm", "MR_small.dcm")]
+    await forget_in_orthanc(settings, files[-2:])
     store = StagingStore(settings.staging_dir)
     events = [instance_event(path, store) for path in files]
     async with EventPublisher(settings) as publisher:
@@ -128,8 +148,7 @@ async def test_instances_reach_orthanc_and_views_exactly_once(
         await publisher.publish(events[0].model_copy(update={"event_id": uuid.uuid4()}), key=events[0].series_instance_uid)
 
     async def all_archived() -> bool:
-        n = await database.instances.count_documents({"in_orthanc": True, "sha256": {"$exists": True}})
-        return n == len(events)
+        return await views_caught_up(database, per_series(events))
 
     await eventually(all_archived, timeout_s=120, what="every instance archived and in the views")
 
@@ -150,8 +169,8 @@ async def test_instances_reach_orthanc_and_views_exactly_once(
     patient = await database.patients.find_one({"_id": events[0].patient_id})
     assert patient["study_count"] == 1 and patient["instance_count"] == 12
 
-    completions = await _completions(settings, expected=len(series))
-    assert sorted((c.series_instance_uid, c.revision, c.instance_count) for c in completions) == sorted(
+    completed = await completions(settings, expected=len(series))
+    assert sorted((c.series_instance_uid, c.revision, c.instance_count) for c in completed) == sorted(
         (uid, 1, d["instance_count"]) for uid, d in series.items()
     )
 

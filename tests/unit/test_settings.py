@@ -77,3 +77,18 @@ def test_readme_settings_table_is_generated_from_the_class() -> None:
     assert table in README.read_text(encoding="utf-8"), (
         "README settings table is stale: regenerate with `cohortstream settings --markdown`"
     )
+
+
+def test_settings_environment_rebuilds_the_same_settings_in_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cohortstream.settings import settings_environment
+
+    original = Settings(
+        redcap_projects=[{"redcap_url": "https://redcap.example.org", "project_id": "12", "api_token": "T0KEN"}],
+        subject_link_rules=[{"redcap_field": "mrn", "target": "dicom_patient_id"}],
+        dicom_scp_allowed_aets=["MODALITY1", "PACS"],
+        orthanc_password="s3cret",
+    )
+    for name, value in settings_environment(original).items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == original
+    assert Settings().redcap_projects[0].api_token.get_secret_value() == "T0KEN"

@@ -1,0 +1,64 @@
+"""How a batch of received instances becomes view upserts: one statement per document."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from cohortstream.events import DicomInstanceReceived
+from consumers.dicom_views import view_updates
+from consumers.mongo_sink import WRITE_CHUNK
+from tests.examples import FIXED_TIME, example_events
+
+
+def _instances(count: int, *, series_count: int = 2) -> list[DicomInstanceReceived]:
+    template = example_events()[0]
+    assert isinstance(template, DicomInstanceReceived)
+    events = []
+    for n in range(count):
+        series = f"{template.study_instance_uid}.{n % series_count + 1}"
+        events.append(template.model_copy(update={
+            "series_instance_uid": series,
+            "sop_instance_uid": f"{series}.{n}",
+            "modality": "MR" if n % series_count == 0 else "SEG",
+            "received_at": FIXED_TIME + timedelta(seconds=n),
+            "study_date": date(2026, 11, 20) + timedelta(days=n % 3),
+        }))
+    return events
+
+
+def test_one_statement_per_document_not_per_instance() -> None:
+    updates = view_updates(_instances(120), lambda ids: f"viewer/{ids.study}")
+    assert {name: len(ops) for name, ops in updates.items()} == {
+        "instances": 120, "series": 2, "studies": 1, "patients": 1,
+    }
+
+
+def test_merged_study_update_covers_every_series_modality_and_time() -> None:
+    events = _instances(10)
+    study = view_updates(events, lambda ids: "x")["studies"][0]._doc
+    assert study["$addToSet"]["series"]["$each"] == sorted({e.series_instance_uid for e in events})
+    assert study["$addToSet"]["modalities"]["$each"] == ["MR", "SEG"]
+    assert study["$min"]["first_received_at"] == FIXED_TIME
+    assert study["$max"]["last_received_at"] == FIXED_TIME + timedelta(seconds=9)
+    patient = view_updates(events, lambda ids: "x")["patients"][0]._doc
+    assert patient["$min"]["first_study_date"].date() == date(2026, 11, 20)
+    assert patient["$max"]["last_study_date"].date() == date(2026, 11, 22)
+
+
+def test_a_duplicate_instance_in_one_batch_is_written_once() -> None:
+    events = _instances(3)
+    updates = view_updates(events + [events[0]], lambda ids: "x")
+    assert len(updates["instances"]) == 3
+
+
+def test_write_chunk_stays_below_ferretdb_connection_pool() -> None:
+    assert 0 < WRITE_CHUNK <= 50
+
+
+def test_the_first_copy_of_an_instance_wins_and_every_copy_is_remembered() -> None:
+    first = _instances(1)[0]
+    resent = first.model_copy(update={"sha256": "b" * 64, "transfer_syntax_uid": "1.2.840.10008.1.2.5"})
+    (update,) = view_updates([first, resent, first], lambda ids: "x")["instances"]
+    assert update._doc["$setOnInsert"]["sha256"] == "a" * 64
+    assert update._doc["$setOnInsert"]["transfer_syntax_uid"] == first.transfer_syntax_uid
+    assert update._doc["$addToSet"]["received_sha256"] == {"$each": ["a" * 64, "b" * 64]}
