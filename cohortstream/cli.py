@@ -125,6 +125,12 @@ def _cmd_ehr_load(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from api.app import serve_api
+
+    return serve_api(settings)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cohortstream",
@@ -195,9 +201,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--show-bad", type=int, default=20, help="bad rows listed per file on stderr (default 20)")
     e.set_defaults(func=_cmd_ehr_load)
 
-    from cohortstream import cli_subjects
+    p = commands.add_parser("api", help="serve the review API and the MONAI Label subset on COHORTSTREAM_API_HOST/PORT")
+    p.set_defaults(func=_cmd_api)
+
+    from cohortstream import cli_annotate, cli_subjects
 
     cli_subjects.add_commands(commands)
+    cli_annotate.add_commands(commands)
     return parser
 
 

@@ -231,6 +231,12 @@ class Settings(BaseSettings):
     )
     annotation_amp: bool = Field(True, description="Mixed precision (float16 autocast) for inference on CUDA.")
 
+    # --- Retrieval API ----------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Address the retrieval/review API (`cohortstream api`) binds to.")
+    api_port: int = Field(
+        8090, ge=1, le=65535, description="Port of the retrieval/review API (also the MONAI Label server URL for OHIF)."
+    )
+
     # --- Logging -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Minimum level of log records."

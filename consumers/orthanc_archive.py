@@ -8,22 +8,26 @@ compute) is already there, so a replay works after the staged file was removed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
 import httpx
 
 from cohortstream.errors import CohortStreamError
 from cohortstream.events import DicomInstanceReceived
-from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
+from cohortstream.orthanc_ids import OrthancIds, orthanc_hash, orthanc_ids
 from cohortstream.settings import Settings
 from consumers.backoff import retry_transient
 
 __all__ = ["ArchiveResult", "OrthancArchive", "OrthancRejectedError", "StagedFileError", "OrthancUnavailableError"]
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -33,6 +37,10 @@ class OrthancUnavailableError(CohortStreamError):
 
 class OrthancRejectedError(CohortStreamError):
     """Orthanc refused the instance (4xx): retrying will not help; dead-letter it."""
+
+
+class SeriesIncompleteError(CohortStreamError):
+    """Orthanc does not hold every instance of a series (yet, or ever)."""
 
 
 class StagedFileError(CohortStreamError):
@@ -137,10 +145,66 @@ class OrthancArchive:
     async def store(self, event: DicomInstanceReceived) -> ArchiveResult:
         """Make sure Orthanc holds the instance; retries while Orthanc is unavailable."""
         ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
+        return await self._retrying(lambda: self._store_once(event, ids), "store instance in Orthanc")
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         return await retry_transient(
-            lambda: self._store_once(event, ids),
-            what="store instance in Orthanc",
+            operation,
+            what=what,
             transient=(OrthancUnavailableError,),
             pause_after=self._settings.sink_retry_attempts,
             max_delay_s=self._settings.sink_retry_max_delay_s,
         )
+
+    async def store_bytes(self, data: bytes, what: str) -> str:
+        """Store a DICOM object we made or were given (a SEG); returns its Orthanc id.
+
+        Storing the same object again is a no-op in Orthanc (``AlreadyStored``), so this
+        is idempotent for objects with deterministic UIDs.
+        """
+
+        async def once() -> str:
+            response = await self._request(
+                "POST", "/instances", content=data, headers={"Content-Type": "application/dicom"}
+            )
+            if response.status_code != 200:
+                raise OrthancRejectedError(f"Orthanc refused {what}: HTTP {response.status_code} {response.text[:200]}")
+            return str(response.json()["ID"])
+
+        return await self._retrying(once, f"store {what} in Orthanc")
+
+    async def series_instances(
+        self, study_uid: str, series_uid: str, patient_id: str, *, expected: int = 0, wait_s: float = 120.0
+    ) -> list[bytes]:
+        """The DICOM files of a series, as Orthanc holds them (for the annotation worker).
+
+        A series completes when the listener stopped receiving it, which can be before
+        the archive agent stored its last instances: with ``expected`` this waits (up to
+        ``wait_s``, polling with backoff) until Orthanc holds that many, and raises
+        :class:`SeriesIncompleteError` if it never does (an instance was dead-lettered).
+        """
+        series_id = orthanc_hash(patient_id, study_uid, series_uid)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        delay = 0.2
+        while True:
+            listing = await self._retrying(lambda: self._request("GET", f"/series/{series_id}"), "list series in Orthanc")
+            held = len(listing.json().get("Instances", [])) if listing.status_code == 200 else 0
+            if held and held >= expected:
+                break
+            if asyncio.get_running_loop().time() > deadline:
+                raise SeriesIncompleteError(
+                    f"Orthanc holds {held} of the {expected} instances of series {series_uid} after {wait_s:.0f} s"
+                )
+            await asyncio.sleep(delay)  # backoff between polls of Orthanc, not a test wait
+            delay = min(delay * 2, 5.0)
+
+        async def once() -> list[bytes]:
+            files = []
+            for instance_id in listing.json()["Instances"]:
+                response = await self._request("GET", f"/instances/{instance_id}/file")
+                if response.status_code != 200:
+                    raise OrthancRejectedError(f"Orthanc GET instance {instance_id}: HTTP {response.status_code}")
+                files.append(response.content)
+            return files
+
+        return await self._retrying(once, "read series from Orthanc")

@@ -24,8 +24,12 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/worker.sh"
 # shellcheck source=lib/listener.sh
 . "$DEPLOY_DIR/lib/listener.sh"
+# shellcheck source=lib/annotator.sh
+. "$DEPLOY_DIR/lib/annotator.sh"
 # shellcheck source=lib/redcap.sh
 . "$DEPLOY_DIR/lib/redcap.sh"
+# shellcheck source=lib/api.sh
+. "$DEPLOY_DIR/lib/api.sh"
 
 STARTED_SERVICES=()
 
@@ -83,6 +87,8 @@ env_lines() {
         printf 'COHORTSTREAM_STAGING_DIR=%s\n' "$(listener_staging_dir)" ;;
       redcap)
         printf 'COHORTSTREAM_REDCAP_WEBHOOK_PORT=%s\n' "$REDCAP_WEBHOOK_PORT" ;;
+      api)
+        printf 'COHORTSTREAM_API_PORT=%s\n' "$API_PORT" ;;
     esac
   done
 }

@@ -16,14 +16,18 @@ export COHORTSTREAM_STACK_SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretd
 
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 
-# dcmtk (storescu, echoscu) is the independent DICOM client the listener tests push with.
-if [[ ! -x /usr/bin/storescu ]]; then
-  echo "== installing dcmtk (apt)"
+# dcmtk (storescu, echoscu) is the independent DICOM client the listener tests push with;
+# dicom3tools' dciodvfy checks the DICOM SEG objects the annotation worker writes.
+missing=()
+[[ -x /usr/bin/storescu ]] || missing+=(dcmtk)
+command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+if (( ${#missing[@]} )); then
+  echo "== installing ${missing[*]} (apt)"
   as_root_cmd=()
   [[ "$(id -u)" == 0 ]] || as_root_cmd=(sudo)
-  "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q dcmtk >/dev/null 2>&1 \
+  "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
     || { "${as_root_cmd[@]}" apt-get update -q >/dev/null \
-         && "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q dcmtk >/dev/null; }
+         && "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
 echo "== unit tests (no services)"

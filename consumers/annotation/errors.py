@@ -27,6 +27,10 @@ class GeometryError(AnnotationError, ValueError):
         self.attribute = attribute
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[GeometryError], tuple[str, str]]:
+        # Raised in the inference process and re-raised in the agent: it must pickle.
+        return (type(self), (self.attribute, self.reason))
+
 
 class ModelLoadError(AnnotationError, RuntimeError):
     """A model's weights are missing or do not fit its network; the message names the path."""

@@ -18,7 +18,8 @@ ORTHANC_AET="${COHORTSTREAM_STACK_ORTHANC_AET:-ORTHANC}"
 DICOM_SCP_PORT="${COHORTSTREAM_STACK_DICOM_SCP_PORT:-11112}"
 DICOM_SCP_AET="${COHORTSTREAM_STACK_DICOM_SCP_AET:-COHORTSTREAM}"
 REDCAP_WEBHOOK_PORT="${COHORTSTREAM_STACK_REDCAP_PORT:-8091}"
-SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker listener redcap}"
+API_PORT="${COHORTSTREAM_STACK_API_PORT:-8090}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker annotator listener redcap api}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
@@ -26,9 +27,9 @@ HEALTH_TIMEOUT_FERRETDB="${COHORTSTREAM_STACK_FERRETDB_TIMEOUT:-30}"
 HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
 STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
 
-ALL_SERVICES="kafka ferretdb orthanc worker listener redcap"
+ALL_SERVICES="kafka ferretdb orthanc worker annotator listener redcap api"
 # Started only after the infrastructure is healthy and stack.env is written.
-APP_SERVICES="worker listener redcap"
+APP_SERVICES="worker annotator listener redcap api"
 
 # The state dir is embedded in every service's command line; down/status use
 # it to make sure a pid from a pid file still belongs to *this* stack before

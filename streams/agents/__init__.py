@@ -5,7 +5,15 @@ from __future__ import annotations
 import faust
 
 from cohortstream.settings import Settings
-from streams.agents import dead_letters, dicom_archive, dicom_views, ehr_views, redcap_views, series_completion
+from streams.agents import (
+    annotation_views,
+    dead_letters,
+    dicom_archive,
+    dicom_views,
+    ehr_views,
+    redcap_views,
+    series_completion,
+)
 from streams.dead_letter import DeadLetterSender
 from streams.topics import define_topics
 
@@ -31,3 +39,8 @@ def register_all(app: faust.App, settings: Settings) -> None:
     series_completion.register(app, raw, typed, sender(series_completion.AGENT_NAME), settings)
     redcap_views.register(app, raw, sender(redcap_views.AGENT_NAME), settings)
     ehr_views.register(app, raw, sender(ehr_views.AGENT_NAME), settings)
+    annotation_views.register(
+        app, raw,
+        {name: sender(name) for name in (annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT)},
+        settings,
+    )

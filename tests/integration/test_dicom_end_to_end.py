@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import shutil
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -32,17 +31,18 @@ from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom_scp import DicomListener
 from streams.worker import build_worker_app
-from tests.integration.test_dicom_pipeline import completions, forget_in_orthanc, fresh_seed, instance_event
+from tests.integration.test_dicom_pipeline import (
+    completions,
+    forget_in_orthanc,
+    fresh_seed,
+    instance_event,
+)
+from tests.net import free_port
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"
 PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
             "series_quiet_period_s": 2.0,
             "staging_dir": tmp_path / "staging",
             "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": _free_port(),
+            "dicom_scp_port": free_port(),
         }
     )
 

@@ -29,7 +29,12 @@ from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom_scp import DicomListener
 from streams.worker import build_worker_app
-from tests.integration.test_dicom_pipeline import fresh_seed, instance_event, per_series, views_caught_up
+from tests.integration.test_dicom_pipeline import (
+    fresh_seed,
+    instance_event,
+    per_series,
+    views_caught_up,
+)
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"

@@ -14,7 +14,6 @@ import hashlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -40,6 +39,7 @@ from producers.dicom_scp import (
     STATUS_SUCCESS,
     DicomListener,
 )
+from tests.net import free_port
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
@@ -66,15 +66,10 @@ TEST_FILES = {
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _settings(base: Settings, tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "dicom_scp_port": _free_port(),
+        "dicom_scp_port": free_port(),
         "dicom_scp_aet": AET,
         "staging_dir": tmp_path / "staging",
         "quarantine_dir": tmp_path / "quarantine",

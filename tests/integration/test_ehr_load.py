@@ -14,11 +14,12 @@ from cohortstream.cli import main
 from cohortstream.events import DeadLetter, EhrRecord, Event
 from cohortstream.settings import Settings
 from cohortstream.synthetic_ehr import write_fhir, write_mimic
+from tests.kafka_probe import read_topic
 
 
 async def read_events(settings: Settings, name: str, expected: int) -> list[Event]:
     """Every event on the topic once ``expected`` arrived (and no extra)."""
-    return [r.event for r in await read_events(settings, name, expected)]
+    return [r.event for r in await read_topic(settings, name, expected)]
 
 
 @pytest.fixture
@@ -35,7 +36,9 @@ async def test_load_twice_publishes_records_dead_letters_and_same_ids(
     settings = cli_env
     await ensure_topics(settings)
     root = tmp_path / "extract"
-    mimic = write_mimic(root / "mimic", seed=21, n_subjects=25, labs_per_admission=(8, 16), compress=True, bad_rows=8)
+    # Default size: hundreds of subjects, tens of thousands of lab rows, as MIMIC ships them (gzip).
+    mimic = write_mimic(root / "mimic", seed=21, compress=True, bad_rows=8)
+    assert mimic.rows["patients"] >= 300 and mimic.rows["labevents"] >= 10_000
     fhir = write_fhir(root / "fhir", seed=21, n_patients=3, bad_resources=5)
     good = sum(mimic.good_rows(t) for t in ("patients", "admissions", "labevents", "diagnoses_icd")) + sum(
         fhir.resources.values()

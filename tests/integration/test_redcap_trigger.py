@@ -8,7 +8,6 @@ Every wait is bounded; nothing sleeps for an effect.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from producers.redcap.api import RedcapApiClient
 from producers.redcap.sync import sync_project
 from producers.redcap.webhook import TRIGGER_PATH, create_trigger_app
 from tests.kafka_probe import read_topic
+from tests.net import free_port
 from tests.redcap_simulator import RedcapSimulator, cohort_project, running_simulator
 
 TOKEN = "D" * 32
@@ -50,11 +50,6 @@ async def settings(stack_settings: Settings, sim: RedcapSimulator) -> Settings:
     await ensure_topics(settings)
     return settings
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

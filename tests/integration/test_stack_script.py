@@ -10,14 +10,11 @@ import socket
 import subprocess
 from pathlib import Path
 
+from tests.net import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "stack.sh"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _stack(state: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +28,7 @@ def _stack(state: Path, port: int, *args: str) -> subprocess.CompletedProcess[st
 
 
 def test_up_then_down_stops_exactly_what_was_started(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     up = _stack(tmp_path, port, "up")
     assert up.returncode == 0, up.stderr
     pid = int((tmp_path / "ferretdb" / "service.pid").read_text())
@@ -48,7 +45,7 @@ def test_up_then_down_stops_exactly_what_was_started(tmp_path: Path) -> None:
 
 
 def test_a_service_that_cannot_start_fails_loudly_with_its_log(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()

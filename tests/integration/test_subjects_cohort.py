@@ -22,7 +22,13 @@ import pytest
 from pydantic import SecretStr
 
 from cohortstream.admin import ensure_topics
-from cohortstream.cohort_query import CohortQuery, DiagnosisCriterion, LabCriterion, QuestionnaireCriterion, run_cohort_query
+from cohortstream.cohort_query import (
+    CohortQuery,
+    DiagnosisCriterion,
+    LabCriterion,
+    QuestionnaireCriterion,
+    run_cohort_query,
+)
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.publisher import EventPublisher
@@ -38,7 +44,14 @@ from producers.redcap.sync import sync_project
 from streams.worker import build_worker_app
 from tests.examples import example_events
 from tests.polling import eventually
-from tests.redcap_simulator import RedcapSimulator, SimProject, cohort_metadata, meta, new_token, running_simulator
+from tests.redcap_simulator import (
+    RedcapSimulator,
+    SimProject,
+    cohort_metadata,
+    meta,
+    new_token,
+    running_simulator,
+)
 
 REDCAP_URL = "https://redcap.example.org/"
 SUBJECTS = 40

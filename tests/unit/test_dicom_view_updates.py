@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
+
 from cohortstream.events import DicomInstanceReceived
 from consumers.dicom_views import view_updates
 from consumers.mongo_sink import WRITE_CHUNK
@@ -62,3 +64,24 @@ def test_the_first_copy_of_an_instance_wins_and_every_copy_is_remembered() -> No
     assert update._doc["$setOnInsert"]["sha256"] == "a" * 64
     assert update._doc["$setOnInsert"]["transfer_syntax_uid"] == first.transfer_syntax_uid
     assert update._doc["$addToSet"]["received_sha256"] == {"$each": ["a" * 64, "b" * 64]}
+
+
+async def test_lost_upsert_races_are_retried_not_failed() -> None:
+    from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+    from consumers.mongo_sink import UpsertRaceError, _racing_upserts_retryable
+
+    async def raising(exc: Exception) -> None:
+        raise exc
+
+    for error in (
+        DuplicateKeyError("E11000"),
+        BulkWriteError({"writeErrors": [{"code": 11000}]}),
+        KeyError("nModified"),  # FerretDB's reply to a batch whose upsert lost the race
+    ):
+        with pytest.raises(UpsertRaceError):
+            await _racing_upserts_retryable(lambda e=error: raising(e))
+    with pytest.raises(KeyError):
+        await _racing_upserts_retryable(lambda: raising(KeyError("other")))
+    with pytest.raises(BulkWriteError):
+        await _racing_upserts_retryable(lambda: raising(BulkWriteError({"writeErrors": [{"code": 2}]})))

@@ -1,0 +1,65 @@
+"""The API application: the annotation review endpoints and the MONAI Label subset.
+
+``create_api(settings)`` builds the application; its lifespan opens MongoDB (motor), the
+``acks=all`` Kafka publisher and the Orthanc archive and closes them again, so building
+an application does no I/O and tests can make one per test. ``serve_api`` runs it with
+uvicorn on ``api_host:api_port`` (``cohortstream api``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import annotations, monailabel
+from api.errors import install_error_handlers
+from api.services import ApiServices
+from cohortstream import __version__
+from cohortstream.publisher import EventPublisher
+from cohortstream.settings import Settings
+from consumers.orthanc_archive import OrthancArchive
+
+__all__ = ["create_api", "serve_api"]
+
+log = logging.getLogger(__name__)
+
+
+def create_api(
+    settings: Settings, *, publisher: EventPublisher | None = None, archive: OrthancArchive | None = None
+) -> FastAPI:
+    """The application. ``publisher``/``archive`` default to the real ones for ``settings``;
+    the lifespan starts and closes them (do not start them yourself)."""
+    services = ApiServices(settings, publisher or EventPublisher(settings), archive or OrthancArchive(settings))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.open()
+        log.info("API ready", extra={"host": settings.api_host, "port": settings.api_port})
+        try:
+            yield
+        finally:
+            await services.close()
+
+    app = FastAPI(title="cohortstream API", version=__version__, lifespan=lifespan)
+    app.state.services = services
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(annotations.router)
+    app.include_router(monailabel.router)
+    return app
+
+
+def serve_api(settings: Settings) -> int:
+    """Serve the API with uvicorn on ``api_host:api_port`` until stopped."""
+    import uvicorn
+
+    # log_config=None keeps the logging that cohortstream.cli configured.
+    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_config=None)
+    return 0

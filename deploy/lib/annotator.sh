@@ -1,0 +1,28 @@
+# shellcheck shell=bash
+# The annotation worker (`cohortstream annotate worker`): its own faust app and consumer
+# group, started after the services it needs are healthy. It uses the GPU when torch
+# sees one and the CPU otherwise. It runs from the repo's virtual environment.
+
+ANNOTATOR_CLI="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}/bin/cohortstream"
+
+annotator_install() {
+  [[ -x "$ANNOTATOR_CLI" ]] || die "annotator: $ANNOTATOR_CLI not found; run 'make install' first (or use 'make up')"
+}
+
+annotator_start() {
+  local d; d="$(svc_dir annotator)"
+  mkdir -p "$d/data"
+  "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log annotator)" 2>&1 || return 1
+  spawn annotator env COHORTSTREAM_DATA_DIR="$d/data" \
+    "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
+}
+
+# Ready = faust reported the worker ready since the latest start marker.
+annotator_health_once() {
+  awk '/^===== .*: starting annotator =====/ { ready = 0 } /\[\^Worker\]: Ready/ { ready = 1 } END { exit !ready }' \
+    "$(svc_log annotator)" 2>/dev/null
+}
+
+annotator_port_desc() { printf '%s' "-"; }
+annotator_url() { printf 'faust app %s-annotator' "${COHORTSTREAM_APP_ID:-cohortstream}"; }
+annotator_timeout() { printf '%s' "${COHORTSTREAM_STACK_ANNOTATOR_TIMEOUT:-120}"; }

@@ -1,0 +1,25 @@
+# shellcheck shell=bash
+# The HTTP API (`cohortstream api`): annotation review, the MONAI Label-compatible
+# endpoints, and later the retrieval API and dashboard. Started after the services it
+# needs are healthy and the settings file is written; it runs from the repo's venv.
+
+API_CLI="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}/bin/cohortstream"
+
+api_install() {
+  [[ -x "$API_CLI" ]] || die "api: $API_CLI not found; run 'make install' first (or use 'make up')"
+}
+
+api_start() {
+  require_free_ports api "$API_PORT" || return 1
+  spawn api env COHORTSTREAM_API_HOST=127.0.0.1 COHORTSTREAM_API_PORT="$API_PORT" \
+    "$API_CLI" --env-file "$STATE_DIR/stack.env" api
+}
+
+# Healthy = the API answers its health check.
+api_health_once() {
+  curl -fsS -m 2 "http://127.0.0.1:$API_PORT/healthz" >/dev/null 2>&1
+}
+
+api_port_desc() { printf '%s' "$API_PORT"; }
+api_url() { printf 'http://127.0.0.1:%s/docs' "$API_PORT"; }
+api_timeout() { printf '%s' "${COHORTSTREAM_STACK_API_TIMEOUT:-60}"; }
