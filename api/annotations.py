@@ -10,11 +10,16 @@
                                                        learning idea); ``model``, ``study``,
                                                        ``limit``, ``cursor``
 ``GET  /annotations/{annotation_id}``                  one suggestion with its ``history``
-``POST /annotations/{annotation_id}/accept``           JSON ``{"reviewer", "reason"?, "expected_status"?}``
-``POST /annotations/{annotation_id}/reject``           JSON ``{"reviewer", "reason", "expected_status"?}``
-``POST /annotations/{annotation_id}/correct``          multipart: ``file`` (DICOM SEG), ``reviewer``,
+``POST /annotations/{annotation_id}/accept``           JSON ``{"reviewer"?, "reason"?, "expected_status"?}``
+``POST /annotations/{annotation_id}/reject``           JSON ``{"reviewer"?, "reason", "expected_status"?}``
+``POST /annotations/{annotation_id}/correct``          multipart: ``file`` (DICOM SEG), ``reviewer``?,
                                                        ``reason``?, ``expected_status``?
 =====================================================  =====================================
+
+Reads need a researcher key, reviews an admin key (:mod:`api.auth`). The reviewer
+recorded in the event is the key's name unless the request names one: a review tool
+that holds one admin key may act for the people it authenticated itself. Every review
+is logged with the key's id, whatever ``reviewer`` says.
 
 Lists answer ``{"items": [...], "next_cursor": str | null, "limit": n}``; items carry
 every field of the view but ``history``. Reviews answer **202** ``{"event_id",
@@ -36,6 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from api.annotation_store import AnnotationFilters, AnnotationPage, public_document
+from api.auth import ADMIN, RESEARCHER, Principal
 from api.errors import ApiError
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.reviews import AnnotationStatus, ReviewConflict, check_expected_status, review_event
@@ -61,8 +67,8 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at mos
 class _ReviewBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reviewer: Reviewer
-    """Who decides. Interim: issue 7 replaces this field with the authenticated user."""
+    reviewer: Reviewer | None = None
+    """Who decides; default: the name of the API key (see the module docstring)."""
     expected_status: AnnotationStatus | None = None
     """Answer 409 instead of reviewing when the current status differs (optimistic check)."""
 
@@ -92,7 +98,7 @@ def _page_answer(found: AnnotationPage, limit: int) -> dict[str, Any]:
     return {"items": found.items, "next_cursor": found.next_cursor, "limit": limit}
 
 
-@router.get("", summary="List suggestions")
+@router.get("", summary="List suggestions", dependencies=[RESEARCHER])
 async def list_annotations(
     services: Services,
     status: AnnotationStatus | None = None,
@@ -110,7 +116,7 @@ async def list_annotations(
     return _page_answer(found, limit)
 
 
-@router.get("/queue", summary="Pending suggestions, least certain first")
+@router.get("/queue", summary="Pending suggestions, least certain first", dependencies=[RESEARCHER])
 async def review_queue(
     services: Services,
     model: str | None = None,
@@ -134,7 +140,7 @@ async def _annotation(services: ApiServices, annotation_id: str) -> dict[str, An
     return doc
 
 
-@router.get("/{annotation_id}", summary="One suggestion with its review history")
+@router.get("/{annotation_id}", summary="One suggestion with its review history", dependencies=[RESEARCHER])
 async def get_annotation(services: Services, annotation_id: AnnotationId) -> dict[str, Any]:
     """The suggestion, its current status and every review so far (``history``)."""
     return public_document(await _annotation(services, annotation_id))
@@ -147,10 +153,15 @@ def _check_status(doc: dict[str, Any], expected: AnnotationStatus | None) -> Non
         raise ApiError(409, str(exc), "expected_status") from exc
 
 
-async def _publish_review(services: ApiServices, event: AnnotationReviewed, **more: Any) -> JSONResponse:
+Admin = Annotated[Principal, ADMIN]
+
+
+async def _publish_review(
+    services: ApiServices, event: AnnotationReviewed, principal: Principal, **more: Any
+) -> JSONResponse:
     log_fields = {
         "annotation_id": str(event.annotation_id), "series_instance_uid": event.series_instance_uid,
-        "decision": event.decision.value,
+        "decision": event.decision.value, "key_id": principal.key_id,
     }
     try:
         await services.publish(event, key=event.series_instance_uid)
@@ -166,25 +177,21 @@ async def _publish_review(services: ApiServices, event: AnnotationReviewed, **mo
 
 
 @router.post("/{annotation_id}/accept", status_code=202, summary="Accept a suggestion as it is")
-async def accept(services: Services, annotation_id: AnnotationId, body: AcceptBody) -> JSONResponse:
-    """Publish ``AnnotationReviewed(decision=ACCEPTED)``.
-
-    ``reviewer`` comes from the body for now; issue 7 takes it from the authenticated user.
-    """
+async def accept(services: Services, principal: Admin, annotation_id: AnnotationId, body: AcceptBody) -> JSONResponse:
+    """Publish ``AnnotationReviewed(decision=ACCEPTED)`` (admin key; reviewer defaults to its name)."""
     doc = await _annotation(services, annotation_id)
     _check_status(doc, body.expected_status)
-    return await _publish_review(services, review_event(doc, ReviewDecision.ACCEPTED, body.reviewer, reason=body.reason))
+    event = review_event(doc, ReviewDecision.ACCEPTED, body.reviewer or principal.name, reason=body.reason)
+    return await _publish_review(services, event, principal)
 
 
 @router.post("/{annotation_id}/reject", status_code=202, summary="Reject a suggestion (reason required)")
-async def reject(services: Services, annotation_id: AnnotationId, body: RejectBody) -> JSONResponse:
-    """Publish ``AnnotationReviewed(decision=REJECTED)`` with the reviewer's reason.
-
-    ``reviewer`` comes from the body for now; issue 7 takes it from the authenticated user.
-    """
+async def reject(services: Services, principal: Admin, annotation_id: AnnotationId, body: RejectBody) -> JSONResponse:
+    """Publish ``AnnotationReviewed(decision=REJECTED)`` with the reviewer's reason (admin key)."""
     doc = await _annotation(services, annotation_id)
     _check_status(doc, body.expected_status)
-    return await _publish_review(services, review_event(doc, ReviewDecision.REJECTED, body.reviewer, reason=body.reason))
+    event = review_event(doc, ReviewDecision.REJECTED, body.reviewer or principal.name, reason=body.reason)
+    return await _publish_review(services, event, principal)
 
 
 def _form_text(value: str | None, field: str, *, required: bool, max_length: int) -> str | None:
@@ -213,6 +220,7 @@ async def _store_in_orthanc(services: ApiServices, data: bytes, what: str) -> st
 @router.post("/{annotation_id}/correct", status_code=202, summary="Replace a suggestion by a corrected DICOM SEG")
 async def correct(
     services: Services,
+    principal: Admin,
     annotation_id: AnnotationId,
     file: Annotated[UploadFile, File(description="The corrected segmentation, a DICOM SEG Part-10 file.")],
     reviewer: Annotated[str | None, Form()] = None,
@@ -221,11 +229,11 @@ async def correct(
 ) -> JSONResponse:
     """Check the SEG, store it in Orthanc, publish ``AnnotationReviewed(decision=CORRECTED)``.
 
-    ``reviewer`` is a form field for now; issue 7 takes it from the authenticated user.
+    Admin key; ``reviewer`` defaults to the key's name.
     If Kafka fails after Orthanc stored the SEG, the answer is 503 and a retry is safe
     (Orthanc keeps one copy of a SOP instance).
     """
-    reviewer_name = _form_text(reviewer, "reviewer", required=True, max_length=256)
+    reviewer_name = _form_text(reviewer, "reviewer", required=False, max_length=256) or principal.name
     reason_text = _form_text(reason, "reason", required=False, max_length=4000)
     doc = await _annotation(services, annotation_id)
     _check_status(doc, expected_status)
@@ -247,9 +255,9 @@ async def correct(
         "seg_sop_instance_uid": seg.sop_instance_uid, "orthanc_id": orthanc_id,
     })
     event = review_event(
-        doc, ReviewDecision.CORRECTED, reviewer_name,  # type: ignore[arg-type]
+        doc, ReviewDecision.CORRECTED, reviewer_name,
         reason=reason_text, corrected_seg_sop_instance_uid=seg.sop_instance_uid,
     )
     return await _publish_review(
-        services, event, corrected_seg_sop_instance_uid=seg.sop_instance_uid, orthanc_id=orthanc_id
+        services, event, principal, corrected_seg_sop_instance_uid=seg.sop_instance_uid, orthanc_id=orthanc_id
     )

@@ -1,4 +1,6 @@
-"""The API application: the annotation review endpoints and the MONAI Label subset.
+"""The API application: data endpoints, annotation review, the MONAI Label subset,
+health, readiness and metrics, all behind API keys (:mod:`api.auth`) but ``/healthz``
+and ``/readyz``.
 
 ``create_api(settings)`` builds the application; its lifespan opens MongoDB (motor), the
 ``acks=all`` Kafka publisher and the Orthanc archive and closes them again, so building
@@ -14,7 +16,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import annotations, monailabel
+from prometheus_client import CollectorRegistry
+
+from api import annotations, cohorts, dashboard, exports, health, metrics, monailabel, statistics, subjects
+from api.auth import Authenticator, install_auth_handlers, key_store_lookup
 from api.errors import install_error_handlers
 from api.services import ApiServices
 from cohortstream import __version__
@@ -45,14 +50,21 @@ def create_api(
 
     app = FastAPI(title="cohortstream API", version=__version__, lifespan=lifespan)
     app.state.services = services
+    app.state.authenticator = Authenticator(key_store_lookup(app), cache_ttl_s=settings.api_key_cache_ttl_s)
+    app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.add_middleware(metrics.RequestMetrics, histogram=metrics.request_histogram(app.state.metrics_registry))
     install_error_handlers(app)
+    install_auth_handlers(app)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.include_router(subjects.router)
+    app.include_router(cohorts.router)
+    app.include_router(statistics.router)
     app.include_router(annotations.router)
     app.include_router(monailabel.router)
+    app.include_router(dashboard.router)
+    app.include_router(exports.router)
     return app
 
 

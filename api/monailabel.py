@@ -47,7 +47,9 @@ Differs from MONAI Label
 - Inference is not instantaneous: the request waits for the model (at most
   ``INFER_TIMEOUT_S``) and may answer 503 when Orthanc or Kafka is unavailable; errors
   are the API's JSON ``{"error", "field"}``, not FastAPI's ``{"detail"}``.
-- No authentication yet (MONAI Label's RBAC): issue 7 adds it for the whole API.
+- Authentication is the API's own (:mod:`api.auth`), not MONAI Label's RBAC: ``GET``s
+  need a researcher key, ``/infer`` and ``/activelearning`` an admin key, sent as
+  ``Authorization: Bearer <key>`` (MONAI Label clients send a bearer token when given one).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from api.datastore import SeriesDatastore
+from api.auth import ADMIN, RESEARCHER
 from api.errors import ApiError
 from api.services import ApiServices, get_services
 from cohortstream import __version__
@@ -131,8 +134,8 @@ def _models_info() -> dict[str, Any]:
     }
 
 
-@router.get("/info/", summary="MONAI Label app info")
-@router.get("/info", include_in_schema=False)
+@router.get("/info/", summary="MONAI Label app info", dependencies=[RESEARCHER])
+@router.get("/info", include_in_schema=False, dependencies=[RESEARCHER])
 async def info(services: Services) -> dict[str, Any]:
     """What a MONAI Label client shows: models, labels, strategies, datastore summary."""
     models = await asyncio.to_thread(_models_info)  # the first call imports torch
@@ -161,8 +164,8 @@ def _db(services: ApiServices) -> Any:
     return services.db
 
 
-@router.get("/datastore/", summary="MONAI Label datastore: stats or every image with its labels")
-@router.get("/datastore", include_in_schema=False)
+@router.get("/datastore/", summary="MONAI Label datastore: stats or every image with its labels", dependencies=[RESEARCHER])
+@router.get("/datastore", include_in_schema=False, dependencies=[RESEARCHER])
 async def datastore(services: Services, output: DatastoreOutput | None = None) -> dict[str, Any]:
     """``stats`` (default) or ``all``, in MONAI Label's shapes."""
     if output is DatastoreOutput.train:
@@ -174,7 +177,9 @@ async def datastore(services: Services, output: DatastoreOutput | None = None) -
     return await store.status()
 
 
-@router.post("/activelearning/{strategy}", summary="MONAI Label active learning: the next series to annotate")
+@router.post(
+    "/activelearning/{strategy}", summary="MONAI Label active learning: the next series to annotate", dependencies=[ADMIN]
+)
 async def activelearning(
     services: Services, strategy: str, params: Annotated[dict[str, Any] | None, Body()] = None
 ) -> dict[str, Any]:
@@ -212,7 +217,7 @@ def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
     return Response(body, media_type=f"multipart/form-data; boundary={boundary}")
 
 
-@router.post("/infer/{model}", summary="MONAI Label inference on a series in the archive")
+@router.post("/infer/{model}", summary="MONAI Label inference on a series in the archive", dependencies=[ADMIN])
 async def infer(
     services: Services,
     model: str,

@@ -78,6 +78,12 @@ class ApiServices:
         await self._ensure_publisher()
         return await self.publisher.publish(event, key=key)
 
+    def require_db(self) -> AsyncIOMotorDatabase:
+        """The views database (the lifespan opened it)."""
+        if self.db is None:
+            raise RuntimeError("ApiServices.open() was not awaited")
+        return self.db
+
     @property
     def store(self) -> AnnotationStore:
         """Read-only queries of the views."""

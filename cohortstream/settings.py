@@ -236,6 +236,62 @@ class Settings(BaseSettings):
     api_port: int = Field(
         8090, ge=1, le=65535, description="Port of the retrieval/review API (also the MONAI Label server URL for OHIF)."
     )
+    api_key_cache_ttl_s: float = Field(
+        30.0, ge=0, description="How long the API trusts a verified API key before checking it again: a revoked key "
+        "keeps working in a running API for at most this long (0: check every request).",
+    )
+    api_readiness_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for each dependency (Kafka, MongoDB, Orthanc) in `/readyz` and `/metrics`.",
+    )
+
+    # --- BIDS export ---------------------------------------------------------------------
+    bids_pseudonym_key: SecretStr = Field(
+        SecretStr(""),
+        description="Secret key of the keyed (HMAC-SHA256) mapping from subject id to BIDS `sub-` label; the same key "
+        "gives the same labels in every export. Required while `bids_pseudonymise` is on; keep it outside the export.",
+    )
+    bids_pseudonymise: bool = Field(
+        True, description="Label subjects with keyed pseudonyms; off: the registry's subject id (which holds no identifier)."
+    )
+    bids_pseudonym_length: int = Field(10, ge=6, le=32, description="Characters of a pseudonymous `sub-` label ([a-z2-7]).")
+    bids_session_label: Literal["ordinal", "date"] = Field(
+        "ordinal",
+        description="`ses-` label of each DICOM study: `ordinal` (01, 02 … by study date) or `date` (the shifted study "
+        "date, YYYYMMDD).",
+    )
+    bids_date_shift_years: int = Field(
+        150, ge=0, le=300,
+        description="Dates in the export (acq_time, REDCap dates) move back by this many years plus a keyed 0-364 day "
+        "jitter per subject, keeping intervals within a subject; 0 writes real dates.",
+    )
+    bids_mapping_rules: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Series to BIDS mapping rules as JSON, first match wins, e.g. `[{\"match\": {\"SeriesDescription\": "
+        "\"(?i)mprage\"}, \"datatype\": \"anat\", \"suffix\": \"T1w\"}]`; empty: the built-in rules "
+        "(see the README, \"BIDS export\").",
+    )
+    bids_mapping_rules_file: str = Field(
+        "", description="JSON file with mapping rules; wins over `bids_mapping_rules` when set."
+    )
+    bids_phenotype_drop_fields: list[str] = Field(
+        default_factory=lambda: ["name", "first_name", "last_name", "dob", "birth_date", "date_of_birth", "email",
+                                 "phone", "address", "zip", "ssn", "mrn"],
+        description="REDCap fields never written to `phenotype/` (besides the record id, link-rule fields and fields the "
+        "data dictionary flags as identifiers), as JSON.",
+    )
+    bids_dataset_name: str = Field("cohortstream cohort export", description="`Name` in the export's dataset_description.json.")
+    bids_dataset_license: str = Field(
+        "", description="`License` in dataset_description.json (e.g. `CC0`, or the data use agreement's name); empty: left out."
+    )
+    bids_dataset_authors: list[str] = Field(
+        default_factory=list, description="`Authors` in dataset_description.json, as JSON: `[\"A. Researcher\"]`."
+    )
+    bids_export_root: Path = Field(
+        Path(".stack/exports"),
+        description="Where export jobs started through the API write (`<root>/<name>/`); the CLI takes any OUTDIR.",
+    )
+    bids_dcm2niix: str = Field("dcm2niix", description="The dcm2niix executable used to convert series to NIfTI.")
+    bids_dcm2niix_timeout_s: float = Field(600.0, gt=0, description="Longest run of dcm2niix for one series.")
 
     # --- Logging -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(

@@ -18,6 +18,7 @@ from pymongo import UpdateOne
 
 from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision
 from consumers.mongo_sink import MongoSink
+from consumers.statistics import counters_for_annotations, refresh_counters
 
 __all__ = ["ReviewViews", "SuggestionViews", "review_updates", "suggestion_update"]
 
@@ -94,10 +95,14 @@ def review_updates(event: AnnotationReviewed) -> list[UpdateOne]:
 class SuggestionViews(MongoSink):
     """Sink of ``annotation.suggested``."""
 
-    INDEXES = {"annotations": ["series_instance_uid", ["status", "uncertainty"], "model_name", "study_instance_uid"]}
+    INDEXES = {"annotations": [
+        "series_instance_uid", ["status", "uncertainty"], "model_name", "study_instance_uid",
+        ["model_name", "status"],  # for the statistics counters
+    ]}
 
     async def apply(self, events: Sequence[AnnotationSuggested]) -> None:
         await self.bulk_write("annotations", [suggestion_update(e) for e in events], "update annotations view")
+        await refresh_counters(self, counters_for_annotations({e.model_name for e in events}))
 
 
 class ReviewViews(MongoSink):
@@ -109,3 +114,13 @@ class ReviewViews(MongoSink):
         # In order, one review at a time: the status update of each depends on the last.
         operations: list[Any] = [op for event in events for op in review_updates(event)]
         await self.bulk_write("annotations", operations, "record annotation reviews")
+        await refresh_counters(self, counters_for_annotations(await self._models_of(events)))
+
+    async def _models_of(self, events: Sequence[AnnotationReviewed]) -> set[str]:
+        """The models of the reviewed suggestions (a review event does not name it)."""
+        ids = sorted({str(e.annotation_id) for e in events})
+        docs = await self.retry(
+            lambda: self.db["annotations"].find({"_id": {"$in": ids}}, {"model_name": 1}).to_list(None),
+            "read reviewed models",
+        )
+        return {str(d["model_name"]) for d in docs if d.get("model_name")}

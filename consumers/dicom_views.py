@@ -26,6 +26,7 @@ from pymongo import UpdateOne
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
 from cohortstream.subjects import SubjectIdentifier
+from consumers.statistics import age_years, counters_for_dicom, current_ages, normalise_sex, refresh_counters
 from consumers.subject_registry import SubjectAwareSink
 
 __all__ = ["DicomViews", "instance_attributes", "view_updates"]
@@ -35,6 +36,12 @@ _INDEXES = {
     "instances": ["series_instance_uid", "study_instance_uid", "patient_id"],
     "series": ["study_instance_uid", "patient_id"],
     "studies": ["patient_id"],
+    # For the statistics counters and the API's subject filters (api/subject_store.py).
+    "patients": ["modalities", "sex_normalised", "age_years"],
+}
+_STATISTICS_INDEXES = {
+    "instances": ["received_at"],
+    "series": ["modality", "body_part_examined"],
 }
 
 
@@ -161,12 +168,14 @@ def view_updates(
         ids = orthanc_ids(patient_id, first.study_instance_uid, first.series_instance_uid, first.sop_instance_uid)
         earliest, latest = _received_bounds(of_patient)
         first_study, last_study = _study_date_bounds(of_patient)
+        ages = [a for a in (age_years(e.patient_age) for e in of_patient) if a is not None]
         updates["patients"].append(UpdateOne(
             {"_id": patient_id},
             {
                 "$setOnInsert": _drop_none({
                     "identifiers": {"dicom_patient_id": patient_id},
                     "sex": first.patient_sex,
+                    "sex_normalised": normalise_sex(first.patient_sex),
                     "orthanc_id": ids.patient,
                 }),
                 "$addToSet": {
@@ -174,7 +183,10 @@ def view_updates(
                     "modalities": {"$each": sorted({e.modality for e in of_patient})},
                 },
                 "$min": _drop_none({"first_study_date": first_study, "first_received_at": earliest}),
-                "$max": _drop_none({"last_study_date": last_study, "last_received_at": latest}),
+                # Age at the latest study seen (PatientAge grows with the studies).
+                "$max": _drop_none({
+                    "last_study_date": last_study, "last_received_at": latest, "age_years": max(ages, default=None),
+                }),
             },
             upsert=True,
         ))
@@ -184,7 +196,10 @@ def view_updates(
 class DicomViews(SubjectAwareSink):
     """The MongoDB view builder for ``dicom.instance-received`` (and archive confirmations)."""
 
-    INDEXES = _INDEXES
+    INDEXES = {
+        name: [*_INDEXES.get(name, []), *_STATISTICS_INDEXES.get(name, [])]
+        for name in {**_INDEXES, **_STATISTICS_INDEXES}
+    }
 
     def viewer_url(self, ids: OrthancIds) -> str:
         """Link to the study in Orthanc Explorer."""
@@ -195,6 +210,7 @@ class DicomViews(SubjectAwareSink):
         if not events:
             return
         updates = view_updates(events, self.viewer_url)
+        previous_ages = await current_ages(self, "patients", {e.patient_id for e in events if e.patient_age})
         # Parents after children: a reader never sees a study whose instances are missing.
         for collection in ("instances", "series", "studies", "patients"):
             await self.bulk_write(collection, updates[collection], f"update {collection} view")
@@ -203,6 +219,7 @@ class DicomViews(SubjectAwareSink):
             studies={e.study_instance_uid for e in events},
             patients={e.patient_id for e in events},
         )
+        await refresh_counters(self, counters_for_dicom(events, previous_ages))
         # Every PatientID is a subject of its own until a link joins it to others.
         await self.registry.register([SubjectIdentifier.dicom(pid) for pid in {e.patient_id for e in events}])
 

@@ -24,6 +24,7 @@ from pymongo import UpdateOne
 from cohortstream.events import EhrRecord, EhrRecordType
 from cohortstream.mongo import safe_key
 from cohortstream.subjects import SubjectIdentifier
+from consumers.statistics import age_years, counters_for_ehr, current_ages, normalise_sex, refresh_counters
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["EhrViews", "latest_lab_updates", "subject_updates", "timeline_update"]
@@ -61,6 +62,9 @@ def timeline_update(record: EhrRecord) -> UpdateOne:
             "subject_id": record.subject_id,
             "source_file": record.source_file,
             "source_row_id": record.source_row_id,
+            # When the row entered the stream (a time the event carries, so replays agree):
+            # the statistics count rows per day of ingestion with it.
+            "ingested_at": record.emitted_at,
             **_fact(record),
         }},
         upsert=True,
@@ -77,6 +81,9 @@ def subject_updates(records: Sequence[EhrRecord]) -> list[UpdateOne]:
         row = safe_key(record.source_row_id)
         if record.record_type == EhrRecordType.PATIENT:
             fields["demographics"] = dict(record.attributes)
+            # Typed copies for the statistics and the API's filters (indexed).
+            fields["sex_normalised"] = normalise_sex(record.attributes.get("gender"))
+            fields["age_years"] = age_years(record.attributes.get("anchor_age"))
         elif record.record_type in _ADMISSION_TYPES:
             fields[f"admissions.{row}"] = _fact(record)
         elif record.record_type in _DIAGNOSIS_TYPES:
@@ -140,14 +147,17 @@ class EhrViews(SubjectAwareSink):
     """View builder for ``ehr.record``."""
 
     INDEXES = {
-        "ehr_timeline": [["subject_key", "effective_at"], ["record_type", "code"]],
-        "ehr_subjects": ["diagnosis_codes"],
+        "ehr_timeline": [["subject_key", "effective_at"], ["record_type", "code"], "ingested_at"],
+        "ehr_subjects": ["diagnosis_codes", "sex_normalised", "age_years"],
     }
 
     async def apply(self, records: Sequence[EhrRecord]) -> list[str]:
         """Fold records into the views; returns the messages of refused rule links."""
         if not records:
             return []
+        previous_ages = await current_ages(
+            self, "ehr_subjects", {ehr_identifier(r).key for r in records if r.record_type == EhrRecordType.PATIENT}
+        )
         await self.bulk_write("ehr_subjects", subject_updates(records), "update EHR subjects")
         await self.bulk_write("ehr_subjects", latest_lab_updates(records), "update latest labs")
         subjects = sorted({ehr_identifier(r) for r in records})
@@ -169,4 +179,5 @@ class EhrViews(SubjectAwareSink):
         # The timeline last: once a row is in it, everything else of its batch is done.
         timeline = {f"{r.source}|{r.source_row_id}": timeline_update(r) for r in records}
         await self.bulk_write("ehr_timeline", list(timeline.values()), "update EHR timeline")
+        await refresh_counters(self, counters_for_ehr(records, previous_ages))
         return refused

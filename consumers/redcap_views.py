@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pymongo import UpdateOne
@@ -19,6 +20,7 @@ from pymongo import UpdateOne
 from cohortstream.events import RedcapRecordChanged
 from cohortstream.settings import SubjectLinkRule
 from cohortstream.subjects import SubjectIdentifier
+from consumers.statistics import counters_for_redcap, refresh_counters
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["RedcapViews", "questionnaire_key", "questionnaire_update", "rule_links"]
@@ -94,7 +96,11 @@ class RedcapViews(SubjectAwareSink):
     """View builder for ``redcap.record-changed``."""
 
     INDEXES = {
-        "questionnaires": ["subject_key", ["instrument", "completion_status"], "record_id"],
+        "questionnaires": [
+            "subject_key", ["instrument", "completion_status"], "record_id",
+            # For the statistics counters (consumers/statistics.py).
+            ["instrument", "event_name", "completion_status"], "pulled_at",
+        ],
     }
 
     async def apply(self, events: Sequence[RedcapRecordChanged]) -> list[str]:
@@ -114,8 +120,23 @@ class RedcapViews(SubjectAwareSink):
         # Questionnaires last: once one is visible, its record's links are in place.
         # Same document twice in a batch: the later state wins, as it would one by one.
         latest: dict[str, UpdateOne] = {questionnaire_key(e): questionnaire_update(e) for e in events}
+        previous_days = await self._pull_days(list(latest))
         await self.bulk_write("questionnaires", list(latest.values()), "update questionnaires view")
+        await refresh_counters(self, counters_for_redcap(events, previous_days))
         return refused
+
+    async def _pull_days(self, keys: list[str]) -> set[date]:
+        """The days of the latest pulls these documents show now: a newer pull moves a
+        document to another day, and the day it leaves must be recounted too."""
+        days: set[date] = set()
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            docs = await self.retry(
+                lambda c=chunk: self.db["questionnaires"].find({"_id": {"$in": c}}, {"pulled_at": 1}).to_list(None),
+                "read questionnaire pull times",
+            )
+            days.update(d["pulled_at"].astimezone(UTC).date() for d in docs if isinstance(d.get("pulled_at"), datetime))
+        return days
 
     async def questionnaires_of(self, identifiers: Sequence[SubjectIdentifier]) -> list[dict[str, Any]]:
         """The questionnaire documents of these REDCap identifiers, in a stable order."""

@@ -198,6 +198,10 @@ cmd_up() {
     printf 'Orthanc Explorer: %s/app/explorer.html   DICOMweb: %s/dicom-web/   (user/password: COHORTSTREAM_ORTHANC_* in stack.env)\n' \
       "$(orthanc_url)" "$(orthanc_url)"
   fi
+  if [[ " $SERVICES " == *" api "* ]]; then
+    printf 'API keys: .venv/bin/cohortstream --env-file %s api-keys create --name NAME --role admin|researcher  (prints the key once; send it as Authorization: Bearer <key>)\n' \
+      "$STATE_DIR/stack.env"
+  fi
   printf 'logs: %s logs SERVICE [-f]   stop: make down\n' "$0"
 }
 

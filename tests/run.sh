@@ -18,9 +18,13 @@ PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 
 # dcmtk (storescu, echoscu) is the independent DICOM client the listener tests push with;
 # dicom3tools' dciodvfy checks the DICOM SEG objects the annotation worker writes.
+# dcm2niix converts series to NIfTI for the BIDS export (tests/integration/test_bids_export.py).
+# chromium is the real browser the dashboard test drives with Playwright (tests/integration/test_dashboard.py).
 missing=()
 [[ -x /usr/bin/storescu ]] || missing+=(dcmtk)
 command -v dciodvfy >/dev/null || missing+=(dicom3tools)
+command -v dcm2niix >/dev/null || missing+=(dcm2niix)
+[[ -x /usr/lib/chromium/chromium ]] || command -v chromium >/dev/null || missing+=(chromium)
 if (( ${#missing[@]} )); then
   echo "== installing ${missing[*]} (apt)"
   as_root_cmd=()

@@ -26,6 +26,8 @@ import pydicom
 import pytest
 
 from api.app import create_api
+from api.auth import Role
+from api.keys import KeyStore
 from api.seg_upload import SEGMENTATION_STORAGE
 from cohortstream.admin import ensure_topics
 from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision
@@ -45,23 +47,26 @@ async def settings(stack_settings: Settings) -> Settings:
     return settings
 
 
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Any]:
+async def create_key(settings: Settings, role: Role = Role.ADMIN, name: str = "test-admin") -> str:
+    """A new API key in the test's database, as ``cohortstream api-keys create`` makes one."""
     client = mongo_client(settings)
     try:
-        yield mongo_database(client, settings)
+        return (await KeyStore(mongo_database(client, settings)).create(name, role)).key
     finally:
-        await client.drop_database(settings.mongo_database)
         client.close()
 
 
 @asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with its lifespan run (connections opened and closed), over ASGI."""
+async def api_client(settings: Settings, key: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The API with its lifespan run (connections opened and closed), over ASGI, sending
+    ``key`` (default: a new admin key) as bearer token."""
+    key = key if key is not None else await create_key(settings)
     app = create_api(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api", timeout=300) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", timeout=300, headers={"Authorization": f"Bearer {key}"}
+        ) as client:
             yield client
 
 
@@ -239,8 +244,8 @@ async def test_a_corrected_seg_is_checked_stored_in_orthanc_and_published(
     not_a_seg = await api.post(f"/annotations/{doc['_id']}/correct",
                                **_upload(dataset_bytes(phantom.series[0]), reviewer="dr.c"))
     assert not_a_seg.status_code == 422 and "not a DICOM Segmentation" in not_a_seg.json()["error"]
-    no_reviewer = await api.post(f"/annotations/{doc['_id']}/correct", **_upload(phantom.seg_bytes))
-    assert no_reviewer.status_code == 422 and no_reviewer.json()["field"] == "reviewer"
+    long_reviewer = await api.post(f"/annotations/{doc['_id']}/correct", **_upload(phantom.seg_bytes, reviewer="r" * 257))
+    assert long_reviewer.status_code == 422 and long_reviewer.json()["field"] == "reviewer"
 
     response = await api.post(f"/annotations/{doc['_id']}/correct",
                               **_upload(phantom.seg_bytes, reviewer="dr.c", reason="trimmed the rim"))

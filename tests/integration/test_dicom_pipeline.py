@@ -34,6 +34,7 @@ from producers.dicom_scp import read_instance_attributes
 from streams.worker import build_worker_app
 from tests.kafka_probe import read_topic
 from tests.polling import eventually
+from tests.views_snapshot import views_snapshot
 
 VIEWS = ("instances", "series", "studies", "patients")
 
@@ -130,7 +131,7 @@ async def completions(settings: Settings, expected: int, timeout_s: float = 90) 
 
 
 async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
-    return {name: await db[name].find({}).sort("_id", 1).to_list(None) for name in VIEWS}
+    return await views_snapshot(db, VIEWS)
 
 
 async def test_instances_reach_orthanc_and_views_exactly_once(

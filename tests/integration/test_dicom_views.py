@@ -19,6 +19,7 @@ from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.settings import Settings
 from consumers.dicom_views import DicomViews
 from tests.examples import FIXED_TIME, example_events
+from tests.views_snapshot import views_snapshot
 
 INSTANCES = 240  # > 2 × 100: what a replay after a crash hands the views agent in one batch
 
@@ -53,8 +54,7 @@ async def _snapshot(settings: Settings) -> dict[str, list[dict[str, Any]]]:
     client = mongo_client(settings)
     try:
         db = mongo_database(client, settings)
-        return {name: await db[name].find().sort("_id").to_list(None)
-                for name in ("instances", "series", "studies", "patients")}
+        return await views_snapshot(db, ("instances", "series", "studies", "patients"))
     finally:
         client.close()
 

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cohortstream.cli import main
-from cohortstream.mongo import mongo_client
-from cohortstream.settings import Settings, settings_environment
-
-
-@pytest.fixture
-def cli_env(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    """The CLI runs its own event loop (asyncio.run), so these tests are synchronous."""
-    for name, value in settings_environment(stack_settings).items():
-        monkeypatch.setenv(name, value)
-    yield stack_settings
-
-    async def drop() -> None:
-        client = mongo_client(stack_settings)
-        await client.drop_database(stack_settings.mongo_database)
-        client.close()
-
-    asyncio.run(drop())
+from cohortstream.settings import Settings
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

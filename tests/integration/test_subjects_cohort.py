@@ -52,6 +52,7 @@ from tests.redcap_simulator import (
     new_token,
     running_simulator,
 )
+from tests.views_snapshot import views_snapshot
 
 REDCAP_URL = "https://redcap.example.org/"
 SUBJECTS = 40
@@ -153,7 +154,7 @@ def _expected_diagnosed(root: Path, prefix: str) -> set[int]:
 
 
 async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
-    return {name: await db[name].find().sort("_id").to_list(None) for name in VIEW_COLLECTIONS}
+    return await views_snapshot(db, VIEW_COLLECTIONS)
 
 
 async def _load_everything(settings: Settings, sim: RedcapSimulator, tmp_path: Path) -> tuple[Path, int, int]:

@@ -3,7 +3,8 @@ missing review fields, unsupported MONAI Label options. Every refusal is the one
 shape ``{"error", "field"}`` naming the field.
 
 The application is served without its lifespan (httpx's ASGI transport does not run
-it), so nothing connects: a request that got past validation would fail loudly.
+it), so nothing connects: a request that got past validation would fail loudly. The
+caller is an admin (authentication is overridden; tests/unit/test_api_auth.py covers it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from api.app import create_api
+from api.auth import Principal, Role, authenticated
 from cohortstream.settings import Settings
 
 ANNOTATION = "0b0e2f1c-0000-4000-8000-000000000001"
@@ -22,6 +24,7 @@ ANNOTATION = "0b0e2f1c-0000-4000-8000-000000000001"
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = create_api(Settings())
+    app.dependency_overrides[authenticated] = lambda: Principal("tester", Role.ADMIN)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
         yield client
 
@@ -61,8 +64,8 @@ async def test_reject_needs_a_reason(client: httpx.AsyncClient) -> None:
     await _refused(await client.post(path, json={"reviewer": "r", "reason": "   "}), 422, "reason")
 
 
-@pytest.mark.parametrize("body", [{}, {"reviewer": ""}, {"reviewer": "  "}])
-async def test_accept_needs_a_reviewer(client: httpx.AsyncClient, body: dict) -> None:
+@pytest.mark.parametrize("body", [{"reviewer": ""}, {"reviewer": "  "}, {"reviewer": "r" * 257}])
+async def test_a_given_reviewer_must_not_be_blank_or_too_long(client: httpx.AsyncClient, body: dict) -> None:
     await _refused(await client.post(f"/annotations/{ANNOTATION}/accept", json=body), 422, "reviewer")
 
 
@@ -72,11 +75,11 @@ async def test_unknown_fields_and_statuses_in_a_review_are_refused(client: httpx
     await _refused(await client.post(path, json={"reviewer": "r", "expected_status": "done"}), 422, "expected_status")
 
 
-async def test_a_correction_needs_a_file_and_a_reviewer(client: httpx.AsyncClient) -> None:
+async def test_a_correction_needs_a_file_and_a_reviewer_name_within_bounds(client: httpx.AsyncClient) -> None:
     path = f"/annotations/{ANNOTATION}/correct"
     await _refused(await client.post(path, data={"reviewer": "r"}), 422, "file")
     files = {"file": ("seg.dcm", b"DICM", "application/dicom")}
-    await _refused(await client.post(path, data={"reason": "x"}, files=files), 422, "reviewer")
+    await _refused(await client.post(path, data={"reviewer": "r" * 257}, files=files), 422, "reviewer")
 
 
 async def test_monailabel_refuses_what_it_does_not_support(client: httpx.AsyncClient) -> None:

@@ -11,8 +11,22 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from api.pagination import MAX_LIMIT, Cursor, CursorError, SortOrder, after_filter, page, sort_spec
-from api.reviews import AnnotationStatus, ReviewConflict, check_expected_status, review_event, status_after
+from api.pagination import (
+    MAX_LIMIT,
+    Cursor,
+    CursorError,
+    SortOrder,
+    after_filter,
+    page,
+    sort_spec,
+)
+from api.reviews import (
+    AnnotationStatus,
+    ReviewConflict,
+    check_expected_status,
+    review_event,
+    status_after,
+)
 from api.seg_upload import (
     SEGMENTATION_STORAGE,
     SegUploadError,

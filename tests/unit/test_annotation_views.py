@@ -5,7 +5,12 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision, SuggestedSegment
+from cohortstream.events import (
+    AnnotationReviewed,
+    AnnotationSuggested,
+    ReviewDecision,
+    SuggestedSegment,
+)
 from consumers.annotation.worker import annotation_id_for
 from consumers.annotation_views import review_updates, suggestion_update
 

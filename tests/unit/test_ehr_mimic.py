@@ -11,8 +11,19 @@ import pytest
 
 from cohortstream.events import EhrRecord, EhrRecordType, FailureStage
 from cohortstream.synthetic_ehr import MIMIC_BAD_KINDS, write_mimic
-from producers.ehr.mimic import Lookups, parse_table, read_icd_titles, read_labitems, table_name
-from producers.ehr.rows import BadRow, EhrFileError, MissingColumnError, deterministic_event_id
+from producers.ehr.mimic import (
+    Lookups,
+    parse_table,
+    read_icd_titles,
+    read_labitems,
+    table_name,
+)
+from producers.ehr.rows import (
+    BadRow,
+    EhrFileError,
+    MissingColumnError,
+    deterministic_event_id,
+)
 
 SAMPLE = Path(__file__).parents[1] / "data" / "ehr" / "mimic" / "hosp"
 

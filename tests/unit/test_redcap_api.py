@@ -10,7 +10,12 @@ from pydantic import SecretStr
 from cohortstream.settings import RedcapProject, Settings
 from producers.redcap.api import RedcapApiClient
 from producers.redcap.errors import RedcapPermanentApiError, RedcapTransientApiError
-from tests.redcap_simulator import NO_PERMISSION, RedcapSimulator, cohort_project, running_simulator
+from tests.redcap_simulator import (
+    NO_PERMISSION,
+    RedcapSimulator,
+    cohort_project,
+    running_simulator,
+)
 
 
 @pytest.fixture

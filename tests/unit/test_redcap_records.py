@@ -13,11 +13,26 @@ from urllib.parse import urlencode
 from pydantic import SecretStr
 
 from cohortstream.codec import EventCodec
-from cohortstream.events import RedcapCompletionStatus, RedcapRecordChanged, RedcapTrigger
+from cohortstream.events import (
+    RedcapCompletionStatus,
+    RedcapRecordChanged,
+    RedcapTrigger,
+)
 from cohortstream.settings import RedcapProject
 from producers.redcap.dictionary import DataDictionary
-from producers.redcap.records import PRODUCER_SYNC, PRODUCER_TRIGGER, event_key, record_events, trigger_events
-from tests.redcap_simulator import RedcapSimulator, SimProject, classic_project, cohort_project
+from producers.redcap.records import (
+    PRODUCER_SYNC,
+    PRODUCER_TRIGGER,
+    event_key,
+    record_events,
+    trigger_events,
+)
+from tests.redcap_simulator import (
+    RedcapSimulator,
+    SimProject,
+    classic_project,
+    cohort_project,
+)
 
 PROJECT = RedcapProject(redcap_url="https://redcap.example.org", project_id="42", api_token=SecretStr("T" * 32))
 

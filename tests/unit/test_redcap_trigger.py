@@ -8,7 +8,12 @@ from pydantic import SecretStr
 from cohortstream.events import RedcapCompletionStatus
 from cohortstream.settings import RedcapProject, Settings
 from producers.redcap.errors import TriggerInvalid, TriggerRejected
-from producers.redcap.trigger import DataEntryTrigger, authorize_source, match_project, normalize_redcap_url
+from producers.redcap.trigger import (
+    DataEntryTrigger,
+    authorize_source,
+    match_project,
+    normalize_redcap_url,
+)
 
 FULL_FORM = {
     "redcap_url": "https://redcap.example.org/",

@@ -8,9 +8,9 @@ from typing import Any, Union, get_args, get_origin
 
 import pytest
 
+from cohortstream.errors import SchemaError
 from cohortstream.events import event_models
 from cohortstream.schemas import EventSchema, SchemaRegistry, default_registry
-from cohortstream.errors import SchemaError
 
 REGISTRY = default_registry()
 CURRENT = [REGISTRY.current(name) for name in REGISTRY.names()]

@@ -8,7 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from cohortstream.errors import ConfigurationError
-from cohortstream.settings import Settings, env_var_name, settings_markdown_table, unknown_env_vars
+from cohortstream.settings import (
+    Settings,
+    env_var_name,
+    settings_markdown_table,
+    unknown_env_vars,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -9,9 +9,19 @@ import pytest
 from pydantic import ValidationError
 
 from cohortstream.cohort_query import CohortQuery, LabCriterion
-from cohortstream.events import EhrRecord, EhrRecordType, RedcapCompletionStatus, RedcapRecordChanged, RedcapTrigger
+from cohortstream.events import (
+    EhrRecord,
+    EhrRecordType,
+    RedcapCompletionStatus,
+    RedcapRecordChanged,
+    RedcapTrigger,
+)
 from cohortstream.settings import SubjectLinkRule
-from cohortstream.subjects import SubjectIdentifier, SubjectIdentifierError, subject_id_for
+from cohortstream.subjects import (
+    SubjectIdentifier,
+    SubjectIdentifierError,
+    subject_id_for,
+)
 from consumers.ehr_views import latest_lab_updates, subject_updates
 from consumers.redcap_views import questionnaire_key, rule_links
 

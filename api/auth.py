@@ -1,0 +1,203 @@
+"""Access control of the API: who may call what.
+
+Two roles: ``researcher`` (read-only: subjects, cohorts, statistics, annotations, MONAI
+Label reads, metrics) and ``admin`` (everything a researcher may, plus reviewing
+annotations, running inference and active learning, triggering syncs). Every endpoint
+except ``/healthz`` and ``/readyz`` requires a credential.
+
+Routers declare what they need with the dependencies below, e.g.
+``@router.get("/subjects", dependencies=[RESEARCHER])`` or, to know who calls,
+``principal: Annotated[Principal, RESEARCHER]``.
+
+Credentials are API keys (:mod:`api.keys`, created with ``cohortstream api-keys create``)
+sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. A missing, malformed,
+unknown or revoked key answers **401** with ``WWW-Authenticate: Bearer``; a valid key
+whose role is too low answers **403**. Both use the API's error shape.
+
+Verified keys are cached in memory for ``COHORTSTREAM_API_KEY_CACHE_TTL_S`` seconds
+(default 30) so a request does not rerun the slow hash: a revoked key keeps working in
+an API process for at most that long. Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
+
+from api.errors import ApiError, error_response
+from api.keys import KeyFormatError, KeyStore, parse_key, verify_secret
+from api.principals import Principal, Role
+
+__all__ = [
+    "ADMIN",
+    "RESEARCHER",
+    "AuthError",
+    "Authenticator",
+    "Principal",
+    "Role",
+    "authenticated",
+    "install_auth_handlers",
+    "key_store_lookup",
+    "require",
+]
+
+log = logging.getLogger(__name__)
+
+KeyLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
+"""Finds the stored document of an unrevoked key by its id (None: unknown or revoked)."""
+
+_CACHE_MAX = 1024
+
+
+class AuthError(ApiError):
+    """401 or 403, with the ``WWW-Authenticate`` challenge a 401 must carry."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message, "Authorization" if status == 401 else None)
+        self.headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+
+
+class CredentialStoreUnavailable(ApiError):
+    """The key collection cannot be read: 503, so a client retries rather than drops its key."""
+
+    def __init__(self) -> None:
+        super().__init__(503, "credential store unavailable, retry later")
+
+
+def _unauthorized(message: str) -> AuthError:
+    return AuthError(401, message)
+
+
+def presented_credential(request: Request) -> str | None:
+    """The key in ``Authorization: Bearer`` or ``X-API-Key``; None when neither is sent."""
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise _unauthorized("Authorization: expected 'Bearer <API key>'")
+        return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+class Authenticator:
+    """Verifies presented keys against the store, with a short cache of successes."""
+
+    def __init__(self, lookup: KeyLookup, *, cache_ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._lookup = lookup
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
+
+    def _cached(self, fingerprint: bytes) -> Principal | None:
+        hit = self._cache.get(fingerprint)
+        if hit is None:
+            return None
+        principal, expires = hit
+        if self._clock() >= expires:
+            del self._cache[fingerprint]
+            return None
+        return principal
+
+    def _remember(self, fingerprint: bytes, principal: Principal) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._cache) >= _CACHE_MAX:
+            now = self._clock()
+            for stale in [k for k, (_, exp) in self._cache.items() if exp <= now] or list(self._cache)[: _CACHE_MAX // 4]:
+                del self._cache[stale]
+        self._cache[fingerprint] = (principal, self._clock() + self._ttl)
+
+    def forget_all(self) -> None:
+        """Drop the cache (revocation takes effect at once in this process)."""
+        self._cache.clear()
+
+    async def authenticate(self, credential: str | None) -> Principal:
+        """The principal of ``credential``; :class:`AuthError` (401) when it is not a valid key."""
+        if credential is None:
+            raise _unauthorized("Authorization: an API key is required (Authorization: Bearer <key>)")
+        # The cache is keyed by a fast digest of the whole key, so a wrong secret with a
+        # known key id never hits it.
+        fingerprint = hashlib.sha256(credential.encode()).digest()
+        cached = self._cached(fingerprint)
+        if cached is not None:
+            return cached
+        try:
+            parsed = parse_key(credential)
+        except KeyFormatError as exc:
+            raise _unauthorized("Authorization: not a cohortstream API key") from exc
+        try:
+            doc = await self._lookup(parsed.key_id)
+        except PyMongoError as exc:
+            log.error("cannot read the API keys", extra={"key_id": parsed.key_id, "error": type(exc).__name__})
+            raise CredentialStoreUnavailable() from exc
+        principal = _principal_of(doc) if doc is not None else None
+        if principal is None or not await asyncio.to_thread(verify_secret, parsed.secret, str(doc.get("hash", ""))):  # type: ignore[union-attr]
+            log.warning("API key refused", extra={"key_id": parsed.key_id})
+            raise _unauthorized("Authorization: unknown or revoked API key")
+        self._remember(fingerprint, principal)
+        return principal
+
+
+def _principal_of(doc: dict[str, Any]) -> Principal | None:
+    try:
+        return Principal(name=str(doc["name"]), role=Role(doc["role"]), key_id=str(doc["_id"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def key_store_lookup(request_app: FastAPI) -> KeyLookup:
+    """The lookup of the application's own database (opened by its lifespan)."""
+
+    async def lookup(key_id: str) -> dict[str, Any] | None:
+        services = request_app.state.services
+        if services.db is None:
+            raise CredentialStoreUnavailable()
+        return await KeyStore(services.db).find_active(key_id)
+
+    return lookup
+
+
+async def authenticated(request: Request) -> Principal:
+    """FastAPI dependency: the authenticated caller (any role), or 401."""
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = await authenticator.authenticate(presented_credential(request))
+    request.state.principal = principal
+    return principal
+
+
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
+    """A dependency function that answers 403 unless the caller's role allows ``role``."""
+
+    async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if not principal.role.allows(role):
+            log.info("role too low", extra={"key_id": principal.key_id, "role": principal.role.value, "needed": role.value})
+            raise AuthError(403, f"this needs the {role.value} role; the key has {principal.role.value}")
+        return principal
+
+    dependency.__name__ = f"require_{role.value}"
+    return dependency
+
+
+def install_auth_handlers(app: FastAPI) -> None:
+    """Answer :class:`AuthError` in the API's error shape, with its challenge header."""
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        response = error_response(exc.status, exc.message, exc.field)
+        response.headers.update(exc.headers)
+        return response
+
+
+RESEARCHER: Any = Depends(require(Role.RESEARCHER))
+"""Dependency: any valid key (researcher or admin); returns the :class:`Principal`."""
+ADMIN: Any = Depends(require(Role.ADMIN))
+"""Dependency: an admin key; returns the :class:`Principal`."""

@@ -1,0 +1,116 @@
+"""Endpoints of cross-modal cohort questions: the matching subjects, and their export.
+
+=====================================================  =====================================
+``POST /cohorts/query``                                body: a :class:`CohortQuery`
+                                                       (``modalities``, ``questionnaires``,
+                                                       ``labs``, ``diagnoses``; every criterion
+                                                       must hold); answers ``{count,
+                                                       subject_ids, per_criterion}``
+``POST /cohorts/export?format=csv|ndjson``             same body; streams one row per subject
+=====================================================  =====================================
+
+Fields the query does not know answer **422** naming them (no criterion is silently
+ignored). The export is a streaming response: the subject ids are computed first (a
+set of short strings, as for ``/cohorts/query``), then the rows are built and sent in
+chunks of :data:`EXPORT_CHUNK` subjects (four ``$in`` finds per chunk), so a cohort of
+any size never sits in memory as rows. Columns: ``subject_id``, ``identifiers`` and
+``sources`` and ``modalities`` (``;``-separated in CSV), ``sex``, ``age_years``,
+``study_count``, ``series_count``, ``questionnaire_count``, ``has_ehr``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import StreamingResponse
+
+from api import auth
+from api.errors import ApiError
+from api.services import ApiServices, get_services
+from api.subject_models import CohortAnswer
+from api.subject_store import subject_summaries
+from cohortstream.cohort_query import CohortQuery, run_cohort_query
+
+__all__ = ["EXPORT_CHUNK", "EXPORT_COLUMNS", "csv_lines", "ndjson_lines", "router"]
+
+log = logging.getLogger(__name__)
+
+_GUARD = [auth.RESEARCHER] if auth.RESEARCHER is not None else []
+
+router = APIRouter(prefix="/cohorts", tags=["cohorts"], dependencies=_GUARD)
+
+Services = Annotated[ApiServices, Depends(get_services)]
+
+EXPORT_CHUNK = 500
+EXPORT_COLUMNS = (
+    "subject_id", "identifiers", "sources", "modalities", "sex", "age_years",
+    "study_count", "series_count", "questionnaire_count", "has_ehr",
+)
+_MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+
+
+def _db(services: ApiServices) -> Any:
+    if services.db is None:
+        raise ApiError(503, "database not connected")
+    return services.db
+
+
+@router.post("/query", summary="Subjects meeting every criterion", response_model=CohortAnswer)
+async def query_cohort(services: Services, query: CohortQuery) -> CohortAnswer:
+    """Answer the query from the views (one indexed find per criterion, see
+    :mod:`cohortstream.cohort_query`); subject ids sorted."""
+    result = await run_cohort_query(_db(services), query)
+    log.info("cohort query answered", extra={"count": result.count, "criteria": len(result.per_criterion)})
+    return CohortAnswer(count=result.count, subject_ids=result.subject_ids, per_criterion=result.per_criterion)
+
+
+def csv_lines(rows: Sequence[dict[str, Any]], *, header: bool) -> str:
+    """CSV text of summary rows (lists joined by ``;``; empty cell for null)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([
+            ";".join(row[c]) if isinstance(row.get(c), list) else ("" if row.get(c) is None else row[c])
+            for c in EXPORT_COLUMNS
+        ])
+    return buffer.getvalue()
+
+
+def ndjson_lines(rows: Sequence[dict[str, Any]]) -> str:
+    """One JSON object per line, with the export columns."""
+    return "".join(json.dumps({c: row.get(c) for c in EXPORT_COLUMNS}, separators=(",", ":")) + "\n" for row in rows)
+
+
+async def _rows(db: Any, subject_ids: list[str], fmt: str) -> AsyncIterator[bytes]:
+    if fmt == "csv":
+        yield csv_lines([], header=True).encode("utf-8")
+    for start in range(0, len(subject_ids), EXPORT_CHUNK):
+        rows = await subject_summaries(db, subject_ids[start : start + EXPORT_CHUNK])
+        text = csv_lines(rows, header=False) if fmt == "csv" else ndjson_lines(rows)
+        yield text.encode("utf-8")
+
+
+@router.post("/export", summary="Stream the matching subjects as CSV or NDJSON", response_class=StreamingResponse,
+             responses={200: {"content": {_MEDIA["csv"]: {}, _MEDIA["ndjson"]: {}}}})
+async def export_cohort(
+    services: Services,
+    query: CohortQuery,
+    format: Annotated[Literal["csv", "ndjson"], Query(description="csv (with a header line) or ndjson.")] = "csv",  # noqa: A002
+) -> StreamingResponse:
+    """One row per subject, streamed in chunks; ``X-Cohort-Count`` says how many rows follow."""
+    db = _db(services)
+    result = await run_cohort_query(db, query)
+    log.info("cohort export started", extra={"count": result.count, "format": format})
+    return StreamingResponse(
+        _rows(db, result.subject_ids, format), media_type=_MEDIA[format],
+        headers={"X-Cohort-Count": str(result.count),
+                 "Content-Disposition": f'attachment; filename="cohort.{format}"'},
+    )

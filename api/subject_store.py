@@ -1,0 +1,209 @@
+"""Read-only queries behind ``/subjects`` and ``/cohorts``: filters, pages, summaries.
+
+A subject exists only in the registry (``subject_identifiers``, one document per
+identifier); the per-source views are keyed by source identifiers. So, as in
+:mod:`cohortstream.cohort_query`, every filter is one indexed ``find`` on the view that
+holds it, resolved to subject ids through the registry, and combined in Python (no
+``$lookup``, no aggregation: the MongoDB subset of DESIGN.md).
+
+Summaries (one line per subject: list items and export rows) are built for a chunk of
+subjects with four ``$in`` finds, whatever the chunk size, so a page or an export chunk
+costs the same number of round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from motor.motor_asyncio import AsyncIOMotorDatabase
+
+from cohortstream.cohort_query import resolve_subjects
+
+__all__ = ["Source", "SubjectFilters", "filtered_subjects", "page_of_subjects", "subject_record", "subject_summaries"]
+
+Source = Literal["dicom", "redcap", "ehr"]
+Sex = Literal["M", "F", "O"]
+
+_REGISTRY = "subject_identifiers"
+_IN_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class SubjectFilters:
+    """Filters of the subject list; each one set must hold (AND), None leaves it open."""
+
+    modality: str | None = None
+    has_questionnaire: bool | None = None
+    sex: Sex | None = None
+    source: Source | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.modality is None and self.has_questionnaire is None and self.sex is None and self.source is None
+
+
+async def _field_values(db: AsyncIOMotorDatabase, collection: str, query: dict[str, Any], key: str = "_id") -> list[str]:
+    docs = await db[collection].find(query, {key: 1}).to_list(None)
+    return [str(d[key]) for d in docs if d.get(key) is not None]
+
+
+async def _all_subjects(db: AsyncIOMotorDatabase) -> set[str]:
+    return {str(s) for s in await db[_REGISTRY].distinct("subject_id")}
+
+
+async def filtered_subjects(db: AsyncIOMotorDatabase, filters: SubjectFilters) -> set[str]:
+    """The subject ids meeting every filter (call only when ``filters`` is not empty)."""
+    selected: set[str] | None = None
+
+    def keep(found: set[str]) -> None:
+        nonlocal selected
+        selected = found if selected is None else selected & found
+
+    if filters.modality is not None:
+        patients = await _field_values(db, "patients", {"modalities": filters.modality})
+        keep(await resolve_subjects(db, (f"dicom:{p}" for p in patients)))
+    if filters.sex is not None:
+        # DICOM PatientSex and the EHR's gender, both normalised to M/F/O by the sinks.
+        patients = await _field_values(db, "patients", {"sex_normalised": filters.sex})
+        ehr = await _field_values(db, "ehr_subjects", {"sex_normalised": filters.sex})
+        keep(await resolve_subjects(db, [f"dicom:{p}" for p in patients] + ehr))
+    if filters.source is not None:
+        keep(set(await _field_values(db, _REGISTRY, {"kind": filters.source}, "subject_id")))
+    if filters.has_questionnaire is not None:
+        keys = [str(k) for k in await db["questionnaires"].distinct("subject_key")]
+        with_questionnaire = await resolve_subjects(db, keys)
+        keep(with_questionnaire if filters.has_questionnaire else await _all_subjects(db) - with_questionnaire)
+    return selected if selected is not None else await _all_subjects(db)
+
+
+async def _next_registry_subjects(db: AsyncIOMotorDatabase, after: str | None, want: int) -> list[str]:
+    """The first ``want`` subject ids after ``after`` in id order, read off the
+    ``subject_id`` index in batches. A subject has one document per identifier; only its
+    id is collected, and the next batch starts after the last id, so a batch that ends in
+    the middle of a subject's identifiers loses nothing."""
+    found: list[str] = []
+    last = after
+    batch = max(want * 4, 64)  # subjects usually have up to three identifiers: one read per page
+    while len(found) < want:
+        query: dict[str, Any] = {} if last is None else {"subject_id": {"$gt": last}}
+        docs = await db[_REGISTRY].find(query, {"subject_id": 1, "_id": 0}).sort("subject_id", 1).limit(batch).to_list(None)
+        for doc in docs:
+            sid = str(doc["subject_id"])
+            if not found or found[-1] != sid:
+                found.append(sid)
+        if len(docs) < batch:
+            break
+        last = found[-1]
+    return found[:want]
+
+
+async def page_of_subjects(
+    db: AsyncIOMotorDatabase, filters: SubjectFilters, limit: int, after: str | None
+) -> tuple[list[str], bool]:
+    """Up to ``limit`` subject ids after ``after`` (id order) and whether more follow."""
+    if filters.empty:
+        ids = await _next_registry_subjects(db, after, limit + 1)
+    else:
+        ids = sorted(s for s in await filtered_subjects(db, filters) if after is None or s > after)[: limit + 1]
+    return ids[:limit], len(ids) > limit
+
+
+async def _find_in(db: AsyncIOMotorDatabase, collection: str, field: str, values: Sequence[str], projection: dict[str, int]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = list(values[start : start + _IN_CHUNK])
+        docs += await db[collection].find({field: {"$in": chunk}}, projection).to_list(None)
+    return docs
+
+
+async def subject_summaries(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One summary per subject id, in the given order (unknown ids are skipped).
+
+    Sex and age come from DICOM (PatientSex, PatientAge at the latest study) when the
+    subject has imaging, else from the EHR (gender, MIMIC ``anchor_age``).
+    """
+    if not subject_ids:
+        return []
+    registry = await _find_in(db, _REGISTRY, "subject_id", subject_ids, {"subject_id": 1, "kind": 1, "value": 1})
+    members: dict[str, list[dict[str, Any]]] = {}
+    for doc in registry:
+        members.setdefault(str(doc["subject_id"]), []).append(doc)
+    dicom = [str(d["value"]) for d in registry if d["kind"] == "dicom"]
+    redcap = [str(d["_id"]) for d in registry if d["kind"] == "redcap"]
+    ehr = [str(d["_id"]) for d in registry if d["kind"] == "ehr"]
+    patients = {
+        str(d["_id"]): d
+        for d in await _find_in(db, "patients", "_id", dicom, {"modalities": 1, "sex_normalised": 1, "age_years": 1, "study_count": 1, "series_count": 1})
+    }
+    questionnaires: dict[str, int] = {}
+    for doc in await _find_in(db, "questionnaires", "subject_key", redcap, {"subject_key": 1}):
+        questionnaires[str(doc["subject_key"])] = questionnaires.get(str(doc["subject_key"]), 0) + 1
+    ehr_docs = {str(d["_id"]): d for d in await _find_in(db, "ehr_subjects", "_id", ehr, {"sex_normalised": 1, "age_years": 1})}
+    out = []
+    for sid in subject_ids:
+        docs = members.get(sid)
+        if not docs:
+            continue
+        keys = sorted(str(d["_id"]) for d in docs)
+        imaging = [patients[str(d["value"])] for d in docs if d["kind"] == "dicom" and str(d["value"]) in patients]
+        ehr_of = [ehr_docs[str(d["_id"])] for d in docs if d["kind"] == "ehr" and str(d["_id"]) in ehr_docs]
+        sex = next((p.get("sex_normalised") for p in imaging + ehr_of if p.get("sex_normalised")), None)
+        age = next((p.get("age_years") for p in imaging + ehr_of if p.get("age_years") is not None), None)
+        out.append({
+            "subject_id": sid,
+            "identifiers": keys,
+            "sources": sorted({str(d["kind"]) for d in docs}),
+            "modalities": sorted({m for p in imaging for m in p.get("modalities", [])}),
+            "sex": sex,
+            "age_years": age,
+            "study_count": sum(int(p.get("study_count") or 0) for p in imaging),
+            "series_count": sum(int(p.get("series_count") or 0) for p in imaging),
+            "questionnaire_count": sum(questionnaires.get(k, 0) for k in keys),
+            "has_ehr": bool(ehr_of),
+        })
+    return out
+
+
+async def _by_ids(db: AsyncIOMotorDatabase, collection: str, ids: Sequence[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Documents by ``_id``, one equality ``find_one`` each, concurrently, in ``_id`` order.
+
+    Why not one ``$in``: FerretDB v1 (the local stack) answers only ``_id`` *equality*
+    from an index and scans the whole collection for ``$in``; a subject has a handful of
+    studies and series, so a few equality reads are far cheaper there (and cheap on MongoDB).
+    """
+    docs = await asyncio.gather(*(db[collection].find_one({"_id": i}, projection) for i in sorted(set(ids))))
+    return [d for d in docs if d is not None]
+
+
+async def subject_record(db: AsyncIOMotorDatabase, subject_id: str) -> dict[str, Any] | None:
+    """What :func:`cohortstream.subject_view.subject_view` answers (same shape), read by
+    ``_id`` where the views allow it: patients → their ``studies`` → their ``series``,
+    EHR subjects by key. Questionnaires are found by ``subject_key`` (their ``_id`` holds
+    event and instrument names the registry does not know). None: no such subject."""
+    registry = await db[_REGISTRY].find({"subject_id": subject_id}).to_list(None)
+    if not registry:
+        return None
+    keys = sorted(str(d["_id"]) for d in registry)
+    dicom = [str(d["value"]) for d in registry if d["kind"] == "dicom"]
+    redcap = [str(d["_id"]) for d in registry if d["kind"] == "redcap"]
+    ehr = [str(d["_id"]) for d in registry if d["kind"] == "ehr"]
+    patients = await _by_ids(db, "patients", dicom)
+    studies = await _by_ids(db, "studies", [s for p in patients for s in p.get("studies", [])])
+    series = await _by_ids(db, "series", [s for st in studies for s in st.get("series", [])])
+    for study in studies:
+        study["series_detail"] = [s for s in series if s.get("study_instance_uid") == study["_id"]]
+    for patient in patients:
+        patient["study_detail"] = [st for st in studies if st.get("patient_id") == patient["_id"]]
+    questionnaires = (
+        await db["questionnaires"].find({"subject_key": {"$in": redcap}}).sort("_id").to_list(None) if redcap else []
+    )
+    return {
+        "subject_id": subject_id,
+        "identifiers": keys,
+        "imaging": patients,
+        "questionnaires": questionnaires,
+        "ehr": await _by_ids(db, "ehr_subjects", ehr),
+    }

@@ -1,0 +1,63 @@
+"""``cohortstream export bids OUTDIR [--cohort QUERY.json] [--subjects ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cohortstream.errors import CohortStreamError
+from cohortstream.settings import Settings
+
+__all__ = ["add_commands"]
+
+
+class CohortFileError(CohortStreamError, ValueError):
+    """The cohort query file cannot be read or is not a valid query."""
+
+
+def _query(path: str | None) -> Any:
+    if path is None:
+        return None
+    from pydantic import ValidationError
+
+    from cohortstream.cohort_query import CohortQuery
+
+    try:
+        return CohortQuery.model_validate_json(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CohortFileError(f"cohort query file {path}: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CohortFileError(f"cohort query file {path}: {problems}") from None
+
+
+def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:
+    from export.bids import export_bids
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if args.progress:
+            print(f"{stage}: {done}/{total}", file=sys.stderr)
+
+    report = asyncio.run(export_bids(settings, args.outdir, query=_query(args.cohort), subjects=args.subjects or None,
+                                     progress=progress))
+    summary = report.to_dict()
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    """Attach ``export`` to the top-level subcommands."""
+    p = commands.add_parser("export", help="export the cohort to community formats (BIDS)")
+    export = p.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    b = export.add_parser("bids", help="write a BIDS dataset (NIfTI, phenotype/, participants.tsv, derivatives); "
+                                       "re-running into the same OUTDIR writes only what changed")
+    b.add_argument("outdir", help="output directory (created; an earlier export there is updated)")
+    who = b.add_mutually_exclusive_group()
+    who.add_argument("--cohort", metavar="QUERY.json", help="only the subjects of this cohort query")
+    who.add_argument("--subjects", nargs="+", metavar="ID", help="subject ids or identifiers (dicom:..., redcap:..., ehr:...)")
+    b.add_argument("--progress", action="store_true", help="print progress to stderr")
+    b.set_defaults(func=_cmd_bids)
