@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -64,15 +65,25 @@ async def _run(services: ApiServices, job_id: str, request: BidsExportRequest) -
 
     jobs = services.require_db()["export_jobs"]
     loop = asyncio.get_running_loop()
-    pending: list[asyncio.Future[Any]] = []
+    loop_thread = threading.get_ident()
+    last: asyncio.Future[Any] | None = None
+
+    async def write(update: dict[str, Any], previous: asyncio.Future[Any] | None) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)  # one after the other, in order
+        await jobs.update_one({"_id": job_id}, update)
 
     def progress(stage: str, done: int, total: int) -> None:
         update = {"$set": {"progress": {"stage": stage, "done": done, "total": total}, "updated_at": _now()}}
 
         def schedule() -> None:
-            pending.append(asyncio.ensure_future(jobs.update_one({"_id": job_id}, update)))
+            nonlocal last
+            last = asyncio.ensure_future(write(update, last))
 
-        loop.call_soon_threadsafe(schedule)  # the exporter may report from a worker thread
+        if threading.get_ident() == loop_thread:
+            schedule()
+        else:
+            loop.call_soon_threadsafe(schedule)  # the exporter may report from a worker thread
 
     outdir = services.settings.bids_export_root / request.name
     try:
@@ -89,7 +100,8 @@ async def _run(services: ApiServices, job_id: str, request: BidsExportRequest) -
     except Exception as exc:  # the job records why; the API process goes on
         log.exception("BIDS export job failed", extra={"job_id": job_id})
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    await asyncio.gather(*pending, return_exceptions=True)
+    if last is not None:
+        await asyncio.gather(last, return_exceptions=True)  # every progress update is written first
     await jobs.update_one({"_id": job_id}, {"$set": {**result, "finished_at": _now(), "updated_at": _now()}})
     log.info("BIDS export job finished", extra={"job_id": job_id, "status": result["status"]})
 

@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     sink_retry_max_delay_s: float = Field(
         30.0, gt=0, description="Longest wait between retries of a sink while its service is down."
     )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port of the worker's Prometheus endpoint on 127.0.0.1 (sink latency and retries); 0: off.",
+    )
+    annotator_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the annotation worker's Prometheus endpoint on 127.0.0.1; 0: off."
+    )
 
     # --- REDCap --------------------------------------------------------------------------
     redcap_projects: list[RedcapProject] = Field(

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
 
 __all__ = ["retry_transient"]
 
@@ -38,11 +41,14 @@ async def retry_transient(
     """
     delay = first_delay_s
     attempt = 0
+    label = operation_label(what)
+    started = time.monotonic()
     while True:
         attempt += 1
         try:
             result = await operation()
         except transient as exc:
+            SINK_RETRIES.labels(label).inc()
             if max_attempts is not None and attempt >= max_attempts:
                 raise
             fields = {"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)}
@@ -55,4 +61,5 @@ async def retry_transient(
             continue
         if attempt >= pause_after:
             log.warning("sink resumed", extra={"operation": what, "attempts": attempt})
+        SINK_LATENCY.labels(label).observe(time.monotonic() - started)
         return result

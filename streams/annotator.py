@@ -9,6 +9,7 @@ from __future__ import annotations
 import faust
 
 from cohortstream.logs import logging_dict_config
+from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.agents import annotation_suggest
 from streams.app import create_app
@@ -32,6 +33,7 @@ def build_annotator_app(settings: Settings) -> faust.App:
 def run_annotator(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT."""
     app = build_annotator_app(settings)
+    serve_metrics(settings.annotator_metrics_port)
     worker = faust.Worker(
         app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings)
     )

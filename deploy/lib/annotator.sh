@@ -13,7 +13,7 @@ annotator_start() {
   local d; d="$(svc_dir annotator)"
   mkdir -p "$d/data"
   "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log annotator)" 2>&1 || return 1
-  spawn annotator env COHORTSTREAM_DATA_DIR="$d/data" \
+  spawn annotator env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_ANNOTATOR_METRICS_PORT="$ANNOTATOR_METRICS_PORT" \
     "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
 }
 
@@ -23,6 +23,6 @@ annotator_health_once() {
     "$(svc_log annotator)" 2>/dev/null
 }
 
-annotator_port_desc() { printf '%s' "-"; }
+annotator_port_desc() { printf 'metrics %s' "$ANNOTATOR_METRICS_PORT"; }
 annotator_url() { printf 'faust app %s-annotator' "${COHORTSTREAM_APP_ID:-cohortstream}"; }
 annotator_timeout() { printf '%s' "${COHORTSTREAM_STACK_ANNOTATOR_TIMEOUT:-120}"; }

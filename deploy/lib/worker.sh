@@ -17,7 +17,7 @@ worker_start() {
   # Topics are created explicitly (partitions, replication, min ISR from settings)
   # before anything consumes from them.
   "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
-  spawn worker env COHORTSTREAM_DATA_DIR="$d/data" \
+  spawn worker env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_WORKER_METRICS_PORT="$WORKER_METRICS_PORT" \
     "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" worker
 }
 
@@ -27,6 +27,6 @@ worker_health_once() {
     "$(svc_log worker)" 2>/dev/null
 }
 
-worker_port_desc() { printf '%s' "-"; }
+worker_port_desc() { printf 'metrics %s' "$WORKER_METRICS_PORT"; }
 worker_url() { printf 'faust app %s' "${COHORTSTREAM_APP_ID:-cohortstream}"; }
 worker_timeout() { printf '%s' "${COHORTSTREAM_STACK_WORKER_TIMEOUT:-90}"; }

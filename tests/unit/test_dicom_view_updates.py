@@ -85,3 +85,26 @@ async def test_lost_upsert_races_are_retried_not_failed() -> None:
         await _racing_upserts_retryable(lambda: raising(KeyError("other")))
     with pytest.raises(BulkWriteError):
         await _racing_upserts_retryable(lambda: raising(BulkWriteError({"writeErrors": [{"code": 2}]})))
+
+
+async def test_sink_operations_are_timed_and_retries_counted_without_identifiers() -> None:
+    from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
+    from consumers.backoff import retry_transient
+
+    label = operation_label("store SEG of series 1.2.826.0.1.3680043.8.498.7 in Orthanc")
+    assert label == "store SEG of series * in Orthanc"
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("down")
+        return "ok"
+
+    before = SINK_RETRIES.labels(label)._value.get()
+    count_before = SINK_LATENCY.labels(label)._sum.get()
+    assert await retry_transient(flaky, what="store SEG of series 1.2.3.4.5.6.7 in Orthanc",
+                                 transient=(ConnectionError,), first_delay_s=0.01) == "ok"
+    assert SINK_RETRIES.labels(label)._value.get() == before + 1
+    assert SINK_LATENCY.labels(label)._sum.get() > count_before
