@@ -6,33 +6,17 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from cohortstream.errors import CohortStreamError
 from cohortstream.settings import Settings
 
 __all__ = ["add_commands"]
 
 
-class CohortFileError(CohortStreamError, ValueError):
-    """The cohort query file cannot be read or is not a valid query."""
-
-
 def _query(path: str | None) -> Any:
-    if path is None:
-        return None
-    from pydantic import ValidationError
+    from cohortstream.cli_subjects import read_cohort_query
 
-    from cohortstream.cohort_query import CohortQuery
-
-    try:
-        return CohortQuery.model_validate_json(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CohortFileError(f"cohort query file {path}: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CohortFileError(f"cohort query file {path}: {problems}") from None
+    return None if path is None else read_cohort_query(path)
 
 
 def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:

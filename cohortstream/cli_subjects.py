@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from cohortstream.errors import CohortStreamError
 from cohortstream.settings import Settings
 
-__all__ = ["add_commands"]
+__all__ = ["CohortQueryFileError", "add_commands", "read_cohort_query"]
 
 T = TypeVar("T")
 
@@ -86,12 +86,15 @@ def read_cohort_query(path: str) -> Any:
     """The query in ``path`` (``-``: standard input), validated; errors name the field."""
     from cohortstream.cohort_query import CohortQuery
 
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CohortQueryFileError(f"cohort query file {path}: {exc}") from exc
     try:
         return CohortQuery.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in exc.errors())
-        raise CohortQueryFileError(f"{path}: {problems}") from exc
+        raise CohortQueryFileError(f"cohort query file {path}: {problems}") from exc
 
 
 def _cmd_query(settings: Settings, args: argparse.Namespace) -> int:

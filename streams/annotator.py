@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import faust
 
-from cohortstream.logs import logging_dict_config
-from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.agents import annotation_suggest
-from streams.app import create_app
+from streams.app import create_app, run_app
 from streams.topics import define_topics
 
 __all__ = ["annotator_app_id", "build_annotator_app", "run_annotator"]
@@ -32,9 +30,4 @@ def build_annotator_app(settings: Settings) -> faust.App:
 
 def run_annotator(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT."""
-    app = build_annotator_app(settings)
-    serve_metrics(settings.annotator_metrics_port)
-    worker = faust.Worker(
-        app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings)
-    )
-    worker.execute_from_commandline()
+    run_app(build_annotator_app(settings), settings, settings.annotator_metrics_port)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import faust
 
+from cohortstream.logs import logging_dict_config
+from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.codec import register_codec
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "run_app"]
 
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
@@ -33,3 +35,13 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         producer_acks=-1,
         processing_guarantee="at_least_once",
     )
+
+
+def run_app(app: faust.App, settings: Settings, metrics_port: int) -> None:
+    """Run ``app`` until SIGTERM/SIGINT (faust handles signals and a clean shutdown), with
+    the process's Prometheus endpoint on ``metrics_port`` (0: none)."""
+    serve_metrics(metrics_port)
+    worker = faust.Worker(
+        app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings)
+    )
+    worker.execute_from_commandline()

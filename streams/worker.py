@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import faust
 
-from cohortstream.logs import logging_dict_config
-from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.agents import register_all
-from streams.app import create_app
+from streams.app import create_app, run_app
 
 __all__ = ["build_worker_app", "run_worker"]
 
@@ -22,9 +20,4 @@ def build_worker_app(settings: Settings) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; faust handles signals and a clean shutdown."""
-    app = build_worker_app(settings)
-    serve_metrics(settings.worker_metrics_port)
-    worker = faust.Worker(
-        app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings)
-    )
-    worker.execute_from_commandline()
+    run_app(build_worker_app(settings), settings, settings.worker_metrics_port)

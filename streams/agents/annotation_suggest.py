@@ -28,7 +28,11 @@ from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.settings import Settings
 from consumers.annotation.errors import AnnotationError
 from consumers.annotation.worker import process_pool, suggest_series
-from consumers.orthanc_archive import OrthancArchive, OrthancRejectedError, SeriesIncompleteError
+from consumers.orthanc_archive import (
+    OrthancArchive,
+    OrthancRejectedError,
+    SeriesIncompleteError,
+)
 from streams.dead_letter import DeadLetterSender, decoded_events
 from streams.topics import StreamTopics
 

@@ -25,6 +25,7 @@ from producers.redcap.sync import sync_project
 from producers.redcap.webhook import TRIGGER_PATH, create_trigger_app
 from tests.kafka_probe import read_topic
 from tests.net import free_port
+from tests.polling import eventually
 from tests.redcap_simulator import RedcapSimulator, cohort_project, running_simulator
 
 TOKEN = "D" * 32
@@ -62,13 +63,12 @@ async def webhook(settings: Settings) -> AsyncIterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
     task = asyncio.create_task(server.serve())
 
-    async def started() -> None:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)  # poll interval, bounded by wait_for below
+    async def started() -> bool:
+        if task.done():
+            task.result()  # the server failed to start: raise its error
+        return bool(server.started)
 
-    await asyncio.wait_for(started(), timeout=30)
+    await eventually(started, timeout_s=30, what="the trigger endpoint to listen")
     yield f"http://127.0.0.1:{port}{TRIGGER_PATH}?secret=det-secret"
     server.should_exit = True
     await asyncio.wait_for(task, timeout=30)

@@ -89,7 +89,8 @@ def test_rules_file_wins_and_bad_rules_name_the_problem(tmp_path: Path) -> None:
 
 def test_cli_parses_export_bids_and_reports_a_bad_cohort_file(tmp_path: Path) -> None:
     from cohortstream.cli import _parser
-    from cohortstream.cli_export import CohortFileError, _query
+    from cohortstream.cli_export import _query
+    from cohortstream.cli_subjects import CohortQueryFileError
 
     args = _parser().parse_args(["export", "bids", str(tmp_path), "--subjects", "S1", "dicom:P1"])
     assert args.outdir == str(tmp_path) and args.subjects == ["S1", "dicom:P1"] and args.cohort is None
@@ -97,7 +98,7 @@ def test_cli_parses_export_bids_and_reports_a_bad_cohort_file(tmp_path: Path) ->
         _parser().parse_args(["export", "bids", "x", "--subjects", "S1", "--cohort", "q.json"])
     bad = tmp_path / "q.json"
     bad.write_text('{"modalities": ["MR"], "colour": 1}')
-    with pytest.raises(CohortFileError, match="colour"):
+    with pytest.raises(CohortQueryFileError, match="colour"):
         _query(str(bad))
     bad.write_text('{"modalities": ["MR"]}')
     assert _query(str(bad)).modalities == ["MR"]
