@@ -64,15 +64,24 @@ async def forget_in_orthanc(settings: Settings, paths: list[Path]) -> None:
 async def views_caught_up(database: Any, per_series: dict[str, int]) -> bool:
     """True once both agents are done with these series: every instance archived
     (``in_orthanc``) and folded into the views (``received_sha256``, written by the views
-    agent), and each series' count refreshed (the views agent's last step)."""
+    agent), and the counts refreshed: series, then studies, then patients — the patients'
+    counts are the views agent's last step for a batch, so they are checked last."""
     expected = sum(per_series.values())
     done = await database.instances.count_documents(
         {"series_instance_uid": {"$in": list(per_series)}, "in_orthanc": True, "received_sha256": {"$exists": True}}
     )
     if done != expected:
         return False
-    counts = {d["_id"]: d.get("instance_count") async for d in database.series.find({"_id": {"$in": list(per_series)}})}
-    return counts == per_series
+    series = [d async for d in database.series.find({"_id": {"$in": list(per_series)}})]
+    if {d["_id"]: d.get("instance_count") for d in series} != per_series:
+        return False
+    for patient_id in {d["patient_id"] for d in series}:
+        patient = await database.patients.find_one({"_id": patient_id})
+        if patient is None or patient.get("instance_count") != await database.instances.count_documents(
+            {"patient_id": patient_id}
+        ):
+            return False
+    return True
 
 
 def per_series(events: list[DicomInstanceReceived]) -> dict[str, int]:
