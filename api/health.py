@@ -5,8 +5,12 @@
   ``COHORTSTREAM_API_READINESS_TIMEOUT_S``; each with ``status`` (``up``/``down``),
   ``latency_ms`` and, when down, a short ``error`` (an exception class name, never a
   trace). ``consumer_lag`` gives, per consumer group (the worker's ``app_id`` and the
-  annotator's ``<app_id>-annotator``), the lag per topic the group committed on. 200 when
-  all three are up, else 503.
+  annotator's ``<app_id>-annotator``, each lane's ``<app_id>-<lane>``), the lag per topic
+  the group committed on. ``stalled`` lists the groups whose lag is above 0 and whose
+  committed offset has not moved for ``COHORTSTREAM_CONSUMER_STALL_AFTER_S``, naming the
+  group, its agents and the topic (:mod:`api.consumer_stalls`). ``status`` is ``ready``,
+  ``degraded`` (every dependency up, but a consumer stalled: answered 200, since the API
+  itself serves fine) or ``not ready`` (a dependency down: 503).
 
 Both are open (no key): orchestrators and load balancers probe without credentials, and
 the answers reveal only whether services are up, topic names and message counts.
@@ -22,6 +26,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from api.consumer_stalls import StalledConsumer
 from api.kafka_offsets import OffsetsReport, read_offsets
 from api.services import ApiServices
 
@@ -51,10 +56,17 @@ class Readiness:
 
     dependencies: dict[str, DependencyStatus]
     offsets: OffsetsReport | None = None
+    stalled: tuple[StalledConsumer, ...] = ()
 
     @property
     def ready(self) -> bool:
         return all(d.up for d in self.dependencies.values())
+
+    @property
+    def status(self) -> str:
+        if not self.ready:
+            return "not ready"
+        return "degraded" if self.stalled else "ready"
 
 
 async def _timed(probe: Any, timeout_s: float) -> tuple[DependencyStatus, Any]:
@@ -94,7 +106,8 @@ async def probe_dependencies(services: ApiServices) -> Readiness:
     (k, offsets), (m, _), (o, _) = await asyncio.gather(
         _timed(kafka, timeout_s), _timed(mongodb, timeout_s), _timed(orthanc, timeout_s)
     )
-    return Readiness(dependencies={"kafka": k, "mongodb": m, "orthanc": o}, offsets=offsets)
+    stalled = tuple(services.stalls.observe(offsets)) if offsets is not None and services.stalls is not None else ()
+    return Readiness(dependencies={"kafka": k, "mongodb": m, "orthanc": o}, offsets=offsets, stalled=stalled)
 
 
 @router.get("/healthz", summary="Liveness: the process answers (no key needed)")
@@ -105,12 +118,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness: Kafka, MongoDB and Orthanc reachable, with consumer lag (no key needed)")
 async def readyz(request: Request) -> JSONResponse:
-    """200 when every dependency answered, 503 otherwise (see the module docstring)."""
+    """200 when every dependency answered (``ready`` or ``degraded``), 503 otherwise (see the module docstring)."""
     readiness = await probe_dependencies(request.app.state.services)
     lag = {g.group: g.lag for g in readiness.offsets.groups} if readiness.offsets else {}
     body = {
-        "status": "ready" if readiness.ready else "not ready",
+        "status": readiness.status,
         "dependencies": {name: d.as_json() for name, d in readiness.dependencies.items()},
         "consumer_lag": lag,
+        "stalled": [s.as_json() for s in readiness.stalled],
     }
     return JSONResponse(body, status_code=200 if readiness.ready else 503)

@@ -16,15 +16,23 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from cohortstream.lanes import lane_groups, lane_topics
 from cohortstream.settings import Settings
 from cohortstream.topics import TOPICS
 
-__all__ = ["GroupOffsets", "OffsetsReport", "consumer_groups", "read_offsets"]
+__all__ = ["GroupOffsets", "OffsetsReport", "agents_by_group", "consumer_groups", "read_offsets"]
 
 
 def consumer_groups(settings: Settings) -> list[str]:
-    """The groups whose lag is reported: the worker's (``app_id``) and the annotator's."""
-    return [settings.app_id, f"{settings.app_id}-annotator"]
+    """The groups whose lag is reported: the worker's lanes (``<app_id>-<lane>``), the
+    worker run as one app (``app_id``), and the annotator's."""
+    return [settings.app_id, *lane_groups(settings), f"{settings.app_id}-annotator"]
+
+
+def agents_by_group(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Consumer group → the agents it runs (to name them in stall reports)."""
+    return {settings.app_id: ("every worker agent",), **lane_groups(settings),
+            f"{settings.app_id}-annotator": ("annotation-on-series-completed", "annotation-on-request")}
 
 
 @dataclass(frozen=True)
@@ -79,21 +87,26 @@ async def read_offsets(settings: Settings, groups: list[str] | None = None, *, t
             for tp, offset in ends.items():
                 end_by_topic[names[tp.topic]] += offset
             reports = []
+            consumed = lane_topics(settings)
             for group in groups:
                 committed_tp = await admin.list_consumer_group_offsets(group)
-                reports.append(_group_report(group, committed_tp, ends, names))
+                reports.append(_group_report(group, committed_tp, ends, names, consumed.get(group, ())))
     finally:
         await asyncio.gather(consumer.stop(), admin.close(), return_exceptions=True)
     return OffsetsReport(end=end_by_topic, groups=reports)
 
 
 def _group_report(
-    group: str, committed_tp: dict[TopicPartition, object], ends: dict[TopicPartition, int], names: dict[str, str]
+    group: str, committed_tp: dict[TopicPartition, object], ends: dict[TopicPartition, int], names: dict[str, str],
+    consumes: tuple[str, ...] = (),
 ) -> GroupOffsets:
+    """The group's position on the topics it committed on, and on ``consumes`` (logical
+    names of the topics it is known to read) even before its first commit."""
     committed: dict[str, int] = {}
     lag: dict[str, int] = {}
     positions = {tp: getattr(meta, "offset", -1) for tp, meta in committed_tp.items()}
     topics = {tp.topic for tp, offset in positions.items() if tp.topic in names and offset >= 0}
+    topics |= {full for full, name in names.items() if name in consumes}
     for tp, end in ends.items():
         if tp.topic not in topics:
             continue

@@ -10,6 +10,8 @@ reports the same numbers):
 ``cohortstream_consumer_committed_offset{group,     how far each consumer group got (sum of
 topic}``                                            committed offsets): "out"
 ``cohortstream_consumer_lag{group,topic}``          end minus committed offsets
+``cohortstream_consumer_stalled_seconds{group,      how long a stalled group (lag above 0, committed
+topic,agents}``                                     offset still) has not moved; only stalled pairs
 ``cohortstream_dead_letters_stored``                documents in the ``dead_letters`` collection
 ``cohortstream_dependency_up{dependency}``          1 when Kafka / MongoDB / Orthanc answered
 ``cohortstream_dependency_latency_seconds{...}``    how long that probe took
@@ -126,9 +128,17 @@ class _Snapshot(Collector):
                     committed.add_metric([group.group, topic], value)
                 for topic, value in sorted(group.lag.items()):
                     lag.add_metric([group.group, topic], value)
+            stalled = GaugeMetricFamily(
+                "cohortstream_consumer_stalled_seconds",
+                "How long a consumer group with lag has not moved its committed offset (stalled pairs only).",
+                labels=["group", "topic", "agents"],
+            )
+            for s in self.readiness.stalled:
+                stalled.add_metric([s.group, s.topic, ",".join(s.agents)], s.stalled_for_s)
             yield end
             yield committed
             yield lag
+            yield stalled
         if self.dead_letters is not None:
             stored = GaugeMetricFamily("cohortstream_dead_letters_stored", "Documents in the dead_letters collection.")
             stored.add_metric([], self.dead_letters)

@@ -21,6 +21,8 @@ from fastapi import Request
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 
 from api.annotation_store import AnnotationStore
+from api.consumer_stalls import StallTracker
+from api.kafka_offsets import agents_by_group
 from cohortstream.events import Event
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.publisher import EventPublisher, PublishError
@@ -44,6 +46,11 @@ class ApiServices:
     _publisher_started: bool = False
     _publisher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _pool: Executor | None = None
+    stalls: StallTracker | None = None
+
+    def __post_init__(self) -> None:
+        if self.stalls is None:
+            self.stalls = StallTracker(self.settings.consumer_stall_after_s, agents_by_group(self.settings))
 
     async def open(self) -> None:
         """Connect what can be connected; Kafka may stay down (see the module docstring)."""

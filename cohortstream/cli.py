@@ -70,10 +70,20 @@ def _cmd_events_decode(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.worker import run_worker
+    from cohortstream.lanes import LANES
 
-    run_worker(settings)
-    return 0
+    lanes: list[str] = args.lane or []
+    unknown = sorted(set(lanes) - set(LANES))
+    if unknown:
+        raise CohortStreamError(f"--lane: unknown lane(s) {', '.join(unknown)} (known: {', '.join(LANES)})")
+    if len(lanes) == 1:
+        from streams.worker import run_lane
+
+        run_lane(settings, lanes[0], settings.worker_metrics_port)
+        return 0
+    from streams.supervisor import run_worker
+
+    return run_worker(settings, lanes)
 
 
 def _cmd_dicom_scp(settings: Settings, args: argparse.Namespace) -> int:
@@ -171,7 +181,12 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="only report; change nothing")
     sweep.set_defaults(func=_cmd_staging_sweep)
 
-    p = commands.add_parser("worker", help="run the faust stream worker with every agent")
+    p = commands.add_parser(
+        "worker", help="run the stream worker: every lane of agents as its own process and consumer group"
+    )
+    p.add_argument("--lane", action="append", metavar="LANE",
+                   help="run only this lane (repeat for several; names in cohortstream/lanes.py); one lane runs in "
+                   "this process")
     p.set_defaults(func=_cmd_worker)
 
     p = commands.add_parser(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["SINK_LATENCY", "SINK_RETRIES", "operation_label", "serve_metrics"]
+__all__ = ["SINK_ERRORS", "SINK_LATENCY", "SINK_PAUSED", "SINK_RETRIES", "operation_label", "serve_metrics"]
 
 SINK_LATENCY = Histogram(
     "cohortstream_sink_operation_seconds",
@@ -22,6 +22,16 @@ SINK_LATENCY = Histogram(
 )
 SINK_RETRIES = Counter(
     "cohortstream_sink_retries_total", "Transient failures of a sink operation that were retried.", ["operation"]
+)
+SINK_ERRORS = Counter(
+    "cohortstream_sink_errors_total",
+    "Failures of a sink operation other than lost connectivity (after the last try its events are dead-lettered).",
+    ["operation"],
+)
+SINK_PAUSED = Gauge(
+    "cohortstream_sink_paused",
+    "Sink operations waiting for their service to come back (backpressure), by operation.",
+    ["operation"],
 )
 
 _IDENTIFIERS = re.compile(r"\b[\d.]{6,}\b|\b[0-9a-f]{8}-[0-9a-f-]{27}\b")

@@ -174,9 +174,25 @@ class Settings(BaseSettings):
     sink_retry_max_delay_s: float = Field(
         30.0, gt=0, description="Longest wait between retries of a sink while its service is down."
     )
+    sink_error_attempts: int = Field(
+        3, ge=1,
+        description="Tries of a sink call that fails with an error other than lost connectivity (a duplicate key, "
+        "a refused or unparsable reply) before its events are dead-lettered; only lost connectivity is retried "
+        "without end (backpressure).",
+    )
+    consumer_stall_after_s: float = Field(
+        120.0, gt=0,
+        description="A consumer group whose lag on a topic is above 0 and whose committed offset has not moved for "
+        "this long is reported as stalled (/readyz 'degraded', metric cohortstream_consumer_stalled).",
+    )
+    worker_shutdown_timeout_s: float = Field(
+        15.0, gt=0,
+        description="How long the worker waits for its lanes to stop cleanly after SIGTERM before it kills them.",
+    )
     worker_metrics_port: int = Field(
         0, ge=0, le=65535,
-        description="Port of the worker's Prometheus endpoint on 127.0.0.1 (sink latency and retries); 0: off.",
+        description="First port of the worker's Prometheus endpoints on 127.0.0.1 (sink latency, retries, pauses): "
+        "lane i of the worker serves on this port + i; 0: off.",
     )
     annotator_metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the annotation worker's Prometheus endpoint on 127.0.0.1; 0: off."

@@ -1,11 +1,15 @@
-"""Retry a sink operation through transient outages, as backpressure.
+"""Retry a sink operation through lost connectivity, as backpressure, and nothing else.
 
 An agent awaiting :func:`retry_transient` holds its message: the offset is not committed
-and the partition waits, which is what we want while MongoDB or Orthanc is down. After
-``pause_after`` quick attempts the sink is declared paused (one ERROR log line) and keeps
-retrying with a capped delay until the service is back, then logs that it resumed.
-Errors that retrying cannot fix (bad data) propagate at once so the caller can
-dead-letter the message.
+and the partition waits, which is what we want while MongoDB or Orthanc is unreachable.
+After ``pause_after`` quick attempts the sink is declared paused (one ERROR log line,
+the ``cohortstream_sink_paused`` gauge) and keeps retrying with a capped delay until the
+service is back, then logs that it resumed.
+
+Any other error is *not* backpressure: retrying it forever is how one deterministic
+error (a duplicate key, a reply that does not parse) once stalled a whole worker. Such an
+error is tried ``other_attempts`` times in all (a race may clear on a second try), then
+propagates, so the caller dead-letters the events and the partition moves on.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
+from cohortstream.metrics import SINK_ERRORS, SINK_LATENCY, SINK_PAUSED, SINK_RETRIES, operation_label
 
 __all__ = ["retry_transient"]
 
@@ -33,33 +37,55 @@ async def retry_transient(
     max_delay_s: float = 30.0,
     pause_after: int = 5,
     max_attempts: int | None = None,
+    other_attempts: int = 1,
 ) -> T:
     """Run ``operation`` until it succeeds, waiting longer after each transient failure.
 
-    ``max_attempts=None`` retries without end (backpressure); a number re-raises the
-    last transient error after that many attempts.
+    ``transient`` errors (lost connectivity) are retried without end when
+    ``max_attempts`` is None (backpressure); a number re-raises the last one after that
+    many attempts. Any other ``Exception`` is raised on its ``other_attempts``-th
+    occurrence (1: at once).
     """
     delay = first_delay_s
     attempt = 0
+    other_failures = 0
+    paused = False
     label = operation_label(what)
     started = time.monotonic()
-    while True:
-        attempt += 1
-        try:
-            result = await operation()
-        except transient as exc:
-            SINK_RETRIES.labels(label).inc()
-            if max_attempts is not None and attempt >= max_attempts:
-                raise
-            fields = {"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)}
-            if attempt == pause_after:
-                log.error("sink paused: service unavailable, retrying until it is back", extra=fields)
-            else:
-                log.warning("transient failure, will retry", extra=fields)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, max_delay_s)
-            continue
-        if attempt >= pause_after:
-            log.warning("sink resumed", extra={"operation": what, "attempts": attempt})
-        SINK_LATENCY.labels(label).observe(time.monotonic() - started)
-        return result
+    try:
+        while True:
+            attempt += 1
+            try:
+                result = await operation()
+            except transient as exc:
+                SINK_RETRIES.labels(label).inc()
+                if max_attempts is not None and attempt >= max_attempts:
+                    raise
+                fields = {"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)}
+                if attempt == pause_after:
+                    paused = True
+                    SINK_PAUSED.labels(label).inc()
+                    log.error("sink paused: service unavailable, retrying until it is back", extra=fields)
+                else:
+                    log.warning("transient failure, will retry", extra=fields)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay_s)
+                continue
+            except Exception as exc:
+                other_failures += 1
+                SINK_ERRORS.labels(label).inc()
+                if other_failures >= other_attempts:
+                    raise
+                log.warning(
+                    "sink error (not connectivity), trying again before dead-lettering",
+                    extra={"operation": what, "attempt": other_failures, "of": other_attempts, "error": repr(exc)},
+                )
+                await asyncio.sleep(min(first_delay_s * other_failures, max_delay_s))
+                continue
+            if paused:
+                log.warning("sink resumed", extra={"operation": what, "attempts": attempt})
+            SINK_LATENCY.labels(label).observe(time.monotonic() - started)
+            return result
+    finally:
+        if paused:
+            SINK_PAUSED.labels(label).dec()

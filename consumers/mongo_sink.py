@@ -1,7 +1,9 @@
-"""What every MongoDB view builder shares: connect in ``setup()``, bounded retries of
-transient failures that turn into backpressure, and bulk writes sized for FerretDB.
+"""What every MongoDB view builder shares: connect in ``setup()``, lost connectivity
+retried as backpressure, any other error bounded, and bulk writes in commands of a
+sensible size.
 
-Only the MongoDB API subset that both MongoDB and FerretDB v1 serve is used (DESIGN.md).
+Only the MongoDB API that both the local server (secantusd-rs) and MongoDB 7 serve is
+used (docs/view-store.md lists it).
 """
 
 from __future__ import annotations
@@ -11,59 +13,27 @@ from typing import TypeVar
 
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import UpdateOne
-from pymongo.errors import (
-    AutoReconnect,
-    BulkWriteError,
-    ConnectionFailure,
-    DuplicateKeyError,
-    ServerSelectionTimeoutError,
-)
+from pymongo.errors import ConnectionFailure
 
 from cohortstream.mongo import mongo_client, mongo_database, safe_key
 from cohortstream.settings import Settings
 from consumers.backoff import retry_transient
 
-__all__ = ["TRANSIENT_MONGO_ERRORS", "WRITE_CHUNK", "MongoSink", "UpsertRaceError", "chunks", "safe_key"]
+__all__ = ["TRANSIENT_MONGO_ERRORS", "WRITE_CHUNK", "MongoSink", "chunks", "safe_key"]
 
 T = TypeVar("T")
 
-WRITE_CHUNK = 50
-"""Most statements sent in one ``update`` command. FerretDB v1 holds a pooled SQLite
-connection per statement that matches an existing document until the whole command ends,
-so a command with ~100 such statements waits forever for its own connections (seen with
-batches of 200). MongoDB has no such limit; 50 keeps a margin and costs little."""
+WRITE_CHUNK = 500
+"""Most statements sent in one write command: large enough that a batch of a view agent
+is one or two round trips, small enough that one command stays well under MongoDB's
+16 MB message and a slow command does not hold a server thread for long. (FerretDB v1,
+the previous local server, deadlocked above ~100 statements and needed 50.)"""
 
-
-class UpsertRaceError(Exception):
-    """Two upserts of the same new ``_id`` raced and one lost with a duplicate-key error.
-
-    MongoDB retries such upserts itself; FerretDB does not. Every write of the sinks is an
-    upsert by ``_id`` (the only unique index), so trying again simply updates the
-    document the other writer inserted.
-    """
-
-
-TRANSIENT_MONGO_ERRORS = (AutoReconnect, ConnectionFailure, ServerSelectionTimeoutError, UpsertRaceError)
-
-
-async def _racing_upserts_retryable(operation: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await operation()
-    except DuplicateKeyError as exc:
-        raise UpsertRaceError(str(exc)) from exc
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if errors and all(error.get("code") == 11000 for error in errors):
-            raise UpsertRaceError(f"{len(errors)} upsert(s) lost a race") from exc
-        raise
-    except KeyError as exc:
-        # FerretDB v1 answers an update batch in which an upsert lost such a race without
-        # the ``nModified`` field, and pymongo's bulk result merge then fails with
-        # KeyError('nModified') instead of raising BulkWriteError (seen in the ingest
-        # benchmark when the archive and views agents upsert one new instance at once).
-        if exc.args == ("nModified",):
-            raise UpsertRaceError("an upsert lost a race (FerretDB reply without nModified)") from exc
-        raise
+TRANSIENT_MONGO_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
+"""Lost connectivity (``AutoReconnect``, ``NetworkTimeout``, ``ServerSelectionTimeoutError``
+all derive from it): the only MongoDB failure that is backpressure. A duplicate key, a
+refused command or a reply pymongo cannot read is tried ``sink_error_attempts`` times,
+then its events are dead-lettered (consumers/backoff.py)."""
 
 
 def chunks(items: Sequence[T], size: int = WRITE_CHUNK) -> list[list[T]]:
@@ -111,18 +81,20 @@ class MongoSink:
         return self._db
 
     async def retry(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
-        """Run ``operation``, retrying transient MongoDB failures until it succeeds.
+        """Run ``operation``, retrying lost connectivity until it succeeds.
 
         After ``sink_retry_attempts`` quick tries the sink counts as paused (the agent
         stops taking new messages, so nothing is committed that was not applied) and keeps
-        trying with backoff up to ``sink_retry_max_delay_s`` between attempts.
+        trying with backoff up to ``sink_retry_max_delay_s`` between attempts. Any other
+        error is raised after ``sink_error_attempts`` tries, for the agent to dead-letter.
         """
         return await retry_transient(
-            lambda: _racing_upserts_retryable(operation),
+            operation,
             what=what,
             transient=TRANSIENT_MONGO_ERRORS,
             pause_after=self._settings.sink_retry_attempts,
             max_delay_s=self._settings.sink_retry_max_delay_s,
+            other_attempts=self._settings.sink_error_attempts,
         )
 
     async def bulk_write(self, collection: str, operations: Sequence[UpdateOne], what: str) -> None:

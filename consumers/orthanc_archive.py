@@ -32,11 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class OrthancUnavailableError(CohortStreamError):
-    """Orthanc did not answer, or answered 5xx: worth retrying."""
+    """Orthanc did not answer, or answered 502/503/504: unreachable for now, retried as backpressure."""
 
 
 class OrthancRejectedError(CohortStreamError):
-    """Orthanc refused the instance (4xx): retrying will not help; dead-letter it."""
+    """Orthanc refused the request (4xx) or failed on it (other 5xx): not an outage; after
+    ``sink_error_attempts`` tries the event is dead-lettered."""
 
 
 class SeriesIncompleteError(CohortStreamError):
@@ -77,6 +78,11 @@ def read_staged(event: DicomInstanceReceived) -> bytes:
     return data
 
 
+_UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+"""Answers of a proxy or of a server that is starting or overloaded: Orthanc is
+unreachable for now, which is backpressure like a refused connection."""
+
+
 class OrthancArchive:
     """The Orthanc sink of ``dicom.instance-received``."""
 
@@ -109,8 +115,12 @@ class OrthancArchive:
             response = await self.client.request(method, url, **kwargs)  # type: ignore[arg-type]
         except httpx.TransportError as exc:
             raise OrthancUnavailableError(f"Orthanc {method} {url}: {exc!r}") from exc
-        if response.status_code >= 500:
+        if response.status_code in _UNAVAILABLE_STATUSES:
             raise OrthancUnavailableError(f"Orthanc {method} {url}: HTTP {response.status_code}")
+        if response.status_code >= 500:
+            # An internal error is not an outage: the same object may fail the same way
+            # each time. It is tried sink_error_attempts times, then dead-lettered.
+            raise OrthancRejectedError(f"Orthanc {method} {url}: HTTP {response.status_code} {response.text[:200]}")
         return response
 
     async def has_instance(self, instance_id: str) -> bool:
@@ -154,6 +164,7 @@ class OrthancArchive:
             transient=(OrthancUnavailableError,),
             pause_after=self._settings.sink_retry_attempts,
             max_delay_s=self._settings.sink_retry_max_delay_s,
+            other_attempts=self._settings.sink_error_attempts,
         )
 
     async def store_bytes(self, data: bytes, what: str) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Local service stack for cohortstream: Kafka (KRaft), FerretDB (MongoDB wire
-# protocol, SQLite backend) and Orthanc (+DICOMweb), run as plain user-space
+# Local service stack for cohortstream: Kafka (KRaft), secantusd-rs (MongoDB wire
+# protocol, WiredTiger) and Orthanc (+DICOMweb), run as plain user-space
 # processes on 127.0.0.1 -- no Docker, no system services.
 #
 # Usage: deploy/stack.sh install|up|down|status|env|logs SERVICE [-f]
@@ -16,8 +16,8 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/common.sh"
 # shellcheck source=lib/kafka.sh
 . "$DEPLOY_DIR/lib/kafka.sh"
-# shellcheck source=lib/ferretdb.sh
-. "$DEPLOY_DIR/lib/ferretdb.sh"
+# shellcheck source=lib/mongo.sh
+. "$DEPLOY_DIR/lib/mongo.sh"
 # shellcheck source=lib/orthanc.sh
 . "$DEPLOY_DIR/lib/orthanc.sh"
 # shellcheck source=lib/worker.sh
@@ -71,7 +71,7 @@ env_lines() {
     case "$s" in
       kafka)
         printf 'COHORTSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:%s\n' "$KAFKA_PORT" ;;
-      ferretdb)
+      mongo)
         printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT" ;;
       orthanc)
         orthanc_credentials
@@ -182,7 +182,7 @@ cmd_up() {
       *) infra+=("$s") ;;
     esac
   done
-  # The JVM, Orthanc and FerretDB boot in parallel, which roughly halves the
+  # The JVM, Orthanc and the MongoDB-wire server boot in parallel, which roughly halves the
   # time to a usable stack; our own services need them and stack.env first.
   start_and_wait "${infra[@]}"
   write_env_file

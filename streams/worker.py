@@ -1,4 +1,4 @@
-"""Run the faust worker: the app, the catalogue topics and every agent."""
+"""Build and run the faust worker: every agent in one app, or one lane of them."""
 
 from __future__ import annotations
 
@@ -7,17 +7,27 @@ import faust
 from cohortstream.settings import Settings
 from streams.agents import register_all
 from streams.app import create_app, run_app
+from cohortstream.lanes import LANES, lane_app_id
 
-__all__ = ["build_worker_app", "run_worker"]
+__all__ = ["build_lane_app", "build_worker_app", "run_lane"]
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    """The app with all topics and agents attached, not yet started."""
+    """Every agent in one app (consumer group ``app_id``), not yet started.
+
+    Simple to run in tests; the deployed worker runs lanes instead (:mod:`cohortstream.lanes`)."""
     app = create_app(settings)
     register_all(app, settings)
     return app
 
 
-def run_worker(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; faust handles signals and a clean shutdown."""
-    run_app(build_worker_app(settings), settings, settings.worker_metrics_port)
+def build_lane_app(settings: Settings, lane: str) -> faust.App:
+    """The agents of one lane in their own app and consumer group, not yet started."""
+    app = create_app(settings, app_id=lane_app_id(settings, lane))
+    register_all(app, settings, LANES[lane])
+    return app
+
+
+def run_lane(settings: Settings, lane: str, metrics_port: int) -> None:
+    """Run one lane until SIGTERM/SIGINT; faust handles signals and a clean shutdown."""
+    run_app(build_lane_app(settings, lane), settings, metrics_port)

@@ -12,7 +12,7 @@ export COHORTSTREAM_STACK_MONGO_PORT="${COHORTSTREAM_TEST_MONGO_PORT:-37017}"
 export COHORTSTREAM_STACK_ORTHANC_HTTP_PORT="${COHORTSTREAM_TEST_ORTHANC_HTTP_PORT:-18042}"
 export COHORTSTREAM_STACK_ORTHANC_DICOM_PORT="${COHORTSTREAM_TEST_ORTHANC_DICOM_PORT:-14242}"
 # The test stack runs services only; tests start their own faust apps.
-export COHORTSTREAM_STACK_SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc}"
+export COHORTSTREAM_STACK_SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc}"
 
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
 
@@ -41,5 +41,5 @@ echo "== starting the test stack in $COHORTSTREAM_STACK_DIR"
 trap 'echo "== stopping the test stack"; deploy/stack.sh down || true' EXIT
 deploy/stack.sh up
 
-echo "== integration tests (real Kafka, FerretDB, Orthanc)"
+echo "== integration tests (real Kafka, secantusd-rs MongoDB-wire server, Orthanc)"
 COHORTSTREAM_ENV_FILE="$COHORTSTREAM_STACK_DIR/stack.env" "${PYTEST[@]}" tests/integration

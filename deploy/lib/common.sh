@@ -21,15 +21,15 @@ REDCAP_WEBHOOK_PORT="${COHORTSTREAM_STACK_REDCAP_PORT:-8091}"
 API_PORT="${COHORTSTREAM_STACK_API_PORT:-8090}"
 WORKER_METRICS_PORT="${COHORTSTREAM_STACK_WORKER_METRICS_PORT:-9464}"
 ANNOTATOR_METRICS_PORT="${COHORTSTREAM_STACK_ANNOTATOR_METRICS_PORT:-9465}"
-SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka ferretdb orthanc worker annotator listener redcap api}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc worker annotator listener redcap api}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
-HEALTH_TIMEOUT_FERRETDB="${COHORTSTREAM_STACK_FERRETDB_TIMEOUT:-30}"
+HEALTH_TIMEOUT_MONGO="${COHORTSTREAM_STACK_MONGO_TIMEOUT:-60}"
 HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
 STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
 
-ALL_SERVICES="kafka ferretdb orthanc worker annotator listener redcap api"
+ALL_SERVICES="kafka mongo orthanc worker annotator listener redcap api"
 # Started only after the infrastructure is healthy and stack.env is written.
 APP_SERVICES="worker annotator listener redcap api"
 

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# The cohortstream faust worker (every agent), started after the services it
-# needs are healthy and the settings file is written. It runs from the repo's
+# The cohortstream faust worker: one supervised process per lane of agents, each its
+# own consumer group (cohortstream/lanes.py), started after the services it needs are
+# healthy and the settings file is written. It runs from the repo's
 # virtual environment, which `make install` creates.
 
 WORKER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
@@ -21,9 +22,10 @@ worker_start() {
     "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" worker
 }
 
-# Ready = faust reported its worker ready since the latest start marker.
+# Ready = the supervisor saw every lane report faust's Ready since the latest start marker
+# (streams/supervisor.py READY_LINE).
 worker_health_once() {
-  awk '/^===== .*: starting worker =====/ { ready = 0 } /\[\^Worker\]: Ready/ { ready = 1 } END { exit !ready }' \
+  awk '/^===== .*: starting worker =====/ { ready = 0 } /worker ready: every lane is running/ { ready = 1 } END { exit !ready }' \
     "$(svc_log worker)" 2>/dev/null
 }
 

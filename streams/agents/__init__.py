@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import faust
 
 from cohortstream.settings import Settings
@@ -20,8 +22,8 @@ from streams.topics import define_topics
 __all__ = ["register_all"]
 
 
-def register_all(app: faust.App, settings: Settings) -> None:
-    """Attach every agent of the worker to ``app``.
+def register_all(app: faust.App, settings: Settings, agents: Collection[str] | None = None) -> None:
+    """Attach the worker's agents named in ``agents`` (all when None) to ``app``.
 
     Sink agents read raw values and dead-letter what does not decode; the dead-letter
     archive reads typed values (a dead letter that fails to decode is only logged by
@@ -33,14 +35,24 @@ def register_all(app: faust.App, settings: Settings) -> None:
     def sender(agent: str) -> DeadLetterSender:
         return DeadLetterSender(typed["dead-letter"], producer=agent)
 
-    dead_letters.register(app, typed, settings)
-    dicom_archive.register(app, raw, sender(dicom_archive.AGENT_NAME), settings)
-    dicom_views.register(app, raw, sender(dicom_views.AGENT_NAME), settings)
-    series_completion.register(app, raw, typed, sender(series_completion.AGENT_NAME), settings)
-    redcap_views.register(app, raw, sender(redcap_views.AGENT_NAME), settings)
-    ehr_views.register(app, raw, sender(ehr_views.AGENT_NAME), settings)
-    annotation_views.register(
-        app, raw,
-        {name: sender(name) for name in (annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT)},
-        settings,
-    )
+    def wanted(*names: str) -> bool:
+        return agents is None or any(name in agents for name in names)
+
+    if wanted(dead_letters.AGENT_NAME):
+        dead_letters.register(app, typed, settings)
+    if wanted(dicom_archive.AGENT_NAME):
+        dicom_archive.register(app, raw, sender(dicom_archive.AGENT_NAME), settings)
+    if wanted(dicom_views.AGENT_NAME):
+        dicom_views.register(app, raw, sender(dicom_views.AGENT_NAME), settings)
+    if wanted(series_completion.AGENT_NAME):
+        series_completion.register(app, raw, typed, sender(series_completion.AGENT_NAME), settings)
+    if wanted(redcap_views.AGENT_NAME):
+        redcap_views.register(app, raw, sender(redcap_views.AGENT_NAME), settings)
+    if wanted(ehr_views.AGENT_NAME):
+        ehr_views.register(app, raw, sender(ehr_views.AGENT_NAME), settings)
+    if wanted(annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT):
+        annotation_views.register(
+            app, raw,
+            {name: sender(name) for name in (annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT)},
+            settings,
+        )

@@ -53,8 +53,8 @@ def test_a_duplicate_instance_in_one_batch_is_written_once() -> None:
     assert len(updates["instances"]) == 3
 
 
-def test_write_chunk_stays_below_ferretdb_connection_pool() -> None:
-    assert 0 < WRITE_CHUNK <= 50
+def test_write_chunk_is_a_sensible_command_size() -> None:
+    assert 100 <= WRITE_CHUNK <= 1000
 
 
 def test_the_first_copy_of_an_instance_wins_and_every_copy_is_remembered() -> None:
@@ -66,25 +66,52 @@ def test_the_first_copy_of_an_instance_wins_and_every_copy_is_remembered() -> No
     assert update._doc["$addToSet"]["received_sha256"] == {"$each": ["a" * 64, "b" * 64]}
 
 
-async def test_lost_upsert_races_are_retried_not_failed() -> None:
-    from pymongo.errors import BulkWriteError, DuplicateKeyError
+async def test_only_lost_connectivity_is_backpressure_other_errors_are_bounded() -> None:
+    """A deterministic error (duplicate key, unreadable reply) is tried a few times and then
+    raised for the agent to dead-letter; it is never retried forever (issue 11's stall)."""
+    from pymongo.errors import AutoReconnect, DuplicateKeyError
 
-    from consumers.mongo_sink import UpsertRaceError, _racing_upserts_retryable
+    from consumers.backoff import retry_transient
+    from consumers.mongo_sink import TRANSIENT_MONGO_ERRORS
 
-    async def raising(exc: Exception) -> None:
+    calls: list[int] = []
+
+    async def failing(exc: Exception) -> None:
+        calls.append(1)
         raise exc
 
-    for error in (
-        DuplicateKeyError("E11000"),
-        BulkWriteError({"writeErrors": [{"code": 11000}]}),
-        KeyError("nModified"),  # FerretDB's reply to a batch whose upsert lost the race
-    ):
-        with pytest.raises(UpsertRaceError):
-            await _racing_upserts_retryable(lambda e=error: raising(e))
-    with pytest.raises(KeyError):
-        await _racing_upserts_retryable(lambda: raising(KeyError("other")))
-    with pytest.raises(BulkWriteError):
-        await _racing_upserts_retryable(lambda: raising(BulkWriteError({"writeErrors": [{"code": 2}]})))
+    for error in (DuplicateKeyError("E11000"), KeyError("nModified")):
+        calls.clear()
+        with pytest.raises(type(error)):
+            await retry_transient(lambda e=error: failing(e), what="w", transient=TRANSIENT_MONGO_ERRORS,
+                                  first_delay_s=0.001, other_attempts=3)
+        assert len(calls) == 3
+
+    outages = [AutoReconnect("down")] * 7
+
+    async def recovers() -> str:
+        if outages:
+            raise outages.pop()
+        return "applied"
+
+    assert await retry_transient(recovers, what="w", transient=TRANSIENT_MONGO_ERRORS, first_delay_s=0.001,
+                                 max_delay_s=0.002, pause_after=2, other_attempts=1) == "applied"
+
+
+async def test_a_race_that_clears_on_the_second_try_is_applied() -> None:
+    from pymongo.errors import DuplicateKeyError
+
+    from consumers.backoff import retry_transient
+
+    errors = [DuplicateKeyError("E11000")]
+
+    async def racing() -> str:
+        if errors:
+            raise errors.pop()
+        return "applied"
+
+    assert await retry_transient(racing, what="w", transient=(ConnectionError,), first_delay_s=0.001,
+                                 other_attempts=3) == "applied"
 
 
 async def test_sink_operations_are_timed_and_retries_counted_without_identifiers() -> None:

@@ -1,0 +1,31 @@
+"""Every agent of the worker runs in exactly one lane, each lane in its own consumer group."""
+
+from __future__ import annotations
+
+import pytest
+
+from cohortstream.lanes import LANES, lane_app_id, lane_groups
+from cohortstream.settings import Settings
+from streams.worker import build_lane_app, build_worker_app
+
+
+def _agent_names(app: object) -> set[str]:
+    return {agent.name.rsplit(".", 1)[-1] for agent in app.agents.values()}  # type: ignore[attr-defined]
+
+
+def test_lanes_partition_the_agents_of_the_worker(tmp_path: object) -> None:
+    settings = Settings(app_id="lanes-test", data_dir=tmp_path)  # type: ignore[arg-type]
+    every_agent = _agent_names(build_worker_app(settings))
+    in_lanes = [agent for agents in LANES.values() for agent in agents]
+    assert sorted(in_lanes) == sorted(every_agent), "each agent in one lane, none forgotten"
+    for lane, agents in LANES.items():
+        assert _agent_names(build_lane_app(settings, lane)) == set(agents)
+
+
+def test_each_lane_has_its_own_consumer_group() -> None:
+    settings = Settings(app_id="cs")
+    groups = lane_groups(settings)
+    assert len(groups) == len(LANES) and all(group.startswith("cs-") for group in groups)
+    assert groups[lane_app_id(settings, "ehr-views")] == ("ehr-views",)
+    with pytest.raises(KeyError, match="unknown worker lane"):
+        lane_app_id(settings, "nope")
