@@ -101,6 +101,15 @@ spawn() {
   # or the lock would stay held for as long as the service runs.
   setsid nohup "$@" >>"$logf" 2>&1 </dev/null 9>&- &
   pid=$!
+  # Until the forked shell has exec'd the service, /proc/PID/cmdline is still this
+  # script's, and pid_belongs_to_stack would call the service gone (seen on a loaded
+  # machine: a healthy restart reported as "exited during start-up"). Wait for the exec.
+  local i
+  for ((i = 0; i < 100; i++)); do
+    pid_belongs_to_stack "$pid" && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
   printf '%s\n' "$pid" >"$pidf"
   STARTED_SERVICES+=("$svc")
 }
