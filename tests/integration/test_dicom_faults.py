@@ -1,4 +1,5 @@
-"""Faults on the real stack: the worker killed with SIGKILL mid-study, Orthanc stopped
+"""Faults on the real stack: the worker killed with SIGKILL mid-study (with EHR rows
+arriving too), Orthanc stopped
 and restarted during ingestion. After recovery every instance is in Orthanc and in the
 views exactly once, and every series completes once.
 """
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pydicom
 import pytest
 
 from cohortstream.admin import ensure_topics
-from cohortstream.events import DicomInstanceReceived
+from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_hash
 from cohortstream.publisher import EventPublisher
@@ -77,6 +79,21 @@ async def _publish(settings: Settings, events: list[DicomInstanceReceived]) -> N
             await publisher.publish(event, key=event.series_instance_uid)
 
 
+def _lab(n: int) -> EhrRecord:
+    return EhrRecord(
+        producer="test", source="mimic-iv", source_file="labevents.csv", source_row_id=f"row-{n}",
+        subject_id=str(10_000 + n % 13), record_type=EhrRecordType.LAB,
+        effective_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=n), code="50912", value_number=1.0 + n / 1000,
+        unit="mg/dL",
+    )
+
+
+async def _publish_records(settings: Settings, records: list[EhrRecord]) -> None:
+    async with EventPublisher(settings) as publisher:
+        for record in records:
+            await publisher.publish(record, key=record.subject_id)
+
+
 async def _archived(database: Any) -> int:
     """Instances both archived (archive agent) and folded into the views (views agent)."""
     return int(await database.instances.count_documents({"in_orthanc": True, "received_sha256": {"$exists": True}}))
@@ -131,10 +148,13 @@ def worker_process(settings: Settings, tmp_path: Path) -> Iterator[Any]:
 async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
     settings: Settings, database: Any, study: list[DicomInstanceReceived], worker_process: Any
 ) -> None:
+    """Mixed EHR + DICOM ingestion, the deployed worker (every lane) killed with SIGKILL."""
     await ensure_topics(settings)
     first_half, second_half = study[:30], study[30:]
+    labs = [_lab(n) for n in range(400)]
     victim = worker_process()
     await _publish(settings, first_half)
+    await _publish_records(settings, labs[:200])
 
     async def some_archived() -> bool:
         return await _archived(database) >= 5
@@ -143,6 +163,7 @@ async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=30)
     await _publish(settings, second_half)  # the rest of the study arrives while it is down
+    await _publish_records(settings, labs[200:])
 
     worker_process()
 
@@ -151,6 +172,12 @@ async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
 
     await eventually(all_archived, timeout_s=180, what="every instance archived after the restart")
     await _assert_exactly_once(settings, database, study)
+
+    async def every_lab_row() -> bool:
+        return await database.ehr_timeline.count_documents({}) == len(labs)
+
+    await eventually(every_lab_row, timeout_s=120, what="every EHR row in the timeline after the restart")
+    assert {d["_id"] async for d in database.ehr_timeline.find({}, {"_id": 1})} == {f"mimic-iv|row-{n}" for n in range(len(labs))}
 
 
 async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catches_up(
