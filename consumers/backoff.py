@@ -22,10 +22,21 @@ from typing import TypeVar
 
 from cohortstream.metrics import SINK_ERRORS, SINK_LATENCY, SINK_PAUSED, SINK_RETRIES, operation_label
 
-__all__ = ["retry_transient"]
+__all__ = ["retry_transient", "sinks_paused"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+_paused = 0
+
+
+def sinks_paused() -> int:
+    """How many sink operations of this process wait for their service right now.
+
+    The stream app asks this when a rebalance or a shutdown waits for in-flight messages
+    (streams/app.py): a message held by a paused sink will not finish soon, and must not
+    hold the group."""
+    return _paused
 
 
 async def retry_transient(
@@ -46,6 +57,7 @@ async def retry_transient(
     many attempts. Any other ``Exception`` is raised on its ``other_attempts``-th
     occurrence (1: at once).
     """
+    global _paused
     delay = first_delay_s
     attempt = 0
     other_failures = 0
@@ -64,6 +76,7 @@ async def retry_transient(
                 fields = {"operation": what, "attempt": attempt, "retry_in_s": delay, "error": repr(exc)}
                 if attempt == pause_after:
                     paused = True
+                    _paused += 1
                     SINK_PAUSED.labels(label).inc()
                     log.error("sink paused: service unavailable, retrying until it is back", extra=fields)
                 else:
@@ -88,4 +101,5 @@ async def retry_transient(
             return result
     finally:
         if paused:
+            _paused -= 1
             SINK_PAUSED.labels(label).dec()

@@ -2,14 +2,70 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 import faust
+from faust.types import ConsumerT
 
 from cohortstream.logs import logging_dict_config
 from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
+from consumers.backoff import sinks_paused
 from streams.codec import register_codec
 
-__all__ = ["create_app", "run_app"]
+__all__ = ["CohortStreamApp", "create_app", "run_app"]
+
+log = logging.getLogger(__name__)
+
+_RELEASE_CHECK_S = 0.5
+
+
+class CohortStreamApp(faust.App):
+    """A faust app whose rebalances and shutdowns never wait on a sink paused by an outage.
+
+    Before a rebalance or a stop, faust waits until every message an agent started is
+    acknowledged (``stream_wait_empty``): right for a sink that is working, but a sink
+    waiting for MongoDB or Orthanc to come back would hold the group's rebalance and the
+    worker's SIGTERM for as long as the outage lasts. So while a sink of this process is
+    paused, the wait *releases* the in-flight messages instead: they are marked so that
+    faust forgets them *without* acknowledging them. Their offsets are never committed by
+    this consumer; the partition's next owner (or this worker after a restart) reads them
+    again and applies them, and the sinks are idempotent. (Letting faust skip the wait
+    instead would be wrong: it acknowledges a message whose stream is closed — faust's
+    ``Stream.__aiter__`` acks in a ``finally`` — and would commit it unapplied.)
+    """
+
+    async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
+        if not self.conf.stream_wait_empty:
+            return
+        waiter = asyncio.ensure_future(consumer.wait_empty())
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=_RELEASE_CHECK_S)
+                if not waiter.done() and sinks_paused():
+                    _release_in_flight(consumer)
+            await waiter
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+
+
+def _release_in_flight(consumer: ConsumerT) -> None:
+    unacked = getattr(consumer, "_unacked_messages", None)
+    if not unacked:
+        return
+    released = [message for message in list(unacked) if not message.acked]
+    for message in released:
+        # acked=True without Consumer.ack(): faust stops waiting for it, and its offset is
+        # not recorded as done, so no commit covers it.
+        message.acked = True
+    if released:
+        log.warning(
+            "released in-flight messages held by a paused sink; they stay uncommitted and are read again",
+            extra={"messages": [f"{m.topic}[{m.partition}]@{m.offset}" for m in released]},
+        )
 
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
@@ -20,7 +76,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """
     register_codec()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return CohortStreamApp(
         app_id or settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers],
         broker_client_id=settings.kafka_client_id,

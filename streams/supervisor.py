@@ -7,12 +7,9 @@ metrics port (``worker_metrics_port + i`` in lane order). The parent:
 - relays the children's output to its own, and logs ``worker ready`` once every lane
   reported faust's ``Ready`` (the local stack's health check waits for that line);
 - forwards SIGTERM/SIGINT and waits up to ``worker_shutdown_timeout_s`` for the lanes to
-  stop cleanly (faust commits only what was applied), then kills what is left. A lane
-  whose sink is paused by an outage never finishes its message, and faust waits for it
-  (``stream_wait_empty``): killing it is what keeps that message uncommitted. Letting
-  faust drop the wait instead would be worse: it acknowledges the unfinished message as
-  its stream closes (faust's ``Stream.__aiter__`` acks in a ``finally``), and the
-  message would be committed unapplied (seen: one instance lost after a restart);
+  stop cleanly (faust commits only what was applied; a message held by a sink paused by
+  an outage is released uncommitted, see ``streams.app.CohortStreamApp``), then kills what
+  is left, which commits nothing more;
 - restarts a lane that died, with a growing delay, so one crashed lane never stops the
   others;
 - asks the kernel to kill every child when the parent dies (``PR_SET_PDEATHSIG``): a

@@ -6,8 +6,9 @@ Against the real stack (Kafka, the MongoDB-wire server, Orthanc):
   few times, then the event is dead-lettered and later events land within seconds;
 - the deployed worker (``cohortstream worker``: one process per lane) keeps building the
   EHR views while its DICOM archive lane waits for a stopped Orthanc; ``/readyz`` names
-  the stalled lane; SIGTERM stops the worker within its shutdown timeout although a
-  sink is paused; after a restart every event lands exactly once;
+  the stalled lane; a second worker's rebalance goes through, and SIGTERM stops the
+  first cleanly, although its sink is paused; every event lands exactly once;
+- the REDCap, EHR and annotation agents dead-letter what they cannot apply;
 - the view store stopped for a while in the middle of ingestion is backpressure: after
   it is back, everything lands.
 """
@@ -30,12 +31,22 @@ import pytest
 
 from api.app import create_api
 from cohortstream.admin import ensure_topics
-from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType
+from cohortstream.events import (
+    AnnotationSuggested,
+    DicomInstanceReceived,
+    EhrRecord,
+    EhrRecordType,
+    RedcapCompletionStatus,
+    RedcapRecordChanged,
+    RedcapTrigger,
+    SuggestedSegment,
+)
 from cohortstream.lanes import lane_app_id
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings, settings_environment
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
+from streams.supervisor import READY_LINE
 from streams.worker import build_lane_app
 from tests.integration.test_dicom_faults import stack
 from tests.integration.test_dicom_pipeline import fresh_seed, instance_event
@@ -104,6 +115,65 @@ async def test_a_deterministic_sink_error_is_dead_lettered_and_later_events_pass
         await letters.stop()
 
 
+def _questionnaire(n: int, project: str = "42") -> RedcapRecordChanged:
+    return RedcapRecordChanged(
+        producer="test", redcap_url="https://redcap.example.org/", project_id=project, record_id=f"R{n}",
+        event_name="baseline_arm_1", instrument="baseline", completion_status=RedcapCompletionStatus.COMPLETE,
+        trigger=RedcapTrigger.FULL_SYNC, values={},
+    )
+
+
+def _suggestion(n: int, seg_uid: str | None = None) -> AnnotationSuggested:
+    return AnnotationSuggested(
+        producer="test", study_instance_uid="2.25.1", series_instance_uid=f"2.25.1.{n}", model_name="m",
+        model_version="1", seg_sop_instance_uid=seg_uid or f"2.25.9.{n}", device="cpu", inference_s=0.1,
+        segments=[SuggestedSegment(segment_number=1, label="Brain", voxel_count=10, volume_ml=0.01)],
+    )
+
+
+# lane, its agent, the view, the field a test index makes unique, (good events, poison, key)
+_DEAD_LETTER_CASES = {
+    "redcap-views": ("redcap-views", "questionnaires", "record_id",
+                     lambda: ([_questionnaire(n) for n in range(10)], _questionnaire(3, project="43"),
+                              lambda e: f"{e.project_id}|{e.record_id}")),
+    "annotation-views": ("annotation-suggestion-views", "annotations", "seg_sop_instance_uid",
+                         lambda: ([_suggestion(n) for n in range(10)], _suggestion(99, seg_uid="2.25.9.3"),
+                                  lambda e: e.series_instance_uid)),
+}
+
+
+@pytest.mark.parametrize("lane", sorted(_DEAD_LETTER_CASES))
+async def test_redcap_and_annotation_agents_dead_letter_what_they_cannot_apply(
+    settings: Settings, db: Any, lane: str
+) -> None:
+    agent, collection, unique_field, make = _DEAD_LETTER_CASES[lane]
+    good, poison, key = make()
+    await ensure_topics(settings)
+    # Compound and named: the sink's own index on the field must not clash with it.
+    await db[collection].create_index([(unique_field, 1), ("producer_test_marker", 1)], unique=True,
+                                      name="test_unique_poison")
+    app, letters = build_lane_app(settings, lane), build_lane_app(settings, "dead-letters")
+    await app.start()
+    await letters.start()
+    try:
+        await _publish(settings, good[:5] + [poison] + good[5:], key=key)
+
+        async def good_applied() -> bool:
+            return await db[collection].count_documents({}) == len(good)
+
+        await eventually(good_applied, timeout_s=60, what=f"every good event in {collection}")
+
+        async def dead_lettered() -> dict[str, Any] | None:
+            found: dict[str, Any] | None = await db["dead_letters"].find_one({"producer": agent})
+            return found
+
+        letter = await eventually(dead_lettered, timeout_s=60, what=f"the poisoned event dead-lettered by {agent}")
+        assert "E11000" in letter["reason"] or "duplicate" in letter["reason"].lower()
+    finally:
+        await app.stop()
+        await letters.stop()
+
+
 @pytest.fixture
 def worker_process(settings: Settings, tmp_path: Path) -> Iterator[Any]:
     """Start the deployed worker (``cohortstream worker``: every lane) with these settings."""
@@ -134,22 +204,27 @@ def _dicom_events(settings: Settings, tmp_path: Path) -> list[DicomInstanceRecei
     return [instance_event(path, store) for path in files]
 
 
-async def test_an_agent_waiting_for_orthanc_blocks_no_other_and_sigterm_stops_the_worker(
+async def test_an_agent_waiting_for_orthanc_blocks_no_other_lets_a_rebalance_through_and_stops_on_sigterm(
     settings: Settings, db: Any, worker_process: Any, tmp_path: Path
 ) -> None:
     await ensure_topics(settings)
     dicom = _dicom_events(settings, tmp_path)
     labs = [_lab(n) for n in range(30)]
-    worker = worker_process()
+
+    def log_text() -> str:
+        return str(worker_process.log_path.read_text())
+
+    async def workers_ready(n: int) -> bool:
+        return (await asyncio.to_thread(log_text)).count(READY_LINE) >= n
+
+    first = worker_process()
     try:
-        await eventually(lambda: asyncio.to_thread(lambda: "every lane is running" in worker_process.log_path.read_text()),
-                         timeout_s=120, what="the worker's lanes ready")
+        await eventually(lambda: workers_ready(1), timeout_s=120, what="the worker's lanes ready")
         stack("stop", "orthanc")
         await _publish(settings, dicom[:5], key=lambda e: e.series_instance_uid)
 
         async def archive_paused() -> bool:
-            text = await asyncio.to_thread(worker_process.log_path.read_text)
-            return "sink paused" in text
+            return "sink paused" in await asyncio.to_thread(log_text)
 
         await eventually(archive_paused, timeout_s=60, what="the archive lane paused on the stopped Orthanc")
         await _publish(settings, dicom[5:], key=lambda e: e.series_instance_uid)
@@ -174,20 +249,26 @@ async def test_an_agent_waiting_for_orthanc_blocks_no_other_and_sigterm_stops_th
         assert stalled["agents"] == ["dicom-archive"] and stalled["topic"] == "dicom.instance-received"
         assert stalled["lag"] == len(dicom)
 
-        # SIGTERM while the archive sink is paused: the worker stops within its timeout.
+        # A second worker joins every lane's group: the rebalance goes through although
+        # the first worker's archive sink is paused.
+        worker_process()
+        # Within 45 s: below the broker session timeout (60 s), after which the group would
+        # drop a blocked member on its own.
+        await eventually(lambda: workers_ready(2), timeout_s=45, what="the second worker's lanes through the rebalance")
+
+        # SIGTERM while the archive sink is paused: the worker stops cleanly, in time.
         stopping = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(worker.wait, settings.worker_shutdown_timeout_s + 10)
-        assert time.monotonic() - stopping < settings.worker_shutdown_timeout_s + 10
+        first.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(first.wait, settings.worker_shutdown_timeout_s + 10)
+        assert time.monotonic() - stopping < settings.worker_shutdown_timeout_s
+        assert code == 0 and "did not stop in time" not in log_text()
     finally:
         stack("start", "orthanc")
-
-    worker_process()
 
     async def all_archived() -> bool:
         return await db["instances"].count_documents({"in_orthanc": True}) == len(dicom)
 
-    await eventually(all_archived, timeout_s=180, what="every instance archived after Orthanc is back")
+    await eventually(all_archived, timeout_s=180, what="every instance archived by the second worker")
     assert await db["instances"].count_documents({}) == len(dicom)
     assert await db["ehr_timeline"].count_documents({}) == len(labs)
 

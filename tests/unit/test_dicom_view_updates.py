@@ -135,3 +135,31 @@ async def test_sink_operations_are_timed_and_retries_counted_without_identifiers
                                  transient=(ConnectionError,), first_delay_s=0.01) == "ok"
     assert SINK_RETRIES.labels(label)._value.get() == before + 1
     assert SINK_LATENCY.labels(label)._sum.get() > count_before
+
+
+async def test_a_paused_sink_is_counted_while_it_waits_and_not_after() -> None:
+    """The stream app asks ``sinks_paused()`` to decide whether a rebalance or a stop may
+    release in-flight messages (streams/app.py)."""
+    import asyncio
+
+    from pymongo.errors import AutoReconnect
+
+    from consumers.backoff import retry_transient, sinks_paused
+
+    gate = asyncio.Event()
+
+    async def down_until_gate() -> str:
+        if not gate.is_set():
+            raise AutoReconnect("down")
+        return "applied"
+
+    task = asyncio.create_task(retry_transient(down_until_gate, what="w", transient=(AutoReconnect,),
+                                               first_delay_s=0.001, max_delay_s=0.002, pause_after=2))
+    for _ in range(1000):
+        if sinks_paused():
+            break
+        await asyncio.sleep(0.001)
+    assert sinks_paused() == 1
+    gate.set()
+    assert await task == "applied"
+    assert sinks_paused() == 0
