@@ -12,8 +12,9 @@
 Fields the query does not know answer **422** naming them (no criterion is silently
 ignored). The export is a streaming response: the subject ids are computed first (a
 set of short strings, as for ``/cohorts/query``), then the rows are built and sent in
-chunks of :data:`EXPORT_CHUNK` subjects (four ``$in`` finds per chunk), so a cohort of
-any size never sits in memory as rows. Columns: ``subject_id``, ``identifiers`` and
+chunks of :data:`EXPORT_CHUNK` subjects (one ``$in`` on the ``subject_facets`` read model
+per chunk, which holds each subject's row), so a cohort of any size never sits in memory
+as rows. Columns: ``subject_id``, ``identifiers`` and
 ``sources`` and ``modalities`` (``;``-separated in CSV), ``sex``, ``age_years``,
 ``study_count``, ``series_count``, ``questionnaire_count``, ``has_ehr``.
 """
@@ -47,7 +48,7 @@ router = APIRouter(prefix="/cohorts", tags=["cohorts"], dependencies=_GUARD)
 
 Services = Annotated[ApiServices, Depends(get_services)]
 
-EXPORT_CHUNK = 500
+EXPORT_CHUNK = 1000
 EXPORT_COLUMNS = (
     "subject_id", "identifiers", "sources", "modalities", "sex", "age_years",
     "study_count", "series_count", "questionnaire_count", "has_ehr",
@@ -63,8 +64,9 @@ def _db(services: ApiServices) -> Any:
 
 @router.post("/query", summary="Subjects meeting every criterion", response_model=CohortAnswer)
 async def query_cohort(services: Services, query: CohortQuery) -> CohortAnswer:
-    """Answer the query from the views (one indexed find per criterion, see
-    :mod:`cohortstream.cohort_query`); subject ids sorted."""
+    """Answer the query from the subject sets the view sinks keep (one indexed find for
+    every criterion, intersected in memory, see :mod:`cohortstream.cohort_query`);
+    subject ids sorted."""
     result = await run_cohort_query(_db(services), query)
     log.info("cohort query answered", extra={"count": result.count, "criteria": len(result.per_criterion)})
     return CohortAnswer(count=result.count, subject_ids=result.subject_ids, per_criterion=result.per_criterion)

@@ -1,14 +1,17 @@
 """Read-only queries behind ``/subjects`` and ``/cohorts``: filters, pages, summaries.
 
-A subject exists only in the registry (``subject_identifiers``, one document per
-identifier); the per-source views are keyed by source identifiers. So, as in
-:mod:`cohortstream.cohort_query`, every filter is one indexed ``find`` on the view that
-holds it, resolved to subject ids through the registry, and combined in Python (no
-``$lookup``, no aggregation: the MongoDB subset of DESIGN.md).
+The list and the export read the read model the view sinks keep
+(:mod:`consumers.subject_facets`). A page of the list reads the subject sets of its
+filters (the set of every subject without filters) in one ``find``: sorted arrays of
+subject ids, intersected in memory and walked from the cursor in subject-id order, so
+the page is the next ``limit`` ids (nothing filtered afterwards); their summary rows
+are one ``$in`` on ``subject_facets``. Summaries of given ids (export chunks) are the
+same ``$in``; a subject the read model does not hold yet is summarised from the views
+as before (four ``$in`` finds per chunk).
 
-Summaries (one line per subject: list items and export rows) are built for a chunk of
-subjects with four ``$in`` finds, whatever the chunk size, so a page or an export chunk
-costs the same number of round trips.
+:func:`filtered_subjects` is the former way of filtering (one indexed ``find`` per
+filter on the view that holds it, resolved through the registry, combined in Python),
+kept as the reference the tests and the benchmark compare with.
 """
 
 from __future__ import annotations
@@ -21,8 +24,31 @@ from typing import Any, Literal
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
 from cohortstream.cohort_query import resolve_subjects
+import numpy as np
 
-__all__ = ["Source", "SubjectFilters", "filtered_subjects", "page_of_subjects", "subject_record", "subject_summaries"]
+from cohortstream.cohort_query import intersect
+from consumers.subject_facets import (
+    ALL_SUBJECTS,
+    FACETS,
+    SUMMARY_FIELDS,
+    decode_ids,
+    encode_id,
+    modality_facet,
+    read_sets,
+    questionnaires_facet,
+    sex_facet,
+    source_facet,
+)
+
+__all__ = [
+    "Source",
+    "SubjectFilters",
+    "filtered_subjects",
+    "page_of_subjects",
+    "page_of_summaries",
+    "subject_record",
+    "subject_summaries",
+]
 
 Source = Literal["dicom", "redcap", "ehr"]
 Sex = Literal["M", "F", "O"]
@@ -43,6 +69,46 @@ class SubjectFilters:
     @property
     def empty(self) -> bool:
         return self.modality is None and self.has_questionnaire is None and self.sex is None and self.source is None
+
+    def facets(self) -> list[str]:
+        """The read model's facets every listed subject must carry."""
+        found = []
+        if self.modality is not None:
+            found.append(modality_facet(self.modality))
+        if self.source is not None:
+            found.append(source_facet(self.source))
+        if self.sex is not None:
+            found.append(sex_facet(self.sex))
+        if self.has_questionnaire is not None:
+            found.append(questionnaires_facet(self.has_questionnaire))
+        return found
+
+
+_SUMMARY_PROJECTION = {name: 1 for name in (*SUMMARY_FIELDS, "deleted")}
+
+
+def _summary(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"subject_id": str(doc["_id"]), **{name: doc.get(name) for name in SUMMARY_FIELDS}}
+
+
+async def page_of_summaries(
+    db: AsyncIOMotorDatabase, filters: SubjectFilters, limit: int, after: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` subject summaries after ``after`` (id order), and the id to
+    continue after when more follow (None: last page): the filters' sets read and
+    intersected, walked from the cursor."""
+    names = filters.facets() or [ALL_SUBJECTS]
+    sets = await read_sets(db, names)
+    ids = intersect([sets[n].subject_ids() for n in names])
+    if after is not None:
+        try:
+            start = int(np.searchsorted(ids, np.uint64(encode_id(after)), side="right"))
+        except ValueError:  # not a subject id: compare as text
+            start = next((i for i, sid in enumerate(decode_ids(ids)) if sid > after), len(ids))
+        ids = ids[start:]
+    page = decode_ids(ids[: limit + 1])
+    rows = await subject_summaries(db, page[:limit])
+    return rows, (page[limit - 1] if len(page) > limit else None)
 
 
 async def _field_values(db: AsyncIOMotorDatabase, collection: str, query: dict[str, Any], key: str = "_id") -> list[str]:
@@ -103,7 +169,9 @@ async def _next_registry_subjects(db: AsyncIOMotorDatabase, after: str | None, w
 async def page_of_subjects(
     db: AsyncIOMotorDatabase, filters: SubjectFilters, limit: int, after: str | None
 ) -> tuple[list[str], bool]:
-    """Up to ``limit`` subject ids after ``after`` (id order) and whether more follow."""
+    """Up to ``limit`` subject ids after ``after`` (id order) and whether more follow,
+    from the views and the registry (the former way; the list uses
+    :func:`page_of_summaries`)."""
     if filters.empty:
         ids = await _next_registry_subjects(db, after, limit + 1)
     else:
@@ -120,7 +188,20 @@ async def _find_in(db: AsyncIOMotorDatabase, collection: str, field: str, values
 
 
 async def subject_summaries(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """One summary per subject id, in the given order (unknown ids are skipped).
+    """One summary per subject id, in the given order (unknown ids are skipped): from
+    the read model, or from the views for subjects it does not hold (yet)."""
+    if not subject_ids:
+        return []
+    held = {str(d["_id"]): _summary(d) for d in await _find_in(db, FACETS, "_id", subject_ids, _SUMMARY_PROJECTION)
+            if not d.get("deleted")}
+    missing = [sid for sid in subject_ids if sid not in held]
+    if missing:
+        held.update({row["subject_id"]: row for row in await summaries_from_views(db, missing)})
+    return [held[sid] for sid in subject_ids if sid in held]
+
+
+async def summaries_from_views(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """One summary per subject id computed from the views (the former way).
 
     Sex and age come from DICOM (PatientSex, PatientAge at the latest study) when the
     subject has imaging, else from the EHR (gender, MIMIC ``anchor_age``).

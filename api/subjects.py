@@ -19,9 +19,11 @@ identifiers, URL-encoded: ``dicom%3AP-0001``, ``ehr%3Amimic-iv%7C10000032``,
 slashes (REDCap identifiers hold a URL), so an identifier that itself ends in
 ``/timeline`` cannot be looked up here; use its subject id.
 
-The list is ordered by subject id; its cursor is opaque and resumes after the last
-subject of the previous page, so subjects registered meanwhile are neither repeated nor
-skipped (except those that sort before the cursor). **404** unknown subject, **422**
+The list is read from the read model the view sinks keep (the filters' subject sets,
+walked from the cursor, see :mod:`api.subject_store`) and ordered by subject id; its
+cursor is opaque and resumes after the last subject of the previous page, so subjects
+registered meanwhile are neither repeated nor skipped (except those that sort before
+the cursor). **404** unknown subject, **422**
 invalid input (the ``field`` names it).
 """
 
@@ -37,7 +39,7 @@ from api.errors import ApiError
 from api.pagination import MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.services import ApiServices, get_services
 from api.subject_models import SubjectDetail, SubjectPage, SubjectSummary, TimelinePage, subject_detail, timeline_entry
-from api.subject_store import Sex, Source, SubjectFilters, page_of_subjects, subject_record, subject_summaries
+from api.subject_store import Sex, Source, SubjectFilters, page_of_summaries, subject_record
 from cohortstream.subject_view import SubjectNotFoundError, ehr_timeline, resolve_subject_id
 from cohortstream.subjects import SubjectIdentifierError
 
@@ -88,9 +90,9 @@ async def list_subjects(
             raise ApiError(422, str(exc), "cursor") from exc
     db = _db(services)
     filters = SubjectFilters(modality=modality, has_questionnaire=has_questionnaire, sex=sex, source=source)
-    ids, more = await page_of_subjects(db, filters, limit, after)
-    items = [SubjectSummary(**s) for s in await subject_summaries(db, ids)]
-    next_cursor = Cursor(SortOrder.ID, ids[-1]).encode() if more and ids else None
+    rows, last = await page_of_summaries(db, filters, limit, after)
+    items = [SubjectSummary(**s) for s in rows]
+    next_cursor = Cursor(SortOrder.ID, last).encode() if last is not None else None
     return SubjectPage(items=items, next_cursor=next_cursor, limit=limit)
 
 

@@ -23,12 +23,23 @@ rows each), documents shaped as the sinks write them, with ``insert_many`` in co
   (``ehr_timeline``) are not inserted, only counted in the ingestion counters;
 - ``annotations``: 1 per 5 subjects (on the subject's first series);
 - ``statistics``: the counters the sinks would hold for this data (computed while
-  generating, same documents as consumers/statistics.py writes).
+  generating, same documents as consumers/statistics.py writes);
+- ``subject_facets``: 1, the read model the view sinks keep (computed from the documents
+  above with the sinks' own :func:`consumers.subject_facets.subject_facet_doc`), and
+  ``subject_sets``: the shards of every facet's and lab code's subject set
+  (:func:`consumers.subject_facets.set_documents`).
+
+Besides the p50/p95 of each request, the former query paths (per-criterion finds on the
+views resolved through the registry, see ``run_cohort_query_on_views`` and
+``filtered_subjects``) are timed once each in the same run, with the ratio; and what a
+sink pays to refresh the read model of a few subjects on a database this size.
 
 Indexes are those the sinks create (their ``setup()``), made before the inserts.
 
 Run: ``.venv/bin/python -m bench.api_queries [--subjects 50000] [--series-per-subject 10]
-[--labs-per-subject 100] [--requests 50] [--query-requests 10] [--chunk 1000] [--keep]``
+[--labs-per-subject 100] [--requests 50] [--query-requests 10] [--chunk 1000] [--keep]
+[--no-kafka]`` (``--no-kafka``: do not create the run's topics, for a MongoDB-only run;
+the API then starts without its Kafka publisher, which these requests do not use).
 """
 
 from __future__ import annotations
@@ -51,7 +62,9 @@ import httpx
 from api.app import create_api
 from api.keys import KeyStore
 from api.principals import Role
+from api.subject_store import SubjectFilters, page_of_subjects, summaries_from_views
 from cohortstream.admin import ensure_topics
+from cohortstream.cohort_query import CohortQuery, run_cohort_query_on_views
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_ids
@@ -63,6 +76,7 @@ from consumers.ehr_views import EhrViews
 from consumers.redcap_views import RedcapViews
 from consumers.mongo_sink import MongoSink
 from consumers.statistics import STATISTICS, age_band, counters_for_annotations, counters_for_dicom, refresh_counters
+from consumers.subject_facets import FACETS, SETS, memberships, refresh_subject_facets, set_documents, subject_facet_doc
 
 REDCAP_URL = "https://redcap.bench.example/"
 MODALITIES = ("MR", "CT", "PT")
@@ -72,7 +86,8 @@ DAY0 = datetime(2024, 1, 1, tzinfo=UTC)
 STATUSES = ("INCOMPLETE", "UNVERIFIED", "COMPLETE")
 
 
-def _subject_docs(n: int, args: argparse.Namespace, rng: random.Random, tally: Tally[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
+def _subject_docs(n: int, args: argparse.Namespace, rng: random.Random, tally: Tally[tuple[str, str]],
+                  sets: dict[str, list[tuple[str, list[float]]]]) -> dict[str, list[dict[str, Any]]]:
     pid = f"B{n:07d}"
     dicom = SubjectIdentifier.dicom(pid)
     redcap = SubjectIdentifier.redcap(REDCAP_URL, "7", f"R{n}")
@@ -147,6 +162,11 @@ def _subject_docs(n: int, args: argparse.Namespace, rng: random.Random, tally: T
     })
     tally[("ehr_subjects_by_sex", sex)] += 1
     tally[("ehr_records_per_day", day.date().isoformat())] += args.labs_per_subject
+    facets = subject_facet_doc(sid, docs["subject_identifiers"], {d["_id"]: d for d in docs["patients"]},
+                               docs["questionnaires"], {d["_id"]: d for d in docs["ehr_subjects"]})
+    docs[FACETS] = [facets]
+    for name, values in memberships(facets).items():
+        sets.setdefault(name, []).append((sid, values))
     return docs
 
 
@@ -181,8 +201,9 @@ async def _fill(db: Any, settings: Settings, args: argparse.Namespace) -> dict[s
             inserted[collection] += len(batch)
         buffers[collection] = docs
 
+    sets: dict[str, list[tuple[str, list[float]]]] = {}
     for n in range(args.subjects):
-        for collection, docs in _subject_docs(n, args, rng, tally).items():
+        for collection, docs in _subject_docs(n, args, rng, tally, sets).items():
             buffers.setdefault(collection, []).extend(docs)
             await flush(collection)
     for collection in list(buffers):
@@ -191,6 +212,10 @@ async def _fill(db: Any, settings: Settings, args: argparse.Namespace) -> dict[s
     for start in range(0, len(counters), args.chunk):
         await db[STATISTICS].insert_many(counters[start : start + args.chunk])
     inserted[STATISTICS] += len(counters)
+    shards = [doc for name, members in sorted(sets.items()) for doc in set_documents(name, dict(members))]
+    for start in range(0, len(shards), 100):
+        await db[SETS].insert_many(shards[start : start + 100])
+    inserted[SETS] += len(shards)
     return dict(inserted)
 
 
@@ -216,11 +241,13 @@ async def _timed(name: str, count: int, call: Callable[[int], Awaitable[httpx.Re
     return times
 
 
-def _report(name: str, times: list[float], note: str = "") -> None:
+def _report(name: str, times: list[float], note: str = "") -> float:
+    """Print the figures; returns the p50 in seconds."""
     ordered = sorted(times)
     p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
     print(f"{name:<34} n={len(times):<4} p50 {stats.median(times) * 1000:>9.1f} ms   p95 {p95 * 1000:>9.1f} ms"
           f"   max {max(times) * 1000:>9.1f} ms {note}")
+    return stats.median(times)
 
 
 def _sample(args: argparse.Namespace) -> Iterator[int]:
@@ -233,7 +260,8 @@ async def _run(args: argparse.Namespace) -> None:
     database = f"bench_api_{uuid.uuid4().hex[:8]}"
     settings = Settings.load(os.environ.get("COHORTSTREAM_ENV_FILE"), mongo_database=database, log_level="WARNING",
                              topic_prefix=f"bench-api-{uuid.uuid4().hex[:8]}.")
-    await ensure_topics(settings)
+    if not args.no_kafka:
+        await ensure_topics(settings)
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     print(f"database {database}: {args.subjects} subjects, {args.subjects * args.series_per_subject} series, "
@@ -264,6 +292,28 @@ async def _run(args: argparse.Namespace) -> None:
                 start = time.perf_counter()
                 await refresh_counters(sink, counters)
                 print(f"counter refresh for {name}: {len(counters)} counts in {time.perf_counter() - start:.2f} s")
+            # The read model's share of a batch: 10 subjects' documents checked against
+            # the views (unchanged); 10 new subjects (documents and every set they join,
+            # broad ones included), and the same 10 removed again.
+            keys = [f"dicom:B{n:07d}" for n in range(0, args.subjects, max(1, args.subjects // 10))][:10]
+            start = time.perf_counter()
+            await refresh_subject_facets(sink, keys)
+            print(f"subject facets refresh, {len(keys)} subjects unchanged: {time.perf_counter() - start:.2f} s")
+            new = [SubjectIdentifier.dicom(f"N{n:07d}") for n in range(10)]
+            await db["subject_identifiers"].insert_many([
+                {"_id": i.key, "subject_id": subject_id_for([i.key]), "kind": i.kind, "scope": i.scope, "value": i.value} for i in new])
+            await db["patients"].insert_many([
+                {"_id": i.value, "modalities": ["MR", "PT"], "sex_normalised": "F", "age_years": 50, "study_count": 1, "series_count": 1}
+                for i in new])
+            start = time.perf_counter()
+            rewritten = await refresh_subject_facets(sink, [i.key for i in new])
+            print(f"subject facets refresh, {len(new)} new subjects, {len(rewritten)} sets updated: {time.perf_counter() - start:.2f} s")
+            await db["subject_identifiers"].delete_many({"_id": {"$in": [i.key for i in new]}})
+            await db["patients"].delete_many({"_id": {"$in": [i.value for i in new]}})
+            start = time.perf_counter()
+            rewritten = await refresh_subject_facets(sink, subject_ids=[subject_id_for([i.key]) for i in new])
+            print(f"subject facets refresh, the same {len(new)} subjects removed, {len(rewritten)} sets updated: "
+                  f"{time.perf_counter() - start:.2f} s")
         finally:
             await sink.close()
         async with _api(settings, db) as api:
@@ -277,16 +327,38 @@ async def _run(args: argparse.Namespace) -> None:
             _report("GET /subjects/{id}", await _timed("lookup", args.requests, lambda i: api.get(f"/subjects/{lookup_ids[i]}")))
             _report("GET /subjects/dicom:{PatientID}", await _timed(
                 "lookup by identifier", args.requests, lambda i: api.get(f"/subjects/dicom%3AB{next(sample):07d}")))
-            _report("GET /subjects?modality=PT&limit=100", await _timed(
+            listed = _report("GET /subjects?modality=PT&limit=100", await _timed(
                 "list", max(1, args.query_requests), lambda i: api.get("/subjects", params={"modality": "PT", "limit": 100})))
+            start = time.perf_counter()
+            ids, _ = await page_of_subjects(db, SubjectFilters(modality="PT"), 100, None)
+            await summaries_from_views(db, ids)
+            former = time.perf_counter() - start
+            print(f"  former path (views + registry, once): {former * 1000:.1f} ms, {former / listed:.0f}x the new p50")
+            cursor, pages, paged = None, 0, 0
+            start = time.perf_counter()
+            while pages < 5:
+                body = (await api.get("/subjects", params={"modality": "CT", "limit": 500, **({"cursor": cursor} if cursor else {})})).json()
+                pages, paged, cursor = pages + 1, paged + len(body["items"]), body["next_cursor"]
+                if cursor is None:
+                    break
+            print(f"GET /subjects?modality=CT&limit=500, {pages} pages by cursor: {paged} subjects in "
+                  f"{time.perf_counter() - start:.2f} s")
             _report("GET /subjects?limit=100 (no filter)", await _timed(
                 "list", args.requests, lambda i: api.get("/subjects", params={"limit": 100})))
             query = {"modalities": ["PT"], "questionnaires": [{"instrument": "baseline", "event_name": "baseline_arm_1"}],
                      "labs": [{"code": "50912", "min": 2.5}], "diagnoses": [{"code_prefix": "I1"}]}
             answer = (await api.post("/cohorts/query", json=query)).json()
-            _report("POST /cohorts/query (4 criteria)", await _timed(
+            queried = _report("POST /cohorts/query (4 criteria)", await _timed(
                 "cohort", args.query_requests, lambda i: api.post("/cohorts/query", json=query)),
                 f"-> {answer['count']} subjects, per criterion {answer['per_criterion']}")
+            start = time.perf_counter()
+            reference = await run_cohort_query_on_views(db, CohortQuery.model_validate(query))
+            former = time.perf_counter() - start
+            same = "same answer" if reference.subject_ids == answer["subject_ids"] and reference.per_criterion == answer["per_criterion"] else "DIFFERENT ANSWER"
+            print(f"  former path (per-criterion finds on the views, once): {former * 1000:.1f} ms, "
+                  f"{former / queried:.0f}x the new p50, {same} ({reference.count} subjects)")
+            if same != "same answer":
+                raise SystemExit("the read model's answer differs from the views'")
             start = time.perf_counter()
             _report("GET /statistics first", await _timed("statistics", 1, lambda i: api.get("/statistics")))
             deadline = start + 600
@@ -300,7 +372,8 @@ async def _run(args: argparse.Namespace) -> None:
                 lines = 0
                 async for chunk in response.aiter_bytes():
                     lines += chunk.count(b"\n")
-            print(f"POST /cohorts/export csv (PT): {lines - 1} rows in {time.perf_counter() - start:.2f} s")
+            took = time.perf_counter() - start
+            print(f"POST /cohorts/export csv (PT): {lines - 1} rows in {took:.2f} s ({(lines - 1) / took:.0f} rows/s)")
     finally:
         if not args.keep:
             await client.drop_database(database)
@@ -316,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-requests", type=int, default=10, help="requests per cohort query/filtered list")
     parser.add_argument("--chunk", type=int, default=1000, help="documents per insert_many command")
     parser.add_argument("--keep", action="store_true", help="keep the database")
+    parser.add_argument("--no-kafka", action="store_true", help="do not create topics (no Kafka needed)")
     args = parser.parse_args(argv)
     asyncio.run(_run(args))
     return 0

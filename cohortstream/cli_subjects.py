@@ -44,6 +44,7 @@ def _print(document: Any) -> None:
 
 def _cmd_link(settings: Settings, args: argparse.Namespace) -> int:
     from cohortstream.subjects import SubjectIdentifier
+    from consumers.subject_facets import refresh_subject_facets
     from consumers.subject_registry import SubjectRegistry
 
     first, second = SubjectIdentifier.parse(args.first), SubjectIdentifier.parse(args.second)
@@ -52,7 +53,11 @@ def _cmd_link(settings: Settings, args: argparse.Namespace) -> int:
         registry = SubjectRegistry(settings)
         await registry.setup()
         try:
-            return await registry.link(first, second, args.reason)
+            subject_id = await registry.link(first, second, args.reason)
+            # The merged subject's read model (list, filters, cohort sets) at once, not
+            # only when a sink next touches it.
+            await refresh_subject_facets(registry, [first.key, second.key], registry.take_merged_subjects())
+            return subject_id
         finally:
             await registry.close()
 
@@ -106,6 +111,22 @@ def _cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.subject_facets import rebuild_subject_facets
+    from consumers.subject_registry import SubjectRegistry
+
+    async def rebuild() -> int:
+        registry = SubjectRegistry(settings)  # any connected sink: the registry creates the indexes
+        await registry.setup()
+        try:
+            return await rebuild_subject_facets(registry)
+        finally:
+            await registry.close()
+
+    print(f"subject read model rebuilt for {asyncio.run(rebuild())} subjects")
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Attach ``subjects`` and ``cohort`` to the top-level subcommands."""
     p = commands.add_parser("subjects", help="the subject registry: link identifiers, show a subject, list conflicts")
@@ -123,6 +144,12 @@ def add_commands(commands: Any) -> None:
     s.set_defaults(func=_cmd_show)
     s = subjects.add_parser("conflicts", help="links that were refused because they clash")
     s.set_defaults(func=_cmd_conflicts)
+    s = subjects.add_parser(
+        "rebuild-sets",
+        help="rebuild the subject read model (subject_facets, subject_sets) from the views: once after upgrading "
+        "a database filled before it existed; the view sinks keep it current afterwards",
+    )
+    s.set_defaults(func=_cmd_rebuild)
 
     p = commands.add_parser("cohort", help="cross-modal cohort queries over the views")
     cohort = p.add_subparsers(dest="cohort_command", metavar="ACTION", required=True)

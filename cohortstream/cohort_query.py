@@ -1,26 +1,47 @@
 """Cross-modal cohort questions over the views: "which subjects have an MRI, a completed
 baseline questionnaire and a creatinine above 1.2?".
 
-Each criterion is answered by one indexed ``find`` with a projection on the view that
-holds that modality (``patients`` for imaging, ``questionnaires`` for REDCap,
-``ehr_subjects`` for labs and diagnoses); the source identifiers found are resolved to
-subjects through the subject registry, and the sets are intersected in Python. Only the
-MongoDB API subset of DESIGN.md is used: no ``$lookup``, no aggregation.
+:func:`run_cohort_query` answers from the subject sets the view sinks keep
+(:mod:`consumers.subject_facets`): every criterion names one set (a facet such as
+``modality:MR``, or a lab code's set with the latest values, filtered to the range),
+all of them are read with **one** indexed ``find`` as packed sorted arrays of subject
+ids, and intersected in memory, smallest first; a criterion's count is the size of its
+set. Nothing is scanned, no count runs over an index, and no subject id is resolved
+through the registry. (A diagnosis prefix longer than the prefix facets also reads the
+diagnosis codes of its candidates.)
+
+:func:`run_cohort_query_on_views` is the former way, kept as the reference the read
+model is tested and benchmarked against: one indexed ``find`` per criterion on the view
+that holds that modality, source identifiers resolved through the registry, sets
+intersected in Python. Only the MongoDB API subset of DESIGN.md is used: no
+``$lookup``, no aggregation.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cohortstream.events import RedcapCompletionStatus
 from cohortstream.mongo import safe_key
+from consumers.subject_facets import (
+    DIAGNOSIS_PREFIX_MAX,
+    FACETS,
+    decode_ids,
+    diagnosis_facet,
+    encode_id,
+    lab_set,
+    modality_facet,
+    questionnaire_facet,
+    read_sets,
+)
 
 __all__ = [
     "CohortQuery",
@@ -28,8 +49,12 @@ __all__ = [
     "DiagnosisCriterion",
     "LabCriterion",
     "QuestionnaireCriterion",
+    "condition_members",
+    "facet_conditions",
+    "intersect",
     "resolve_subjects",
     "run_cohort_query",
+    "run_cohort_query_on_views",
 ]
 
 _RESOLVE_CHUNK = 1000
@@ -154,8 +179,8 @@ async def _diagnosis(db: AsyncIOMotorDatabase, criterion: DiagnosisCriterion) ->
     return await _keys(db, "ehr_subjects", query, "_id")
 
 
-async def run_cohort_query(db: AsyncIOMotorDatabase, query: CohortQuery) -> CohortResult:
-    """Answer ``query`` from the views; subject ids sorted."""
+async def run_cohort_query_on_views(db: AsyncIOMotorDatabase, query: CohortQuery) -> CohortResult:
+    """Answer ``query`` from the per-source views (the former way); subject ids sorted."""
     per_criterion: dict[str, int] = {}
     selected: set[str] | None = None
     criteria: list[tuple[str, Callable[[], Awaitable[set[str]]]]] = [
@@ -171,3 +196,95 @@ async def run_cohort_query(db: AsyncIOMotorDatabase, query: CohortQuery) -> Coho
     if selected is None:
         selected = {str(s) for s in await db["subject_identifiers"].distinct("subject_id")}
     return CohortResult(sorted(selected), per_criterion)
+
+
+# --- the read model's way ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FacetCondition:
+    """One criterion as sets of the read model: the subjects of ``facet``'s set, or of
+    ``lab``'s set whose value lies in [``low``, ``high``]; ``dx_regex``: a diagnosis
+    prefix longer than the prefix facets, checked on the candidates' ``dx_codes``."""
+
+    label: str
+    facet: str | None = None
+    lab: str | None = None
+    low: float | None = None
+    high: float | None = None
+    dx_regex: str | None = None
+
+    @property
+    def set_name(self) -> str:
+        name = self.facet if self.facet is not None else self.lab
+        assert name is not None
+        return name
+
+
+def _diagnosis_condition(criterion: DiagnosisCriterion) -> FacetCondition:
+    prefix = criterion.code_prefix
+    facet = diagnosis_facet(prefix[:DIAGNOSIS_PREFIX_MAX], criterion.source)
+    if len(prefix) <= DIAGNOSIS_PREFIX_MAX:
+        return FacetCondition(criterion.label(), facet=facet)
+    source = "[^|]*" if criterion.source is None else re.escape(criterion.source)
+    return FacetCondition(criterion.label(), facet=facet, dx_regex=f"^{source}\\|{re.escape(prefix)}")
+
+
+def facet_conditions(query: CohortQuery) -> list[FacetCondition]:
+    """The query's criteria as conditions on the read model, in the query's order."""
+    conditions = [FacetCondition(f"modality {m}", facet=modality_facet(m)) for m in query.modalities]
+    conditions += [
+        FacetCondition(q.label(), facet=questionnaire_facet(q.instrument, q.status.value, q.event_name, q.project_id))
+        for q in query.questionnaires
+    ]
+    conditions += [
+        FacetCondition(c.label(), lab=lab_set(safe_key(c.code), c.source), low=c.min, high=c.max) for c in query.labs
+    ]
+    conditions += [_diagnosis_condition(c) for c in query.diagnoses]
+    return conditions
+
+
+async def _with_diagnosis(db: AsyncIOMotorDatabase, candidates: np.ndarray, pattern: str) -> np.ndarray:
+    """The candidates whose ``dx_codes`` match ``pattern`` (read by ``_id``)."""
+    regex = re.compile(pattern)
+    kept: list[str] = []
+    ids = decode_ids(candidates)
+    for start in range(0, len(ids), _RESOLVE_CHUNK):
+        docs = await db[FACETS].find({"_id": {"$in": ids[start : start + _RESOLVE_CHUNK]}}, {"dx_codes": 1}).to_list(None)
+        kept += [str(d["_id"]) for d in docs if any(regex.match(str(c)) for c in d.get("dx_codes") or [])]
+    return np.array(sorted(encode_id(k) for k in kept), dtype=np.uint64)
+
+
+async def condition_members(db: AsyncIOMotorDatabase, conditions: Sequence[FacetCondition]) -> list[np.ndarray]:
+    """Per condition, the sorted encoded ids of the subjects meeting it alone (the sets
+    read in one ``find``; a long diagnosis prefix checked on the candidates' codes)."""
+    sets = await read_sets(db, [c.set_name for c in conditions])
+    members = []
+    for condition in conditions:
+        found = sets[condition.set_name]
+        ids = found.within(condition.low, condition.high) if condition.lab is not None else found.subject_ids()
+        if condition.dx_regex is not None:
+            ids = await _with_diagnosis(db, ids, condition.dx_regex)
+        members.append(ids)
+    return members
+
+
+def intersect(members: Sequence[np.ndarray]) -> np.ndarray:
+    """The ids in every array (sorted, distinct), smallest arrays first."""
+    ordered = sorted(members, key=len)
+    result = ordered[0]
+    for other in ordered[1:]:
+        if not len(result):
+            break
+        result = np.intersect1d(result, other, assume_unique=True)
+    return result
+
+
+async def run_cohort_query(db: AsyncIOMotorDatabase, query: CohortQuery) -> CohortResult:
+    """Answer ``query`` from the read model's subject sets; subject ids sorted."""
+    conditions = facet_conditions(query)
+    if not conditions:  # every registered subject
+        return CohortResult(sorted(str(s) for s in await db["subject_identifiers"].distinct("subject_id")), {})
+    members = await condition_members(db, conditions)
+    per_criterion = {c.label: len(m) for c, m in zip(conditions, members, strict=True)}
+    return CohortResult(decode_ids(intersect(members)), per_criterion)

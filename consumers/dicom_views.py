@@ -27,6 +27,7 @@ from cohortstream.events import DicomInstanceReceived
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import age_years, counters_for_dicom, current_ages, normalise_sex, refresh_counters
+from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink
 
 __all__ = ["DicomViews", "instance_attributes", "view_updates"]
@@ -197,8 +198,9 @@ class DicomViews(SubjectAwareSink):
     """The MongoDB view builder for ``dicom.instance-received`` (and archive confirmations)."""
 
     INDEXES = {
-        name: [*_INDEXES.get(name, []), *_STATISTICS_INDEXES.get(name, [])]
-        for name in {**_INDEXES, **_STATISTICS_INDEXES}
+        **{name: [*_INDEXES.get(name, []), *_STATISTICS_INDEXES.get(name, [])]
+           for name in {**_INDEXES, **_STATISTICS_INDEXES}},
+        **FACET_INDEXES,
     }
 
     def viewer_url(self, ids: OrthancIds) -> str:
@@ -221,7 +223,11 @@ class DicomViews(SubjectAwareSink):
         )
         await refresh_counters(self, counters_for_dicom(events, previous_ages))
         # Every PatientID is a subject of its own until a link joins it to others.
-        await self.registry.register([SubjectIdentifier.dicom(pid) for pid in {e.patient_id for e in events}])
+        identifiers = [SubjectIdentifier.dicom(pid) for pid in sorted({e.patient_id for e in events})]
+        await self.registry.register(identifiers)
+        # Last: the subjects' read-model documents, from everything written above.
+        await refresh_subject_facets(self, [i.key for i in identifiers], set(self.registry.merged_subjects))
+        self.registry.take_merged_subjects()  # only once their documents are refreshed
 
     async def _count(self, collection: str, query: dict[str, Any]) -> int:
         return int(await self.retry(lambda: self.db[collection].count_documents(query), f"count {collection}"))

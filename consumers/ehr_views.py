@@ -25,6 +25,7 @@ from cohortstream.events import EhrRecord, EhrRecordType
 from cohortstream.mongo import safe_key
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import age_years, counters_for_ehr, current_ages, normalise_sex, refresh_counters
+from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["EhrViews", "latest_lab_updates", "subject_updates", "timeline_update"]
@@ -149,6 +150,7 @@ class EhrViews(SubjectAwareSink):
     INDEXES = {
         "ehr_timeline": [["subject_key", "effective_at"], ["record_type", "code"], "ingested_at"],
         "ehr_subjects": ["diagnosis_codes", "sex_normalised", "age_years"],
+        **FACET_INDEXES,
     }
 
     async def apply(self, records: Sequence[EhrRecord]) -> list[str]:
@@ -180,4 +182,7 @@ class EhrViews(SubjectAwareSink):
         timeline = {f"{r.source}|{r.source_row_id}": timeline_update(r) for r in records}
         await self.bulk_write("ehr_timeline", list(timeline.values()), "update EHR timeline")
         await refresh_counters(self, counters_for_ehr(records, previous_ages))
+        # Last: the subjects' read-model documents (the EHR subjects and what they were linked to).
+        await refresh_subject_facets(self, [s.key for s in subjects], set(self.registry.merged_subjects))
+        self.registry.take_merged_subjects()  # only once their documents are refreshed
         return refused

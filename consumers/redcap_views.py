@@ -21,6 +21,7 @@ from cohortstream.events import RedcapRecordChanged
 from cohortstream.settings import SubjectLinkRule
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import counters_for_redcap, refresh_counters
+from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["RedcapViews", "questionnaire_key", "questionnaire_update", "rule_links"]
@@ -101,6 +102,7 @@ class RedcapViews(SubjectAwareSink):
             # For the statistics counters (consumers/statistics.py).
             ["instrument", "event_name", "completion_status"], "pulled_at",
         ],
+        **FACET_INDEXES,
     }
 
     async def apply(self, events: Sequence[RedcapRecordChanged]) -> list[str]:
@@ -123,6 +125,11 @@ class RedcapViews(SubjectAwareSink):
         previous_days = await self._pull_days(list(latest))
         await self.bulk_write("questionnaires", list(latest.values()), "update questionnaires view")
         await refresh_counters(self, counters_for_redcap(events, previous_days))
+        # Last: the subjects' read-model documents (records and the identifiers linked to them).
+        keys = {redcap_identifier(e).key for e in events}
+        keys |= {i.key for e in events for link in rule_links(e, self._settings.subject_link_rules) for i in link[:2]}
+        await refresh_subject_facets(self, keys, set(self.registry.merged_subjects))
+        self.registry.take_merged_subjects()  # only once their documents are refreshed
         return refused
 
     async def _pull_days(self, keys: list[str]) -> set[date]:

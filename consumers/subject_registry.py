@@ -33,6 +33,7 @@ from cohortstream.errors import CohortStreamError
 from cohortstream.settings import Settings
 from cohortstream.subjects import SubjectIdentifier, subject_id_for
 from consumers.mongo_sink import MongoSink
+from consumers.subject_facets import FACET_INDEXES
 
 __all__ = ["SubjectAwareSink", "SubjectLinkConflict", "SubjectRegistry"]
 
@@ -55,9 +56,23 @@ def _document(identifier: SubjectIdentifier, subject_id: str) -> dict[str, Any]:
 
 
 class SubjectRegistry(MongoSink):
-    """Register identifiers, link them into subjects, resolve them."""
+    """Register identifiers, link them into subjects, resolve them.
 
-    INDEXES = {"subject_identifiers": ["subject_id"]}
+    Merges change subject ids: the ids a merge removed or created are collected in
+    :attr:`merged_subjects` until :meth:`take_merged_subjects`, so the sink that linked
+    can refresh what is keyed by subject id (``consumers/subject_facets.py``).
+    """
+
+    INDEXES = {"subject_identifiers": ["subject_id"], **FACET_INDEXES}
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.merged_subjects: set[str] = set()
+
+    def take_merged_subjects(self) -> set[str]:
+        """The subject ids merges removed or created since the last call."""
+        taken, self.merged_subjects = self.merged_subjects, set()
+        return taken
 
     async def register(self, identifiers: Sequence[SubjectIdentifier]) -> None:
         """Make sure each identifier belongs to some subject (a new one if unknown)."""
@@ -123,6 +138,7 @@ class SubjectRegistry(MongoSink):
             if clash:
                 raise await self._conflict(first, second, reason, clash)
             merged = subject_id_for(m.key for m in members_a + members_b)
+            self.merged_subjects.update({subject_a, subject_b, merged})
             for subject in (subject_a, subject_b):
                 if subject != merged:
                     await self.retry(
