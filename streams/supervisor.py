@@ -30,10 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from cohortstream.errors import ConfigurationError
 from cohortstream.settings import Settings, env_var_name, settings_environment
 from cohortstream.lanes import LANES
 
-__all__ = ["READY_LINE", "run_worker"]
+__all__ = ["READY_LINE", "check_metrics_ports", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -153,5 +154,18 @@ def run_worker(settings: Settings, lanes: Sequence[str] | None = None) -> int:
     chosen = list(LANES) if not lanes else list(lanes)
     unknown = [lane for lane in chosen if lane not in LANES]
     if unknown:
-        raise KeyError(f"unknown worker lane(s) {', '.join(unknown)} (known: {', '.join(LANES)})")
+        raise ConfigurationError(f"unknown worker lane(s) {', '.join(unknown)} (known: {', '.join(LANES)})")
+    check_metrics_ports(settings, len(chosen))
     return _Supervisor(settings, chosen).run()
+
+
+def check_metrics_ports(settings: Settings, lanes: int) -> None:
+    """Refuse a layout where a lane's metrics port is the annotator's (a lane would fail
+    to bind it and restart for ever): lanes take ``worker_metrics_port`` .. ``+ lanes - 1``."""
+    base = settings.worker_metrics_port
+    if base and settings.annotator_metrics_port and base <= settings.annotator_metrics_port < base + lanes:
+        raise ConfigurationError(
+            f"{env_var_name('worker_metrics_port')}={base}: the worker's {lanes} lanes serve metrics on ports "
+            f"{base}-{base + lanes - 1}, which includes {env_var_name('annotator_metrics_port')}="
+            f"{settings.annotator_metrics_port}; move one of them"
+        )

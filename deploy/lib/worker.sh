@@ -29,6 +29,6 @@ worker_health_once() {
     "$(svc_log worker)" 2>/dev/null
 }
 
-worker_port_desc() { printf 'metrics %s' "$WORKER_METRICS_PORT"; }
+worker_port_desc() { printf 'metrics %s+lane' "$WORKER_METRICS_PORT"; }
 worker_url() { printf 'faust app %s' "${COHORTSTREAM_APP_ID:-cohortstream}"; }
 worker_timeout() { printf '%s' "${COHORTSTREAM_STACK_WORKER_TIMEOUT:-90}"; }

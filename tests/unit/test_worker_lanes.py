@@ -29,3 +29,15 @@ def test_each_lane_has_its_own_consumer_group() -> None:
     assert groups[lane_app_id(settings, "ehr-views")] == ("ehr-views",)
     with pytest.raises(KeyError, match="unknown worker lane"):
         lane_app_id(settings, "nope")
+
+
+def test_lane_metrics_ports_must_not_take_the_annotators() -> None:
+    """Found by `make up`: lanes on 9464.. took the annotator's 9465, and one lane
+    restarted for ever on 'address already in use'."""
+    from cohortstream.errors import ConfigurationError
+    from streams.supervisor import check_metrics_ports
+
+    with pytest.raises(ConfigurationError, match="COHORTSTREAM_ANNOTATOR_METRICS_PORT=9465"):
+        check_metrics_ports(Settings(worker_metrics_port=9464, annotator_metrics_port=9465), len(LANES))
+    check_metrics_ports(Settings(worker_metrics_port=9470, annotator_metrics_port=9465), len(LANES))
+    check_metrics_ports(Settings(worker_metrics_port=0, annotator_metrics_port=9465), len(LANES))
