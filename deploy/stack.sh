@@ -99,6 +99,16 @@ write_env_file() {
   chmod 600 "$f"
 }
 
+# stop_started : stop what this run started, last started first, so the worker stops
+# while Kafka and the view store are still there to commit to (stopping Kafka first left
+# every lane waiting for it until the stop timeout).
+stop_started() {
+  local i
+  for ((i = ${#STARTED_SERVICES[@]} - 1; i >= 0; i--)); do
+    stop_service "${STARTED_SERVICES[i]}"
+  done
+}
+
 # fail_start SERVICE : report a failed start, undo this run's starts, exit 1.
 fail_start() {
   local svc="$1" logf s
@@ -108,18 +118,14 @@ fail_start() {
     tail -n 50 "$logf" 2>/dev/null || true
     printf -- '-----\n'
   } >&2
-  for s in "${STARTED_SERVICES[@]}"; do
-    stop_service "$s"
-  done
+  stop_started
   die "$svc failed to start (see $logf)"
 }
 
 on_interrupt() {
   local s
   log "interrupted; stopping services started by this run"
-  for s in "${STARTED_SERVICES[@]}"; do
-    stop_service "$s"
-  done
+  stop_started
   exit 130
 }
 
