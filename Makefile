@@ -9,7 +9,7 @@ PYTHON ?= python3.11
 VENV := .venv
 UV := $(CACHE_DIR)/tools/bin/uv
 
-.PHONY: help install up down status logs test test-unit test-integration settings-table clean
+.PHONY: help install tools up down status logs test test-unit test-integration settings-table lint clean
 
 help:
 	@echo "make up      install and start the local stack and the cohortstream worker, print where to look"
@@ -17,6 +17,8 @@ help:
 	@echo "make status  one line per service"
 	@echo "make test    install, start a separate test stack, run unit + integration tests, stop it"
 	@echo "make test-unit   unit tests only (no services)"
+	@echo "make lint    ruff check, ruff format --check, mypy (not part of 'make test' yet)"
+	@echo "make settings-table  regenerate docs/settings.md's table from the settings class"
 
 $(UV):
 	$(PYTHON) -m venv $(CACHE_DIR)/tools
@@ -30,7 +32,12 @@ $(VENV)/.installed: pyproject.toml | $(UV)
 
 install: $(VENV)/.installed
 
-up: install
+# The Debian tools the CLI calls (dcm2niix for `cohortstream export bids`), with apt when
+# missing; tests/run.sh runs the same script for the tools the tests drive.
+tools:
+	deploy/install_tools.sh cli
+
+up: install tools
 	deploy/stack.sh up
 
 down:
@@ -43,13 +50,22 @@ test: install
 	tests/run.sh
 
 test-unit: install
-	$(VENV)/bin/python -m pytest tests/unit
+	$(VENV)/bin/python -m pytest -rs tests/unit
 
-# Regenerate the README's settings table from the settings class.
+# Regenerate the settings reference table in docs/settings.md from the settings class
+# (tests/unit/test_settings.py fails when it is stale).
 settings-table: install
 	$(VENV)/bin/python -c "import re, pathlib; from cohortstream.settings import settings_markdown_table as t; \
-	p = pathlib.Path('README.md'); s = p.read_text(); \
+	p = pathlib.Path('docs/settings.md'); s = p.read_text(); \
 	p.write_text(re.sub(r'(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)', lambda m: m[1] + t() + m[2], s, flags=re.S))"
+
+# Lint and type-check (configuration in pyproject.toml). Not yet part of `make test`:
+# it will be once the code is clean.
+LINT_PACKAGES := cohortstream producers consumers streams api export
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(LINT_PACKAGES)
 
 clean: down
 	rm -rf .stack .stack-test $(VENV)

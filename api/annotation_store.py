@@ -2,8 +2,8 @@
 
 The API reads what the views agent wrote and never writes these collections itself: a
 review is an event, folded into the view by the agent (see :mod:`api.reviews`). Queries
-stay within the MongoDB API subset FerretDB v1 serves (find with sort/limit, count,
-distinct; no aggregation stages beyond that).
+stay within the MongoDB API that both the local server and MongoDB 7 serve (find with
+sort/limit, count, distinct; no aggregation stages beyond that).
 
 Useful indexes for the writer to create: ``(status, uncertainty, _id)`` for the queue,
 ``study_instance_uid``, ``series_instance_uid`` and ``model_name`` for the filters.
@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorDatabase
-
 from api.pagination import Cursor, SortOrder, after_filter, page, sort_spec
 from api.reviews import AnnotationStatus
+from cohortstream.mongo import AsyncDatabase
 
 __all__ = ["AnnotationFilters", "AnnotationPage", "AnnotationStore", "public_document"]
 
@@ -74,7 +73,7 @@ def _combine(*filters: Mapping[str, Any]) -> dict[str, Any]:
 class AnnotationStore:
     """Queries of one database's ``annotations``, ``series`` and ``instances`` views."""
 
-    def __init__(self, db: AsyncIOMotorDatabase) -> None:
+    def __init__(self, db: AsyncDatabase) -> None:
         self._db = db
         self._annotations = db["annotations"]
 

@@ -48,8 +48,8 @@ from api.reviews import AnnotationStatus, ReviewConflict, check_expected_status,
 from api.seg_upload import MAX_SEG_BYTES, SegUploadError, check_segmentation
 from api.services import ApiServices, get_services
 from cohortstream.events import AnnotationReviewed, ReviewDecision
+from cohortstream.orthanc import OrthancRejectedError, OrthancUnavailableError
 from cohortstream.publisher import PublishError
-from consumers.orthanc_archive import OrthancRejectedError, OrthancUnavailableError
 
 __all__ = ["AcceptBody", "RejectBody", "router"]
 

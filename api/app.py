@@ -2,7 +2,7 @@
 health, readiness and metrics, all behind API keys (:mod:`api.auth`) but ``/healthz``
 and ``/readyz``.
 
-``create_api(settings)`` builds the application; its lifespan opens MongoDB (motor), the
+``create_api(settings)`` builds the application; its lifespan opens MongoDB (PyMongo async), the
 ``acks=all`` Kafka publisher and the Orthanc archive and closes them again, so building
 an application does no I/O and tests can make one per test. ``serve_api`` runs it with
 uvicorn on ``api_host:api_port`` (``cohortstream api``).
@@ -15,17 +15,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-
 from prometheus_client import CollectorRegistry
 
-from api import annotations, cohorts, dashboard, exports, health, metrics, monailabel, statistics, subjects
+from api import annotations as annotation_routes
+from api import cohorts, dashboard, exports, health, metrics, monailabel, statistics, subjects
 from api.auth import Authenticator, install_auth_handlers, key_store_lookup
 from api.errors import install_error_handlers
 from api.services import ApiServices
 from cohortstream import __version__
+from cohortstream.orthanc import OrthancClient
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
-from consumers.orthanc_archive import OrthancArchive
 
 __all__ = ["create_api", "serve_api"]
 
@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 
 
 def create_api(
-    settings: Settings, *, publisher: EventPublisher | None = None, archive: OrthancArchive | None = None
+    settings: Settings, *, publisher: EventPublisher | None = None, archive: OrthancClient | None = None
 ) -> FastAPI:
     """The application. ``publisher``/``archive`` default to the real ones for ``settings``;
     the lifespan starts and closes them (do not start them yourself)."""
-    services = ApiServices(settings, publisher or EventPublisher(settings), archive or OrthancArchive(settings))
+    services = ApiServices(settings, publisher or EventPublisher(settings), archive or OrthancClient(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +61,7 @@ def create_api(
     app.include_router(subjects.router)
     app.include_router(cohorts.router)
     app.include_router(statistics.router)
-    app.include_router(annotations.router)
+    app.include_router(annotation_routes.router)
     app.include_router(monailabel.router)
     app.include_router(dashboard.router)
     app.include_router(exports.router)

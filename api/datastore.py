@@ -7,7 +7,7 @@ series (id = SeriesInstanceUID) from the ``series`` view, a suggestion is its
 whose modality is SEG are labels, not images, and are left out.
 
 Read-only, like the rest of the API; the answers are computed from ``find``/``distinct``
-projections in Python (the FerretDB-compatible subset: no aggregation).
+projections in Python (no aggregation needed).
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorDatabase
-
 from api.reviews import AnnotationStatus
+from cohortstream.mongo import AsyncDatabase
 
 __all__ = ["FINAL_TAG", "ORIGINAL_TAG", "SeriesDatastore"]
 
@@ -64,7 +63,7 @@ def _later(a: Mapping[str, Any] | None, b: Mapping[str, Any], key: str) -> bool:
 class SeriesDatastore:
     """Datastore status, listing and sampling over one database's views."""
 
-    def __init__(self, db: AsyncIOMotorDatabase) -> None:
+    def __init__(self, db: AsyncDatabase) -> None:
         self._series = db["series"]
         self._annotations = db["annotations"]
 

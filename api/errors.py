@@ -55,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = _field_of(first.get("loc", ()))
+        field = _field_of(tuple(first.get("loc", ())))
         message = str(first.get("msg", "invalid request"))
         return error_response(422, f"{field}: {message}" if field else message, field)
 

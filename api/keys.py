@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from motor.motor_asyncio import AsyncIOMotorDatabase
-
 from api.principals import Role
 from cohortstream.errors import CohortStreamError
+from cohortstream.mongo import AsyncDatabase
 
 __all__ = [
     "COLLECTION",
@@ -140,7 +139,7 @@ def _check_key_id(key_id: str) -> str:
 class KeyStore:
     """The ``api_keys`` collection: create, list, revoke, and verify presented keys."""
 
-    def __init__(self, db: AsyncIOMotorDatabase) -> None:
+    def __init__(self, db: AsyncDatabase) -> None:
         self._keys = db[COLLECTION]
 
     async def create(self, name: str, role: Role) -> IssuedKey:

@@ -67,13 +67,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from api.datastore import SeriesDatastore
 from api.auth import ADMIN, RESEARCHER
+from api.datastore import SeriesDatastore
 from api.errors import ApiError
 from api.services import ApiServices, get_services
 from cohortstream import __version__
+from cohortstream.orthanc import OrthancRejectedError, OrthancUnavailableError
 from cohortstream.publisher import PublishError
-from consumers.orthanc_archive import OrthancRejectedError, OrthancUnavailableError
 
 if TYPE_CHECKING:
     from consumers.annotation.models import ModelRegistry

@@ -18,16 +18,15 @@ from dataclasses import dataclass, field
 
 from aiokafka.structs import RecordMetadata
 from fastapi import Request
-from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 
 from api.annotation_store import AnnotationStore
 from api.consumer_stalls import StallTracker
 from api.kafka_offsets import agents_by_group
 from cohortstream.events import Event
-from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.mongo import AsyncClient, AsyncDatabase, mongo_client, mongo_database
+from cohortstream.orthanc import OrthancClient
 from cohortstream.publisher import EventPublisher, PublishError
 from cohortstream.settings import Settings
-from consumers.orthanc_archive import OrthancArchive
 
 __all__ = ["ApiServices", "get_services"]
 
@@ -40,9 +39,9 @@ class ApiServices:
 
     settings: Settings
     publisher: EventPublisher
-    archive: OrthancArchive
-    client: AsyncIOMotorClient | None = None
-    db: AsyncIOMotorDatabase | None = None
+    archive: OrthancClient
+    client: AsyncClient | None = None
+    db: AsyncDatabase | None = None
     _publisher_started: bool = False
     _publisher_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _pool: Executor | None = None
@@ -68,8 +67,8 @@ class ApiServices:
         self._publisher_started = False
         await self.archive.close()
         if self.client is not None:
-            self.client.close()
-            self.client = self.db = None
+            client, self.client, self.db = self.client, None, None
+            await client.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
@@ -85,7 +84,7 @@ class ApiServices:
         await self._ensure_publisher()
         return await self.publisher.publish(event, key=key)
 
-    def require_db(self) -> AsyncIOMotorDatabase:
+    def require_db(self) -> AsyncDatabase:
         """The views database (the lifespan opened it)."""
         if self.db is None:
             raise RuntimeError("ApiServices.open() was not awaited")

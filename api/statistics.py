@@ -34,8 +34,8 @@ a study, MIMIC's ``anchor_age`` the age in its anchor year, and they are not mer
 from __future__ import annotations
 
 import asyncio
-import time
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -124,7 +124,7 @@ def _db(services: ApiServices) -> Any:
 
 async def _counters(db: Any) -> dict[str, list[dict[str, Any]]]:
     by_dimension: dict[str, list[dict[str, Any]]] = {}
-    for doc in await db[STATISTICS].find({"dimension": {"$exists": True}}).to_list(None):
+    for doc in await db[STATISTICS].find({"dimension": {"$exists": True}}).to_list():
         by_dimension.setdefault(str(doc["dimension"]), []).append(doc)
     return by_dimension
 
@@ -164,9 +164,9 @@ def _bands(docs: list[dict[str, Any]]) -> dict[str, int]:
 
 
 async def _multimodal(db: Any) -> Multimodal:
-    # One pass over the registry and one over each view's keys: FerretDB v1 answers only
-    # ``_id`` equality from an index, so fewer, whole reads beat many ``$in`` lookups.
-    subject_of = {str(d["_id"]): str(d["subject_id"]) for d in await db["subject_identifiers"].find({}, {"subject_id": 1}).to_list(None)}
+    # One pass over the registry and one over each view's keys, in the background (at most
+    # every 300 s per API process): fewer, whole reads beat many ``$in`` lookups here.
+    subject_of = {str(d["_id"]): str(d["subject_id"]) for d in await db["subject_identifiers"].find({}, {"subject_id": 1}).to_list()}
 
     def subjects_of(keys: list[Any]) -> set[str]:
         return {subject_of[str(k)] for k in keys if str(k) in subject_of}

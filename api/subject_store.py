@@ -1,4 +1,6 @@
-"""Read-only queries behind ``/subjects`` and ``/cohorts``: filters, pages, summaries.
+"""Read-only queries behind the subject list (``GET /subjects``) and ``/cohorts``: filters,
+pages, summaries. One subject with every modality (``GET /subjects/{subject}``, also the
+CLI's ``subjects show``) is :mod:`cohortstream.subject_view`'s.
 
 The list and the export read the read model the view sinks keep
 (:mod:`consumers.subject_facets`). A page of the list reads the subject sets of its
@@ -16,38 +18,36 @@ kept as the reference the tests and the benchmark compare with.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from motor.motor_asyncio import AsyncIOMotorDatabase
-
-from cohortstream.cohort_query import resolve_subjects
 import numpy as np
 
-from cohortstream.cohort_query import intersect
-from consumers.subject_facets import (
+from cohortstream.cohort_query import intersect, resolve_subjects
+from cohortstream.mongo import AsyncDatabase
+from cohortstream.subject_sets import (
     ALL_SUBJECTS,
     FACETS,
     SUMMARY_FIELDS,
     decode_ids,
     encode_id,
     modality_facet,
-    read_sets,
     questionnaires_facet,
+    read_sets,
     sex_facet,
     source_facet,
 )
 
 __all__ = [
+    "Sex",
     "Source",
     "SubjectFilters",
     "filtered_subjects",
     "page_of_subjects",
     "page_of_summaries",
-    "subject_record",
     "subject_summaries",
+    "summaries_from_views",
 ]
 
 Source = Literal["dicom", "redcap", "ehr"]
@@ -92,7 +92,7 @@ def _summary(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 async def page_of_summaries(
-    db: AsyncIOMotorDatabase, filters: SubjectFilters, limit: int, after: str | None
+    db: AsyncDatabase, filters: SubjectFilters, limit: int, after: str | None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` subject summaries after ``after`` (id order), and the id to
     continue after when more follow (None: last page): the filters' sets read and
@@ -111,16 +111,16 @@ async def page_of_summaries(
     return rows, (page[limit - 1] if len(page) > limit else None)
 
 
-async def _field_values(db: AsyncIOMotorDatabase, collection: str, query: dict[str, Any], key: str = "_id") -> list[str]:
-    docs = await db[collection].find(query, {key: 1}).to_list(None)
+async def _field_values(db: AsyncDatabase, collection: str, query: dict[str, Any], key: str = "_id") -> list[str]:
+    docs = await db[collection].find(query, {key: 1}).to_list()
     return [str(d[key]) for d in docs if d.get(key) is not None]
 
 
-async def _all_subjects(db: AsyncIOMotorDatabase) -> set[str]:
+async def _all_subjects(db: AsyncDatabase) -> set[str]:
     return {str(s) for s in await db[_REGISTRY].distinct("subject_id")}
 
 
-async def filtered_subjects(db: AsyncIOMotorDatabase, filters: SubjectFilters) -> set[str]:
+async def filtered_subjects(db: AsyncDatabase, filters: SubjectFilters) -> set[str]:
     """The subject ids meeting every filter (call only when ``filters`` is not empty)."""
     selected: set[str] | None = None
 
@@ -145,7 +145,7 @@ async def filtered_subjects(db: AsyncIOMotorDatabase, filters: SubjectFilters) -
     return selected if selected is not None else await _all_subjects(db)
 
 
-async def _next_registry_subjects(db: AsyncIOMotorDatabase, after: str | None, want: int) -> list[str]:
+async def _next_registry_subjects(db: AsyncDatabase, after: str | None, want: int) -> list[str]:
     """The first ``want`` subject ids after ``after`` in id order, read off the
     ``subject_id`` index in batches. A subject has one document per identifier; only its
     id is collected, and the next batch starts after the last id, so a batch that ends in
@@ -155,7 +155,7 @@ async def _next_registry_subjects(db: AsyncIOMotorDatabase, after: str | None, w
     batch = max(want * 4, 64)  # subjects usually have up to three identifiers: one read per page
     while len(found) < want:
         query: dict[str, Any] = {} if last is None else {"subject_id": {"$gt": last}}
-        docs = await db[_REGISTRY].find(query, {"subject_id": 1, "_id": 0}).sort("subject_id", 1).limit(batch).to_list(None)
+        docs = await db[_REGISTRY].find(query, {"subject_id": 1, "_id": 0}).sort("subject_id", 1).limit(batch).to_list()
         for doc in docs:
             sid = str(doc["subject_id"])
             if not found or found[-1] != sid:
@@ -167,7 +167,7 @@ async def _next_registry_subjects(db: AsyncIOMotorDatabase, after: str | None, w
 
 
 async def page_of_subjects(
-    db: AsyncIOMotorDatabase, filters: SubjectFilters, limit: int, after: str | None
+    db: AsyncDatabase, filters: SubjectFilters, limit: int, after: str | None
 ) -> tuple[list[str], bool]:
     """Up to ``limit`` subject ids after ``after`` (id order) and whether more follow,
     from the views and the registry (the former way; the list uses
@@ -179,15 +179,15 @@ async def page_of_subjects(
     return ids[:limit], len(ids) > limit
 
 
-async def _find_in(db: AsyncIOMotorDatabase, collection: str, field: str, values: Sequence[str], projection: dict[str, int]) -> list[dict[str, Any]]:
+async def _find_in(db: AsyncDatabase, collection: str, field: str, values: Sequence[str], projection: dict[str, int]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for start in range(0, len(values), _IN_CHUNK):
         chunk = list(values[start : start + _IN_CHUNK])
-        docs += await db[collection].find({field: {"$in": chunk}}, projection).to_list(None)
+        docs += await db[collection].find({field: {"$in": chunk}}, projection).to_list()
     return docs
 
 
-async def subject_summaries(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
+async def subject_summaries(db: AsyncDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
     """One summary per subject id, in the given order (unknown ids are skipped): from
     the read model, or from the views for subjects it does not hold (yet)."""
     if not subject_ids:
@@ -200,7 +200,7 @@ async def subject_summaries(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]
     return [held[sid] for sid in subject_ids if sid in held]
 
 
-async def summaries_from_views(db: AsyncIOMotorDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
+async def summaries_from_views(db: AsyncDatabase, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
     """One summary per subject id computed from the views (the former way).
 
     Sex and age come from DICOM (PatientSex, PatientAge at the latest study) when the
@@ -246,45 +246,3 @@ async def summaries_from_views(db: AsyncIOMotorDatabase, subject_ids: Sequence[s
             "has_ehr": bool(ehr_of),
         })
     return out
-
-
-async def _by_ids(db: AsyncIOMotorDatabase, collection: str, ids: Sequence[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """Documents by ``_id``, one equality ``find_one`` each, concurrently, in ``_id`` order.
-
-    Why not one ``$in``: FerretDB v1 (the local stack) answers only ``_id`` *equality*
-    from an index and scans the whole collection for ``$in``; a subject has a handful of
-    studies and series, so a few equality reads are far cheaper there (and cheap on MongoDB).
-    """
-    docs = await asyncio.gather(*(db[collection].find_one({"_id": i}, projection) for i in sorted(set(ids))))
-    return [d for d in docs if d is not None]
-
-
-async def subject_record(db: AsyncIOMotorDatabase, subject_id: str) -> dict[str, Any] | None:
-    """What :func:`cohortstream.subject_view.subject_view` answers (same shape), read by
-    ``_id`` where the views allow it: patients → their ``studies`` → their ``series``,
-    EHR subjects by key. Questionnaires are found by ``subject_key`` (their ``_id`` holds
-    event and instrument names the registry does not know). None: no such subject."""
-    registry = await db[_REGISTRY].find({"subject_id": subject_id}).to_list(None)
-    if not registry:
-        return None
-    keys = sorted(str(d["_id"]) for d in registry)
-    dicom = [str(d["value"]) for d in registry if d["kind"] == "dicom"]
-    redcap = [str(d["_id"]) for d in registry if d["kind"] == "redcap"]
-    ehr = [str(d["_id"]) for d in registry if d["kind"] == "ehr"]
-    patients = await _by_ids(db, "patients", dicom)
-    studies = await _by_ids(db, "studies", [s for p in patients for s in p.get("studies", [])])
-    series = await _by_ids(db, "series", [s for st in studies for s in st.get("series", [])])
-    for study in studies:
-        study["series_detail"] = [s for s in series if s.get("study_instance_uid") == study["_id"]]
-    for patient in patients:
-        patient["study_detail"] = [st for st in studies if st.get("patient_id") == patient["_id"]]
-    questionnaires = (
-        await db["questionnaires"].find({"subject_key": {"$in": redcap}}).sort("_id").to_list(None) if redcap else []
-    )
-    return {
-        "subject_id": subject_id,
-        "identifiers": keys,
-        "imaging": patients,
-        "questionnaires": questionnaires,
-        "ehr": await _by_ids(db, "ehr_subjects", ehr),
-    }

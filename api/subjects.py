@@ -39,8 +39,8 @@ from api.errors import ApiError
 from api.pagination import MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.services import ApiServices, get_services
 from api.subject_models import SubjectDetail, SubjectPage, SubjectSummary, TimelinePage, subject_detail, timeline_entry
-from api.subject_store import Sex, Source, SubjectFilters, page_of_summaries, subject_record
-from cohortstream.subject_view import SubjectNotFoundError, ehr_timeline, resolve_subject_id
+from api.subject_store import Sex, Source, SubjectFilters, page_of_summaries
+from cohortstream.subject_view import SubjectNotFoundError, ehr_timeline, resolve_subject_id, subject_view
 from cohortstream.subjects import SubjectIdentifierError
 
 __all__ = ["router"]
@@ -125,18 +125,19 @@ async def timeline(
 async def get_subject(services: Services, subject: SubjectRef) -> SubjectDetail:
     """Imaging with Orthanc and viewer links and each series' AI suggestions, questionnaires
     and the EHR summary (demographics, diagnoses, latest lab per code)."""
-    # A subject id is checked by reading its identifiers (one read of the registry, not two).
-    subject_id = await resolve(services, subject) if ":" in subject else subject
     db = _db(services)
-    view = await subject_record(db, subject_id)
-    if view is None:  # unknown id, or merged away between the two reads
-        raise ApiError(404, "no such subject", "subject")
+    try:
+        view = await subject_view(db, subject)  # the same query as ``cohortstream subjects show``
+    except SubjectIdentifierError as exc:
+        raise ApiError(422, str(exc), "subject") from exc
+    except SubjectNotFoundError as exc:  # unknown, or merged away between the reads
+        raise ApiError(404, "no such subject", "subject") from exc
     series_uids = [s["_id"] for p in view["imaging"] for st in p["study_detail"] for s in st["series_detail"]]
     annotations: dict[str, list[dict[str, Any]]] = {}
     if series_uids:
         docs = await db["annotations"].find(
             {"series_instance_uid": {"$in": series_uids}}, {"history": 0}
-        ).sort("_id").to_list(None)
+        ).sort("_id").to_list()
         for doc in docs:
             annotations.setdefault(str(doc["series_instance_uid"]), []).append(doc)
     return subject_detail(view, services.settings.orthanc_url, annotations)

@@ -76,7 +76,8 @@ from consumers.ehr_views import EhrViews
 from consumers.redcap_views import RedcapViews
 from consumers.mongo_sink import MongoSink
 from consumers.statistics import STATISTICS, age_band, counters_for_annotations, counters_for_dicom, refresh_counters
-from consumers.subject_facets import FACETS, SETS, memberships, refresh_subject_facets, set_documents, subject_facet_doc
+from cohortstream.subject_sets import FACETS, SETS, memberships, set_documents, subject_facet_doc
+from consumers.subject_facets import refresh_subject_facets
 
 REDCAP_URL = "https://redcap.bench.example/"
 MODALITIES = ("MR", "CT", "PT")
@@ -377,7 +378,7 @@ async def _run(args: argparse.Namespace) -> None:
     finally:
         if not args.keep:
             await client.drop_database(database)
-        client.close()
+        await client.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """DICOM ingest: our C-STORE listener → Kafka → Orthanc + MongoDB views, against storescu
 straight into Orthanc, in one run. Prints figures; asserts nothing.
 
-Self-contained: starts its own stack (Kafka, FerretDB, Orthanc via ``deploy/stack.sh`` in
+Self-contained: starts its own stack (Kafka, the MongoDB-wire server, Orthanc via ``deploy/stack.sh`` in
 a temporary state dir, ports 45092/45093/45017/45042/45242), creates the topics with a
 prefix unique to the run, starts ``cohortstream worker`` and ``cohortstream dicom-scp``
 (port 45112) as subprocesses, waits until both are ready (listener: C-ECHO with dcmtk's
@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo.errors import PyMongoError
 
+from cohortstream.mongo import client_for_url
 from cohortstream.synthetic import mr_study, write_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ class Stack:
     def _environ(self) -> dict[str, str]:
         env = clean_environ()
         env["COHORTSTREAM_STACK_DIR"] = str(self.state_dir)
-        env["COHORTSTREAM_STACK_SERVICES"] = "kafka ferretdb orthanc"
+        env["COHORTSTREAM_STACK_SERVICES"] = "kafka mongo orthanc"
         env.update({k: str(v) for k, v in STACK_PORTS.items()})
         if "COHORTSTREAM_CACHE_DIR" in os.environ:
             env["COHORTSTREAM_CACHE_DIR"] = os.environ["COHORTSTREAM_CACHE_DIR"]
@@ -547,12 +547,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     )
     log(f"worker consumer group Stable after {group_s:.1f}s")
 
-    mongo = AsyncIOMotorClient(
-        stack.env["COHORTSTREAM_MONGO_URL"],
-        tz_aware=True,
-        serverSelectionTimeoutMS=10_000,
-        socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000),
-    )
+    mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"], socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000))
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]
     orthanc = Orthanc(stack.env)
     storescu_log = work / "storescu.log"
@@ -584,8 +579,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
                 + "".join(
                     f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
-                    for svc in ("ferretdb", "orthanc")
-                    if any(svc == "orthanc" and "Orthanc" in what or svc == "ferretdb" and "Mongo" in what
+                    for svc in ("mongo", "orthanc")
+                    if any(svc == "orthanc" and "Orthanc" in what or svc == "mongo" and "Mongo" in what
                            for what in pipe.problems)
                 )
             )
@@ -613,7 +608,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         pipeline_in_orthanc = len(found.json()) if found is not None and found.status_code == 200 else None
     finally:
         await orthanc.close()
-        mongo.close()
+        await mongo.close()
 
     # ----------------------------------------------------------------- print
     sizes = pipe_batch.file_sizes

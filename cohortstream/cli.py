@@ -87,7 +87,7 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_dicom_scp(settings: Settings, args: argparse.Namespace) -> int:
-    from producers.dicom_scp import serve
+    from producers.dicom import serve
 
     return serve(settings)
 
@@ -102,10 +102,19 @@ def _cmd_staging_sweep(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    """Progress bars go to stderr, and only to a terminal (never into a log file)."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
 def _cmd_redcap_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.logs import LogProgress
     from producers.redcap.sync import run_sync
 
-    report = asyncio.run(run_sync(settings, args.project, args.redcap_url, batch_size=args.batch_size))
+    # run_sync reports each batch as a log record with done/total: that moves the bar.
+    with LogProgress("producers.redcap.sync", desc=f"REDCap project {args.project}", unit=" records",
+                     enabled=_progress_wanted(args)):
+        report = asyncio.run(run_sync(settings, args.project, args.redcap_url, batch_size=args.batch_size))
     print(report.summary())
     return 0
 
@@ -152,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("COHORTSTREAM_ENV_FILE"),
         help="read settings from this env file too (default: $COHORTSTREAM_ENV_FILE); "
         "the environment wins over the file",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show the libraries' INFO logs (httpx, aiokafka, pynetdicom, faust, ...); services "
+        "(worker, dicom-scp, api, redcap webhook, annotate worker) always show them",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -200,6 +214,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--project", required=True, help="REDCap project id (pid) from COHORTSTREAM_REDCAP_PROJECTS")
     r.add_argument("--redcap-url", default=None, help="REDCap base URL, needed when two servers share the project id")
     r.add_argument("--batch-size", type=int, default=100, help="records pulled per API call (default 100)")
+    r.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is off anyway when stderr is not a TTY)")
     r.set_defaults(func=_cmd_redcap_sync)
     r = redcap.add_parser("webhook", help="serve POST /redcap/trigger on COHORTSTREAM_REDCAP_WEBHOOK_HOST/PORT")
     r.set_defaults(func=_cmd_redcap_webhook)
@@ -228,6 +244,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The long-running service commands, as (command, action) paths: their logging stays as
+#: the settings say, libraries' INFO included.
+SERVICE_COMMANDS = frozenset({("worker",), ("dicom-scp",), ("api",), ("redcap", "webhook"), ("annotate", "worker")})
+
+
+def _is_service(args: argparse.Namespace) -> bool:
+    path = (args.command,)
+    action = getattr(args, f"{args.command.replace('-', '_')}_command", None)
+    return path in SERVICE_COMMANDS or (*path, action) in SERVICE_COMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cohortstream`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -244,7 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from cohortstream.logs import configure_logging
 
-    configure_logging(settings)
+    # Services log as the settings say, libraries included (their logs are the service's
+    # record); one-shot commands keep the libraries' INFO chatter off unless -v.
+    configure_logging(settings, quiet_libraries=not (args.verbose or _is_service(args)))
     for name in unknown_env_vars():
         log.warning("ignoring unknown setting variable (typo?)", extra={"variable": name})
     try:

@@ -40,7 +40,7 @@ def _cmd_request(settings: Settings, args: argparse.Namespace) -> int:
         try:
             doc = await mongo_database(client, settings)["series"].find_one({"_id": args.series})
         finally:
-            client.close()
+            await client.close()
         if doc is None:
             raise SeriesNotInViewsError(f"series {args.series} is not in the views (received yet?)")
         event = AnnotationRequested(

@@ -32,7 +32,7 @@ def _with_store(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         try:
             return await work(KeyStore(mongo_database(client, settings)))
         finally:
-            client.close()
+            await client.close()
 
     return asyncio.run(run())
 

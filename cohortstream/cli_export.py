@@ -22,12 +22,33 @@ def _query(path: str | None) -> Any:
 def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:
     from export.bids import export_bids
 
+    # A tqdm bar over the subjects on a terminal (the exporter calls progress(stage, done,
+    # total) before each subject, then for "tables" and "done"); --progress prints plain
+    # lines instead, e.g. into a log file.
+    bar: Any = None
+    use_bar = not args.progress and not args.no_progress and sys.stderr.isatty()
+
     def progress(stage: str, done: int, total: int) -> None:
+        nonlocal bar
         if args.progress:
             print(f"{stage}: {done}/{total}", file=sys.stderr)
+        elif use_bar:
+            if bar is None:
+                from tqdm import tqdm
 
-    report = asyncio.run(export_bids(settings, args.outdir, query=_query(args.cohort), subjects=args.subjects or None,
-                                     progress=progress))
+                bar = tqdm(desc="BIDS export", unit=" subjects", total=total, file=sys.stderr, mininterval=0.5)
+            if stage != "done":  # "done" counts participants written, not subjects looked at
+                bar.total, bar.n = total, done
+            else:
+                bar.n = bar.total
+            bar.set_postfix_str(stage, refresh=True)
+
+    try:
+        report = asyncio.run(export_bids(settings, args.outdir, query=_query(args.cohort),
+                                         subjects=args.subjects or None, progress=progress))
+    finally:
+        if bar is not None:
+            bar.close()
     summary = report.to_dict()
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -43,5 +64,8 @@ def add_commands(commands: Any) -> None:
     who = b.add_mutually_exclusive_group()
     who.add_argument("--cohort", metavar="QUERY.json", help="only the subjects of this cohort query")
     who.add_argument("--subjects", nargs="+", metavar="ID", help="subject ids or identifiers (dicom:..., redcap:..., ehr:...)")
-    b.add_argument("--progress", action="store_true", help="print progress to stderr")
+    b.add_argument("--progress", action="store_true",
+                   help="print progress as plain lines to stderr (instead of the bar)")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is off anyway when stderr is not a TTY)")
     b.set_defaults(func=_cmd_bids)

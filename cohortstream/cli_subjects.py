@@ -26,14 +26,11 @@ class CohortQueryFileError(CohortStreamError, ValueError):
 
 
 def _with_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    from cohortstream.mongo import mongo_client, mongo_database
+    from cohortstream.mongo import open_database
 
     async def run() -> T:
-        client = mongo_client(settings)
-        try:
-            return await work(mongo_database(client, settings))
-        finally:
-            client.close()
+        async with open_database(settings) as db:
+            return await work(db)
 
     return asyncio.run(run())
 
@@ -66,13 +63,12 @@ def _cmd_link(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    from cohortstream.subject_view import ehr_timeline, resolve_subject_id, subject_view
+    from cohortstream.subject_view import ehr_timeline, subject_view
 
     async def show(db: Any) -> dict[str, Any]:
-        subject_id = await resolve_subject_id(db, args.subject)
-        view = await subject_view(db, subject_id)
+        view = await subject_view(db, args.subject)  # the same query as GET /subjects/{subject}
         if args.timeline:
-            view["ehr_timeline"] = await ehr_timeline(db, subject_id, limit=args.timeline)
+            view["ehr_timeline"] = await ehr_timeline(db, view["subject_id"], limit=args.timeline)
         return view
 
     _print(_with_database(settings, show))
@@ -81,7 +77,7 @@ def _cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cmd_conflicts(settings: Settings, args: argparse.Namespace) -> int:
     async def conflicts(db: Any) -> list[dict[str, Any]]:
-        return list(await db["subject_link_conflicts"].find().sort("_id").to_list(None))
+        return list(await db["subject_link_conflicts"].find().sort("_id").to_list())
 
     _print(_with_database(settings, conflicts))
     return 0

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from motor.motor_asyncio import AsyncIOMotorDatabase
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cohortstream.events import RedcapCompletionStatus
-from cohortstream.mongo import safe_key
-from consumers.subject_facets import (
+from cohortstream.mongo import AsyncDatabase, safe_key
+from cohortstream.subject_sets import (
     DIAGNOSIS_PREFIX_MAX,
     FACETS,
     decode_ids,
@@ -130,28 +129,28 @@ class CohortResult:
         return len(self.subject_ids)
 
 
-async def _keys(db: AsyncIOMotorDatabase, collection: str, query: dict[str, Any], key_field: str) -> set[str]:
-    docs = await db[collection].find(query, {key_field: 1}).to_list(None)
+async def _keys(db: AsyncDatabase, collection: str, query: dict[str, Any], key_field: str) -> set[str]:
+    docs = await db[collection].find(query, {key_field: 1}).to_list()
     return {str(d[key_field]) for d in docs if d.get(key_field) is not None}
 
 
-async def resolve_subjects(db: AsyncIOMotorDatabase, keys: Iterable[str]) -> set[str]:
+async def resolve_subjects(db: AsyncDatabase, keys: Iterable[str]) -> set[str]:
     """The subject ids of these identifier keys (unregistered keys are ignored)."""
     wanted = sorted(set(keys))
     subjects: set[str] = set()
     for start in range(0, len(wanted), _RESOLVE_CHUNK):
         chunk = wanted[start : start + _RESOLVE_CHUNK]
-        docs = await db["subject_identifiers"].find({"_id": {"$in": chunk}}, {"subject_id": 1}).to_list(None)
+        docs = await db["subject_identifiers"].find({"_id": {"$in": chunk}}, {"subject_id": 1}).to_list()
         subjects.update(str(d["subject_id"]) for d in docs)
     return subjects
 
 
-async def _modality(db: AsyncIOMotorDatabase, modality: str) -> set[str]:
+async def _modality(db: AsyncDatabase, modality: str) -> set[str]:
     patient_ids = await _keys(db, "patients", {"modalities": modality}, "_id")
     return {f"dicom:{pid}" for pid in patient_ids}
 
 
-async def _questionnaire(db: AsyncIOMotorDatabase, criterion: QuestionnaireCriterion) -> set[str]:
+async def _questionnaire(db: AsyncDatabase, criterion: QuestionnaireCriterion) -> set[str]:
     query: dict[str, Any] = {"instrument": criterion.instrument, "completion_status": criterion.status.value}
     if criterion.event_name is not None:
         query["event_name"] = criterion.event_name
@@ -160,7 +159,7 @@ async def _questionnaire(db: AsyncIOMotorDatabase, criterion: QuestionnaireCrite
     return await _keys(db, "questionnaires", query, "subject_key")
 
 
-async def _lab(db: AsyncIOMotorDatabase, criterion: LabCriterion) -> set[str]:
+async def _lab(db: AsyncDatabase, criterion: LabCriterion) -> set[str]:
     value_range: dict[str, float] = {}
     if criterion.min is not None:
         value_range["$gte"] = criterion.min
@@ -172,14 +171,14 @@ async def _lab(db: AsyncIOMotorDatabase, criterion: LabCriterion) -> set[str]:
     return await _keys(db, "ehr_subjects", query, "_id")
 
 
-async def _diagnosis(db: AsyncIOMotorDatabase, criterion: DiagnosisCriterion) -> set[str]:
+async def _diagnosis(db: AsyncDatabase, criterion: DiagnosisCriterion) -> set[str]:
     query: dict[str, Any] = {"diagnosis_codes": {"$regex": "^" + re.escape(criterion.code_prefix)}}
     if criterion.source is not None:
         query["source"] = criterion.source
     return await _keys(db, "ehr_subjects", query, "_id")
 
 
-async def run_cohort_query_on_views(db: AsyncIOMotorDatabase, query: CohortQuery) -> CohortResult:
+async def run_cohort_query_on_views(db: AsyncDatabase, query: CohortQuery) -> CohortResult:
     """Answer ``query`` from the per-source views (the former way); subject ids sorted."""
     per_criterion: dict[str, int] = {}
     selected: set[str] | None = None
@@ -244,18 +243,18 @@ def facet_conditions(query: CohortQuery) -> list[FacetCondition]:
     return conditions
 
 
-async def _with_diagnosis(db: AsyncIOMotorDatabase, candidates: np.ndarray, pattern: str) -> np.ndarray:
+async def _with_diagnosis(db: AsyncDatabase, candidates: np.ndarray, pattern: str) -> np.ndarray:
     """The candidates whose ``dx_codes`` match ``pattern`` (read by ``_id``)."""
     regex = re.compile(pattern)
     kept: list[str] = []
     ids = decode_ids(candidates)
     for start in range(0, len(ids), _RESOLVE_CHUNK):
-        docs = await db[FACETS].find({"_id": {"$in": ids[start : start + _RESOLVE_CHUNK]}}, {"dx_codes": 1}).to_list(None)
+        docs = await db[FACETS].find({"_id": {"$in": ids[start : start + _RESOLVE_CHUNK]}}, {"dx_codes": 1}).to_list()
         kept += [str(d["_id"]) for d in docs if any(regex.match(str(c)) for c in d.get("dx_codes") or [])]
     return np.array(sorted(encode_id(k) for k in kept), dtype=np.uint64)
 
 
-async def condition_members(db: AsyncIOMotorDatabase, conditions: Sequence[FacetCondition]) -> list[np.ndarray]:
+async def condition_members(db: AsyncDatabase, conditions: Sequence[FacetCondition]) -> list[np.ndarray]:
     """Per condition, the sorted encoded ids of the subjects meeting it alone (the sets
     read in one ``find``; a long diagnosis prefix checked on the candidates' codes)."""
     sets = await read_sets(db, [c.set_name for c in conditions])
@@ -280,7 +279,7 @@ def intersect(members: Sequence[np.ndarray]) -> np.ndarray:
     return result
 
 
-async def run_cohort_query(db: AsyncIOMotorDatabase, query: CohortQuery) -> CohortResult:
+async def run_cohort_query(db: AsyncDatabase, query: CohortQuery) -> CohortResult:
     """Answer ``query`` from the read model's subject sets; subject ids sorted."""
     conditions = facet_conditions(query)
     if not conditions:  # every registered subject

@@ -1,31 +1,98 @@
-"""Connecting to the MongoDB API (FerretDB locally, MongoDB in deployment) through motor.
+"""Connecting to the MongoDB API (the local view store in development, MongoDB in
+deployment) through PyMongo's async API: the one module that imports the driver's client,
+database and collection types. Sinks, the API, the CLI, tests and benchmarks take the
+aliases below from here.
 
-Only the subset both servers implement is used (see DESIGN.md): no transactions, no
+We moved from motor to ``pymongo.AsyncMongoClient`` because motor is deprecated (critical
+fixes only until 2027-05-14) and its maintainers name PyMongo's async API as its successor.
+
+What differs from the former driver, for whoever writes a caller:
+
+- ``await client.close()``: closing is a coroutine (use :func:`open_database` where a
+  client lives for one piece of work);
+- a client belongs to the first event loop that uses it (``RuntimeError`` in another
+  loop) and is not thread-safe: make one per loop, never share one across threads;
+- ``aggregate()``, ``list_indexes()``, ``list_collections()`` and ``watch()`` are
+  coroutines that return the cursor: ``await (await coll.aggregate(p)).to_list()``;
+- ``cursor.to_list()`` reads everything; ``to_list(0)`` is refused.
+
+Only the subset both servers implement is used (docs/view-store.md): no transactions, no
 change streams, no ``$lookup``/``$facet``; ``$group`` with ``$sum``/``$count`` only.
 """
 
 from __future__ import annotations
 
-from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection as _AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase as _AsyncDatabase
 
 from cohortstream.settings import Settings
 
-__all__ = ["mongo_client", "mongo_database", "safe_key"]
+__all__ = [
+    "AsyncClient",
+    "AsyncCollection",
+    "AsyncDatabase",
+    "Document",
+    "client_for_url",
+    "mongo_client",
+    "mongo_database",
+    "open_database",
+    "safe_key",
+]
+
+Document: TypeAlias = dict[str, Any]
+"""A document as the views hold it (the clients decode to plain dicts)."""
+
+AsyncClient: TypeAlias = AsyncMongoClient[Document]
+"""The async client (``pymongo.AsyncMongoClient``)."""
+
+AsyncDatabase: TypeAlias = _AsyncDatabase[Document]
+"""A database of that client; ``db[name]`` is an :data:`AsyncCollection`."""
+
+AsyncCollection: TypeAlias = _AsyncCollection[Document]
 
 
-def mongo_client(settings: Settings) -> AsyncIOMotorClient:
-    """A motor client for the configured server; connects lazily on first use."""
-    return AsyncIOMotorClient(
-        settings.mongo_url.get_secret_value(),
-        appname=settings.kafka_client_id,
-        serverSelectionTimeoutMS=10_000,
-        tz_aware=True,
-    )
+def client_for_url(url: str, **options: Any) -> AsyncClient:
+    """A client for ``url`` with the project's defaults (timezone-aware datetimes, 10 s to
+    find a server); ``options`` (PyMongo's client options) override or add to them.
+
+    It connects lazily, in the event loop that first uses it (it may be created outside a
+    loop). Close it with ``await client.close()``.
+    """
+    defaults: dict[str, Any] = {"serverSelectionTimeoutMS": 10_000, "tz_aware": True}
+    return AsyncMongoClient(url, **{**defaults, **options})
 
 
-def mongo_database(client: AsyncIOMotorClient, settings: Settings) -> AsyncIOMotorDatabase:
+def mongo_client(settings: Settings) -> AsyncClient:
+    """A client for the configured server (see :func:`client_for_url`)."""
+    return client_for_url(settings.mongo_url.get_secret_value(), appname=settings.kafka_client_id)
+
+
+def mongo_database(client: AsyncClient, settings: Settings) -> AsyncDatabase:
     """The database that holds the cohortstream views."""
     return client[settings.mongo_database]
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[AsyncDatabase]:
+    """The views database of a client that lives for the ``async with`` block, closed after."""
+    client = mongo_client(settings)
+    try:
+        yield mongo_database(client, settings)
+    finally:
+        await client.close()
+
+
+async def find_all(
+    collection: AsyncCollection, query: Mapping[str, Any], projection: Mapping[str, Any] | None = None
+) -> list[Document]:
+    """Every document ``query`` matches, as a list (``find(...).to_list()``, awaitable as one
+    call so a sink can hand it to its retry loop with :func:`functools.partial`)."""
+    return await collection.find(query, projection).to_list()
 
 
 def safe_key(text: str) -> str:

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         description="Faust table store URL; tables are rebuilt from their changelog topics on start.",
     )
 
-    # --- MongoDB API (FerretDB locally, MongoDB in deployment) -------------------------
+    # --- MongoDB API (secantusd-rs locally, MongoDB in deployment) -------------------------
     mongo_url: SecretStr = Field(
         SecretStr("mongodb://127.0.0.1:27017/"),
         description="MongoDB connection string (may hold credentials, so it is kept secret).",
@@ -393,7 +393,7 @@ class Settings(BaseSettings):
         """
         if env_file is not None and not Path(env_file).is_file():
             raise ConfigurationError(f"env file {env_file} does not exist")
-        return cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return cls(_env_file=env_file, **overrides)
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -432,12 +432,18 @@ def env_var_name(field_name: str) -> str:
     return f"{ENV_PREFIX}{field_name.upper()}"
 
 
-#: Variables with our prefix that configure tools around the settings, not the settings.
-_NON_SETTINGS_VARS = frozenset({"COHORTSTREAM_ENV_FILE"})
+#: Variables with our prefix that the project itself reads outside the settings class:
+#: the CLI's settings file, the Makefile's install cache.
+_NON_SETTINGS_VARS = frozenset({"COHORTSTREAM_ENV_FILE", "COHORTSTREAM_CACHE_DIR"})
+#: Prefixes of such variables: the local stack's scripts (``deploy/stack.sh``,
+#: ``deploy/lib/``) and the test runner and tests (``tests/run.sh``, ``tests/``).
+_NON_SETTINGS_PREFIXES = (f"{ENV_PREFIX}STACK_", f"{ENV_PREFIX}TEST_")
 
 
 def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Variables that carry our prefix but match no setting: almost always a typo."""
+    """Variables that carry our prefix but match no setting and are not one of the
+    project's own tool variables (:data:`_NON_SETTINGS_VARS`, :data:`_NON_SETTINGS_PREFIXES`):
+    almost always a typo."""
     environ = os.environ if environ is None else environ
     known = {env_var_name(name) for name in Settings.model_fields}
     return sorted(
@@ -446,7 +452,7 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
         if key.startswith(ENV_PREFIX)
         and key not in known
         and key not in _NON_SETTINGS_VARS
-        and not key.startswith(f"{ENV_PREFIX}STACK_")  # read by deploy/stack.sh only
+        and not key.startswith(_NON_SETTINGS_PREFIXES)
     )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
 )
@@ -43,7 +44,8 @@ def slice_normal(image_orientation: Sequence[float]) -> np.ndarray:
     row = np.asarray(image_orientation[:3], dtype=float)
     col = np.asarray(image_orientation[3:6], dtype=float)
     normal = np.cross(row, col)
-    return normal / np.linalg.norm(normal)
+    unit: np.ndarray = normal / np.linalg.norm(normal)
+    return unit
 
 
 def _uid(*parts: object) -> str:
@@ -61,7 +63,8 @@ def _phantom(rows: int, cols: int, slices: int, index: int, contrast: float, rng
     inner = (x / 0.35) ** 2 + (y / 0.45) ** 2 + (z / 0.4) ** 2
     image = np.where(outer <= 1.0, 400.0, 0.0) + np.where(inner <= 1.0, 400.0 * contrast, 0.0)
     image += rng.normal(0.0, 10.0, size=(rows, cols))
-    return np.clip(image, 0, 32767).astype(np.int16)
+    pixels: np.ndarray = np.clip(image, 0, 32767).astype(np.int16)
+    return pixels
 
 
 def mr_study(
@@ -116,7 +119,7 @@ def mr_study(
 
             meta = FileMetaDataset()
             meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
             meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
             meta.ImplementationVersionName = _IMPLEMENTATION_VERSION

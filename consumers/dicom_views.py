@@ -25,9 +25,10 @@ from pymongo import UpdateOne
 
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
+from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import age_years, counters_for_dicom, current_ages, normalise_sex, refresh_counters
-from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
+from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink
 
 __all__ = ["DicomViews", "instance_attributes", "view_updates"]

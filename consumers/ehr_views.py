@@ -23,9 +23,10 @@ from pymongo import UpdateOne
 
 from cohortstream.events import EhrRecord, EhrRecordType
 from cohortstream.mongo import safe_key
+from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import age_years, counters_for_ehr, current_ages, normalise_sex, refresh_counters
-from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
+from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["EhrViews", "latest_lab_updates", "subject_updates", "timeline_update"]

@@ -9,15 +9,15 @@ used (docs/view-store.md lists it).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import TypeVar
 
-from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure
 
-from cohortstream.mongo import mongo_client, mongo_database, safe_key
+from cohortstream.backoff import retry_transient
+from cohortstream.mongo import AsyncClient, AsyncDatabase, mongo_client, mongo_database, safe_key
 from cohortstream.settings import Settings
-from consumers.backoff import retry_transient
 
 __all__ = ["TRANSIENT_MONGO_ERRORS", "WRITE_CHUNK", "MongoSink", "chunks", "safe_key"]
 
@@ -33,7 +33,7 @@ TRANSIENT_MONGO_ERRORS: tuple[type[BaseException], ...] = (ConnectionFailure,)
 """Lost connectivity (``AutoReconnect``, ``NetworkTimeout``, ``ServerSelectionTimeoutError``
 all derive from it): the only MongoDB failure that is backpressure. A duplicate key, a
 refused command or a reply pymongo cannot read is tried ``sink_error_attempts`` times,
-then its events are dead-lettered (consumers/backoff.py)."""
+then its events are dead-lettered (cohortstream/backoff.py)."""
 
 
 def chunks(items: Sequence[T], size: int = WRITE_CHUNK) -> list[list[T]]:
@@ -42,7 +42,7 @@ def chunks(items: Sequence[T], size: int = WRITE_CHUNK) -> list[list[T]]:
 
 
 class MongoSink:
-    """Base of the view builders: a motor connection made in :meth:`setup` and retries.
+    """Base of the view builders: a MongoDB connection made in :meth:`setup` and retries.
 
     Subclasses list the indexes their queries need in ``INDEXES`` (collection → fields;
     a field may be a list of names for a compound index).
@@ -52,8 +52,8 @@ class MongoSink:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._client: AsyncIOMotorClient | None = None
-        self._db: AsyncIOMotorDatabase | None = None
+        self._client: AsyncClient | None = None
+        self._db: AsyncDatabase | None = None
 
     async def setup(self) -> None:
         """Connect and create the indexes the queries use (idempotent)."""
@@ -63,19 +63,16 @@ class MongoSink:
         for collection, fields in self.INDEXES.items():
             for field in fields:
                 keys = field if isinstance(field, str) else [(name, 1) for name in field]
-                await self.retry(
-                    lambda c=collection, k=keys: self.db[c].create_index(k), f"index {collection}.{field}"
-                )
+                await self.retry(partial(self.db[collection].create_index, keys), f"index {collection}.{field}")
 
     async def close(self) -> None:
         """Disconnect (safe to call twice)."""
         if self._client is not None:
-            self._client.close()
-            self._client = None
-            self._db = None
+            client, self._client, self._db = self._client, None, None
+            await client.close()
 
     @property
-    def db(self) -> AsyncIOMotorDatabase:
+    def db(self) -> AsyncDatabase:
         if self._db is None:
             raise RuntimeError(f"{type(self).__name__}.setup() was not awaited")
         return self._db
@@ -100,4 +97,4 @@ class MongoSink:
     async def bulk_write(self, collection: str, operations: Sequence[UpdateOne], what: str) -> None:
         """Send ``operations`` in order, at most :data:`WRITE_CHUNK` per command."""
         for chunk in chunks(operations):
-            await self.retry(lambda ops=chunk: self.db[collection].bulk_write(ops, ordered=True), what)
+            await self.retry(partial(self.db[collection].bulk_write, chunk, ordered=True), what)

@@ -13,15 +13,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any
 
 from pymongo import UpdateOne
 
 from cohortstream.events import RedcapRecordChanged
+from cohortstream.mongo import find_all
 from cohortstream.settings import SubjectLinkRule
+from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
 from consumers.statistics import counters_for_redcap, refresh_counters
-from consumers.subject_facets import FACET_INDEXES, refresh_subject_facets
+from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
 
 __all__ = ["RedcapViews", "questionnaire_key", "questionnaire_update", "rule_links"]
@@ -139,7 +142,7 @@ class RedcapViews(SubjectAwareSink):
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
             docs = await self.retry(
-                lambda c=chunk: self.db["questionnaires"].find({"_id": {"$in": c}}, {"pulled_at": 1}).to_list(None),
+                partial(find_all, self.db["questionnaires"], {"_id": {"$in": chunk}}, {"pulled_at": 1}),
                 "read questionnaire pull times",
             )
             days.update(d["pulled_at"].astimezone(UTC).date() for d in docs if isinstance(d.get("pulled_at"), datetime))

@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cohortstream.dicom_attributes import UnreadableInstanceError, instance_event, read_instance_attributes
+from cohortstream.orthanc import OrthancClient
 from cohortstream.orthanc_ids import orthanc_ids
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
-from consumers.orthanc_archive import OrthancArchive
-from producers.dicom_scp import UnreadableInstanceError, instance_event, read_instance_attributes
 
 __all__ = ["SweepReport", "sweep_staging"]
 
@@ -51,7 +51,7 @@ async def sweep_staging(settings: Settings, *, min_age_s: float, dry_run: bool =
     """Sweep ``settings.staging_dir`` once; see the module docstring."""
     report = SweepReport()
     store = StagingStore(settings.staging_dir)
-    archive = OrthancArchive(settings)
+    archive = OrthancClient(settings)
     await archive.setup()
     publisher = None if dry_run else EventPublisher(settings)
     if publisher is not None:
@@ -70,22 +70,26 @@ async def sweep_staging(settings: Settings, *, min_age_s: float, dry_run: bool =
                 log.error("unreadable staged file kept", extra={"sha256": staged.sha256, "reason": str(exc)})
                 report.unreadable.append(staged.sha256)
                 continue
-            ids = orthanc_ids(attrs.patient_id, attrs.study_instance_uid, attrs.series_instance_uid, attrs.sop_instance_uid)
+            sop_instance_uid = attrs["sop_instance_uid"]
+            ids = orthanc_ids(
+                attrs["patient_id"], attrs["study_instance_uid"], attrs["series_instance_uid"], sop_instance_uid
+            )
             if await archive.has_instance(ids.instance):
-                report.removed_already_archived.append(attrs.sop_instance_uid)
+                report.removed_already_archived.append(sop_instance_uid)
                 if not dry_run:
                     store.remove(staged.sha256)
                 continue
-            report.republished.append(attrs.sop_instance_uid)
-            log.warning("orphan staged instance", extra={"sop_instance_uid": attrs.sop_instance_uid, "dry_run": dry_run})
+            report.republished.append(sop_instance_uid)
+            log.warning("orphan staged instance", extra={"sop_instance_uid": sop_instance_uid, "dry_run": dry_run})
             if publisher is not None:
                 event = instance_event(
                     attrs,
                     staged,
+                    producer=PRODUCER,
                     calling_aet=PRODUCER,
                     called_aet=settings.dicom_scp_aet,
                     received_at=datetime.fromtimestamp(mtime, UTC),
-                ).model_copy(update={"producer": PRODUCER})
+                )
                 await publisher.publish(event, key=event.series_instance_uid)
     finally:
         await archive.close()

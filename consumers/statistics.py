@@ -1,8 +1,8 @@
 """Precomputed counters of the ``statistics`` collection, kept by the view sinks.
 
 Why counters: ``GET /statistics`` must not scan every view document per request, and
-grouping (per modality, per day, per instrument/event) is what FerretDB v1 answers
-worst. Each counter is one document ``{_id: "<dimension>|<key>", dimension, key,
+grouping (per modality, per day, per instrument/event) would scan the views on every
+request. Each counter is one document ``{_id: "<dimension>|<key>", dimension, key,
 count}``; after a batch the sink that changed a view *recomputes* the counters whose key
 the batch touched with one ``count_documents`` on an indexed field and ``$set`` s the
 result. Never a blind ``$inc``: re-applying a batch after a crash (or replaying a topic
@@ -18,11 +18,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from pymongo import UpdateOne
 
 from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType, RedcapRecordChanged
+from cohortstream.mongo import find_all
 from consumers.mongo_sink import MongoSink
 
 __all__ = [
@@ -197,7 +199,7 @@ async def current_ages(sink: MongoSink, collection: str, keys: Iterable[str]) ->
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         docs = await sink.retry(
-            lambda c=chunk: sink.db[collection].find({"_id": {"$in": c}, "age_years": {"$ne": None}}, {"age_years": 1}).to_list(None),
+            partial(find_all, sink.db[collection], {"_id": {"$in": chunk}, "age_years": {"$ne": None}}, {"age_years": 1}),
             f"read {collection} ages",
         )
         ages += [d.get("age_years") for d in docs]
@@ -210,7 +212,7 @@ async def refresh_counters(sink: MongoSink, counters: Iterable[Counter]) -> None
     operations = []
     for doc_id, counter in sorted(unique.items()):
         count = await sink.retry(
-            lambda c=counter: sink.db[c.collection].count_documents(c.query), f"count {counter.dimension}"
+            partial(sink.db[counter.collection].count_documents, counter.query), f"count {counter.dimension}"
         )
         operations.append(UpdateOne(
             {"_id": doc_id},

@@ -15,7 +15,8 @@ Rules:
   :class:`SubjectLinkConflict` (and recorded in ``subject_link_conflicts``), never merged.
 - The subject id is a function of the set of identifiers (a hash of the smallest key), so
   replaying the same links in any order gives the same ids, and it reveals no identifier.
-- No transactions (FerretDB has none): a merge rewrites the members one by one and then
+- No transactions (none are needed, so the deployment's MongoDB runs as a plain single
+  node): a merge rewrites the members one by one and then
   checks; concurrent merges that interleave are repaired by re-running the link until
   both identifiers resolve to the same subject.
 """
@@ -25,15 +26,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from pymongo import UpdateOne
 
 from cohortstream.errors import CohortStreamError
+from cohortstream.mongo import find_all
 from cohortstream.settings import Settings
+from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier, subject_id_for
 from consumers.mongo_sink import MongoSink
-from consumers.subject_facets import FACET_INDEXES
 
 __all__ = ["SubjectAwareSink", "SubjectLinkConflict", "SubjectRegistry"]
 
@@ -102,7 +105,7 @@ class SubjectRegistry(MongoSink):
         for chunk_start in range(0, len(wanted), 1000):
             chunk = wanted[chunk_start : chunk_start + 1000]
             docs = await self.retry(
-                lambda c=chunk: self.db["subject_identifiers"].find({"_id": {"$in": c}}, {"subject_id": 1}).to_list(None),
+                partial(find_all, self.db["subject_identifiers"], {"_id": {"$in": chunk}}, {"subject_id": 1}),
                 "resolve subject identifiers",
             )
             found.update({str(d["_id"]): str(d["subject_id"]) for d in docs})
@@ -142,9 +145,7 @@ class SubjectRegistry(MongoSink):
             for subject in (subject_a, subject_b):
                 if subject != merged:
                     await self.retry(
-                        lambda s=subject, m=merged: self.db["subject_identifiers"].update_many(
-                            {"subject_id": s}, {"$set": {"subject_id": m}}
-                        ),
+                        partial(self.db["subject_identifiers"].update_many, {"subject_id": subject}, {"$set": {"subject_id": merged}}),
                         "merge subjects",
                     )
             log.info("subjects merged", extra={"subject_id": merged, "reason": reason})

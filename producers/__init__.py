@@ -1,1 +1,1 @@
-"""Edges that turn the outside world into events: the DICOM C-STORE listener (``dicom_scp``)."""
+"""Edges that turn the outside world into events: the DICOM C-STORE listener (``producers.dicom``)."""

@@ -9,10 +9,10 @@ from typing import Any
 import faust
 from faust.types import ConsumerT
 
+from cohortstream.backoff import sinks_paused
 from cohortstream.logs import logging_dict_config
 from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
-from consumers.backoff import sinks_paused
 from streams.codec import register_codec
 
 __all__ = ["CohortStreamApp", "create_app", "run_app"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import faust
 from faust.types import Message
@@ -64,7 +64,8 @@ async def run_batched_views(
 ) -> None:
     """The body of a batched view agent (see the module docstring)."""
     codec = EventCodec()
-    async for items in stream.take_events(size, within=within_s):
+    # faust's StreamT protocol leaves out take_events, which every faust Stream has.
+    async for items in cast(faust.Stream[Any], stream).take_events(size, within=within_s):
         batch: list[tuple[E, Message]] = []
         for item in items:
             event = await decode_or_dead_letter(item, codec, expected, dead_letters)

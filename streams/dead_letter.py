@@ -57,7 +57,7 @@ class DeadLetterSender:
 
 
 async def decode_or_dead_letter(
-    item: EventT, codec: EventCodec, expected: type[E], dead_letters: DeadLetterSender
+    item: EventT[Any], codec: EventCodec, expected: type[E], dead_letters: DeadLetterSender
 ) -> E | None:
     """The typed event of a raw faust event, or None after dead-lettering it.
 

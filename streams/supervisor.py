@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from cohortstream.errors import ConfigurationError
-from cohortstream.settings import Settings, env_var_name, settings_environment
 from cohortstream.lanes import LANES
+from cohortstream.settings import Settings, env_var_name, settings_environment
 
 __all__ = ["READY_LINE", "check_metrics_ports", "run_worker"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import faust
 
+from cohortstream.lanes import LANES, lane_app_id
 from cohortstream.settings import Settings
 from streams.agents import register_all
 from streams.app import create_app, run_app
-from cohortstream.lanes import LANES, lane_app_id
 
 __all__ = ["build_lane_app", "build_worker_app", "run_lane"]
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make test`: unit tests, then a separate test stack (own state dir and ports, so a
 # running `make up` is left alone), integration tests against it, and the stack stopped
-# again whatever happened. Exit status is pytest's.
+# again whatever happened. Exit status is pytest's (non-zero also when an integration
+# test skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,25 +15,14 @@ export COHORTSTREAM_STACK_ORTHANC_DICOM_PORT="${COHORTSTREAM_TEST_ORTHANC_DICOM_
 # The test stack runs services only; tests start their own faust apps.
 export COHORTSTREAM_STACK_SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc}"
 
-PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider)
+# -rs lists every skipped test with its reason. Unit tests may skip; an integration test
+# that skips fails the run (tests/integration/conftest.py), unless
+# COHORTSTREAM_TEST_ALLOW_SKIPS=1 says so on purpose.
+PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -rs)
 
-# dcmtk (storescu, echoscu) is the independent DICOM client the listener tests push with;
-# dicom3tools' dciodvfy checks the DICOM SEG objects the annotation worker writes.
-# dcm2niix converts series to NIfTI for the BIDS export (tests/integration/test_bids_export.py).
-# chromium is the real browser the dashboard test drives with Playwright (tests/integration/test_dashboard.py).
-missing=()
-[[ -x /usr/bin/storescu ]] || missing+=(dcmtk)
-command -v dciodvfy >/dev/null || missing+=(dicom3tools)
-command -v dcm2niix >/dev/null || missing+=(dcm2niix)
-[[ -x /usr/lib/chromium/chromium ]] || command -v chromium >/dev/null || missing+=(chromium)
-if (( ${#missing[@]} )); then
-  echo "== installing ${missing[*]} (apt)"
-  as_root_cmd=()
-  [[ "$(id -u)" == 0 ]] || as_root_cmd=(sudo)
-  "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
-    || { "${as_root_cmd[@]}" apt-get update -q >/dev/null \
-         && "${as_root_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; }
-fi
+# The tools the tests drive (dcmtk, dicom3tools, dcm2niix, chromium), with apt when
+# missing: the same script `make up` runs for the CLI's own tools.
+deploy/install_tools.sh test
 
 echo "== unit tests (no services)"
 "${PYTEST[@]}" tests/unit

@@ -259,7 +259,8 @@ def _bundle_network(bundle: Path) -> torch.nn.Module:
         if config.is_file():
             parser = ConfigParser()
             parser.read_config(str(config))
-            return parser.get_parsed_content("network_def")
+            network: torch.nn.Module = parser.get_parsed_content("network_def")
+            return network
     raise ModelLoadError(f"{bundle}: the model has no network in its spec and the bundle has no configs/inference.json")
 
 
@@ -279,8 +280,9 @@ def _load_state_dict(network: torch.nn.Module, file: Path) -> torch.nn.Module:
 
 def _load_torchscript(file: Path) -> torch.nn.Module:
     try:
-        return torch.jit.load(str(file), map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - torch.jit raises many types
+        module: torch.nn.Module = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
+        return module
+    except Exception as exc:  # torch.jit raises many types
         raise ModelLoadError(f"{file}: cannot load TorchScript: {exc}") from exc
 
 

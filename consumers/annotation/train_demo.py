@@ -118,16 +118,17 @@ def train(
 
     network.eval()
     loaded = LoadedModel(spec=spec, network=network, path=weights, device=torch.device("cpu"))
-    validation = []
+    validation: list[dict[str, Any]] = []
+    dices: list[float] = []
     for i in range(val_volumes):
         shape = VALIDATION_SHAPES[i % len(VALIDATION_SHAPES)]
         val_seed = _VAL_SEED_BASE + seed * 1000 + i
         image, mask = phantom_volume(val_seed, shape)
         # Same linear mapping a DICOM round trip applies (stored * slope + intercept), to check invariance.
         result = predict(loaded, image * 731.0 - 120.0, (1.5, 1.0, 1.0), cpu_threads=threads)
-        validation.append({"seed": val_seed, "shape": list(shape), "dice": round(dice(result.labels, mask), 4),
+        dices.append(round(dice(result.labels, mask), 4))
+        validation.append({"seed": val_seed, "shape": list(shape), "dice": dices[-1],
                            "uncertainty": round(result.uncertainty, 4)})
-    dices = [v["dice"] for v in validation]
     wall_s = time.perf_counter() - started
 
     def window_mean(values: list[float]) -> float:

@@ -73,7 +73,8 @@ class SeriesVolume:
     @property
     def shape(self) -> tuple[int, int, int]:
         """(slices, rows, columns)."""
-        return self.array.shape  # type: ignore[return-value]
+        slices, rows, columns = self.array.shape
+        return int(slices), int(rows), int(columns)
 
     @property
     def voxel_volume_ml(self) -> float:

@@ -15,7 +15,7 @@ import asyncio
 import io
 import logging
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
@@ -23,13 +23,13 @@ from typing import Any
 import pydicom
 
 from cohortstream.events import AnnotationSuggested, SuggestedSegment
+from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings
 from consumers.annotation.errors import AnnotationError
 from consumers.annotation.inference import infer_volume, options_from_settings
 from consumers.annotation.models import default_registry, model_path, select_model
 from consumers.annotation.seg import build_segmentation
 from consumers.annotation.volume import volume_from_datasets
-from consumers.orthanc_archive import OrthancArchive
 
 __all__ = ["SuggestionResult", "annotation_id_for", "process_pool", "segment_series", "suggest_series"]
 
@@ -121,7 +121,7 @@ def _coded(code: Any) -> str:
 
 async def suggest_series(
     settings: Settings,
-    archive: OrthancArchive,
+    archive: OrthancClient,
     *,
     study_instance_uid: str,
     series_instance_uid: str,
@@ -130,7 +130,7 @@ async def suggest_series(
     expected_instances: int = 0,
     model_name: str | None = None,
     request_id: uuid.UUID | None = None,
-    pool: ProcessPoolExecutor | None = None,
+    pool: Executor | None = None,
 ) -> SuggestionResult:
     """Make (or remake, idempotently) the suggestion for one series.
 

@@ -59,7 +59,8 @@ def dseg_nifti(source_files: Sequence[bytes], seg_file: bytes, source_nifti_gz: 
     if data.shape[:3] != source.shape[:3] or not np.allclose(affine, target_affine, atol=1e-3):
         raise ConversionError(
             f"SEG of series {series_uid} does not line up with the dcm2niix image "
-            f"(shape {data.shape} vs {source.shape[:3]}, max affine difference {np.abs(affine - target_affine).max():.4f} mm)"
+            f"(shape {data.shape} vs {source.shape[:3]}, "
+            f"max affine difference {np.abs(affine - target_affine).max():.4f} mm)"
         )
     image = nib.Nifti1Image(data.astype(np.uint8 if data.max(initial=0) < 256 else np.uint16), target_affine)
     image.header.set_qform(target_affine, code=int(source.header["qform_code"]) or 1)
@@ -71,6 +72,8 @@ def dseg_nifti(source_files: Sequence[bytes], seg_file: bytes, source_nifti_gz: 
 def label_rows(segments: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows of ``dseg.tsv``: index (the SEG segment number) and name."""
     rows = [{"index": 0, "name": "background"}]
-    rows += [{"index": int(s["segment_number"]), "name": str(s.get("label") or f"segment{s['segment_number']}")}
-             for s in sorted(segments, key=lambda s: int(s["segment_number"]))]
+    rows += [
+        {"index": int(s["segment_number"]), "name": str(s.get("label") or f"segment{s['segment_number']}")}
+        for s in sorted(segments, key=lambda s: int(s["segment_number"]))
+    ]
     return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cohortstream.errors import CohortStreamError
 
-__all__ = ["BidsExportError", "ConversionError", "MappingRuleError"]
+__all__ = ["BidsExportError", "ConversionError", "Dcm2niixNotFoundError", "MappingRuleError"]
 
 
 class BidsExportError(CohortStreamError):
@@ -17,3 +17,8 @@ class MappingRuleError(BidsExportError, ValueError):
 
 class ConversionError(BidsExportError):
     """dcm2niix or the SEG conversion failed for one series (the export goes on without it)."""
+
+
+class Dcm2niixNotFoundError(BidsExportError):
+    """The dcm2niix executable (setting ``COHORTSTREAM_BIDS_DCM2NIIX``) is not installed:
+    no series can be converted, so the export stops before fetching any image."""

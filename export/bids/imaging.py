@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -26,20 +27,49 @@ import nibabel as nib
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from export.bids.errors import ConversionError
+from export.bids.errors import ConversionError, Dcm2niixNotFoundError
 
-__all__ = ["ConvertedSeries", "clean_nifti", "convert_series", "read_datasets", "scrub_sidecar", "series_attributes"]
+__all__ = [
+    "ConvertedSeries",
+    "clean_nifti",
+    "convert_series",
+    "read_datasets",
+    "require_dcm2niix",
+    "scrub_sidecar",
+    "series_attributes",
+]
 
 log = logging.getLogger(__name__)
 
 #: Sidecar keys removed whatever their value: direct or indirect identifiers, real dates.
 _DROP_KEYS = {
-    "AcquisitionDateTime", "AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate", "InstanceCreationDate",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber",
-    "AccessionNumber", "StudyID", "StudyInstanceUID", "SeriesInstanceUID", "ReferringPhysicianName",
-    "PerformingPhysicianName", "OperatorsName", "ImageComments", "StudyComments", "PatientComments",
-    "ProcedureStepDescription", "RequestedProcedureDescription", "PerformedProcedureStepDescription",
-    "StudyDescription", "FrameOfReferenceUID", "ReferencedSOPInstanceUID",
+    "AcquisitionDateTime",
+    "AcquisitionDate",
+    "ContentDate",
+    "SeriesDate",
+    "StudyDate",
+    "InstanceCreationDate",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "ImageComments",
+    "StudyComments",
+    "PatientComments",
+    "ProcedureStepDescription",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription",
+    "StudyDescription",
+    "FrameOfReferenceUID",
+    "ReferencedSOPInstanceUID",
 }
 #: Any key matching this goes too (PatientName, PatientBirthDate, PatientWeight …).
 _DROP_PATTERN = re.compile(r"(?i)^patient|birth|physician|operator|institution|accession|serialnumber|date")
@@ -87,7 +117,21 @@ def clean_nifti(nifti_gz: bytes) -> tuple[bytes, int]:
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0), len(image.shape)
 
 
-def convert_series(files: list[bytes], series_uid: str, *, dcm2niix: str = "dcm2niix", timeout_s: float = 600) -> ConvertedSeries:
+def require_dcm2niix(dcm2niix: str = "dcm2niix") -> str:
+    """The path of the dcm2niix executable, or :class:`Dcm2niixNotFoundError` with a
+    one-line reason naming the setting and how to install it."""
+    found = shutil.which(dcm2niix)
+    if found is None:
+        raise Dcm2niixNotFoundError(
+            f"dcm2niix executable {dcm2niix!r} not found: install dcm2niix (apt-get install dcm2niix, "
+            f"or pip install dcm2niix) or set COHORTSTREAM_BIDS_DCM2NIIX to its path"
+        )
+    return found
+
+
+def convert_series(
+    files: list[bytes], series_uid: str, *, dcm2niix: str = "dcm2niix", timeout_s: float = 600
+) -> ConvertedSeries:
     """Run dcm2niix on the series' files in a private temporary directory.
 
     A series that dcm2niix splits into several volumes (echoes, phase maps, different
@@ -103,7 +147,9 @@ def convert_series(files: list[bytes], series_uid: str, *, dcm2niix: str = "dcm2
         try:
             done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
         except FileNotFoundError as exc:
-            raise ConversionError(f"dcm2niix executable {dcm2niix!r} not found (setting COHORTSTREAM_BIDS_DCM2NIIX)") from exc
+            raise ConversionError(
+                f"dcm2niix executable {dcm2niix!r} not found (setting COHORTSTREAM_BIDS_DCM2NIIX)"
+            ) from exc
         except subprocess.TimeoutExpired as exc:
             raise ConversionError(f"dcm2niix ran longer than {timeout_s:.0f} s on series {series_uid}") from exc
         niftis = sorted(out.glob("*.nii.gz"))

@@ -71,7 +71,9 @@ class MappingRule(BaseModel):
         if not self.match:
             raise ValueError("a rule needs at least one pattern in `match`")
         if self.suffix not in _SUFFIXES[self.datatype]:
-            raise ValueError(f"suffix {self.suffix!r} is not one of {sorted(_SUFFIXES[self.datatype])} for {self.datatype}")
+            raise ValueError(
+                f"suffix {self.suffix!r} is not one of {sorted(_SUFFIXES[self.datatype])} for {self.datatype}"
+            )
         return self
 
     def apply(self, attributes: Mapping[str, str]) -> dict[str, str] | None:
@@ -96,18 +98,47 @@ class MappingRule(BaseModel):
 _LOCALIZER = r"(?i)localizer|scout|survey|\bloc\b|calibration"
 _DERIVED = {"ImageType": r"(?i)\b(DERIVED|SECONDARY)\b"}
 
-DEFAULT_RULES: tuple[MappingRule, ...] = tuple(MappingRule.model_validate(r) for r in [
-    {"match": {"Modality": "^MR$", "SeriesDescription": r"(?i)flair"}, "exclude": _DERIVED,
-     "datatype": "anat", "suffix": "FLAIR"},
-    {"match": {"Modality": "^MR$", "SeriesDescription": r"(?i)(\bbold\b|fmri|\bepi\b.*\brest)"},
-     "exclude": {**_DERIVED, "SeriesDescription": r"(?i)sbref"}, "datatype": "func", "suffix": "bold"},
-    {"match": {"Modality": "^MR$", "SeriesDescription": r"(?i)t2\s*\*|t2star|swi|\bgre\b"}, "exclude": _DERIVED,
-     "datatype": "anat", "suffix": "T2starw"},
-    {"match": {"Modality": "^MR$", "SeriesDescription": r"(?i)(^|[^a-z0-9])t2(w|[^a-z0-9*]|$)|t2[-_ ]?(tse|space|weighted)"},
-     "exclude": _DERIVED, "datatype": "anat", "suffix": "T2w"},
-    {"match": {"Modality": "^MR$", "SeriesDescription": r"(?i)(^|[^a-z0-9])t1(w|[^a-z0-9]|$)|mp-?rage|spgr|bravo|t1[-_ ]?(tfe|weighted)"},
-     "exclude": {**_DERIVED, "SeriesDescription": r"(?i)\+c|gad|post[-_ ]?contrast"}, "datatype": "anat", "suffix": "T1w"},
-])
+DEFAULT_RULES: tuple[MappingRule, ...] = tuple(
+    MappingRule.model_validate(r)
+    for r in [
+        {
+            "match": {"Modality": "^MR$", "SeriesDescription": r"(?i)flair"},
+            "exclude": _DERIVED,
+            "datatype": "anat",
+            "suffix": "FLAIR",
+        },
+        {
+            "match": {"Modality": "^MR$", "SeriesDescription": r"(?i)(\bbold\b|fmri|\bepi\b.*\brest)"},
+            "exclude": {**_DERIVED, "SeriesDescription": r"(?i)sbref"},
+            "datatype": "func",
+            "suffix": "bold",
+        },
+        {
+            "match": {"Modality": "^MR$", "SeriesDescription": r"(?i)t2\s*\*|t2star|swi|\bgre\b"},
+            "exclude": _DERIVED,
+            "datatype": "anat",
+            "suffix": "T2starw",
+        },
+        {
+            "match": {
+                "Modality": "^MR$",
+                "SeriesDescription": r"(?i)(^|[^a-z0-9])t2(w|[^a-z0-9*]|$)|t2[-_ ]?(tse|space|weighted)",
+            },
+            "exclude": _DERIVED,
+            "datatype": "anat",
+            "suffix": "T2w",
+        },
+        {
+            "match": {
+                "Modality": "^MR$",
+                "SeriesDescription": r"(?i)(^|[^a-z0-9])t1(w|[^a-z0-9]|$)|mp-?rage|spgr|bravo|t1[-_ ]?(tfe|weighted)",
+            },
+            "exclude": {**_DERIVED, "SeriesDescription": r"(?i)\+c|gad|post[-_ ]?contrast"},
+            "datatype": "anat",
+            "suffix": "T1w",
+        },
+    ]
+)
 #: Task label of BOLD series whose description names no ``task-<label>``.
 _TASK_FROM_TEXT = re.compile(r"(?i)task[-_ ]?(?P<task>[a-z0-9]+)|(?P<rest>\brest(ing)?\b)")
 
@@ -147,7 +178,9 @@ def map_series(attributes: Mapping[str, str], rules: Sequence[MappingRule]) -> S
         if rule.datatype == "func" and "task" not in entities:
             found = _TASK_FROM_TEXT.search(attributes.get("SeriesDescription", "") or "")
             if found is None:
-                return Unmapped(f"rule {index} maps to func/{rule.suffix} but no task label is known (BIDS requires task-)")
+                return Unmapped(
+                    f"rule {index} maps to func/{rule.suffix} but no task label is known (BIDS requires task-)"
+                )
             entities["task"] = bids_label(found.group("task") or "rest")
         return SeriesMapping(rule.datatype, rule.suffix, entities, index)
     return Unmapped("no mapping rule matches")

@@ -18,10 +18,15 @@ MAX_AGE = 89
 
 PARTICIPANTS_SIDECAR: dict[str, Any] = {
     "participant_id": {"Description": "Pseudonymous participant label (keyed hash of the registry's subject id)."},
-    "age": {"Description": f"Age in years at the latest scan (DICOM PatientAge) or else from the EHR; ages above "
-                           f"{MAX_AGE} are written as {MAX_AGE}.", "Units": "year"},
-    "sex": {"Description": "Sex as recorded by the sources (DICOM PatientSex, EHR gender, REDCap).",
-            "Levels": {"M": "male", "F": "female", "O": "other"}},
+    "age": {
+        "Description": f"Age in years at the latest scan (DICOM PatientAge) or else from the EHR; ages above "
+        f"{MAX_AGE} are written as {MAX_AGE}.",
+        "Units": "year",
+    },
+    "sex": {
+        "Description": "Sex as recorded by the sources (DICOM PatientSex, EHR gender, REDCap).",
+        "Levels": {"M": "male", "F": "female", "O": "other"},
+    },
 }
 
 
@@ -51,9 +56,16 @@ def _redcap_sex(questionnaires: Sequence[dict[str, Any]]) -> str | None:
 
 
 def participant_row(label: str, demographics: Demographics) -> dict[str, Any]:
-    ages = [p.get("age_years") for p in demographics.dicom_patients] + [e.get("age_years") for e in demographics.ehr_subjects]
+    ages = [p.get("age_years") for p in demographics.dicom_patients] + [
+        e.get("age_years") for e in demographics.ehr_subjects
+    ]
     age = _first([a for a in ages if isinstance(a, int | float)])
-    sex = _first([p.get("sex_normalised") for p in demographics.dicom_patients]
-                 + [e.get("sex_normalised") for e in demographics.ehr_subjects]) or _redcap_sex(demographics.questionnaires)
-    return {"participant_id": f"sub-{label}", "age": min(int(age), MAX_AGE) if age is not None else None,
-            "sex": sex if sex in ("M", "F", "O") else None}
+    sex = _first(
+        [p.get("sex_normalised") for p in demographics.dicom_patients]
+        + [e.get("sex_normalised") for e in demographics.ehr_subjects]
+    ) or _redcap_sex(demographics.questionnaires)
+    return {
+        "participant_id": f"sub-{label}",
+        "age": min(int(age), MAX_AGE) if age is not None else None,
+        "sex": sex if sex in ("M", "F", "O") else None,
+    }

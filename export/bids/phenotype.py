@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-
 __all__ = ["Dictionary", "PhenotypeTable", "diagnosis_table", "instrument_tables", "labs_table"]
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
@@ -43,11 +42,17 @@ class Dictionary:
         rows = list(rows)
         return cls(
             labels={r["field_name"]: re.sub(r"<[^>]+>", "", r.get("field_label") or "").strip() for r in rows},
-            choices={r["field_name"]: parse_choices(r.get("select_choices_or_calculations") or "")
-                     for r in rows if r.get("field_type") in ("radio", "dropdown", "checkbox")},
+            choices={
+                r["field_name"]: parse_choices(r.get("select_choices_or_calculations") or "")
+                for r in rows
+                if r.get("field_type") in ("radio", "dropdown", "checkbox")
+            },
             identifiers=frozenset(r["field_name"] for r in rows if (r.get("identifier") or "").lower() == "y"),
-            dates=frozenset(r["field_name"] for r in rows
-                            if (r.get("text_validation_type_or_show_slider_number") or "").startswith(("date", "datetime"))),
+            dates=frozenset(
+                r["field_name"]
+                for r in rows
+                if (r.get("text_validation_type_or_show_slider_number") or "").startswith(("date", "datetime"))
+            ),
             units={r["field_name"]: r["field_note"] for r in rows if (r.get("field_note") or "").strip()},
             record_id_field=rows[0]["field_name"] if rows else None,
         )
@@ -95,10 +100,16 @@ def instrument_tables(
     tables = []
     for instrument, slots in sorted(by_instrument.items()):
         for (event, instance), items in sorted(slots.items()):
-            name = instrument if len(slots) == 1 else "_".join(
-                [instrument, *([event] if event else []), *([f"instance{instance}"] if instance > 1 else [])])
-            tables.append(_instrument_table(_column(name), instrument, _first_per_participant(items), dictionary,
-                                            dropped, shift))
+            name = (
+                instrument
+                if len(slots) == 1
+                else "_".join(
+                    [instrument, *([event] if event else []), *([f"instance{instance}"] if instance > 1 else [])]
+                )
+            )
+            tables.append(
+                _instrument_table(_column(name), instrument, _first_per_participant(items), dictionary, dropped, shift)
+            )
     return tables
 
 
@@ -130,8 +141,9 @@ def _instrument_table(
             if label is not None and value is not None and not isinstance(value, list):
                 seen_labels.setdefault(name, {})[_code(value)] = label
     rows = []
-    for participant, subject_id, doc in sorted(items, key=lambda i: (i[0], str(i[2].get("event_name") or ""),
-                                                                      int(i[2].get("repeat_instance") or 1))):
+    for participant, subject_id, doc in sorted(
+        items, key=lambda i: (i[0], str(i[2].get("event_name") or ""), int(i[2].get("repeat_instance") or 1))
+    ):
         row: dict[str, Any] = {
             "participant_id": f"sub-{participant}",
             "redcap_event_name": doc.get("event_name"),
@@ -150,21 +162,26 @@ def _instrument_table(
         "MeasurementToolMetadata": {"Description": f"REDCap instrument {instrument}"},
         "participant_id": {"Description": "Pseudonymous participant label, as in participants.tsv."},
         "redcap_event_name": {"Description": "REDCap event (longitudinal projects); n/a otherwise."},
-        "redcap_repeat_instance": {"Description": "Instance of a repeating instrument or event (1 when not repeating)."},
-        "completion_status": {"Description": "REDCap form status.",
-                              "Levels": {"INCOMPLETE": "Incomplete", "UNVERIFIED": "Unverified", "COMPLETE": "Complete"}},
+        "redcap_repeat_instance": {
+            "Description": "Instance of a repeating instrument or event (1 when not repeating)."
+        },
+        "completion_status": {
+            "Description": "REDCap form status.",
+            "Levels": {"INCOMPLETE": "Incomplete", "UNVERIFIED": "Unverified", "COMPLETE": "Complete"},
+        },
     }
     for name in fields:
         entry: dict[str, Any] = {"Description": dictionary.labels.get(name) or f"REDCap field {name}"}
-        if name in dictionary.choices and dictionary.choices[name]:
+        if dictionary.choices.get(name):
             entry["Levels"] = dict(dictionary.choices[name])
         elif name in seen_labels:
             entry["Levels"] = dict(sorted(seen_labels[name].items()))
             entry["Description"] += " (levels derived from the answers seen; the data dictionary was not read)"
         if name in dictionary.units:
             entry["Units"] = dictionary.units[name]
-        if name in dictionary.dates or any(isinstance(r.get(_column(name)), str) and _ISO_DATE.match(r[_column(name)])
-                                           for r in rows):
+        if name in dictionary.dates or any(
+            isinstance(r.get(_column(name)), str) and _ISO_DATE.match(r[_column(name)]) for r in rows
+        ):
             entry["Description"] += " (date shifted per participant)"
         sidecar[_column(name)] = entry
     columns = ["participant_id", "redcap_event_name", "redcap_repeat_instance", "completion_status"]
@@ -196,8 +213,10 @@ def labs_table(subjects: Sequence[tuple[str, dict[str, Any]]]) -> PhenotypeTable
         "participant_id": {"Description": "Pseudonymous participant label, as in participants.tsv."},
     }
     for column, lab in sorted(codes.items()):
-        entry = {"Description": f"{lab.get('display') or lab.get('code')} ({lab.get('code_system') or 'code'} "
-                                f"{lab.get('code')}), latest value"}
+        entry = {
+            "Description": f"{lab.get('display') or lab.get('code')} ({lab.get('code_system') or 'code'} "
+            f"{lab.get('code')}), latest value"
+        }
         if lab.get("unit"):
             entry["Units"] = str(lab["unit"])
         sidecar[column] = entry
@@ -214,8 +233,14 @@ def diagnosis_table(subjects: Sequence[tuple[str, dict[str, Any]]]) -> Phenotype
             if not key[1] or key in seen:
                 continue
             seen.add(key)
-            rows.append({"participant_id": f"sub-{participant}", "code_system": key[0], "code": key[1],
-                         "description": fact.get("display")})
+            rows.append(
+                {
+                    "participant_id": f"sub-{participant}",
+                    "code_system": key[0],
+                    "code": key[1],
+                    "description": fact.get("display"),
+                }
+            )
     if not rows:
         return None
     rows.sort(key=lambda r: (r["participant_id"], r["code_system"], r["code"]))
@@ -227,5 +252,3 @@ def diagnosis_table(subjects: Sequence[tuple[str, dict[str, Any]]]) -> Phenotype
         "description": {"Description": "Title of the diagnosis code in the source."},
     }
     return PhenotypeTable("diagnoses", ["participant_id", "code_system", "code", "description"], rows, sidecar)
-
-

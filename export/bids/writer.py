@@ -79,9 +79,11 @@ class ExportWriter:
         if not self._manifest_path.exists():
             return {"files": {}, "cache": {}}
         try:
-            data = json.loads(self._manifest_path.read_text(encoding="utf-8"))
+            data: dict[str, Any] = json.loads(self._manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise BidsExportError(f"manifest {self._manifest_path} is unreadable ({exc}); remove it to export afresh") from exc
+            raise BidsExportError(
+                f"manifest {self._manifest_path} is unreadable ({exc}); remove it to export afresh"
+            ) from exc
         if data.get("version") != _MANIFEST_VERSION:
             return {"files": {}, "cache": {}}
         return data
@@ -125,10 +127,14 @@ class ExportWriter:
     def save(self) -> None:
         """Persist the manifest: everything produced so far plus the earlier entries not yet revisited."""
         files = {**self.previous.get("files", {}), **self.files}
-        atomic_write(self._manifest_path, json.dumps(
-            {"version": _MANIFEST_VERSION, "files": dict(sorted(files.items())), "cache": self.cache},
-            indent=1, sort_keys=True,
-        ).encode("utf-8"))
+        atomic_write(
+            self._manifest_path,
+            json.dumps(
+                {"version": _MANIFEST_VERSION, "files": dict(sorted(files.items())), "cache": self.cache},
+                indent=1,
+                sort_keys=True,
+            ).encode("utf-8"),
+        )
 
     def finish(self) -> None:
         """Remove what earlier exports wrote and this one did not produce, then save the manifest."""

@@ -106,10 +106,10 @@ class _Bundle:
             raise RowError(f"{field}: missing subject reference", "MissingField")
         reference = reference_holder["reference"]
         if reference in self.by_full_url:
-            resource_type, logical_id = self.by_full_url[reference]
+            resource_type, bundled_id = self.by_full_url[reference]
             if resource_type != "Patient":
                 raise RowError(f"{field}: reference is to a {resource_type}, not a Patient", "UnknownReference")
-            return logical_id
+            return bundled_id
         if isinstance(reference, str) and reference.startswith("urn:"):
             raise RowError(f"{field}: {reference} is not an entry of this bundle", "UnknownReference")
         logical_id = _reference_id(reference, "Patient")
@@ -155,11 +155,12 @@ def _patient(resource: Resource, bundle: _Bundle) -> dict[str, Any]:
 
 
 def _encounter(resource: Resource, bundle: _Bundle) -> dict[str, Any]:
-    encounter_class = resource.get("class")
+    encounter_class: Any = resource.get("class")
     if isinstance(encounter_class, list):  # R5 shape: list of CodeableConcept
         encounter_class = (_first_coding(encounter_class[0]) or {}) if encounter_class else {}
     types = resource.get("type") or [None]
-    period = resource.get("period") if isinstance(resource.get("period"), dict) else {}
+    raw_period = resource.get("period")
+    period: dict[str, Any] = raw_period if isinstance(raw_period, dict) else {}
     if period.get("end"):
         parse_fhir_datetime(period["end"], "Encounter.period.end")
     return {

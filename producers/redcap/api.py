@@ -23,8 +23,8 @@ from typing import Any, Self
 
 import httpx
 
+from cohortstream.backoff import retry_transient
 from cohortstream.settings import RedcapProject, Settings
-from consumers.backoff import retry_transient
 from producers.redcap.dictionary import DataDictionary
 from producers.redcap.errors import RedcapPermanentApiError, RedcapTransientApiError
 

@@ -25,14 +25,10 @@ from faust.types import Message
 from cohortstream.codec import EventCodec
 from cohortstream.events import AnnotationRequested, DicomSeriesCompleted, FailureStage
 from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.orthanc import OrthancClient, OrthancRejectedError, SeriesIncompleteError
 from cohortstream.settings import Settings
 from consumers.annotation.errors import AnnotationError
 from consumers.annotation.worker import process_pool, suggest_series
-from consumers.orthanc_archive import (
-    OrthancArchive,
-    OrthancRejectedError,
-    SeriesIncompleteError,
-)
 from streams.dead_letter import DeadLetterSender, decoded_events
 from streams.topics import StreamTopics
 
@@ -53,7 +49,7 @@ class _Annotator:
 
     def __init__(self, settings: Settings, typed_topics: StreamTopics, dead_letters: DeadLetterSender) -> None:
         self.settings = settings
-        self.archive = OrthancArchive(settings)
+        self.archive = OrthancClient(settings)
         self.suggested = typed_topics["annotation.suggested"]
         self.dead_letters = dead_letters
         self.pool: ProcessPoolExecutor | None = None
@@ -141,7 +137,7 @@ def register(app: faust.App, raw_topics: StreamTopics, typed_topics: StreamTopic
                     model_name=event.model_name, request_id=event.request_id,
                 )
         finally:
-            client.close()
+            await client.close()
             await on_request.close()
 
     return suggest_completed, suggest_requested

@@ -15,14 +15,10 @@ import faust
 
 from cohortstream.codec import EventCodec
 from cohortstream.events import DicomInstanceReceived, FailureStage
+from cohortstream.orthanc import OrthancRejectedError
 from cohortstream.settings import Settings
 from consumers.dicom_views import DicomViews
-from consumers.orthanc_archive import (
-    OrthancArchive,
-    OrthancRejectedError,
-    StagedFileError,
-    staged_path,
-)
+from consumers.orthanc_archive import OrthancArchive, StagedFileError, staged_path
 from streams.dead_letter import DeadLetterSender, decoded_events
 from streams.topics import StreamTopics
 

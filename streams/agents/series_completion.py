@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -31,6 +32,8 @@ from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
 from cohortstream.settings import Settings
 from streams.dead_letter import DeadLetterSender, decoded_events
 from streams.topics import StreamTopics
+
+TimerFunction = Callable[[], Awaitable[None]]
 
 __all__ = ["AGENT_NAME", "register"]
 
@@ -108,7 +111,10 @@ def register(
             series = event.series_instance_uid
             activity[series] = observe(activity.get(series), event, int(time.time() * 1000))
 
-    @app.timer(interval=max(0.2, min(5.0, quiet / 4)))
+    # faust's decorators are untyped; the timer keeps the function's own signature.
+    every = cast(Callable[[TimerFunction], TimerFunction], app.timer(interval=max(0.2, min(5.0, quiet / 4))))
+
+    @every
     async def complete_quiet_series() -> None:
         if getattr(app, "in_recovery", False) or app.rebalancing:
             return  # tables are incomplete until recovery ends

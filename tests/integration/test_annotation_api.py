@@ -1,9 +1,9 @@
-"""The review API and its MONAI Label subset against the real stack: FerretDB holds the
+"""The review API and its MONAI Label subset against the real stack: the MongoDB-wire server holds the
 views (``annotations`` documents are inserted directly: the API is under test, not the
 worker), reviews are read back from Kafka, corrected SEGs and on-demand suggestions are
 looked up in Orthanc.
 
-The application runs in-process with its real lifespan (motor, the ``acks=all``
+The application runs in-process with its real lifespan (MongoDB, the ``acks=all``
 publisher, the Orthanc archive) behind httpx's ASGI transport. Every wait is bounded.
 """
 
@@ -31,9 +31,9 @@ from api.keys import KeyStore
 from api.seg_upload import SEGMENTATION_STORAGE
 from cohortstream.admin import ensure_topics
 from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision
-from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.mongo import open_database
+from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings
-from consumers.orthanc_archive import OrthancArchive
 from tests.annotation_api_data import dataset_bytes, phantom_with_seg
 from tests.kafka_probe import read_topic
 
@@ -49,11 +49,8 @@ async def settings(stack_settings: Settings) -> Settings:
 
 async def create_key(settings: Settings, role: Role = Role.ADMIN, name: str = "test-admin") -> str:
     """A new API key in the test's database, as ``cohortstream api-keys create`` makes one."""
-    client = mongo_client(settings)
-    try:
-        return (await KeyStore(mongo_database(client, settings)).create(name, role)).key
-    finally:
-        client.close()
+    async with open_database(settings) as db:
+        return (await KeyStore(db).create(name, role)).key
 
 
 @asynccontextmanager
@@ -361,7 +358,7 @@ async def test_monailabel_infer_runs_the_model_on_a_series_in_orthanc(
     from consumers.annotation.phantoms import phantom_series
 
     datasets, _ = phantom_series(21, (24, 48, 48), patient_id="PHANTOM-API-21")
-    archive = OrthancArchive(settings)
+    archive = OrthancClient(settings)
     await archive.setup()
     try:
         for ds in datasets:

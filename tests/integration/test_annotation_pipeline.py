@@ -31,7 +31,7 @@ from consumers.annotation.models import DEFAULT_MODEL_NAME, default_registry
 from consumers.annotation.phantoms import phantom_series
 from consumers.annotation.seg import build_segmentation, read_label_map
 from consumers.annotation.volume import volume_from_datasets
-from producers.dicom_scp import DicomListener
+from producers.dicom import DicomListener
 from streams.annotator import build_annotator_app
 from streams.worker import build_worker_app
 from tests.annotation_api_data import dataset_bytes
@@ -70,7 +70,7 @@ async def stack(settings: Settings) -> AsyncIterator[Any]:
         await annotator.stop()
         await worker.stop()
         await client.drop_database(settings.mongo_database)
-        client.close()
+        await client.close()
 
 
 async def _storescu(settings: Settings, directory: Path) -> None:

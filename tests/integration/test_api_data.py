@@ -1,4 +1,4 @@
-"""Subjects, cohorts and statistics endpoints against the real stack (FerretDB).
+"""Subjects, cohorts and statistics endpoints against the real stack (secantusd-rs).
 
 The views are filled through the real sinks (``DicomViews``, ``RedcapViews``,
 ``EhrViews``, ``SuggestionViews``/``ReviewViews``) with synthetic events, so the

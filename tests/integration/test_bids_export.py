@@ -29,6 +29,8 @@ import pytest
 from pydantic import SecretStr
 from pydicom.dataset import Dataset
 
+from cohortstream.dicom_attributes import instance_event as listener_event
+from cohortstream.dicom_attributes import read_instance_attributes
 from cohortstream.events import (
     AnnotationReviewed,
     AnnotationSuggested,
@@ -41,6 +43,7 @@ from cohortstream.events import (
     SuggestedSegment,
 )
 from cohortstream.mongo import mongo_client, mongo_database
+from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings, SubjectLinkRule
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
@@ -50,13 +53,11 @@ from consumers.annotation.volume import volume_from_datasets
 from consumers.annotation_views import ReviewViews, SuggestionViews
 from consumers.dicom_views import DicomViews
 from consumers.ehr_views import EhrViews
-from consumers.orthanc_archive import OrthancArchive
 from consumers.redcap_views import RedcapViews
 from export.bids import export_bids
 from export.bids.mapping import DEFAULT_RULES
 from export.bids.writer import MANIFEST_NAME
-from producers.dicom_scp import instance_event as listener_event
-from producers.dicom_scp import read_instance_attributes
+from producers.dicom import PRODUCER
 from tests.bids_validation import validate_bids, validator_path
 
 pytestmark = [
@@ -179,7 +180,7 @@ async def database(settings: Settings) -> AsyncIterator[Any]:
     client = mongo_client(settings)
     yield mongo_database(client, settings)
     await client.drop_database(settings.mongo_database)
-    client.close()
+    await client.close()
 
 
 async def _apply(sink: Any, events: list[Any]) -> None:
@@ -192,7 +193,7 @@ async def _apply(sink: Any, events: list[Any]) -> None:
 
 async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     store = StagingStore(settings.staging_dir)
-    archive = OrthancArchive(settings)
+    archive = OrthancClient(settings)
     await archive.setup()
     events = []
     t1_first: list[Dataset] = []
@@ -203,7 +204,7 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
             for path in write_study(datasets, tmp_path / f"study{index}"):
                 await archive.store_bytes(path.read_bytes(), f"test instance of study {index}")
                 staged = store.stage_file(path)
-                events.append(listener_event(read_instance_attributes(staged.path), staged, calling_aet="TESTSCU",
+                events.append(listener_event(read_instance_attributes(staged.path), staged, producer=PRODUCER, calling_aet="TESTSCU",
                                              called_aet="COHORTSTREAM", received_at=datetime.now(UTC)))
         # An accepted AI segmentation of subject A's first T1w: an off-centre block, so a
         # flipped or transposed export would not line up.

@@ -29,7 +29,7 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
-from producers.dicom_scp import DicomListener
+from producers.dicom import DicomListener
 from streams.worker import build_worker_app
 from tests.integration.test_dicom_pipeline import (
     completions,
@@ -70,7 +70,7 @@ async def running(settings: Settings) -> AsyncIterator[Any]:
     finally:
         await app.stop()
         await client.drop_database(settings.mongo_database)
-        client.close()
+        await client.close()
 
 
 async def _exec(*argv: str) -> None:

@@ -29,7 +29,7 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings, settings_environment
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
-from producers.dicom_scp import DicomListener
+from producers.dicom import DicomListener
 from streams.worker import build_worker_app
 from tests.integration.test_dicom_pipeline import (
     fresh_seed,
@@ -63,7 +63,7 @@ async def database(settings: Settings) -> AsyncIterator[Any]:
     client = mongo_client(settings)
     yield mongo_database(client, settings)
     await client.drop_database(settings.mongo_database)
-    client.close()
+    await client.close()
 
 
 @pytest.fixture

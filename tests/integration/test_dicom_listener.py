@@ -33,7 +33,7 @@ from cohortstream.events import DicomInstanceReceived
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
-from producers.dicom_scp import (
+from producers.dicom import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_SUCCESS,
@@ -45,8 +45,9 @@ STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
 AET = "COHORTSTREAM"
 
-# SOP classes and the common transfer syntaxes (asked for by name), with the dcmtk storescu option that makes it propose the file's own (compressed)
-# transfer syntax instead of trying to decompress it.
+# SOP classes and the common transfer syntaxes (asked for by name), with the dcmtk storescu
+# option that makes it propose the file's own (compressed) transfer syntax instead of trying
+# to decompress it.
 TEST_FILES = {
     "CT_small.dcm": ("1.2.840.10008.1.2.1", ""),  # explicit VR little endian
     "rtplan.dcm": ("1.2.840.10008.1.2", ""),  # implicit VR little endian
@@ -64,7 +65,6 @@ TEST_FILES = {
 }
 
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
-
 
 
 def _settings(base: Settings, tmp_path: Path, **overrides: Any) -> Settings:
@@ -139,6 +139,7 @@ async def _events(settings: Settings, count: int, timeout_s: float = 60.0) -> li
     await consumer.start()
     events: list[DicomInstanceReceived] = []
     try:
+
         async def collect() -> None:
             async for message in consumer:
                 event = codec.decode_event(message.value)
@@ -166,7 +167,9 @@ def _check_staged(listener: DicomListener, events: list[DicomInstanceReceived]) 
         assert staged.file_meta.TransferSyntaxUID == event.transfer_syntax_uid
 
 
-async def test_dcmtk_storescu_pushes_test_files_and_a_study(listener: DicomListener, settings: Settings, tmp_path: Path) -> None:
+async def test_dcmtk_storescu_pushes_test_files_and_a_study(
+    listener: DicomListener, settings: Settings, tmp_path: Path
+) -> None:
     port = listener.address[1]
     echo = await _run(ECHOSCU, "-aet", "MODALITY", "-aec", AET, "127.0.0.1", str(port))
     assert echo.returncode == 0, echo.stderr
@@ -210,11 +213,26 @@ async def test_pynetdicom_storescu_pushes_files(listener: DicomListener, setting
     sent_dir = tmp_path / "send"
     study = mr_study(n_series=2, slices=10, rows=32, cols=32, seed=77)
     write_study(study, sent_dir)
-    extra = _copy_test_files(sent_dir / "pydicom", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "image_dfl.dcm"])
+    extra = _copy_test_files(
+        sent_dir / "pydicom", ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "image_dfl.dcm"]
+    )
     expected = {ds.SOPInstanceUID for ds in study} | {_sop_uid(p) for p in extra.values()}
 
-    result = await _run(sys.executable, "-m", "pynetdicom", "storescu", "-r", "-cx",
-                        "-aet", "PYNETDICOM", "-aec", AET, "127.0.0.1", str(port), str(sent_dir))
+    result = await _run(
+        sys.executable,
+        "-m",
+        "pynetdicom",
+        "storescu",
+        "-r",
+        "-cx",
+        "-aet",
+        "PYNETDICOM",
+        "-aec",
+        AET,
+        "127.0.0.1",
+        str(port),
+        str(sent_dir),
+    )
     assert result.returncode == 0, result.stderr
     events = await _events(settings, len(expected))
     assert {e.sop_instance_uid for e in events} == expected and len(events) == len(expected)
@@ -265,7 +283,7 @@ async def test_bad_input_is_refused_and_quarantined(
     assert len(kept) == 3
     for bad in (garbage, truncated, no_uid):
         sent = bad.read_bytes()
-        sent_body = sent[132 + 12 + int(pydicom.filereader.read_file_meta_info(bad).FileMetaInformationGroupLength):]
+        sent_body = sent[132 + 12 + int(pydicom.filereader.read_file_meta_info(bad).FileMetaInformationGroupLength) :]
         assert sum(k.endswith(sent_body) for k in kept) == 1, bad.name
     assert len(list(settings.quarantine_dir.glob("*.json"))) == 3
     assert list(listener.store.iter_staged()) == []
@@ -323,7 +341,10 @@ async def test_kafka_unreachable_answers_out_of_resources(
     stack_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _settings(
-        stack_settings, tmp_path, kafka_bootstrap="127.0.0.1:1", kafka_request_timeout_s=3.0,
+        stack_settings,
+        tmp_path,
+        kafka_bootstrap="127.0.0.1:1",
+        kafka_request_timeout_s=3.0,
         dicom_scp_publish_timeout_s=5.0,
     )
     caplog.set_level(logging.INFO)

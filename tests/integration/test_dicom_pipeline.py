@@ -22,6 +22,8 @@ from aiokafka import AIOKafkaProducer
 from pydicom.data import get_testdata_file
 
 from cohortstream.admin import ensure_topics
+from cohortstream.dicom_attributes import instance_event as listener_event
+from cohortstream.dicom_attributes import read_instance_attributes
 from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_ids
@@ -29,8 +31,7 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
-from producers.dicom_scp import instance_event as listener_event
-from producers.dicom_scp import read_instance_attributes
+from producers.dicom import PRODUCER
 from streams.worker import build_worker_app
 from tests.kafka_probe import read_topic
 from tests.polling import eventually
@@ -96,7 +97,9 @@ def instance_event(path: Path, store: StagingStore) -> DicomInstanceReceived:
     """Stage ``path`` and describe it exactly as the listener does."""
     staged = store.stage_file(path)
     attributes = read_instance_attributes(staged.path)
-    return listener_event(attributes, staged, calling_aet="TESTSCU", called_aet="COHORTSTREAM", received_at=datetime.now(UTC))
+    return listener_event(
+        attributes, staged, producer=PRODUCER, calling_aet="TESTSCU", called_aet="COHORTSTREAM", received_at=datetime.now(UTC)
+    )
 
 
 @pytest.fixture
@@ -120,7 +123,7 @@ async def database(settings: Settings) -> AsyncIterator[Any]:
     client = mongo_client(settings)
     yield mongo_database(client, settings)
     await client.drop_database(settings.mongo_database)
-    client.close()
+    await client.close()
 
 
 @pytest.fixture
@@ -255,7 +258,7 @@ async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
     finally:
         await replay.stop()
         await client.drop_database(replay_settings.mongo_database)
-        client.close()
+        await client.close()
 
 
 async def test_sweeper_removes_archived_orphans_and_republishes_the_others(

@@ -1,8 +1,10 @@
-"""The MongoDB views sink against the real MongoDB-wire server (FerretDB in the test stack).
+"""The MongoDB views sink against the real MongoDB-wire server (secantusd-rs in the test stack).
 
-Large batches whose statements match existing documents used to hang FerretDB v1 (a
-pooled connection held per matching statement until the command ends); the sink merges
-updates per document and sends at most ``WRITE_CHUNK`` statements per command.
+Large batches whose statements match existing documents used to hang FerretDB v1, the
+former local server (a pooled connection held per matching statement until the command
+ended); the sink merges updates per document and sends at most ``WRITE_CHUNK``
+statements per command, and these tests keep large batches over existing documents
+covered.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ async def views(stack_settings: Settings) -> AsyncIterator[DicomViews]:
     await sink.close()
     client = mongo_client(stack_settings)
     await client.drop_database(stack_settings.mongo_database)
-    client.close()
+    await client.close()
 
 
 async def _snapshot(settings: Settings) -> dict[str, list[dict[str, Any]]]:
@@ -56,7 +58,7 @@ async def _snapshot(settings: Settings) -> dict[str, list[dict[str, Any]]]:
         db = mongo_database(client, settings)
         return await views_snapshot(db, ("instances", "series", "studies", "patients"))
     finally:
-        client.close()
+        await client.close()
 
 
 async def test_large_batch_over_existing_documents_completes_and_replays_identically(

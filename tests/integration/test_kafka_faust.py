@@ -1,5 +1,5 @@
 """Kafka and faust for real: an Avro event produced with aiokafka reaches a faust agent
-as a typed model, and the worker's dead-letter agent writes through to FerretDB."""
+as a typed model, and the worker's dead-letter agent writes through to the MongoDB-wire server."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ async def test_worker_archives_dead_letters_in_mongodb_idempotently(stack_settin
     finally:
         await app.stop()
         await client.drop_database(stack_settings.mongo_database)
-        client.close()
+        await client.close()
     assert len(docs) == 1
     doc = docs[0]
     assert doc["reason"] == letter.reason

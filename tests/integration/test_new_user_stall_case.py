@@ -31,7 +31,7 @@ from cohortstream.admin import ensure_topics
 from cohortstream.settings import Settings, settings_environment
 from cohortstream.synthetic import mr_study, write_study
 from cohortstream.synthetic_ehr import main as synthetic_ehr
-from producers.dicom_scp import DicomListener
+from producers.dicom import DicomListener
 from streams.supervisor import READY_LINE
 from tests.integration.test_dicom_pipeline import fresh_seed
 from tests.net import free_port

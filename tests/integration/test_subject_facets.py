@@ -41,7 +41,8 @@ from consumers.dicom_views import DicomViews
 from consumers.ehr_views import EhrViews
 from consumers.redcap_views import RedcapViews
 from consumers.subject_registry import SubjectRegistry
-from consumers.subject_facets import FACETS, SETS, SubjectSet, decode_ids, memberships, rebuild_subject_facets
+from cohortstream.subject_sets import FACETS, SETS, SubjectSet, decode_ids, memberships
+from consumers.subject_facets import rebuild_subject_facets
 from tests.examples import example_events
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)

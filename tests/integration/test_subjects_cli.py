@@ -75,7 +75,7 @@ def test_link_updates_the_read_model_and_rebuild_sets_restores_it(
             facets, sets = await db["subject_facets"].count_documents({}), await db["subject_sets"].count_documents({})
             return facets, sets
         finally:
-            client.close()
+            await client.close()
 
     async def drop_read_model() -> None:
         client = mongo_client(cli_env)
@@ -84,7 +84,7 @@ def test_link_updates_the_read_model_and_rebuild_sets_restores_it(
             await db["subject_facets"].drop()
             await db["subject_sets"].drop()
         finally:
-            client.close()
+            await client.close()
 
     facets, sets = asyncio.run(read_model())
     assert facets == 2 and sets > 0, "the link itself refreshed the read model"

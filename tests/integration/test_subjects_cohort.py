@@ -114,7 +114,7 @@ async def database(settings: Settings) -> AsyncIterator[Any]:
     client = mongo_client(settings)
     yield mongo_database(client, settings)
     await client.drop_database(settings.mongo_database)
-    client.close()
+    await client.close()
 
 
 def _imaging_events() -> list[DicomInstanceReceived]:
@@ -280,4 +280,4 @@ async def test_replaying_both_topics_builds_identical_views(
     finally:
         await app.stop()
         await client.drop_database(replay.mongo_database)
-        client.close()
+        await client.close()

@@ -71,7 +71,7 @@ async def test_only_lost_connectivity_is_backpressure_other_errors_are_bounded()
     raised for the agent to dead-letter; it is never retried forever (issue 11's stall)."""
     from pymongo.errors import AutoReconnect, DuplicateKeyError
 
-    from consumers.backoff import retry_transient
+    from cohortstream.backoff import retry_transient
     from consumers.mongo_sink import TRANSIENT_MONGO_ERRORS
 
     calls: list[int] = []
@@ -101,7 +101,7 @@ async def test_only_lost_connectivity_is_backpressure_other_errors_are_bounded()
 async def test_a_race_that_clears_on_the_second_try_is_applied() -> None:
     from pymongo.errors import DuplicateKeyError
 
-    from consumers.backoff import retry_transient
+    from cohortstream.backoff import retry_transient
 
     errors = [DuplicateKeyError("E11000")]
 
@@ -116,7 +116,7 @@ async def test_a_race_that_clears_on_the_second_try_is_applied() -> None:
 
 async def test_sink_operations_are_timed_and_retries_counted_without_identifiers() -> None:
     from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
-    from consumers.backoff import retry_transient
+    from cohortstream.backoff import retry_transient
 
     label = operation_label("store SEG of series 1.2.826.0.1.3680043.8.498.7 in Orthanc")
     assert label == "store SEG of series * in Orthanc"
@@ -144,7 +144,7 @@ async def test_a_paused_sink_is_counted_while_it_waits_and_not_after() -> None:
 
     from pymongo.errors import AutoReconnect
 
-    from consumers.backoff import retry_transient, sinks_paused
+    from cohortstream.backoff import retry_transient, sinks_paused
 
     gate = asyncio.Event()
 

@@ -1,4 +1,4 @@
-"""Settings: typed, frozen, one env var per field, documented in the README from the class."""
+"""Settings: typed, frozen, one env var per field, documented in docs/settings.md from the class."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cohortstream.settings import (
     unknown_env_vars,
 )
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SETTINGS_DOC = Path(__file__).resolve().parents[2] / "docs" / "settings.md"
 
 
 @pytest.fixture(autouse=True)
@@ -75,12 +75,49 @@ def test_unknown_prefixed_variables_are_reported_as_typos() -> None:
     assert unknown_env_vars(environ) == ["COHORTSTREAM_KAFKA_BOOTSTRAPP"]
 
 
-def test_readme_settings_table_is_generated_from_the_class() -> None:
+def test_the_projects_own_variables_are_not_reported_as_typos() -> None:
+    # The Makefile exports COHORTSTREAM_CACHE_DIR to every command it runs; the CLI reads
+    # COHORTSTREAM_ENV_FILE; deploy/stack.sh reads COHORTSTREAM_STACK_*; tests/run.sh and
+    # the tests read COHORTSTREAM_TEST_*. None of them is a setting, none is a typo.
+    environ = {
+        "COHORTSTREAM_CACHE_DIR": "/home/u/.cache/cohortstream",
+        "COHORTSTREAM_ENV_FILE": ".stack/stack.env",
+        "COHORTSTREAM_STACK_MONGO_PORT": "27017",
+        "COHORTSTREAM_STACK_SERVICES": "kafka mongo",
+        "COHORTSTREAM_TEST_STACK_DIR": "/tmp/s",
+        "COHORTSTREAM_TEST_ARTEFACTS": "/tmp/a",
+        "COHORTSTREAM_CACHE_DIRR": "/typo",
+        "COHORTSTREAM_STACKDIR": "/typo",
+    }
+    assert unknown_env_vars(environ) == ["COHORTSTREAM_CACHE_DIRR", "COHORTSTREAM_STACKDIR"]
+
+
+def test_every_prefixed_variable_the_repository_uses_is_a_setting_or_known() -> None:
+    """Scan the Makefile, scripts and code for COHORTSTREAM_* names: each must be a setting
+    or one of the project's own variables, so no service start warns about them."""
+    import re
+
+    root = SETTINGS_DOC.parents[1]
+    sources = [root / "Makefile", *(root / "deploy").rglob("*.sh"), *(root / "tests").rglob("*.sh"),
+               *(root / "tests").rglob("conftest.py")]
+    names: set[str] = set()
+    for path in sources:
+        names.update(re.findall(r"\b(COHORTSTREAM_[A-Z0-9_]*[A-Z0-9])\b", path.read_text(encoding="utf-8")))
+    names = {name for name in names if not name.endswith("_")}
+    assert names, "no COHORTSTREAM_ variables found: the scan is broken"
+    assert unknown_env_vars({name: "x" for name in names}) == []
+
+
+def test_docs_settings_table_is_generated_from_the_class() -> None:
     table = settings_markdown_table()
     for name in Settings.model_fields:
         assert f"`{env_var_name(name)}`" in table
-    assert table in README.read_text(encoding="utf-8"), (
-        "README settings table is stale: regenerate with `cohortstream settings --markdown`"
+    text = SETTINGS_DOC.read_text(encoding="utf-8")
+    start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+    assert start in text and end in text, f"{SETTINGS_DOC} lost its settings-table markers"
+    generated = text[text.index(start) + len(start) : text.index(end)]
+    assert generated == table, (
+        "docs/settings.md's settings table is stale: regenerate it with `make settings-table`"
     )
 
 

@@ -8,6 +8,10 @@ pixel data fragments) and check that each value lies inside the file and that ev
 undefined-length sequence or item is closed by its delimiter. Values are skipped, not
 read, so the cost is a few microseconds per element whatever the size of the pixels;
 the file is memory-mapped rather than read.
+
+It lives in the core package beside :mod:`cohortstream.dicom_attributes`, which runs it
+before reading any attribute, for the listener (``producers/dicom``) and the staging
+sweeper (``consumers/``) alike.
 """
 
 from __future__ import annotations
@@ -24,9 +28,7 @@ __all__ = ["IncompleteDicomError", "check_part10_structure"]
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _ITEM = 0xFFFEE000
 _ITEM_DELIM = 0xFFFEE00D
 _SEQ_DELIM = 0xFFFEE0DD

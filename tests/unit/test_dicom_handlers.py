@@ -1,28 +1,22 @@
-"""The listener's logic without a network: attributes → event, structure check, and the
-status each outcome maps to (the C-STORE handler called with stand-in event objects;
-the real DIMSE exchange is covered by tests/integration/test_dicom_listener.py)."""
+"""The C-STORE handler's logic without a network: the status each outcome maps to (the
+handler called with stand-in event objects; the real DIMSE exchange is covered by
+tests/unit/test_dicom_listener_durability.py and tests/integration/test_dicom_listener.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import threading
-from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
 
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import PublishError
 from cohortstream.staging import StagingStore
-from cohortstream.synthetic import mr_study, write_study
-from producers.dicom_integrity import IncompleteDicomError, check_part10_structure
-from producers.dicom_scp import (
+from producers.dicom import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
@@ -30,140 +24,10 @@ from producers.dicom_scp import (
     KafkaUnavailableError,
     PublishTimeoutError,
     StoreContext,
-    UnreadableInstanceError,
-    instance_event,
     on_c_store,
     on_rejected,
-    read_instance_attributes,
 )
-
-# Several SOP classes and transfer syntaxes (asked for by name: never glob pydicom's data).
-TEST_FILES = {
-    "CT_small.dcm": ("1.2.840.10008.1.2.1", "CT"),
-    "MR_small.dcm": ("1.2.840.10008.1.2.1", "MR"),
-    "MR_small_implicit.dcm": ("1.2.840.10008.1.2", "MR"),
-    "MR_small_bigendian.dcm": ("1.2.840.10008.1.2.2", "MR"),
-    "MR_small_RLE.dcm": ("1.2.840.10008.1.2.5", "MR"),
-    "MR_small_jpeg_ls_lossless.dcm": ("1.2.840.10008.1.2.4.80", "MR"),
-    "JPEG2000.dcm": ("1.2.840.10008.1.2.4.91", "NM"),
-    "SC_rgb_jpeg_dcmtk.dcm": ("1.2.840.10008.1.2.4.50", "OT"),
-    "JPEG-lossy.dcm": ("1.2.840.10008.1.2.4.51", "NM"),
-    "SC_rgb_jpeg_gdcm.dcm": ("1.2.840.10008.1.2.4.70", "OT"),
-    "image_dfl.dcm": ("1.2.840.10008.1.2.1.99", None),
-    "rtplan.dcm": ("1.2.840.10008.1.2", "RTPLAN"),
-    "waveform_ecg.dcm": ("1.2.840.10008.1.2.1", "ECG"),
-}
-
-
-def _testfile(name: str) -> Path:
-    path = get_testdata_file(name)
-    assert path is not None, name
-    return Path(path)
-
-
-@pytest.mark.parametrize("name", sorted(TEST_FILES))
-def test_attributes_match_the_dataset(name: str) -> None:
-    path = _testfile(name)
-    attrs = read_instance_attributes(path)
-    full = pydicom.dcmread(path)
-    transfer_syntax, modality = TEST_FILES[name]
-    assert attrs.transfer_syntax_uid == transfer_syntax
-    assert attrs.sop_instance_uid == full.SOPInstanceUID
-    assert attrs.sop_class_uid == full.SOPClassUID
-    assert attrs.study_instance_uid == full.StudyInstanceUID
-    assert attrs.series_instance_uid == full.SeriesInstanceUID
-    assert attrs.patient_id == str(full.get("PatientID", "") or "")
-    if modality is not None:
-        assert attrs.modality == modality
-    if "SeriesNumber" in full and full.SeriesNumber not in (None, ""):
-        assert attrs.series_number == int(full.SeriesNumber)
-
-
-def test_event_from_a_ct_file(tmp_path: Path) -> None:
-    path = _testfile("CT_small.dcm")
-    staged = StagingStore(tmp_path).stage_file(path)
-    attrs = read_instance_attributes(path)
-    received = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
-    event = instance_event(attrs, staged, calling_aet="CTSCANNER", called_aet="COHORTSTREAM", received_at=received)
-    assert isinstance(event, DicomInstanceReceived)
-    assert event.producer == "dicom-scp"
-    assert event.sop_instance_uid == "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
-    assert event.modality == "CT"
-    assert event.patient_sex == "O" and event.patient_age == "000Y"
-    assert event.study_date == date(2004, 1, 19)
-    assert event.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert event.size_bytes == path.stat().st_size
-    assert event.staged_uri == staged.path.as_uri()
-    assert event.received_at == datetime(2024, 5, 1, 12, 0, 0, 123000, tzinfo=UTC)
-    assert (event.calling_aet, event.called_aet) == ("CTSCANNER", "COHORTSTREAM")
-
-
-def _write(ds: Dataset, path: Path) -> Path:
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _mr(**changes: Any) -> Dataset:
-    ds = mr_study(n_series=1, slices=1, rows=8, cols=8, seed=11)[0]
-    for keyword, value in changes.items():
-        if value is None:
-            del ds[keyword]
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def test_lenient_attributes(tmp_path: Path) -> None:
-    ds = _mr(PatientAge="about forty", PatientSex="X", StudyDate="2024-13-45", SeriesNumber=None,
-             Modality=None, SeriesDescription="  ")
-    attrs = read_instance_attributes(_write(ds, tmp_path / "a.dcm"))
-    assert attrs.patient_age is None and attrs.patient_sex is None and attrs.study_date is None
-    assert attrs.series_number is None and attrs.series_description is None
-    assert attrs.modality == ""
-    assert attrs.instance_number == 1
-    assert attrs.body_part_examined == "HEAD"
-
-
-@pytest.mark.parametrize("missing", ["SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"])
-def test_missing_identifiers_are_unreadable(tmp_path: Path, missing: str) -> None:
-    ds = _mr(**{missing: None})
-    with pytest.raises(UnreadableInstanceError, match=missing):
-        read_instance_attributes(_write(ds, tmp_path / "a.dcm"))
-
-
-def _meta_plus(body: bytes, tmp_path: Path) -> Path:
-    """A file with a valid preamble and file meta followed by ``body`` as the data set."""
-    good = write_study(mr_study(n_series=1, slices=1, rows=8, cols=8, seed=12), tmp_path / "src")[0]
-    data = good.read_bytes()
-    # End of the file meta: after the last group 0002 element (walk it like the checker).
-    ds = pydicom.dcmread(good, stop_before_pixels=True)
-    meta_end = 132 + 12 + int(ds.file_meta.FileMetaInformationGroupLength)
-    path = tmp_path / "bad.dcm"
-    path.write_bytes(data[:meta_end] + body)
-    return path
-
-
-def test_structure_check_finds_truncation_and_garbage(tmp_path: Path) -> None:
-    good = write_study(mr_study(n_series=1, slices=1, rows=8, cols=8, seed=12), tmp_path / "g")[0]
-    assert check_part10_structure(good) == "1.2.840.10008.1.2.1"
-    data = good.read_bytes()
-    cut = tmp_path / "cut.dcm"
-    cut.write_bytes(data[: len(data) - 10])
-    with pytest.raises(IncompleteDicomError, match="truncated"):
-        check_part10_structure(cut)
-    with pytest.raises(IncompleteDicomError):
-        check_part10_structure(_meta_plus(bytes(range(256)) * 20, tmp_path))
-    no_meta = tmp_path / "nometa.dcm"
-    no_meta.write_bytes(b"\x00" * 50)
-    with pytest.raises(IncompleteDicomError, match="DICM"):
-        check_part10_structure(no_meta)
-    # pydicom's own truncated samples.
-    for name in ("MR_truncated.dcm", "rtplan_truncated.dcm"):
-        with pytest.raises(IncompleteDicomError, match="truncated"):
-            check_part10_structure(_testfile(name))
-
-
-# ---- the C-STORE handler with stand-in event objects ----------------------------------
+from tests.unit.test_dicom_attributes import _meta_plus, _mr, _testfile, _write
 
 
 class FakePublisher:
@@ -200,7 +64,9 @@ def _event(path: Path, workdir: Path, calling: str = "MODALITY", sop_uid: str = 
 
 
 def _context(tmp_path: Path, publish: Any) -> StoreContext:
-    return StoreContext(store=StagingStore(tmp_path / "staging"), quarantine_dir=tmp_path / "quarantine", publish=publish)
+    return StoreContext(
+        store=StagingStore(tmp_path / "staging"), quarantine_dir=tmp_path / "quarantine", publish=publish
+    )
 
 
 def test_success_only_after_staging_and_publishing(tmp_path: Path) -> None:
@@ -301,16 +167,22 @@ def test_logs_carry_no_patient_identifiers(tmp_path: Path, caplog: pytest.LogCap
     ds = _mr(PatientID="SECRET-PID-42", PatientName="Doe^Jane")
     caplog.set_level("DEBUG")
     assert on_c_store(_event(_write(ds, tmp_path / "p.dcm"), tmp_path / "recv"), context) == STATUS_SUCCESS
-    assert on_c_store(_event(_write(_mr(PatientID="SECRET-PID-42", SOPInstanceUID=None), tmp_path / "q.dcm"), tmp_path / "recv"),
-                      context) == STATUS_CANNOT_UNDERSTAND
+    assert (
+        on_c_store(
+            _event(_write(_mr(PatientID="SECRET-PID-42", SOPInstanceUID=None), tmp_path / "q.dcm"), tmp_path / "recv"),
+            context,
+        )
+        == STATUS_CANNOT_UNDERSTAND
+    )
     text = " ".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
     assert ds.SOPInstanceUID in text
     assert "SECRET-PID-42" not in text and "Doe" not in text
 
 
 def test_rejected_association_is_logged_with_caller(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    context = StoreContext(store=StagingStore(tmp_path), quarantine_dir=tmp_path, publish=FakePublisher(),
-                           allowed_aets=("PACS",))
+    context = StoreContext(
+        store=StagingStore(tmp_path), quarantine_dir=tmp_path, publish=FakePublisher(), allowed_aets=("PACS",)
+    )
     event = _event(_testfile("CT_small.dcm"), tmp_path / "recv", calling="INTRUDER")
     caplog.set_level("INFO")
     on_rejected(event, context)

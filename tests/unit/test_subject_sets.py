@@ -18,7 +18,7 @@ from cohortstream.cohort_query import (
     intersect,
 )
 from cohortstream.subjects import subject_id_for
-from consumers.subject_facets import (
+from cohortstream.subject_sets import (
     ALL_SUBJECTS,
     DIAGNOSIS_PREFIX_MAX,
     SubjectSet,

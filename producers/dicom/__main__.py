@@ -1,0 +1,5 @@
+"""``python -m producers.dicom``: run the DICOM listener (``cohortstream dicom-scp`` does the same)."""
+
+from producers.dicom.listener import main
+
+raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""The Storage SCP: binds the port, registers the handlers, owns the Kafka bridge.
+
+Every storage SOP class is accepted with every transfer syntax pynetdicom knows: the
+bytes are stored as they came, never decoded or transcoded. pynetdicom writes each
+received data set straight to a temporary Part-10 file
+(``_config.STORE_RECV_CHUNKED_DATASET``; ``event.dataset_path`` is preamble + ``DICM`` +
+the file meta built from the negotiated presentation context + the raw data set bytes),
+which the C-STORE handler checks, stages and publishes (:mod:`producers.dicom.handlers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from pydantic import ValidationError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.events import EventHandlerType
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from cohortstream.errors import CohortStreamError
+from cohortstream.publisher import EventPublisher
+from cohortstream.settings import Settings
+from cohortstream.staging import StagingStore
+from producers.dicom.handlers import StoreContext, on_accepted, on_c_echo, on_c_store, on_conn_open, on_rejected
+from producers.dicom.kafka_bridge import KafkaBridge
+
+__all__ = ["DicomListener", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+class DicomListener:
+    """The Storage SCP with its staging store and Kafka bridge.
+
+    ``start()`` binds the port and returns; ``stop()`` stops accepting associations,
+    lets in-flight C-STOREs finish (answering 0xA700 to any that arrive meanwhile),
+    then closes associations and the Kafka producer. Also a context manager.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher_factory: Callable[[Settings], EventPublisher] = EventPublisher,
+    ) -> None:
+        self._settings = settings
+        self._bridge = KafkaBridge(settings, publisher_factory)
+        self.store = StagingStore(settings.staging_dir)
+        self.context = StoreContext(
+            store=self.store,
+            quarantine_dir=Path(settings.quarantine_dir).absolute(),
+            publish=self._bridge.publish,
+            allowed_aets=tuple(settings.dicom_scp_allowed_aets),
+            max_associations=settings.dicom_scp_max_associations,
+        )
+        self._ae = self._build_ae()
+        self._server: ThreadedAssociationServer | None = None
+        self.kafka_connected_at_start = False
+
+    def _build_ae(self) -> AE:
+        settings = self._settings
+        ae = AE(ae_title=settings.dicom_scp_aet)
+        # Every storage SOP class with every transfer syntax pynetdicom knows: we store the
+        # bytes as they came, so any encoding the sender proposes is fine.
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        ae.maximum_associations = settings.dicom_scp_max_associations
+        ae.require_calling_aet = list(settings.dicom_scp_allowed_aets)
+        return ae
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound host and port."""
+        if self._server is None:
+            raise RuntimeError("listener is not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        settings = self._settings
+        # Received data sets go to a temporary file instead of memory; process-wide switch.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        for directory in (settings.staging_dir, settings.quarantine_dir):
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CohortStreamError(f"cannot create {directory}: {exc}") from exc
+        if not settings.dicom_scp_allowed_aets:
+            log.warning(
+                "COHORTSTREAM_DICOM_SCP_ALLOWED_AETS is empty: every calling AE title is accepted. "
+                "This is for development only; set the allow-list in production."
+            )
+        self.kafka_connected_at_start = self._bridge.start()
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, on_c_store, [self.context]),
+            (evt.EVT_C_ECHO, on_c_echo, [self.context]),
+            (evt.EVT_REJECTED, on_rejected, [self.context]),
+            (evt.EVT_ACCEPTED, on_accepted, [self.context]),
+            (evt.EVT_CONN_OPEN, on_conn_open),
+        ]
+        try:
+            self._server = self._ae.start_server(
+                (settings.dicom_scp_host, settings.dicom_scp_port), block=False, evt_handlers=handlers
+            )
+        except OSError as exc:
+            self._bridge.stop()
+            raise CohortStreamError(
+                f"cannot listen on {settings.dicom_scp_host}:{settings.dicom_scp_port}: {exc}"
+            ) from exc
+        host, port = self.address
+        log.info(
+            "DICOM listener ready",
+            extra={
+                "aet": settings.dicom_scp_aet,
+                "host": host,
+                "port": port,
+                "allowed_aets": list(settings.dicom_scp_allowed_aets),
+                "max_associations": settings.dicom_scp_max_associations,
+                "staging_dir": str(self.store.root),
+                "kafka_connected": self.kafka_connected_at_start,
+            },
+        )
+
+    def stop(self, drain_timeout_s: float | None = None) -> None:
+        if drain_timeout_s is None:
+            drain_timeout_s = self._settings.dicom_scp_publish_timeout_s + 5.0
+        if self._server is not None:
+            self._server.shutdown()  # no new associations
+        self.context.accepting.clear()
+        if not self.context.wait_idle(drain_timeout_s):
+            log.warning(
+                "C-STOREs still running after the drain timeout; closing anyway",
+                extra={"drain_timeout_s": drain_timeout_s},
+            )
+        for assoc in list(self._ae.active_associations):
+            assoc.abort()
+        self._server = None
+        self._bridge.stop()
+        log.info("DICOM listener stopped")
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run the listener until SIGTERM/SIGINT (or ``stop`` is set); return the exit status."""
+    if settings.log_level != "DEBUG":
+        # pynetdicom logs every PDU exchange at INFO; ours are the useful lines.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda num, frame: stop.set())
+    listener = DicomListener(settings)
+    listener.start()
+    try:
+        stop.wait()
+        log.info("stopping the DICOM listener (finishing in-flight C-STOREs)")
+    finally:
+        listener.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m producers.dicom [--env-file FILE]``: the listener without the CLI.
+
+    Same as ``cohortstream dicom-scp``, which is the documented way to run it; this entry
+    point builds its own Settings so that nothing here imports the CLI.
+    """
+    parser = argparse.ArgumentParser(prog="python -m producers.dicom", description="Run the DICOM C-STORE listener.")
+    parser.add_argument("--env-file", default=None, help="read settings from this env file too")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.load(args.env_file)
+    except (ValidationError, CohortStreamError) as exc:
+        print(f"producers.dicom: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    from cohortstream.logs import configure_logging
+
+    configure_logging(settings)
+    try:
+        return serve(settings)
+    except CohortStreamError as exc:
+        print(f"producers.dicom: {exc}", file=sys.stderr)
+        return 1
