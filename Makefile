@@ -15,9 +15,9 @@ help:
 	@echo "make up      install and start the local stack and the cohortstream worker, print where to look"
 	@echo "make down    stop exactly what 'make up' started"
 	@echo "make status  one line per service"
-	@echo "make test    install, start a separate test stack, run unit + integration tests, stop it"
+	@echo "make test    install, lint, start a separate test stack, run unit + integration tests, stop it"
 	@echo "make test-unit   unit tests only (no services)"
-	@echo "make lint    ruff check, ruff format --check, mypy (not part of 'make test' yet)"
+	@echo "make lint    ruff check, ruff format --check, mypy (the first step of 'make test')"
 	@echo "make settings-table  regenerate docs/settings.md's table from the settings class"
 
 $(UV):
@@ -47,6 +47,8 @@ status:
 	deploy/stack.sh status
 
 test: install
+	@echo "== lint: ruff (lint, format) and mypy"
+	$(MAKE) --no-print-directory lint
 	tests/run.sh
 
 test-unit: install

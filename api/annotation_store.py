@@ -83,7 +83,10 @@ class AnnotationStore:
         """Suggestions matching ``filters``, in ``order``, after ``cursor``; without history."""
         query = _combine(filters.query(), after_filter(cursor) if cursor else {})
         found = (
-            await self._annotations.find(query, {"history": 0}).sort(sort_spec(order)).limit(limit + 1).to_list(limit + 1)
+            await self._annotations.find(query, {"history": 0})
+            .sort(sort_spec(order))
+            .limit(limit + 1)
+            .to_list(limit + 1)
         )
         items, next_cursor = page(found, limit, order)
         return AnnotationPage([public_document(doc, with_history=False) for doc in items], next_cursor)

@@ -160,8 +160,10 @@ async def _publish_review(
     services: ApiServices, event: AnnotationReviewed, principal: Principal, **more: Any
 ) -> JSONResponse:
     log_fields = {
-        "annotation_id": str(event.annotation_id), "series_instance_uid": event.series_instance_uid,
-        "decision": event.decision.value, "key_id": principal.key_id,
+        "annotation_id": str(event.annotation_id),
+        "series_instance_uid": event.series_instance_uid,
+        "decision": event.decision.value,
+        "key_id": principal.key_id,
     }
     try:
         await services.publish(event, key=event.series_instance_uid)
@@ -170,8 +172,12 @@ async def _publish_review(
         raise ApiError(503, "event store unavailable; the review was not recorded, retry later") from exc
     log.info("review published", extra={**log_fields, "event_id": str(event.event_id)})
     return JSONResponse(
-        {"event_id": str(event.event_id), "annotation_id": str(event.annotation_id),
-         "decision": event.decision.value, **more},
+        {
+            "event_id": str(event.event_id),
+            "annotation_id": str(event.annotation_id),
+            "decision": event.decision.value,
+            **more,
+        },
         status_code=202,
     )
 
@@ -250,13 +256,21 @@ async def correct(
     if seg.sop_instance_uid == doc.get("seg_sop_instance_uid"):
         raise ApiError(422, "the file is the suggested SEG itself; accept the suggestion instead", "file")
     orthanc_id = await _store_in_orthanc(services, data, f"corrected SEG of series {series_uid}")
-    log.info("corrected SEG stored", extra={
-        "annotation_id": str(doc["_id"]), "series_instance_uid": series_uid,
-        "seg_sop_instance_uid": seg.sop_instance_uid, "orthanc_id": orthanc_id,
-    })
+    log.info(
+        "corrected SEG stored",
+        extra={
+            "annotation_id": str(doc["_id"]),
+            "series_instance_uid": series_uid,
+            "seg_sop_instance_uid": seg.sop_instance_uid,
+            "orthanc_id": orthanc_id,
+        },
+    )
     event = review_event(
-        doc, ReviewDecision.CORRECTED, reviewer_name,
-        reason=reason_text, corrected_seg_sop_instance_uid=seg.sop_instance_uid,
+        doc,
+        ReviewDecision.CORRECTED,
+        reviewer_name,
+        reason=reason_text,
+        corrected_seg_sop_instance_uid=seg.sop_instance_uid,
     )
     return await _publish_review(
         services, event, principal, corrected_seg_sop_instance_uid=seg.sop_instance_uid, orthanc_id=orthanc_id

@@ -91,7 +91,9 @@ def presented_credential(request: Request) -> str | None:
 class Authenticator:
     """Verifies presented keys against the store, with a short cache of successes."""
 
-    def __init__(self, lookup: KeyLookup, *, cache_ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, lookup: KeyLookup, *, cache_ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._lookup = lookup
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -112,7 +114,9 @@ class Authenticator:
             return
         if len(self._cache) >= _CACHE_MAX:
             now = self._clock()
-            for stale in [k for k, (_, exp) in self._cache.items() if exp <= now] or list(self._cache)[: _CACHE_MAX // 4]:
+            for stale in [k for k, (_, exp) in self._cache.items() if exp <= now] or list(self._cache)[
+                : _CACHE_MAX // 4
+            ]:
                 del self._cache[stale]
         self._cache[fingerprint] = (principal, self._clock() + self._ttl)
 
@@ -179,7 +183,9 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
         if not principal.role.allows(role):
-            log.info("role too low", extra={"key_id": principal.key_id, "role": principal.role.value, "needed": role.value})
+            log.info(
+                "role too low", extra={"key_id": principal.key_id, "role": principal.role.value, "needed": role.value}
+            )
             raise AuthError(403, f"this needs the {role.value} role; the key has {principal.role.value}")
         return principal
 

@@ -50,8 +50,16 @@ Services = Annotated[ApiServices, Depends(get_services)]
 
 EXPORT_CHUNK = 1000
 EXPORT_COLUMNS = (
-    "subject_id", "identifiers", "sources", "modalities", "sex", "age_years",
-    "study_count", "series_count", "questionnaire_count", "has_ehr",
+    "subject_id",
+    "identifiers",
+    "sources",
+    "modalities",
+    "sex",
+    "age_years",
+    "study_count",
+    "series_count",
+    "questionnaire_count",
+    "has_ehr",
 )
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
@@ -79,10 +87,12 @@ def csv_lines(rows: Sequence[dict[str, Any]], *, header: bool) -> str:
     if header:
         writer.writerow(EXPORT_COLUMNS)
     for row in rows:
-        writer.writerow([
-            ";".join(row[c]) if isinstance(row.get(c), list) else ("" if row.get(c) is None else row[c])
-            for c in EXPORT_COLUMNS
-        ])
+        writer.writerow(
+            [
+                ";".join(row[c]) if isinstance(row.get(c), list) else ("" if row.get(c) is None else row[c])
+                for c in EXPORT_COLUMNS
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -100,19 +110,23 @@ async def _rows(db: Any, subject_ids: list[str], fmt: str) -> AsyncIterator[byte
         yield text.encode("utf-8")
 
 
-@router.post("/export", summary="Stream the matching subjects as CSV or NDJSON", response_class=StreamingResponse,
-             responses={200: {"content": {_MEDIA["csv"]: {}, _MEDIA["ndjson"]: {}}}})
+@router.post(
+    "/export",
+    summary="Stream the matching subjects as CSV or NDJSON",
+    response_class=StreamingResponse,
+    responses={200: {"content": {_MEDIA["csv"]: {}, _MEDIA["ndjson"]: {}}}},
+)
 async def export_cohort(
     services: Services,
     query: CohortQuery,
-    format: Annotated[Literal["csv", "ndjson"], Query(description="csv (with a header line) or ndjson.")] = "csv",  # noqa: A002
+    format: Annotated[Literal["csv", "ndjson"], Query(description="csv (with a header line) or ndjson.")] = "csv",
 ) -> StreamingResponse:
     """One row per subject, streamed in chunks; ``X-Cohort-Count`` says how many rows follow."""
     db = _db(services)
     result = await run_cohort_query(db, query)
     log.info("cohort export started", extra={"count": result.count, "format": format})
     return StreamingResponse(
-        _rows(db, result.subject_ids, format), media_type=_MEDIA[format],
-        headers={"X-Cohort-Count": str(result.count),
-                 "Content-Disposition": f'attachment; filename="cohort.{format}"'},
+        _rows(db, result.subject_ids, format),
+        media_type=_MEDIA[format],
+        headers={"X-Cohort-Count": str(result.count), "Content-Disposition": f'attachment; filename="cohort.{format}"'},
     )

@@ -32,8 +32,13 @@ class StalledConsumer:
     stalled_for_s: float
 
     def as_json(self) -> dict[str, object]:
-        return {"group": self.group, "agents": list(self.agents), "topic": self.topic, "lag": self.lag,
-                "stalled_for_s": round(self.stalled_for_s, 1)}
+        return {
+            "group": self.group,
+            "agents": list(self.agents),
+            "topic": self.topic,
+            "lag": self.lag,
+            "stalled_for_s": round(self.stalled_for_s, 1),
+        }
 
 
 @dataclass

@@ -82,8 +82,11 @@ async def plotly_js() -> Response:
     path = plotly_js_path()
     if path is None:
         raise ApiError(404, "plotly is not installed: the dashboard shows tables only")
-    return FileResponse(path, media_type="text/javascript; charset=utf-8",
-                        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type="text/javascript; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/dashboard/static/{name}")
@@ -92,5 +95,8 @@ async def static_file(name: str) -> Response:
     media_type = STATIC_FILES.get(name)
     if media_type is None:
         raise ApiError(404, "no such file")
-    return FileResponse(_STATIC / name, media_type=media_type,
-                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        _STATIC / name,
+        media_type=media_type,
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )

@@ -25,8 +25,15 @@ ORIGINAL_TAG = "original"
 FINAL_TAG = "final"
 _FINAL_STATUSES = [AnnotationStatus.ACCEPTED.value, AnnotationStatus.CORRECTED.value]
 _IMAGES = {"modality": {"$ne": "SEG"}}
-_IMAGE_FIELDS = {"study_instance_uid": 1, "modality": 1, "body_part_examined": 1, "series_description": 1,
-                 "instance_count": 1, "orthanc_id": 1, "first_received_at": 1}
+_IMAGE_FIELDS = {
+    "study_instance_uid": 1,
+    "modality": 1,
+    "body_part_examined": 1,
+    "series_description": 1,
+    "instance_count": 1,
+    "orthanc_id": 1,
+    "first_received_at": 1,
+}
 
 
 def _image_info(series: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,8 +109,12 @@ class SeriesDatastore:
 
     async def first_unlabeled(self) -> dict[str, Any] | None:
         """The unlabeled series with the smallest id (MONAI Label's ``first`` strategy)."""
-        found = await self._series.find(self._unlabeled(await self.labeled_series()), _IMAGE_FIELDS) \
-            .sort("_id", 1).limit(1).to_list(1)
+        found = (
+            await self._series.find(self._unlabeled(await self.labeled_series()), _IMAGE_FIELDS)
+            .sort("_id", 1)
+            .limit(1)
+            .to_list(1)
+        )
         return found[0] if found else None
 
     async def random_unlabeled(self, rng: random.Random | None = None) -> dict[str, Any] | None:

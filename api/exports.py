@@ -43,11 +43,14 @@ class BidsExportRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
-                      description="Folder under the export root; exporting again to a name updates that export.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="Folder under the export root; exporting again to a name updates that export.",
+    )
     query: CohortQuery | None = Field(None, description="Only the subjects of this cohort query.")
-    subjects: list[str] | None = Field(None, min_length=1, max_length=10_000,
-                                       description="Only these subjects (ids or identifiers).")
+    subjects: list[str] | None = Field(
+        None, min_length=1, max_length=10_000, description="Only these subjects (ids or identifiers)."
+    )
 
     @model_validator(mode="after")
     def _one_selection(self) -> BidsExportRequest:
@@ -87,16 +90,24 @@ async def _run(services: ApiServices, job_id: str, request: BidsExportRequest) -
 
     outdir = services.settings.bids_export_root / request.name
     try:
-        report = await export_bids(services.settings, outdir, query=request.query, subjects=request.subjects,
-                                   progress=progress)
+        report = await export_bids(
+            services.settings, outdir, query=request.query, subjects=request.subjects, progress=progress
+        )
         summary = report.to_dict()
-        result = {"status": "done", "report": {
-            "participants": len(summary["participants"]), "scans": len(summary["scans"]),
-            "derivatives": len(summary["derivatives"]), "files_written": len(summary["files_written"]),
-            "files_unchanged": summary["files_unchanged"], "files_removed": len(summary["files_removed"]),
-            "skipped_series": summary["skipped_series"], "skipped_subjects": summary["skipped_subjects"],
-            "warnings": summary["warnings"],
-        }}
+        result = {
+            "status": "done",
+            "report": {
+                "participants": len(summary["participants"]),
+                "scans": len(summary["scans"]),
+                "derivatives": len(summary["derivatives"]),
+                "files_written": len(summary["files_written"]),
+                "files_unchanged": summary["files_unchanged"],
+                "files_removed": len(summary["files_removed"]),
+                "skipped_series": summary["skipped_series"],
+                "skipped_subjects": summary["skipped_subjects"],
+                "warnings": summary["warnings"],
+            },
+        }
     except Exception as exc:  # the job records why; the API process goes on
         log.exception("BIDS export job failed", extra={"job_id": job_id})
         result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
@@ -116,9 +127,16 @@ async def start_bids_export(
         raise ApiError(409, f"an export named {request.name!r} is running", "name")
     job_id = str(uuid.uuid4())
     job = {
-        "_id": job_id, "kind": "bids", "name": request.name, "status": "running", "requested_by": principal.name,
-        "selection": request.model_dump(mode="json", exclude={"name"}), "progress": None,
-        "started_at": _now(), "updated_at": _now(), "finished_at": None,
+        "_id": job_id,
+        "kind": "bids",
+        "name": request.name,
+        "status": "running",
+        "requested_by": principal.name,
+        "selection": request.model_dump(mode="json", exclude={"name"}),
+        "progress": None,
+        "started_at": _now(),
+        "updated_at": _now(),
+        "finished_at": None,
         "outdir": str(services.settings.bids_export_root / request.name),
     }
     await jobs.insert_one(job)

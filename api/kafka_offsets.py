@@ -31,8 +31,11 @@ def consumer_groups(settings: Settings) -> list[str]:
 
 def agents_by_group(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Consumer group → the agents it runs (to name them in stall reports)."""
-    return {settings.app_id: ("every worker agent",), **lane_groups(settings),
-            f"{settings.app_id}-annotator": ("annotation-on-series-completed", "annotation-on-request")}
+    return {
+        settings.app_id: ("every worker agent",),
+        **lane_groups(settings),
+        f"{settings.app_id}-annotator": ("annotation-on-series-completed", "annotation-on-request"),
+    }
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,14 @@ async def read_offsets(settings: Settings, groups: list[str] | None = None, *, t
     groups = consumer_groups(settings) if groups is None else groups
     names = {spec.full_name(settings): spec.name for spec in TOPICS}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-offsets",
-        enable_auto_commit=False, request_timeout_ms=int(timeout_s * 1000),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-offsets",
+        enable_auto_commit=False,
+        request_timeout_ms=int(timeout_s * 1000),
     )
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-offsets-admin",
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-offsets-admin",
         request_timeout_ms=int(timeout_s * 1000),
     )
     try:
@@ -79,7 +85,8 @@ async def read_offsets(settings: Settings, groups: list[str] | None = None, *, t
             existing = {d["topic"] for d in described if d.get("error_code") == 0}
             partitions = [
                 TopicPartition(d["topic"], p["partition"])
-                for d in described if d["topic"] in existing
+                for d in described
+                if d["topic"] in existing
                 for p in sorted(d.get("partitions", []), key=lambda p: p["partition"])
             ]
             ends = await consumer.end_offsets(partitions) if partitions else {}
@@ -97,7 +104,10 @@ async def read_offsets(settings: Settings, groups: list[str] | None = None, *, t
 
 
 def _group_report(
-    group: str, committed_tp: dict[TopicPartition, object], ends: dict[TopicPartition, int], names: dict[str, str],
+    group: str,
+    committed_tp: dict[TopicPartition, object],
+    ends: dict[TopicPartition, int],
+    names: dict[str, str],
     consumes: tuple[str, ...] = (),
 ) -> GroupOffsets:
     """The group's position on the topics it committed on, and on ``consumes`` (logical

@@ -146,10 +146,16 @@ class KeyStore:
         """Store a new key's hash and return the key itself (the only time it exists)."""
         role = Role(role)
         parsed = generate_key()
-        await self._keys.insert_one({
-            "_id": parsed.key_id, "name": _check_name(name), "role": role.value,
-            "hash": hash_secret(parsed.secret), "created_at": datetime.now(UTC), "revoked_at": None,
-        })
+        await self._keys.insert_one(
+            {
+                "_id": parsed.key_id,
+                "name": _check_name(name),
+                "role": role.value,
+                "hash": hash_secret(parsed.secret),
+                "created_at": datetime.now(UTC),
+                "revoked_at": None,
+            }
+        )
         return IssuedKey(key_id=parsed.key_id, key=format_key(parsed), name=name.strip(), role=role)
 
     async def list(self) -> list[dict[str, Any]]:
@@ -172,4 +178,3 @@ class KeyStore:
     async def find_active(self, key_id: str) -> dict[str, Any] | None:
         """The stored document of an unrevoked key, or None."""
         return await self._keys.find_one({"_id": key_id, "revoked_at": None})
-

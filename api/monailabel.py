@@ -164,7 +164,9 @@ def _db(services: ApiServices) -> Any:
     return services.db
 
 
-@router.get("/datastore/", summary="MONAI Label datastore: stats or every image with its labels", dependencies=[RESEARCHER])
+@router.get(
+    "/datastore/", summary="MONAI Label datastore: stats or every image with its labels", dependencies=[RESEARCHER]
+)
 @router.get("/datastore", include_in_schema=False, dependencies=[RESEARCHER])
 async def datastore(services: Services, output: DatastoreOutput | None = None) -> dict[str, Any]:
     """``stats`` (default) or ``all``, in MONAI Label's shapes."""
@@ -172,13 +174,20 @@ async def datastore(services: Services, output: DatastoreOutput | None = None) -
         raise ApiError(422, "output=train is not supported: cohortstream does not train models", "output")
     store = SeriesDatastore(_db(services))
     if output is DatastoreOutput.all:
-        return {"name": "cohortstream", "description": "DICOM series in the cohortstream archive",
-                "images_dir": "", "labels_dir": "", "objects": await store.objects()}
+        return {
+            "name": "cohortstream",
+            "description": "DICOM series in the cohortstream archive",
+            "images_dir": "",
+            "labels_dir": "",
+            "objects": await store.objects(),
+        }
     return await store.status()
 
 
 @router.post(
-    "/activelearning/{strategy}", summary="MONAI Label active learning: the next series to annotate", dependencies=[ADMIN]
+    "/activelearning/{strategy}",
+    summary="MONAI Label active learning: the next series to annotate",
+    dependencies=[ADMIN],
 )
 async def activelearning(
     services: Services, strategy: str, params: Annotated[dict[str, Any] | None, Body()] = None
@@ -193,8 +202,13 @@ async def activelearning(
             return {}
         series_uid = str(pending["series_instance_uid"])
         info = await store.image_info(series_uid)
-        return {"id": series_uid, **info, "study_instance_uid": pending.get("study_instance_uid"),
-                "weight": pending.get("uncertainty"), "annotation_id": str(pending.get("annotation_id", pending["_id"]))}
+        return {
+            "id": series_uid,
+            **info,
+            "study_instance_uid": pending.get("study_instance_uid"),
+            "weight": pending.get("uncertainty"),
+            "annotation_id": str(pending.get("annotation_id", pending["_id"])),
+        }
     if strategy == "random":
         series = await store.random_unlabeled()
     else:
@@ -208,9 +222,9 @@ def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
     """MONAI Label's ``all`` answer: a ``params`` JSON part and the result file."""
     boundary = uuid.uuid4().hex
     head = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\nContent-Type: application/json\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\nContent-Type: application/json\r\n\r\n'
         f"{json.dumps(params, default=str)}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{filename}\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
         "Content-Type: application/dicom\r\n\r\n"
     ).encode()
     body = head + data + f"\r\n--{boundary}--\r\n".encode()
@@ -231,8 +245,11 @@ async def infer(
     if model not in _registry().names:
         raise ApiError(404, f"no model {model!r}; known: {_registry().names}", "model")
     if file is not None or label is not None:
-        raise ApiError(422, "uploading images or labels is not supported; pass the SeriesInstanceUID as image",
-                       "file" if file is not None else "label")
+        raise ApiError(
+            422,
+            "uploading images or labels is not supported; pass the SeriesInstanceUID as image",
+            "file" if file is not None else "label",
+        )
     if not image:
         raise ApiError(422, "image: the SeriesInstanceUID to segment is required", "image")
     try:
@@ -249,8 +266,10 @@ async def infer(
     try:
         await services.publish(event, key=event.series_instance_uid)
     except PublishError as exc:
-        log.error("Kafka did not acknowledge a suggestion made on request",
-                  extra={"series_instance_uid": image, "error": str(exc)})
+        log.error(
+            "Kafka did not acknowledge a suggestion made on request",
+            extra={"series_instance_uid": image, "error": str(exc)},
+        )
         raise ApiError(503, "event store unavailable; the suggestion was not recorded, retry later") from exc
     total_s = time.monotonic() - started
     answer = {
@@ -264,14 +283,19 @@ async def infer(
         "device": event.device,
         "segments": [s.model_dump(mode="json") for s in event.segments],
     }
-    log.info("suggestion made on request", extra={"series_instance_uid": image, "model": model,
-                                                  "annotation_id": answer["annotation_id"]})
+    log.info(
+        "suggestion made on request",
+        extra={"series_instance_uid": image, "model": model, "annotation_id": answer["annotation_id"]},
+    )
     if output is InferOutput.json:
         return JSONResponse(answer)
     filename = f"{event.seg_sop_instance_uid}.dcm"
     if output in (InferOutput.image, InferOutput.dicom_seg):
-        return Response(result.seg_bytes, media_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return Response(
+            result.seg_bytes,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
     return _multipart(answer, filename, result.seg_bytes)
 
 
@@ -282,9 +306,13 @@ async def _suggest(services: ApiServices, model: str, series_uid: str, series: d
     try:
         async with asyncio.timeout(INFER_TIMEOUT_S):
             result = await suggest_series(
-                services.settings, services.archive,
-                study_instance_uid=str(series["study_instance_uid"]), series_instance_uid=series_uid,
-                patient_id=str(series["patient_id"]), model_name=model, pool=services.inference_pool(),
+                services.settings,
+                services.archive,
+                study_instance_uid=str(series["study_instance_uid"]),
+                series_instance_uid=series_uid,
+                patient_id=str(series["patient_id"]),
+                model_name=model,
+                pool=services.inference_pool(),
             )
     except ModelLoadError as exc:
         log.error("model cannot be loaded", extra={"model": model, "error": str(exc)})

@@ -84,7 +84,11 @@ class Cursor:
             raise CursorError(f"cursor was made for sort={payload.get('o')!r}, not sort={order.value!r}")
         uncertainty = payload.get("u")
         if order is SortOrder.UNCERTAINTY and uncertainty is not None:
-            if isinstance(uncertainty, bool) or not isinstance(uncertainty, int | float) or not math.isfinite(uncertainty):
+            if (
+                isinstance(uncertainty, bool)
+                or not isinstance(uncertainty, int | float)
+                or not math.isfinite(uncertainty)
+            ):
                 raise CursorError("cursor is not one this API returned")
             uncertainty = float(uncertainty)
         return cls(order, payload["id"], uncertainty if order is SortOrder.UNCERTAINTY else None)

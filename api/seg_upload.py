@@ -73,7 +73,7 @@ def read_segmentation(data: bytes) -> Dataset:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except InvalidDicomError as exc:
         raise SegUploadError("file is not a DICOM Part-10 file (no 'DICM' preamble)") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types (struct.error, EOFError, ...) on broken data
+    except Exception as exc:
         raise SegUploadError("file is not a readable DICOM file") from exc
     meta = getattr(ds, "file_meta", None)
     sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
@@ -128,13 +128,14 @@ async def check_segmentation(
     series_refs = referenced_series_uids(ds)
     instance_refs = referenced_instance_uids(ds)
     if str(ds.SeriesInstanceUID) == series_instance_uid:
-        raise SegUploadError("the SEG has the SeriesInstanceUID of the images it segments; it needs a series of its own")
-    if series_instance_uid not in series_refs:
-        if not instance_refs or not await instances_in_series(instance_refs):
-            raise SegUploadError(
-                f"the SEG does not reference series {series_instance_uid} "
-                "(neither in ReferencedSeriesSequence nor through its source images)"
-            )
+        raise SegUploadError(
+            "the SEG has the SeriesInstanceUID of the images it segments; it needs a series of its own"
+        )
+    if series_instance_uid not in series_refs and (not instance_refs or not await instances_in_series(instance_refs)):
+        raise SegUploadError(
+            f"the SEG does not reference series {series_instance_uid} "
+            "(neither in ReferencedSeriesSequence nor through its source images)"
+        )
     return UploadedSegmentation(
         sop_instance_uid=str(ds.SOPInstanceUID),
         series_instance_uid=str(ds.SeriesInstanceUID),

@@ -96,7 +96,9 @@ class Ingestion(BaseModel):
 class Statistics(BaseModel):
     """The dashboard's numbers; ``answered_by`` says how each was obtained."""
 
-    totals: dict[str, int] = Field(description="Sums of the counters: series, instances, questionnaires, EHR rows, annotations.")
+    totals: dict[str, int] = Field(
+        description="Sums of the counters: series, instances, questionnaires, EHR rows, annotations."
+    )
     series_by_modality: dict[str, int]
     patients_by_modality: dict[str, int]
     series_by_body_part: dict[str, int]
@@ -134,10 +136,16 @@ def _simple(docs: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _per_day(docs: list[dict[str, Any]]) -> list[DayCount]:
-    return [DayCount(day=str(d["key"]), count=int(d["count"])) for d in sorted(docs, key=lambda d: str(d["key"])) if d["count"]]
+    return [
+        DayCount(day=str(d["key"]), count=int(d["count"]))
+        for d in sorted(docs, key=lambda d: str(d["key"]))
+        if d["count"]
+    ]
 
 
-def _grouped(docs: list[dict[str, Any]], group: tuple[str, ...], status_label: str, statuses: tuple[str, ...]) -> list[tuple[tuple[str, ...], dict[str, int]]]:
+def _grouped(
+    docs: list[dict[str, Any]], group: tuple[str, ...], status_label: str, statuses: tuple[str, ...]
+) -> list[tuple[tuple[str, ...], dict[str, int]]]:
     groups: dict[tuple[str, ...], dict[str, int]] = {}
     for doc in docs:
         labels = doc.get("labels") or {}
@@ -148,12 +156,15 @@ def _grouped(docs: list[dict[str, Any]], group: tuple[str, ...], status_label: s
 
 def _totals(counters: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """Totals from the counters (every series has one modality, every instance one day...)."""
+
     def total(dimension: str) -> int:
         return sum(int(d["count"]) for d in counters.get(dimension, []))
 
     return {
-        "series": total("series_by_modality"), "instances": total("dicom_instances_per_day"),
-        "questionnaires": total("questionnaire_completion"), "ehr_records": total("ehr_records_per_day"),
+        "series": total("series_by_modality"),
+        "instances": total("dicom_instances_per_day"),
+        "questionnaires": total("questionnaire_completion"),
+        "ehr_records": total("ehr_records_per_day"),
         "annotations": total("annotations_by_model_status"),
     }
 
@@ -166,7 +177,10 @@ def _bands(docs: list[dict[str, Any]]) -> dict[str, int]:
 async def _multimodal(db: Any) -> Multimodal:
     # One pass over the registry and one over each view's keys, in the background (at most
     # every 300 s per API process): fewer, whole reads beat many ``$in`` lookups here.
-    subject_of = {str(d["_id"]): str(d["subject_id"]) for d in await db["subject_identifiers"].find({}, {"subject_id": 1}).to_list()}
+    subject_of = {
+        str(d["_id"]): str(d["subject_id"])
+        for d in await db["subject_identifiers"].find({}, {"subject_id": 1}).to_list()
+    }
 
     def subjects_of(keys: list[Any]) -> set[str]:
         return {subject_of[str(k)] for k in keys if str(k) in subject_of}
@@ -175,8 +189,12 @@ async def _multimodal(db: Any) -> Multimodal:
     questionnaire = subjects_of(await db["questionnaires"].distinct("subject_key"))
     ehr = subjects_of(await db["ehr_subjects"].distinct("_id"))
     return Multimodal(
-        subjects=len(set(subject_of.values())), with_imaging=len(imaging), with_questionnaire=len(questionnaire),
-        with_ehr=len(ehr), complete=len(imaging & questionnaire & ehr), computed_at=datetime.now(UTC),
+        subjects=len(set(subject_of.values())),
+        with_imaging=len(imaging),
+        with_questionnaire=len(questionnaire),
+        with_ehr=len(ehr),
+        complete=len(imaging & questionnaire & ehr),
+        computed_at=datetime.now(UTC),
         max_age_s=MULTIMODAL_MAX_AGE_S,
     )
 
@@ -184,7 +202,7 @@ async def _multimodal(db: Any) -> Multimodal:
 async def _refresh(cache: _MultimodalCache, db: Any) -> None:
     try:
         cache.value, cache.at = await _multimodal(db), time.monotonic()
-    except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the old figure; the next request retries
+    except Exception as exc:
         log.error("multimodal statistics not computed", extra={"error": type(exc).__name__})
     finally:
         cache.task = None
@@ -205,8 +223,13 @@ def _cached_multimodal(request: Request, db: Any) -> Multimodal | None:
 
 _ANSWERED_BY = {
     "totals": "sums of counters",
-    "series_by_modality": "counter", "patients_by_modality": "counter", "series_by_body_part": "counter",
-    "sex": "counter", "questionnaire_completion": "counter", "annotations_by_model": "counter", "ingestion": "counter",
+    "series_by_modality": "counter",
+    "patients_by_modality": "counter",
+    "series_by_body_part": "counter",
+    "sex": "counter",
+    "questionnaire_completion": "counter",
+    "annotations_by_model": "counter",
+    "ingestion": "counter",
     "age_bands": "counter",
     "multimodal": f"registry join, computed in the background at most every {MULTIMODAL_MAX_AGE_S:.0f} s",
 }
@@ -219,17 +242,26 @@ async def statistics(request: Request, services: Services) -> Statistics:
     db = _db(services)
     counters = await _counters(db)
     multimodal = _cached_multimodal(request, db)
-    completion = _grouped(counters.get("questionnaire_completion", []), ("instrument", "event_name"), "status", COMPLETION_STATUSES)
+    completion = _grouped(
+        counters.get("questionnaire_completion", []), ("instrument", "event_name"), "status", COMPLETION_STATUSES
+    )
     annotations = _grouped(counters.get("annotations_by_model_status", []), ("model",), "status", ANNOTATION_STATUSES)
     return Statistics(
         totals=_totals(counters),
         series_by_modality=_simple(counters.get("series_by_modality", [])),
         patients_by_modality=_simple(counters.get("patients_by_modality", [])),
         series_by_body_part=_simple(counters.get("series_by_body_part", [])),
-        sex={"dicom": _simple(counters.get("patients_by_sex", [])), "ehr": _simple(counters.get("ehr_subjects_by_sex", []))},
-        age_bands={"dicom": _bands(counters.get("patients_by_age_band", [])),
-                   "ehr": _bands(counters.get("ehr_subjects_by_age_band", []))},
-        questionnaire_completion=[Completion(instrument=k[0], event_name=k[1] or None, counts=v) for k, v in completion],
+        sex={
+            "dicom": _simple(counters.get("patients_by_sex", [])),
+            "ehr": _simple(counters.get("ehr_subjects_by_sex", [])),
+        },
+        age_bands={
+            "dicom": _bands(counters.get("patients_by_age_band", [])),
+            "ehr": _bands(counters.get("ehr_subjects_by_age_band", [])),
+        },
+        questionnaire_completion=[
+            Completion(instrument=k[0], event_name=k[1] or None, counts=v) for k, v in completion
+        ],
         annotations_by_model=[ModelStatus(model=k[0], counts=v) for k, v in annotations],
         ingestion=Ingestion(
             dicom_instances_per_day=_per_day(counters.get("dicom_instances_per_day", [])),

@@ -193,44 +193,65 @@ def _pick(model: type[BaseModel], doc: dict[str, Any], **more: Any) -> dict[str,
 
 def _series(doc: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]) -> ImagingSeries:
     oid = doc.get("orthanc_id")
-    return ImagingSeries(**_pick(
-        ImagingSeries, doc, series_instance_uid=str(doc["_id"]),
-        orthanc_url=f"{orthanc_url}/series/{oid}" if oid else None,
-        annotations=[AnnotationBrief(**_pick(AnnotationBrief, a, annotation_id=str(a["_id"])))
-                     for a in annotations.get(str(doc["_id"]), [])],
-    ))
+    return ImagingSeries(
+        **_pick(
+            ImagingSeries,
+            doc,
+            series_instance_uid=str(doc["_id"]),
+            orthanc_url=f"{orthanc_url}/series/{oid}" if oid else None,
+            annotations=[
+                AnnotationBrief(**_pick(AnnotationBrief, a, annotation_id=str(a["_id"])))
+                for a in annotations.get(str(doc["_id"]), [])
+            ],
+        )
+    )
 
 
 def _study(doc: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]) -> ImagingStudy:
     oid = doc.get("orthanc_id")
-    return ImagingStudy(**_pick(
-        ImagingStudy, {k: v for k, v in doc.items() if k != "series"}, study_instance_uid=str(doc["_id"]),
-        orthanc_url=f"{orthanc_url}/studies/{oid}" if oid else None,
-        series=[_series(s, orthanc_url, annotations) for s in doc.get("series_detail", [])],
-    ))
+    return ImagingStudy(
+        **_pick(
+            ImagingStudy,
+            {k: v for k, v in doc.items() if k != "series"},
+            study_instance_uid=str(doc["_id"]),
+            orthanc_url=f"{orthanc_url}/studies/{oid}" if oid else None,
+            series=[_series(s, orthanc_url, annotations) for s in doc.get("series_detail", [])],
+        )
+    )
 
 
 def _patient(doc: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]) -> ImagingPatient:
     oid = doc.get("orthanc_id")
-    return ImagingPatient(**_pick(
-        ImagingPatient, {k: v for k, v in doc.items() if k not in ("studies", "sex")}, patient_id=str(doc["_id"]),
-        sex=doc.get("sex_normalised") or doc.get("sex"),
-        orthanc_url=f"{orthanc_url}/patients/{oid}" if oid else None,
-        studies=[_study(s, orthanc_url, annotations) for s in doc.get("study_detail", [])],
-    ))
+    return ImagingPatient(
+        **_pick(
+            ImagingPatient,
+            {k: v for k, v in doc.items() if k not in ("studies", "sex")},
+            patient_id=str(doc["_id"]),
+            sex=doc.get("sex_normalised") or doc.get("sex"),
+            orthanc_url=f"{orthanc_url}/patients/{oid}" if oid else None,
+            studies=[_study(s, orthanc_url, annotations) for s in doc.get("study_detail", [])],
+        )
+    )
 
 
 def _ehr(doc: dict[str, Any]) -> EhrSummary:
     return EhrSummary(
-        ehr_key=str(doc["_id"]), source=doc.get("source"), subject_id=doc.get("subject_id"),
-        demographics=doc.get("demographics") or {}, sex=doc.get("sex_normalised"), age_years=doc.get("age_years"),
+        ehr_key=str(doc["_id"]),
+        source=doc.get("source"),
+        subject_id=doc.get("subject_id"),
+        demographics=doc.get("demographics") or {},
+        sex=doc.get("sex_normalised"),
+        age_years=doc.get("age_years"),
         diagnosis_codes=sorted(doc.get("diagnosis_codes") or []),
-        admission_count=len(doc.get("admissions") or {}), diagnosis_count=len(doc.get("diagnoses") or {}),
+        admission_count=len(doc.get("admissions") or {}),
+        diagnosis_count=len(doc.get("diagnoses") or {}),
         latest_labs={k: LabValue(**_pick(LabValue, v)) for k, v in (doc.get("latest_labs") or {}).items()},
     )
 
 
-def subject_detail(view: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]) -> SubjectDetail:
+def subject_detail(
+    view: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]
+) -> SubjectDetail:
     """The model of :func:`cohortstream.subject_view.subject_view`'s answer, with the
     annotations of each series (``annotations``: series uid → suggestion documents)."""
     base = orthanc_url.rstrip("/")
@@ -238,7 +259,9 @@ def subject_detail(view: dict[str, Any], orthanc_url: str, annotations: dict[str
         subject_id=view["subject_id"],
         identifiers=view["identifiers"],
         imaging=[_patient(p, base, annotations) for p in view["imaging"]],
-        questionnaires=[Questionnaire(**_pick(Questionnaire, q, questionnaire_id=str(q["_id"]))) for q in view["questionnaires"]],
+        questionnaires=[
+            Questionnaire(**_pick(Questionnaire, q, questionnaire_id=str(q["_id"]))) for q in view["questionnaires"]
+        ],
         ehr=[_ehr(e) for e in view["ehr"]],
     )
 

@@ -179,7 +179,9 @@ async def page_of_subjects(
     return ids[:limit], len(ids) > limit
 
 
-async def _find_in(db: AsyncDatabase, collection: str, field: str, values: Sequence[str], projection: dict[str, int]) -> list[dict[str, Any]]:
+async def _find_in(
+    db: AsyncDatabase, collection: str, field: str, values: Sequence[str], projection: dict[str, int]
+) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for start in range(0, len(values), _IN_CHUNK):
         chunk = list(values[start : start + _IN_CHUNK])
@@ -192,8 +194,11 @@ async def subject_summaries(db: AsyncDatabase, subject_ids: Sequence[str]) -> li
     the read model, or from the views for subjects it does not hold (yet)."""
     if not subject_ids:
         return []
-    held = {str(d["_id"]): _summary(d) for d in await _find_in(db, FACETS, "_id", subject_ids, _SUMMARY_PROJECTION)
-            if not d.get("deleted")}
+    held = {
+        str(d["_id"]): _summary(d)
+        for d in await _find_in(db, FACETS, "_id", subject_ids, _SUMMARY_PROJECTION)
+        if not d.get("deleted")
+    }
     missing = [sid for sid in subject_ids if sid not in held]
     if missing:
         held.update({row["subject_id"]: row for row in await summaries_from_views(db, missing)})
@@ -217,12 +222,20 @@ async def summaries_from_views(db: AsyncDatabase, subject_ids: Sequence[str]) ->
     ehr = [str(d["_id"]) for d in registry if d["kind"] == "ehr"]
     patients = {
         str(d["_id"]): d
-        for d in await _find_in(db, "patients", "_id", dicom, {"modalities": 1, "sex_normalised": 1, "age_years": 1, "study_count": 1, "series_count": 1})
+        for d in await _find_in(
+            db,
+            "patients",
+            "_id",
+            dicom,
+            {"modalities": 1, "sex_normalised": 1, "age_years": 1, "study_count": 1, "series_count": 1},
+        )
     }
     questionnaires: dict[str, int] = {}
     for doc in await _find_in(db, "questionnaires", "subject_key", redcap, {"subject_key": 1}):
         questionnaires[str(doc["subject_key"])] = questionnaires.get(str(doc["subject_key"]), 0) + 1
-    ehr_docs = {str(d["_id"]): d for d in await _find_in(db, "ehr_subjects", "_id", ehr, {"sex_normalised": 1, "age_years": 1})}
+    ehr_docs = {
+        str(d["_id"]): d for d in await _find_in(db, "ehr_subjects", "_id", ehr, {"sex_normalised": 1, "age_years": 1})
+    }
     out = []
     for sid in subject_ids:
         docs = members.get(sid)
@@ -233,16 +246,18 @@ async def summaries_from_views(db: AsyncDatabase, subject_ids: Sequence[str]) ->
         ehr_of = [ehr_docs[str(d["_id"])] for d in docs if d["kind"] == "ehr" and str(d["_id"]) in ehr_docs]
         sex = next((p.get("sex_normalised") for p in imaging + ehr_of if p.get("sex_normalised")), None)
         age = next((p.get("age_years") for p in imaging + ehr_of if p.get("age_years") is not None), None)
-        out.append({
-            "subject_id": sid,
-            "identifiers": keys,
-            "sources": sorted({str(d["kind"]) for d in docs}),
-            "modalities": sorted({m for p in imaging for m in p.get("modalities", [])}),
-            "sex": sex,
-            "age_years": age,
-            "study_count": sum(int(p.get("study_count") or 0) for p in imaging),
-            "series_count": sum(int(p.get("series_count") or 0) for p in imaging),
-            "questionnaire_count": sum(questionnaires.get(k, 0) for k in keys),
-            "has_ehr": bool(ehr_of),
-        })
+        out.append(
+            {
+                "subject_id": sid,
+                "identifiers": keys,
+                "sources": sorted({str(d["kind"]) for d in docs}),
+                "modalities": sorted({m for p in imaging for m in p.get("modalities", [])}),
+                "sex": sex,
+                "age_years": age,
+                "study_count": sum(int(p.get("study_count") or 0) for p in imaging),
+                "series_count": sum(int(p.get("series_count") or 0) for p in imaging),
+                "questionnaire_count": sum(questionnaires.get(k, 0) for k in keys),
+                "has_ehr": bool(ehr_of),
+            }
+        )
     return out

@@ -75,7 +75,9 @@ async def resolve(services: ApiServices, subject: str) -> str:
 async def list_subjects(
     services: Services,
     modality: Annotated[str | None, Query(min_length=1, max_length=16, description="DICOM modality, e.g. MR.")] = None,
-    has_questionnaire: Annotated[bool | None, Query(description="Has (true) or lacks (false) any REDCap questionnaire.")] = None,
+    has_questionnaire: Annotated[
+        bool | None, Query(description="Has (true) or lacks (false) any REDCap questionnaire.")
+    ] = None,
     sex: Annotated[Sex | None, Query(description="M, F or O (DICOM PatientSex, else EHR gender).")] = None,
     source: Annotated[Source | None, Query(description="Has an identifier of this source.")] = None,
     limit: Limit = 50,
@@ -101,7 +103,9 @@ async def timeline(
     services: Services,
     subject: SubjectRef,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"At most {MAX_LIMIT} entries.")] = 100,
-    after: Annotated[datetime | None, Query(description="Only facts strictly after this time (ISO 8601 with zone).")] = None,
+    after: Annotated[
+        datetime | None, Query(description="Only facts strictly after this time (ISO 8601 with zone).")
+    ] = None,
 ) -> TimelinePage:
     """The subject's EHR facts, oldest first; undated facts follow on the first page only.
 
@@ -116,7 +120,9 @@ async def timeline(
     items = docs[:limit]
     dated_more = len(docs) > limit and items and items[-1].get("effective_at") is not None
     return TimelinePage(
-        subject_id=subject_id, items=[timeline_entry(d) for d in items], limit=limit,
+        subject_id=subject_id,
+        items=[timeline_entry(d) for d in items],
+        limit=limit,
         next_after=items[-1]["effective_at"] if dated_more else None,
     )
 
@@ -135,9 +141,12 @@ async def get_subject(services: Services, subject: SubjectRef) -> SubjectDetail:
     series_uids = [s["_id"] for p in view["imaging"] for st in p["study_detail"] for s in st["series_detail"]]
     annotations: dict[str, list[dict[str, Any]]] = {}
     if series_uids:
-        docs = await db["annotations"].find(
-            {"series_instance_uid": {"$in": series_uids}}, {"history": 0}
-        ).sort("_id").to_list()
+        docs = (
+            await db["annotations"]
+            .find({"series_instance_uid": {"$in": series_uids}}, {"history": 0})
+            .sort("_id")
+            .to_list()
+        )
         for doc in docs:
             annotations.setdefault(str(doc["series_instance_uid"]), []).append(doc)
     return subject_detail(view, services.settings.orthanc_url, annotations)

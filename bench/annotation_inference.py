@@ -79,8 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         assert seg_bytes
 
     total_s = sum(stages["series"])
-    print(f"device: {device_name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
-          f"sw_batch_size {args.sw_batch_size}  amp {not args.no_amp and device.type == 'cuda'}")
+    print(
+        f"device: {device_name}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
+        f"sw_batch_size {args.sw_batch_size}  amp {not args.no_amp and device.type == 'cuda'}"
+    )
     print(f"series: {args.series} of {tuple(args.shape)} voxels ({len(phantoms[0][0])} instances each)")
     for stage in ("volume", "inference", "seg"):
         values = stages[stage]

@@ -230,7 +230,7 @@ async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout
                         state = f"{entry[2]} with {len(entry[5])} member(s)"
                         if entry[2] == "Stable" and entry[5]:
                             return time.monotonic() - start
-            except Exception as exc:  # noqa: BLE001 - coordinator not ready yet, keep polling
+            except Exception as exc:
                 state = f"{type(exc).__name__}: {exc}"
             await asyncio.sleep(0.5)
     finally:
@@ -254,7 +254,9 @@ class Batch:
 
 def make_batch(directory: Path, count: int, slices: int, rows: int, cols: int, seed: int, patient_id: str) -> Batch:
     n_series = max(1, math.ceil(count / slices))
-    datasets = mr_study(n_series=n_series, slices=min(slices, count), rows=rows, cols=cols, seed=seed, patient_id=patient_id)
+    datasets = mr_study(
+        n_series=n_series, slices=min(slices, count), rows=rows, cols=cols, seed=seed, patient_id=patient_id
+    )
     datasets = datasets[:count]
     paths = write_study(datasets, directory)
     return Batch(
@@ -382,9 +384,7 @@ async def run_pipeline(
 
     async def views_done() -> bool:
         now = time.time()
-        cursor = instances.find(
-            {"in_orthanc": True, "patient_id": batch.patient_id}, {"_id": 1, "received_at": 1}
-        )
+        cursor = instances.find({"in_orthanc": True, "patient_id": batch.patient_id}, {"_id": 1, "received_at": 1})
         async for doc in cursor:
             uid = doc["_id"]
             if uid not in seen_wall and doc.get("received_at") is not None:
@@ -506,17 +506,19 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     env_file = stack.state_dir / "stack.env"
     run_id = uuid.uuid4().hex[:8]
     settings_env = clean_environ()
-    settings_env.update({
-        "COHORTSTREAM_TOPIC_PREFIX": f"bench-{run_id}.",
-        "COHORTSTREAM_APP_ID": f"bench-{run_id}",
-        "COHORTSTREAM_MONGO_DATABASE": f"bench_{run_id}",
-        "COHORTSTREAM_DATA_DIR": str(work / "app"),
-        "COHORTSTREAM_STAGING_DIR": str(work / "staging"),
-        "COHORTSTREAM_QUARANTINE_DIR": str(work / "quarantine"),
-        "COHORTSTREAM_DICOM_SCP_PORT": str(SCP_PORT),
-        "COHORTSTREAM_DICOM_SCP_AET": SCP_AET,
-        "COHORTSTREAM_LOG_LEVEL": "WARNING",
-    })
+    settings_env.update(
+        {
+            "COHORTSTREAM_TOPIC_PREFIX": f"bench-{run_id}.",
+            "COHORTSTREAM_APP_ID": f"bench-{run_id}",
+            "COHORTSTREAM_MONGO_DATABASE": f"bench_{run_id}",
+            "COHORTSTREAM_DATA_DIR": str(work / "app"),
+            "COHORTSTREAM_STAGING_DIR": str(work / "staging"),
+            "COHORTSTREAM_QUARANTINE_DIR": str(work / "quarantine"),
+            "COHORTSTREAM_DICOM_SCP_PORT": str(SCP_PORT),
+            "COHORTSTREAM_DICOM_SCP_AET": SCP_AET,
+            "COHORTSTREAM_LOG_LEVEL": "WARNING",
+        }
+    )
 
     n = args.instances
     log(f"generating 2 x {n} instances ({args.slices} slices/series, {args.rows}x{args.cols})")
@@ -543,7 +545,10 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     listener_s = wait_listener(children["listener"], READY_TIMEOUT_S)
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
     group_s = await wait_consumer_group(
-        stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"], settings_env["COHORTSTREAM_APP_ID"], children["worker"], READY_TIMEOUT_S
+        stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"],
+        settings_env["COHORTSTREAM_APP_ID"],
+        children["worker"],
+        READY_TIMEOUT_S,
     )
     log(f"worker consumer group Stable after {group_s:.1f}s")
 
@@ -554,9 +559,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     child_list = list(children.values())
     try:
         log("warm-up: 1 instance through the whole pipeline")
-        warm = await run_pipeline(
-            warm_batch, orthanc, instances, READY_TIMEOUT_S, args.stall, child_list, storescu_log
-        )
+        warm = await run_pipeline(warm_batch, orthanc, instances, READY_TIMEOUT_S, args.stall, child_list, storescu_log)
         if warm.views is None:
             raise BenchError(
                 f"warm-up instance did not reach Orthanc + views ({warm.outcome}; {warm.problems or 'no poll errors'})"
@@ -566,11 +569,11 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         log(f"warm-up went through in {warm.views - warm.start:.2f}s")
 
         log(f"pipeline: storescu {n} instances -> listener :{SCP_PORT}")
-        pipe = await run_pipeline(
-            pipe_batch, orthanc, instances, args.timeout, args.stall, child_list, storescu_log
-        )
+        pipe = await run_pipeline(pipe_batch, orthanc, instances, args.timeout, args.stall, child_list, storescu_log)
         if pipe.outcome != "complete":
-            why = f"no progress for {args.stall:.0f}s" if pipe.outcome == "stalled" else f"not within {args.timeout:.0f}s"
+            why = (
+                f"no progress for {args.stall:.0f}s" if pipe.outcome == "stalled" else f"not within {args.timeout:.0f}s"
+            )
             log(
                 f"WARNING: not everything arrived ({why}): Orthanc +{pipe.orthanc_delta}/{n}, "
                 f"{pipe.docs_count}/{n} instance docs, {n - len(pipe.missing_views)}/{n} with in_orthanc"
@@ -580,8 +583,10 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 + "".join(
                     f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
                     for svc in ("mongo", "orthanc")
-                    if any(svc == "orthanc" and "Orthanc" in what or svc == "mongo" and "Mongo" in what
-                           for what in pipe.problems)
+                    if any(
+                        (svc == "orthanc" and "Orthanc" in what) or (svc == "mongo" and "Mongo" in what)
+                        for what in pipe.problems
+                    )
                 )
             )
 
@@ -601,7 +606,9 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         orthanc_total = await bounded(orthanc.count_instances(), "Orthanc /statistics", check_problems)
         docs_total = await bounded(instances.count_documents({}), "MongoDB count_documents", check_problems)
         found = await bounded(
-            orthanc.client.post("/tools/find", json={"Level": "Instance", "Query": {"PatientID": pipe_batch.patient_id}}),
+            orthanc.client.post(
+                "/tools/find", json={"Level": "Instance", "Query": {"PatientID": pipe_batch.patient_id}}
+            ),
             "Orthanc /tools/find",
             check_problems,
         )
@@ -627,14 +634,20 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         return "n/a" if math.isnan(value) else f"{value:{spec}}{suffix}"
 
     print()
-    print(f"DICOM ingest benchmark — {n} instances ({math.ceil(n / args.slices)} series x <= {args.slices} "
-          f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE), dcmtk storescu -R, one association")
-    print(f"machine: nproc={os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), "
-          f"instance size {min(sizes)}-{max(sizes)} bytes (mean {statistics.mean(sizes):.0f}, "
-          f"total {sum(sizes) / 1e6:.1f} MB), write+fsync of one instance-sized file in {work}: "
-          f"{fsync_ms(work, sizes[0]):.1f} ms (median of 20), Python {sys.version.split()[0]}")
-    print(f"ready: listener C-ECHO after {listener_s:.1f}s, worker group Stable after {group_s:.1f}s, "
-          f"warm-up instance end to end {warm.views - warm.start:.2f}s (not counted)")
+    print(
+        f"DICOM ingest benchmark — {n} instances ({math.ceil(n / args.slices)} series x <= {args.slices} "
+        f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE), dcmtk storescu -R, one association"
+    )
+    print(
+        f"machine: nproc={os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), "
+        f"instance size {min(sizes)}-{max(sizes)} bytes (mean {statistics.mean(sizes):.0f}, "
+        f"total {sum(sizes) / 1e6:.1f} MB), write+fsync of one instance-sized file in {work}: "
+        f"{fsync_ms(work, sizes[0]):.1f} ms (median of 20), Python {sys.version.split()[0]}"
+    )
+    print(
+        f"ready: listener C-ECHO after {listener_s:.1f}s, worker group Stable after {group_s:.1f}s, "
+        f"warm-up instance end to end {warm.views - warm.start:.2f}s (not counted)"
+    )
     print()
     rows = [
         ("acknowledged by listener (storescu exit)", pipe.acked, ack_rate),
@@ -645,12 +658,16 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     print(f"{'pipeline: storescu -> listener -> Kafka -> worker':<52} {'time':>12} {'inst/s':>9} {'vs direct':>10}")
     for label, end, r in rows:
         print(f"  {label:<50} {secs(end, pipe.start):>12} {num(r, '.1f'):>9} {num(r / direct_rate, '.2f', 'x'):>10}")
-    print(f"{'direct: storescu -> Orthanc DICOM port (storescu exit)':<52} {d_end - d_start:>10.2f} s "
-          f"{direct_rate:>9.1f} {1.0:>9.2f}x")
+    print(
+        f"{'direct: storescu -> Orthanc DICOM port (storescu exit)':<52} {d_end - d_start:>10.2f} s "
+        f"{direct_rate:>9.1f} {1.0:>9.2f}x"
+    )
     print()
     print(f"ratio pipeline-ack / direct:      {num(ack_rate / direct_rate, '.2f')}")
-    print(f"ratio pipeline-visible / direct:  {num(orthanc_rate / direct_rate, '.2f')} (Orthanc), "
-          f"{num(views_rate / direct_rate, '.2f')} (MongoDB views with in_orthanc)")
+    print(
+        f"ratio pipeline-visible / direct:  {num(orthanc_rate / direct_rate, '.2f')} (Orthanc), "
+        f"{num(views_rate / direct_rate, '.2f')} (MongoDB views with in_orthanc)"
+    )
     if lat:
         print(
             f"end-to-end latency per instance (first poll seeing in_orthanc=true minus received_at), n={len(lat)}: "
@@ -664,18 +681,27 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         )
     print()
     print("checks:")
+
     def got(value: object) -> str:
         return "no answer" if value is None else str(value)
 
     print(f"  pipeline phase: {pipe.outcome}" + (f" (poll problems: {pipe.problems})" if pipe.problems else ""))
-    print(f"  Orthanc instances with PatientID {pipe_batch.patient_id}: {got(pipeline_in_orthanc)} (expected {n}); "
-          f"CountInstances grew by {pipe.orthanc_delta} during the pipeline phase, {direct_delta} in the direct one")
-    print(f"  Orthanc total {got(orthanc_total)} (expected {2 * n + 1} incl. warm-up), "
-          f"MongoDB instance docs {got(docs_total)} (expected {n + 1})"
-          + (f" (check problems: {check_problems})" if check_problems else ""))
-    print(f"  view docs missing in_orthanc: {len(pipe.missing_views)}"
-          + (f" (e.g. {pipe.missing_views[:3]})" if pipe.missing_views else ""))
-    print(f"  files left in staging: {count_files(work / 'staging')}, in quarantine: {count_files(work / 'quarantine')}")
+    print(
+        f"  Orthanc instances with PatientID {pipe_batch.patient_id}: {got(pipeline_in_orthanc)} (expected {n}); "
+        f"CountInstances grew by {pipe.orthanc_delta} during the pipeline phase, {direct_delta} in the direct one"
+    )
+    print(
+        f"  Orthanc total {got(orthanc_total)} (expected {2 * n + 1} incl. warm-up), "
+        f"MongoDB instance docs {got(docs_total)} (expected {n + 1})"
+        + (f" (check problems: {check_problems})" if check_problems else "")
+    )
+    print(
+        f"  view docs missing in_orthanc: {len(pipe.missing_views)}"
+        + (f" (e.g. {pipe.missing_views[:3]})" if pipe.missing_views else "")
+    )
+    print(
+        f"  files left in staging: {count_files(work / 'staging')}, in quarantine: {count_files(work / 'quarantine')}"
+    )
     for name, child in children.items():
         problems = log_problems(child.log_path)
         print(f"  {name} log: {len(problems)} error line(s)" + "".join(f"\n    {p[:300]}" for p in problems))
@@ -711,17 +737,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbench failed: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         status = 130
-    except Exception:  # noqa: BLE001 - report, then still clean up below
+    except Exception:
         traceback.print_exc()
     finally:
         for child in reversed(list(children.values())):
             try:
                 child.stop()
-            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+            except Exception as exc:
                 log(f"WARNING: stopping {child.name}: {exc}")
         if args.keep_stack:
-            log(f"--keep-stack: stack left running; stop it with: COHORTSTREAM_STACK_DIR={stack.state_dir} "
-                f"{STACK_SH} down   (logs and data in {work})")
+            log(
+                f"--keep-stack: stack left running; stop it with: COHORTSTREAM_STACK_DIR={stack.state_dir} "
+                f"{STACK_SH} down   (logs and data in {work})"
+            )
         else:
             stack.down()
             if status == 0:

@@ -39,8 +39,9 @@ class _Discard:
 
 
 async def _run(args: argparse.Namespace) -> None:
-    settings = Settings.load(os.environ.get("COHORTSTREAM_ENV_FILE"), topic_prefix=f"bench-ehr-{uuid.uuid4().hex[:8]}.",
-                             log_level="WARNING")
+    settings = Settings.load(
+        os.environ.get("COHORTSTREAM_ENV_FILE"), topic_prefix=f"bench-ehr-{uuid.uuid4().hex[:8]}.", log_level="WARNING"
+    )
     await ensure_topics(settings)
     with tempfile.TemporaryDirectory() as tmp:
         # ~78 lab rows per subject with the default panel mix.
@@ -63,12 +64,15 @@ async def _run(args: argparse.Namespace) -> None:
             report = await load_extract(root, publisher, batch_size=args.batch_size)
             load_s = time.perf_counter() - start
             published = report.totals().published
-            print(f"publish_many        {rows / load_s:>9.0f} rows/s  ({load_s:.2f} s, {published} events acked, "
-                  f"batch {args.batch_size})")
+            print(
+                f"publish_many        {rows / load_s:>9.0f} rows/s  ({load_s:.2f} s, {published} events acked, "
+                f"batch {args.batch_size})"
+            )
 
             items, _ = read_labitems(extract.files["d_labitems"], "d_labitems.csv")
             records = [
-                r for r in parse_table("labevents", labevents, "labevents.csv", lookups=Lookups(labitems=items))
+                r
+                for r in parse_table("labevents", labevents, "labevents.csv", lookups=Lookups(labitems=items))
                 if isinstance(r, EhrRecord)
             ][: args.sequential]
             start = time.perf_counter()

@@ -112,8 +112,9 @@ def _cmd_redcap_sync(settings: Settings, args: argparse.Namespace) -> int:
     from producers.redcap.sync import run_sync
 
     # run_sync reports each batch as a log record with done/total: that moves the bar.
-    with LogProgress("producers.redcap.sync", desc=f"REDCap project {args.project}", unit=" records",
-                     enabled=_progress_wanted(args)):
+    with LogProgress(
+        "producers.redcap.sync", desc=f"REDCap project {args.project}", unit=" records", enabled=_progress_wanted(args)
+    ):
         report = asyncio.run(run_sync(settings, args.project, args.redcap_url, batch_size=args.batch_size))
     print(report.summary())
     return 0
@@ -136,8 +137,10 @@ def _cmd_ehr_load(settings: Settings, args: argparse.Namespace) -> int:
         for bad in file.bad_rows[: args.show_bad]:
             print(f"bad row {bad.location}: {bad.reason}", file=sys.stderr)
         if len(file.bad_rows) > args.show_bad:
-            print(f"... {len(file.bad_rows) - args.show_bad} more bad rows in {file.file} (see the dead-letter topic)",
-                  file=sys.stderr)
+            print(
+                f"... {len(file.bad_rows) - args.show_bad} more bad rows in {file.file} (see the dead-letter topic)",
+                file=sys.stderr,
+            )
     print(report.summary())
     # Bad rows and bad files are reported and dead-lettered, not a failure of the load;
     # a publish failure raised PublishError above and exits 1.
@@ -163,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         "the environment wins over the file",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true",
+        "-v",
+        "--verbose",
+        action="store_true",
         help="also show the libraries' INFO logs (httpx, aiokafka, pynetdicom, faust, ...); services "
         "(worker, dicom-scp, api, redcap webhook, annotate worker) always show them",
     )
@@ -198,9 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "worker", help="run the stream worker: every lane of agents as its own process and consumer group"
     )
-    p.add_argument("--lane", action="append", metavar="LANE",
-                   help="run only this lane (repeat for several; names in cohortstream/lanes.py); one lane runs in "
-                   "this process")
+    p.add_argument(
+        "--lane",
+        action="append",
+        metavar="LANE",
+        help="run only this lane (repeat for several; names in cohortstream/lanes.py); one lane runs in this process",
+    )
     p.set_defaults(func=_cmd_worker)
 
     p = commands.add_parser(
@@ -210,12 +218,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("redcap", help="REDCap: serve the Data Entry Trigger endpoint, or sync a whole project")
     redcap = p.add_subparsers(dest="redcap_command", metavar="ACTION", required=True)
-    r = redcap.add_parser("sync", help="publish every record of a configured project (trigger FULL_SYNC); safe to rerun")
+    r = redcap.add_parser(
+        "sync", help="publish every record of a configured project (trigger FULL_SYNC); safe to rerun"
+    )
     r.add_argument("--project", required=True, help="REDCap project id (pid) from COHORTSTREAM_REDCAP_PROJECTS")
     r.add_argument("--redcap-url", default=None, help="REDCap base URL, needed when two servers share the project id")
     r.add_argument("--batch-size", type=int, default=100, help="records pulled per API call (default 100)")
-    r.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is off anyway when stderr is not a TTY)")
+    r.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)"
+    )
     r.set_defaults(func=_cmd_redcap_sync)
     r = redcap.add_parser("webhook", help="serve POST /redcap/trigger on COHORTSTREAM_REDCAP_WEBHOOK_HOST/PORT")
     r.set_defaults(func=_cmd_redcap_webhook)
@@ -225,9 +236,15 @@ def _parser() -> argparse.ArgumentParser:
     e = ehr.add_parser(
         "load", help="publish every row of PATH (file or directory) as EhrRecord; bad rows go to the dead-letter topic"
     )
-    e.add_argument("path", metavar="PATH", help="a MIMIC table (.csv/.csv.gz), a FHIR JSON bundle, or a directory of them")
-    e.add_argument("--source", default=None, help="source name in the events (default: mimic-iv for CSV, fhir for JSON)")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)")
+    e.add_argument(
+        "path", metavar="PATH", help="a MIMIC table (.csv/.csv.gz), a FHIR JSON bundle, or a directory of them"
+    )
+    e.add_argument(
+        "--source", default=None, help="source name in the events (default: mimic-iv for CSV, fhir for JSON)"
+    )
+    e.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)"
+    )
     e.add_argument("--batch-size", type=int, default=1000, help="events sent before awaiting their acks (default 1000)")
     e.add_argument("--show-bad", type=int, default=20, help="bad rows listed per file on stderr (default 20)")
     e.set_defaults(func=_cmd_ehr_load)

@@ -42,16 +42,29 @@ def _cmd_create(settings: Settings, args: argparse.Namespace) -> int:
 
     issued = _with_store(settings, lambda store: store.create(args.name, Role(args.role)))
     print(issued.key)
-    print(f"API key {issued.key_id} ({issued.role.value}, {issued.name!r}) created; the key above is shown only "
-          "this once: send it as 'Authorization: Bearer <key>'", file=sys.stderr)
+    print(
+        f"API key {issued.key_id} ({issued.role.value}, {issued.name!r}) created; the key above is shown only "
+        "this once: send it as 'Authorization: Bearer <key>'",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _cmd_list(settings: Settings, args: argparse.Namespace) -> int:
     keys = _with_store(settings, lambda store: store.list())
     for doc in keys:
-        print(json.dumps({"key_id": doc["_id"], "name": doc.get("name"), "role": doc.get("role"),
-                          "created_at": doc.get("created_at"), "revoked_at": doc.get("revoked_at")}, default=str))
+        print(
+            json.dumps(
+                {
+                    "key_id": doc["_id"],
+                    "name": doc.get("name"),
+                    "role": doc.get("role"),
+                    "created_at": doc.get("created_at"),
+                    "revoked_at": doc.get("revoked_at"),
+                },
+                default=str,
+            )
+        )
     return 0
 
 
@@ -67,7 +80,9 @@ def add_commands(commands: Any) -> None:
     keys = p.add_subparsers(dest="api_keys_command", metavar="ACTION", required=True)
     a = keys.add_parser("create", help="create a key and print it once (only its hash is stored)")
     a.add_argument("--name", required=True, help="who or what uses the key (recorded as reviewer by default)")
-    a.add_argument("--role", required=True, choices=["researcher", "admin"], help="researcher: read-only; admin: also reviews")
+    a.add_argument(
+        "--role", required=True, choices=["researcher", "admin"], help="researcher: read-only; admin: also reviews"
+    )
     a.set_defaults(func=_cmd_create)
     a = keys.add_parser("list", help="every key as JSON lines, without secrets")
     a.set_defaults(func=_cmd_list)

@@ -44,8 +44,11 @@ def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:
             bar.set_postfix_str(stage, refresh=True)
 
     try:
-        report = asyncio.run(export_bids(settings, args.outdir, query=_query(args.cohort),
-                                         subjects=args.subjects or None, progress=progress))
+        report = asyncio.run(
+            export_bids(
+                settings, args.outdir, query=_query(args.cohort), subjects=args.subjects or None, progress=progress
+            )
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -58,14 +61,21 @@ def add_commands(commands: Any) -> None:
     """Attach ``export`` to the top-level subcommands."""
     p = commands.add_parser("export", help="export the cohort to community formats (BIDS)")
     export = p.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
-    b = export.add_parser("bids", help="write a BIDS dataset (NIfTI, phenotype/, participants.tsv, derivatives); "
-                                       "re-running into the same OUTDIR writes only what changed")
+    b = export.add_parser(
+        "bids",
+        help="write a BIDS dataset (NIfTI, phenotype/, participants.tsv, derivatives); "
+        "re-running into the same OUTDIR writes only what changed",
+    )
     b.add_argument("outdir", help="output directory (created; an earlier export there is updated)")
     who = b.add_mutually_exclusive_group()
     who.add_argument("--cohort", metavar="QUERY.json", help="only the subjects of this cohort query")
-    who.add_argument("--subjects", nargs="+", metavar="ID", help="subject ids or identifiers (dicom:..., redcap:..., ehr:...)")
-    b.add_argument("--progress", action="store_true",
-                   help="print progress as plain lines to stderr (instead of the bar)")
-    b.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is off anyway when stderr is not a TTY)")
+    who.add_argument(
+        "--subjects", nargs="+", metavar="ID", help="subject ids or identifiers (dicom:..., redcap:..., ehr:...)"
+    )
+    b.add_argument(
+        "--progress", action="store_true", help="print progress as plain lines to stderr (instead of the bar)"
+    )
+    b.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a TTY)"
+    )
     b.set_defaults(func=_cmd_bids)

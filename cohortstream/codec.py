@@ -171,9 +171,7 @@ class EventCodec:
             raise EventDecodeError(f"{writer.name} v{writer.version}: corrupt Avro body: {exc}") from exc
         remaining = len(data) - body.tell()
         if remaining:
-            raise TrailingBytesError(
-                f"{writer.name} v{writer.version}: {remaining} bytes left after the Avro body"
-            )
+            raise TrailingBytesError(f"{writer.name} v{writer.version}: {remaining} bytes left after the Avro body")
         if not isinstance(record, dict):  # every event schema is a record
             raise EventDecodeError(f"{writer.name} v{writer.version}: body is not a record")
         return DecodedEvent(writer=writer, reader=reader, record=record)

@@ -9,16 +9,16 @@ written against ``ValueError`` keeps working.
 from __future__ import annotations
 
 __all__ = [
+    "BadMarkerError",
     "CohortStreamError",
     "ConfigurationError",
-    "SchemaError",
-    "SchemaCompatibilityError",
-    "EventEncodeError",
     "EventDecodeError",
-    "BadMarkerError",
+    "EventEncodeError",
+    "SchemaCompatibilityError",
+    "SchemaError",
+    "TrailingBytesError",
     "TruncatedMessageError",
     "UnknownFingerprintError",
-    "TrailingBytesError",
 ]
 
 

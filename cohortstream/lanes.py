@@ -19,26 +19,30 @@ from cohortstream.settings import Settings
 
 __all__ = ["LANES", "LANE_TOPICS", "lane_app_id", "lane_groups", "lane_topics"]
 
-LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
-    "dicom-archive": ("dicom-archive",),
-    "dicom-views": ("dicom-views",),
-    "series-completion": ("series-completion",),
-    "redcap-views": ("redcap-views",),
-    "ehr-views": ("ehr-views",),
-    "annotation-views": ("annotation-suggestion-views", "annotation-review-views"),
-    "dead-letters": ("dead-letter-archive",),
-})
+LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "dicom-archive": ("dicom-archive",),
+        "dicom-views": ("dicom-views",),
+        "series-completion": ("series-completion",),
+        "redcap-views": ("redcap-views",),
+        "ehr-views": ("ehr-views",),
+        "annotation-views": ("annotation-suggestion-views", "annotation-review-views"),
+        "dead-letters": ("dead-letter-archive",),
+    }
+)
 """Lane name → the agent names (the ``AGENT_NAME`` of :mod:`streams.agents` modules) it runs."""
 
-LANE_TOPICS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
-    "dicom-archive": ("dicom.instance-received",),
-    "dicom-views": ("dicom.instance-received",),
-    "series-completion": ("dicom.instance-received",),
-    "redcap-views": ("redcap.record-changed",),
-    "ehr-views": ("ehr.record",),
-    "annotation-views": ("annotation.suggested", "annotation.reviewed"),
-    "dead-letters": ("dead-letter",),
-})
+LANE_TOPICS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "dicom-archive": ("dicom.instance-received",),
+        "dicom-views": ("dicom.instance-received",),
+        "series-completion": ("dicom.instance-received",),
+        "redcap-views": ("redcap.record-changed",),
+        "ehr-views": ("ehr.record",),
+        "annotation-views": ("annotation.suggested", "annotation.reviewed"),
+        "dead-letters": ("dead-letter",),
+    }
+)
 """Lane name → the catalogue topics (logical names) its agents consume: a lane that never
 committed still shows its lag on them, so a lane stuck on its very first batch is seen."""
 

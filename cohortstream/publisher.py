@@ -87,8 +87,12 @@ class EventPublisher:
             raise PublishError(f"Kafka did not acknowledge {type(event).__name__} on {topic}: {exc}") from exc
         log.debug(
             "event published",
-            extra={"event_type": type(event).__name__, "topic": topic,
-                   "partition": metadata.partition, "offset": metadata.offset},
+            extra={
+                "event_type": type(event).__name__,
+                "topic": topic,
+                "partition": metadata.partition,
+                "offset": metadata.offset,
+            },
         )
         return metadata
 

@@ -21,7 +21,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cohortstream.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "RedcapProject", "Settings", "SubjectLinkRule", "env_var_name", "settings_environment", "unknown_env_vars", "settings_markdown_table"]
+__all__ = [
+    "ENV_PREFIX",
+    "RedcapProject",
+    "Settings",
+    "SubjectLinkRule",
+    "env_var_name",
+    "settings_environment",
+    "settings_markdown_table",
+    "unknown_env_vars",
+]
 
 ENV_PREFIX = "COHORTSTREAM_"
 
@@ -99,9 +108,7 @@ class Settings(BaseSettings):
         "cohortstream.",
         description="Prefix of every topic name, so several deployments can share a cluster.",
     )
-    topic_partitions: int = Field(
-        3, ge=1, description="Partitions of topics created by `cohortstream topics create`."
-    )
+    topic_partitions: int = Field(3, ge=1, description="Partitions of topics created by `cohortstream topics create`.")
     topic_replication_factor: int = Field(
         1, ge=1, description="Replication factor of created topics (3 in production)."
     )
@@ -114,9 +121,7 @@ class Settings(BaseSettings):
         "cohortstream",
         description="Faust application id: the consumer group and the prefix of table changelog topics.",
     )
-    data_dir: Path = Field(
-        Path(".stack/app"), description="Directory for the worker's local state (table stores)."
-    )
+    data_dir: Path = Field(Path(".stack/app"), description="Directory for the worker's local state (table stores).")
     table_store: str = Field(
         "memory://",
         description="Faust table store URL; tables are rebuilt from their changelog topics on start.",
@@ -142,7 +147,9 @@ class Settings(BaseSettings):
     orthanc_timeout_s: float = Field(60.0, gt=0, description="Timeout of one Orthanc HTTP request.")
 
     # --- DICOM listener (C-STORE SCP) ---------------------------------------------------
-    dicom_scp_aet: str = Field("COHORTSTREAM", min_length=1, max_length=16, description="AE title of our C-STORE listener.")
+    dicom_scp_aet: str = Field(
+        "COHORTSTREAM", min_length=1, max_length=16, description="AE title of our C-STORE listener."
+    )
     dicom_scp_host: str = Field("127.0.0.1", description="Address the listener binds to.")
     dicom_scp_port: int = Field(11112, ge=1, le=65535, description="Port the listener binds to.")
     dicom_scp_allowed_aets: Annotated[list[str], NoDecode] = Field(
@@ -175,22 +182,27 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait between retries of a sink while its service is down."
     )
     sink_error_attempts: int = Field(
-        3, ge=1,
+        3,
+        ge=1,
         description="Tries of a sink call that fails with an error other than lost connectivity (a duplicate key, "
         "a refused or unparsable reply) before its events are dead-lettered; only lost connectivity is retried "
         "without end (backpressure).",
     )
     consumer_stall_after_s: float = Field(
-        120.0, gt=0,
+        120.0,
+        gt=0,
         description="A consumer group whose lag on a topic is above 0 and whose committed offset has not moved for "
         "this long is reported as stalled (/readyz 'degraded', metric cohortstream_consumer_stalled).",
     )
     worker_shutdown_timeout_s: float = Field(
-        15.0, gt=0,
+        15.0,
+        gt=0,
         description="How long the worker waits for its lanes to stop cleanly after SIGTERM before it kills them.",
     )
     worker_metrics_port: int = Field(
-        0, ge=0, le=65535,
+        0,
+        ge=0,
+        le=65535,
         description="First port of the worker's Prometheus endpoints on 127.0.0.1 (sink latency, retries, pauses): "
         "lane i of the worker serves on this port + i; 0: off.",
     )
@@ -260,11 +272,15 @@ class Settings(BaseSettings):
         8090, ge=1, le=65535, description="Port of the retrieval/review API (also the MONAI Label server URL for OHIF)."
     )
     api_key_cache_ttl_s: float = Field(
-        30.0, ge=0, description="How long the API trusts a verified API key before checking it again: a revoked key "
+        30.0,
+        ge=0,
+        description="How long the API trusts a verified API key before checking it again: a revoked key "
         "keeps working in a running API for at most this long (0: check every request).",
     )
     api_readiness_timeout_s: float = Field(
-        5.0, gt=0, description="Longest wait for each dependency (Kafka, MongoDB, Orthanc) in `/readyz` and `/metrics`.",
+        5.0,
+        gt=0,
+        description="Longest wait for each dependency (Kafka, MongoDB, Orthanc) in `/readyz` and `/metrics`.",
     )
 
     # --- BIDS export ---------------------------------------------------------------------
@@ -274,40 +290,60 @@ class Settings(BaseSettings):
         "gives the same labels in every export. Required while `bids_pseudonymise` is on; keep it outside the export.",
     )
     bids_pseudonymise: bool = Field(
-        True, description="Label subjects with keyed pseudonyms; off: the registry's subject id (which holds no identifier)."
+        True,
+        description="Label subjects with keyed pseudonyms; off: the registry's subject id (which holds no identifier).",
     )
-    bids_pseudonym_length: int = Field(10, ge=6, le=32, description="Characters of a pseudonymous `sub-` label ([a-z2-7]).")
+    bids_pseudonym_length: int = Field(
+        10, ge=6, le=32, description="Characters of a pseudonymous `sub-` label ([a-z2-7])."
+    )
     bids_session_label: Literal["ordinal", "date"] = Field(
         "ordinal",
         description="`ses-` label of each DICOM study: `ordinal` (01, 02 … by study date) or `date` (the shifted study "
         "date, YYYYMMDD).",
     )
     bids_date_shift_years: int = Field(
-        150, ge=0, le=300,
+        150,
+        ge=0,
+        le=300,
         description="Dates in the export (acq_time, REDCap dates) move back by this many years plus a keyed 0-364 day "
         "jitter per subject, keeping intervals within a subject; 0 writes real dates.",
     )
     bids_mapping_rules: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Series to BIDS mapping rules as JSON, first match wins, e.g. `[{\"match\": {\"SeriesDescription\": "
-        "\"(?i)mprage\"}, \"datatype\": \"anat\", \"suffix\": \"T1w\"}]`; empty: the built-in rules "
-        "(see the README, \"BIDS export\").",
+        description='Series to BIDS mapping rules as JSON, first match wins, e.g. `[{"match": {"SeriesDescription": '
+        '"(?i)mprage"}, "datatype": "anat", "suffix": "T1w"}]`; empty: the built-in rules '
+        '(see the README, "BIDS export").',
     )
     bids_mapping_rules_file: str = Field(
         "", description="JSON file with mapping rules; wins over `bids_mapping_rules` when set."
     )
     bids_phenotype_drop_fields: list[str] = Field(
-        default_factory=lambda: ["name", "first_name", "last_name", "dob", "birth_date", "date_of_birth", "email",
-                                 "phone", "address", "zip", "ssn", "mrn"],
+        default_factory=lambda: [
+            "name",
+            "first_name",
+            "last_name",
+            "dob",
+            "birth_date",
+            "date_of_birth",
+            "email",
+            "phone",
+            "address",
+            "zip",
+            "ssn",
+            "mrn",
+        ],
         description="REDCap fields never written to `phenotype/` (besides the record id, link-rule fields and fields the "
         "data dictionary flags as identifiers), as JSON.",
     )
-    bids_dataset_name: str = Field("cohortstream cohort export", description="`Name` in the export's dataset_description.json.")
+    bids_dataset_name: str = Field(
+        "cohortstream cohort export", description="`Name` in the export's dataset_description.json."
+    )
     bids_dataset_license: str = Field(
-        "", description="`License` in dataset_description.json (e.g. `CC0`, or the data use agreement's name); empty: left out."
+        "",
+        description="`License` in dataset_description.json (e.g. `CC0`, or the data use agreement's name); empty: left out.",
     )
     bids_dataset_authors: list[str] = Field(
-        default_factory=list, description="`Authors` in dataset_description.json, as JSON: `[\"A. Researcher\"]`."
+        default_factory=list, description='`Authors` in dataset_description.json, as JSON: `["A. Researcher"]`.'
     )
     bids_export_root: Path = Field(
         Path(".stack/exports"),
@@ -317,9 +353,7 @@ class Settings(BaseSettings):
     bids_dcm2niix_timeout_s: float = Field(600.0, gt=0, description="Longest run of dcm2niix for one series.")
 
     # --- Logging -----------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        "INFO", description="Minimum level of log records."
-    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum level of log records.")
     log_format: Literal["json", "console"] = Field(
         "json", description="`json`: one JSON object per line (for collectors); `console`: for people."
     )

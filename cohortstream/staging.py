@@ -15,6 +15,7 @@ is idempotent: the second call finds the file and returns the same :class:`Stage
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -205,10 +206,8 @@ class StagingStore:
             return False
         except OSError as exc:
             raise StagingError(f"cannot remove staged file {path}: {_describe(exc)}") from exc
-        try:
+        with contextlib.suppress(OSError):  # the unlink itself succeeded
             _fsync_dir(path.parent)
-        except OSError:  # pragma: no cover - the unlink itself succeeded
-            pass
         return True
 
     def iter_staged(self) -> Iterator[StagedFile]:
@@ -234,9 +233,7 @@ class StagingStore:
                     yield StagedFile(stem, path, size)
 
     # --- quarantine ------------------------------------------------------------------
-    def quarantine(
-        self, data_or_path: bytes | Path, reason: str, quarantine_dir: Path, calling_aet: str
-    ) -> Path:
+    def quarantine(self, data_or_path: bytes | Path, reason: str, quarantine_dir: Path, calling_aet: str) -> Path:
         """Keep unreadable received data for inspection: ``<sha256>.dcm`` plus
         ``<sha256>.json`` with the reason, the time and the calling AE title.
 
@@ -277,7 +274,5 @@ class StagingStore:
         except OSError as exc:
             raise StagingError(f"cannot write {target}: {_describe(exc)}") from exc
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp_path)
-            except OSError:
-                pass

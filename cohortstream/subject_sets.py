@@ -109,8 +109,15 @@ ALL_SUBJECTS = "subjects"
 
 #: The summary row's fields, as :func:`api.subject_store.subject_summaries` answers them.
 SUMMARY_FIELDS = (
-    "identifiers", "sources", "modalities", "sex", "age_years",
-    "study_count", "series_count", "questionnaire_count", "has_ehr",
+    "identifiers",
+    "sources",
+    "modalities",
+    "sex",
+    "age_years",
+    "study_count",
+    "series_count",
+    "questionnaire_count",
+    "has_ehr",
 )
 
 SUBJECT_ID_PATTERN = re.compile(r"^S[0-9A-F]{15}$")
@@ -139,7 +146,9 @@ def questionnaires_facet(present: bool) -> str:
     return f"questionnaires:{'yes' if present else 'no'}"
 
 
-def questionnaire_facet(instrument: str, status: str, event_name: str | None = None, project_id: str | None = None) -> str:
+def questionnaire_facet(
+    instrument: str, status: str, event_name: str | None = None, project_id: str | None = None
+) -> str:
     """An instrument in a completion status; None for event or project means any."""
     project = ANY if project_id is None else project_id
     event = ANY if event_name is None else event_name
@@ -166,7 +175,11 @@ def _questionnaire_facets(doc: Mapping[str, Any]) -> set[str]:
     found = set()
     for p in {None, project}:
         for e in {None, event}:
-            found.add(questionnaire_facet(str(instrument), str(status), None if e is None else str(e), None if p is None else str(p)))
+            found.add(
+                questionnaire_facet(
+                    str(instrument), str(status), None if e is None else str(e), None if p is None else str(p)
+                )
+            )
     return found
 
 
@@ -203,8 +216,11 @@ def subject_facet_doc(
     """
     keys = sorted(str(m["_id"]) for m in members)
     kinds = sorted({str(m["kind"]) for m in members})
-    imaging = [patients[str(m["value"])] for m in sorted(members, key=lambda m: str(m["_id"]))
-               if m["kind"] == "dicom" and str(m["value"]) in patients]
+    imaging = [
+        patients[str(m["value"])]
+        for m in sorted(members, key=lambda m: str(m["_id"]))
+        if m["kind"] == "dicom" and str(m["value"]) in patients
+    ]
     ehr_keys = {str(m["_id"]) for m in members if m["kind"] == "ehr"}
     ehr_of = [(k, ehr_subjects[k]) for k in keys if k in ehr_keys and k in ehr_subjects]
     redcap = {str(m["_id"]) for m in members if m["kind"] == "redcap"}
@@ -303,7 +319,9 @@ class SubjectSet:
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> SubjectSet:
         ids = np.frombuffer(bytes(doc["ids"]), dtype="<u8").astype(np.uint64)
-        values = None if doc.get("values") is None else np.frombuffer(bytes(doc["values"]), dtype="<f8").astype(np.float64)
+        values = (
+            None if doc.get("values") is None else np.frombuffer(bytes(doc["values"]), dtype="<f8").astype(np.float64)
+        )
         return cls(ids, values)
 
     @classmethod
@@ -343,7 +361,10 @@ class SubjectSet:
     def document(self, name: str, shard: str, version: int) -> dict[str, Any]:
         """The shard document (``n``: distinct subjects; ``v``: the version to compare)."""
         return {
-            "_id": f"{name}#{shard}", "set": name, "shard": shard, "n": int(len(self.subject_ids())),
+            "_id": f"{name}#{shard}",
+            "set": name,
+            "shard": shard,
+            "n": len(self.subject_ids()),
             "ids": Binary(self.ids.astype("<u8").tobytes()),
             "values": None if self.values is None else Binary(self.values.astype("<f8").tobytes()),
             "v": version,
@@ -389,5 +410,3 @@ async def read_sets(db: Any, names: Iterable[str]) -> dict[str, SubjectSet]:
         name: SubjectSet.concat([s for _, s in sorted(parts, key=lambda p: p[0])], has_values(name))
         for name, parts in shards.items()
     }
-
-

@@ -97,7 +97,7 @@ def mr_study(
 
     datasets: list[Dataset] = []
     for s in range(n_series):
-        description, orientation, row_dir, col_dir, tr, te, ti = SERIES_PROTOCOLS[s % len(SERIES_PROTOCOLS)]
+        description, _orientation, row_dir, col_dir, tr, te, ti = SERIES_PROTOCOLS[s % len(SERIES_PROTOCOLS)]
         if s >= len(SERIES_PROTOCOLS):
             description = f"{description} run-{s // len(SERIES_PROTOCOLS) + 1}"
         series_number = s + 1

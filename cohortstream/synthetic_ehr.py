@@ -71,22 +71,214 @@ class LabItem:
 
 
 LAB_ITEMS: tuple[LabItem, ...] = (
-    LabItem(50912, "Creatinine", "Blood", "Chemistry", "2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 0.5, 1.2, 1),
-    LabItem(51222, "Hemoglobin", "Blood", "Hematology", "718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL", "g/dL", 12.0, 16.0, 1),
-    LabItem(50931, "Glucose", "Blood", "Chemistry", "2345-7", "Glucose [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 70.0, 100.0, 0),
-    LabItem(50983, "Sodium", "Blood", "Chemistry", "2951-2", "Sodium [Moles/volume] in Serum or Plasma", "mEq/L", "mmol/L", 133.0, 145.0, 0),
-    LabItem(50971, "Potassium", "Blood", "Chemistry", "2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mEq/L", "mmol/L", 3.3, 5.1, 1),
-    LabItem(50902, "Chloride", "Blood", "Chemistry", "2075-0", "Chloride [Moles/volume] in Serum or Plasma", "mEq/L", "mmol/L", 96.0, 108.0, 0),
-    LabItem(50882, "Bicarbonate", "Blood", "Chemistry", "1963-8", "Bicarbonate [Moles/volume] in Serum or Plasma", "mEq/L", "mmol/L", 22.0, 32.0, 0),
-    LabItem(51006, "Urea Nitrogen", "Blood", "Chemistry", "3094-0", "Urea nitrogen [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 6.0, 20.0, 0),
-    LabItem(50893, "Calcium, Total", "Blood", "Chemistry", "17861-6", "Calcium [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 8.4, 10.3, 1),
-    LabItem(50960, "Magnesium", "Blood", "Chemistry", "19123-9", "Magnesium [Mass/volume] in Serum or Plasma", "mg/dL", "mg/dL", 1.6, 2.6, 1),
-    LabItem(51301, "White Blood Cells", "Blood", "Hematology", "6690-2", "Leukocytes [#/volume] in Blood by Automated count", "K/uL", "10*3/uL", 4.0, 11.0, 1),
-    LabItem(51265, "Platelet Count", "Blood", "Hematology", "777-3", "Platelets [#/volume] in Blood by Automated count", "K/uL", "10*3/uL", 150.0, 440.0, 0),
-    LabItem(51221, "Hematocrit", "Blood", "Hematology", "4544-3", "Hematocrit [Volume Fraction] of Blood by Automated count", "%", "%", 36.0, 48.0, 1),
-    LabItem(51237, "INR(PT)", "Blood", "Hematology", "6301-6", "INR in Platelet poor plasma by Coagulation assay", "", "{INR}", 0.9, 1.1, 1),
-    LabItem(50813, "Lactate", "Blood", "Blood Gas", "2524-7", "Lactate [Moles/volume] in Serum or Plasma", "mmol/L", "mmol/L", 0.5, 2.0, 1),
-    LabItem(50862, "Albumin", "Blood", "Chemistry", "1751-7", "Albumin [Mass/volume] in Serum or Plasma", "g/dL", "g/dL", 3.5, 5.2, 1),
+    LabItem(
+        50912,
+        "Creatinine",
+        "Blood",
+        "Chemistry",
+        "2160-0",
+        "Creatinine [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        "mg/dL",
+        0.5,
+        1.2,
+        1,
+    ),
+    LabItem(
+        51222,
+        "Hemoglobin",
+        "Blood",
+        "Hematology",
+        "718-7",
+        "Hemoglobin [Mass/volume] in Blood",
+        "g/dL",
+        "g/dL",
+        12.0,
+        16.0,
+        1,
+    ),
+    LabItem(
+        50931,
+        "Glucose",
+        "Blood",
+        "Chemistry",
+        "2345-7",
+        "Glucose [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        "mg/dL",
+        70.0,
+        100.0,
+        0,
+    ),
+    LabItem(
+        50983,
+        "Sodium",
+        "Blood",
+        "Chemistry",
+        "2951-2",
+        "Sodium [Moles/volume] in Serum or Plasma",
+        "mEq/L",
+        "mmol/L",
+        133.0,
+        145.0,
+        0,
+    ),
+    LabItem(
+        50971,
+        "Potassium",
+        "Blood",
+        "Chemistry",
+        "2823-3",
+        "Potassium [Moles/volume] in Serum or Plasma",
+        "mEq/L",
+        "mmol/L",
+        3.3,
+        5.1,
+        1,
+    ),
+    LabItem(
+        50902,
+        "Chloride",
+        "Blood",
+        "Chemistry",
+        "2075-0",
+        "Chloride [Moles/volume] in Serum or Plasma",
+        "mEq/L",
+        "mmol/L",
+        96.0,
+        108.0,
+        0,
+    ),
+    LabItem(
+        50882,
+        "Bicarbonate",
+        "Blood",
+        "Chemistry",
+        "1963-8",
+        "Bicarbonate [Moles/volume] in Serum or Plasma",
+        "mEq/L",
+        "mmol/L",
+        22.0,
+        32.0,
+        0,
+    ),
+    LabItem(
+        51006,
+        "Urea Nitrogen",
+        "Blood",
+        "Chemistry",
+        "3094-0",
+        "Urea nitrogen [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        "mg/dL",
+        6.0,
+        20.0,
+        0,
+    ),
+    LabItem(
+        50893,
+        "Calcium, Total",
+        "Blood",
+        "Chemistry",
+        "17861-6",
+        "Calcium [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        "mg/dL",
+        8.4,
+        10.3,
+        1,
+    ),
+    LabItem(
+        50960,
+        "Magnesium",
+        "Blood",
+        "Chemistry",
+        "19123-9",
+        "Magnesium [Mass/volume] in Serum or Plasma",
+        "mg/dL",
+        "mg/dL",
+        1.6,
+        2.6,
+        1,
+    ),
+    LabItem(
+        51301,
+        "White Blood Cells",
+        "Blood",
+        "Hematology",
+        "6690-2",
+        "Leukocytes [#/volume] in Blood by Automated count",
+        "K/uL",
+        "10*3/uL",
+        4.0,
+        11.0,
+        1,
+    ),
+    LabItem(
+        51265,
+        "Platelet Count",
+        "Blood",
+        "Hematology",
+        "777-3",
+        "Platelets [#/volume] in Blood by Automated count",
+        "K/uL",
+        "10*3/uL",
+        150.0,
+        440.0,
+        0,
+    ),
+    LabItem(
+        51221,
+        "Hematocrit",
+        "Blood",
+        "Hematology",
+        "4544-3",
+        "Hematocrit [Volume Fraction] of Blood by Automated count",
+        "%",
+        "%",
+        36.0,
+        48.0,
+        1,
+    ),
+    LabItem(
+        51237,
+        "INR(PT)",
+        "Blood",
+        "Hematology",
+        "6301-6",
+        "INR in Platelet poor plasma by Coagulation assay",
+        "",
+        "{INR}",
+        0.9,
+        1.1,
+        1,
+    ),
+    LabItem(
+        50813,
+        "Lactate",
+        "Blood",
+        "Blood Gas",
+        "2524-7",
+        "Lactate [Moles/volume] in Serum or Plasma",
+        "mmol/L",
+        "mmol/L",
+        0.5,
+        2.0,
+        1,
+    ),
+    LabItem(
+        50862,
+        "Albumin",
+        "Blood",
+        "Chemistry",
+        "1751-7",
+        "Albumin [Mass/volume] in Serum or Plasma",
+        "g/dL",
+        "g/dL",
+        3.5,
+        5.2,
+        1,
+    ),
 )
 
 #: A text-valued urine item (valuenum empty, as MIMIC has many).
@@ -116,16 +308,69 @@ class Diagnosis:
 
 
 DIAGNOSES: tuple[Diagnosis, ...] = (
-    Diagnosis("4019", "Unspecified essential hypertension", "I10", "Essential (primary) hypertension", "38341003", "Hypertensive disorder"),
-    Diagnosis("25000", "Diabetes mellitus without mention of complication, type II or unspecified type, not stated as uncontrolled", "E119", "Type 2 diabetes mellitus without complications", "44054006", "Diabetes mellitus type 2"),
-    Diagnosis("4280", "Congestive heart failure, unspecified", "I509", "Heart failure, unspecified", "84114007", "Heart failure"),
-    Diagnosis("5849", "Acute kidney failure, unspecified", "N179", "Acute kidney failure, unspecified", "14669001", "Acute renal failure syndrome"),
-    Diagnosis("2724", "Other and unspecified hyperlipidemia", "E785", "Hyperlipidemia, unspecified", "55822004", "Hyperlipidemia"),
-    Diagnosis("42731", "Atrial fibrillation", "I4891", "Unspecified atrial fibrillation", "49436004", "Atrial fibrillation"),
-    Diagnosis("5990", "Urinary tract infection, site not specified", "N390", "Urinary tract infection, site not specified", "68566005", "Urinary tract infectious disease"),
-    Diagnosis("486", "Pneumonia, organism unspecified", "J189", "Pneumonia, unspecified organism", "233604007", "Pneumonia"),
+    Diagnosis(
+        "4019",
+        "Unspecified essential hypertension",
+        "I10",
+        "Essential (primary) hypertension",
+        "38341003",
+        "Hypertensive disorder",
+    ),
+    Diagnosis(
+        "25000",
+        "Diabetes mellitus without mention of complication, type II or unspecified type, not stated as uncontrolled",
+        "E119",
+        "Type 2 diabetes mellitus without complications",
+        "44054006",
+        "Diabetes mellitus type 2",
+    ),
+    Diagnosis(
+        "4280",
+        "Congestive heart failure, unspecified",
+        "I509",
+        "Heart failure, unspecified",
+        "84114007",
+        "Heart failure",
+    ),
+    Diagnosis(
+        "5849",
+        "Acute kidney failure, unspecified",
+        "N179",
+        "Acute kidney failure, unspecified",
+        "14669001",
+        "Acute renal failure syndrome",
+    ),
+    Diagnosis(
+        "2724",
+        "Other and unspecified hyperlipidemia",
+        "E785",
+        "Hyperlipidemia, unspecified",
+        "55822004",
+        "Hyperlipidemia",
+    ),
+    Diagnosis(
+        "42731", "Atrial fibrillation", "I4891", "Unspecified atrial fibrillation", "49436004", "Atrial fibrillation"
+    ),
+    Diagnosis(
+        "5990",
+        "Urinary tract infection, site not specified",
+        "N390",
+        "Urinary tract infection, site not specified",
+        "68566005",
+        "Urinary tract infectious disease",
+    ),
+    Diagnosis(
+        "486", "Pneumonia, organism unspecified", "J189", "Pneumonia, unspecified organism", "233604007", "Pneumonia"
+    ),
     Diagnosis("2859", "Anemia, unspecified", "D649", "Anemia, unspecified", "271737000", "Anemia"),
-    Diagnosis("311", "Depressive disorder, not elsewhere classified", "F329", "Major depressive disorder, single episode, unspecified", "35489007", "Depressive disorder"),
+    Diagnosis(
+        "311",
+        "Depressive disorder, not elsewhere classified",
+        "F329",
+        "Major depressive disorder, single episode, unspecified",
+        "35489007",
+        "Depressive disorder",
+    ),
 )
 
 
@@ -161,13 +406,39 @@ FHIR_BAD_KINDS: tuple[str, ...] = (
 
 _PATIENTS_COLUMNS = ("subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod")
 _ADMISSIONS_COLUMNS = (
-    "subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "admission_type", "admit_provider_id",
-    "admission_location", "discharge_location", "insurance", "language", "marital_status", "race",
-    "edregtime", "edouttime", "hospital_expire_flag",
+    "subject_id",
+    "hadm_id",
+    "admittime",
+    "dischtime",
+    "deathtime",
+    "admission_type",
+    "admit_provider_id",
+    "admission_location",
+    "discharge_location",
+    "insurance",
+    "language",
+    "marital_status",
+    "race",
+    "edregtime",
+    "edouttime",
+    "hospital_expire_flag",
 )
 _LABEVENTS_COLUMNS = (
-    "labevent_id", "subject_id", "hadm_id", "specimen_id", "itemid", "order_provider_id", "charttime",
-    "storetime", "value", "valuenum", "valueuom", "ref_range_lower", "ref_range_upper", "flag", "priority",
+    "labevent_id",
+    "subject_id",
+    "hadm_id",
+    "specimen_id",
+    "itemid",
+    "order_provider_id",
+    "charttime",
+    "storetime",
+    "value",
+    "valuenum",
+    "valueuom",
+    "ref_range_lower",
+    "ref_range_upper",
+    "flag",
+    "priority",
     "comments",
 )
 _DIAGNOSES_COLUMNS = ("subject_id", "hadm_id", "seq_num", "icd_code", "icd_version")
@@ -248,7 +519,9 @@ def write_mimic(
     :data:`MIMIC_BAD_KINDS`; they are returned in ``bad_rows`` with file and line.
     """
     rng = random.Random(seed)
-    ids = list(subject_ids) if subject_ids is not None else sorted(rng.sample(range(10_000_000, 20_000_000), n_subjects))
+    ids = (
+        list(subject_ids) if subject_ids is not None else sorted(rng.sample(range(10_000_000, 20_000_000), n_subjects))
+    )
     if len(set(ids)) != len(ids) or any(not isinstance(i, int) or i < 0 for i in ids):
         raise ValueError("subject_ids must be distinct non-negative integers (MIMIC subject_id is an integer)")
     items = {item.itemid: item for item in LAB_ITEMS}
@@ -276,16 +549,31 @@ def write_mimic(
             last = n == n_admissions - 1
             died_here = dies and last and rng.random() < 0.5
             if dies and last:
-                dod = (discharge if died_here else discharge + timedelta(days=rng.randint(10, 400))).strftime("%Y-%m-%d")
+                dod = (discharge if died_here else discharge + timedelta(days=rng.randint(10, 400))).strftime(
+                    "%Y-%m-%d"
+                )
             kind = rng.choice(_ADMISSION_TYPES)
             ed = kind in ("EW EMER.", "EU OBSERVATION", "DIRECT EMER.")
-            admissions.append([
-                str(subject), str(hadm_id), _time(admit), _time(discharge), _time(discharge) if died_here else "",
-                kind, f"P{rng.randrange(10**5):05d}", rng.choice(_ADMISSION_LOCATIONS),
-                "DIED" if died_here else rng.choice(_DISCHARGE_LOCATIONS), insurance, "ENGLISH", marital, race,
-                _time(admit - timedelta(hours=rng.randint(2, 9))) if ed else "", _time(admit) if ed else "",
-                "1" if died_here else "0",
-            ])
+            admissions.append(
+                [
+                    str(subject),
+                    str(hadm_id),
+                    _time(admit),
+                    _time(discharge),
+                    _time(discharge) if died_here else "",
+                    kind,
+                    f"P{rng.randrange(10**5):05d}",
+                    rng.choice(_ADMISSION_LOCATIONS),
+                    "DIED" if died_here else rng.choice(_DISCHARGE_LOCATIONS),
+                    insurance,
+                    "ENGLISH",
+                    marital,
+                    race,
+                    _time(admit - timedelta(hours=rng.randint(2, 9))) if ed else "",
+                    _time(admit) if ed else "",
+                    "1" if died_here else "0",
+                ]
+            )
             n_labs = rng.randint(*labs_per_admission)
             written = 0
             while written < n_labs:
@@ -297,11 +585,26 @@ def write_mimic(
                 if rng.random() < 0.03:
                     labevent_id += 1
                     itemid, _, _, _ = URINE_BACTERIA
-                    labs.append([
-                        str(labevent_id), str(subject), "" if outpatient else str(hadm_id), str(specimen_id),
-                        str(itemid), "", _time(charted), stored, rng.choice(_BACTERIA_VALUES), "", "", "", "", "",
-                        priority, "",
-                    ])
+                    labs.append(
+                        [
+                            str(labevent_id),
+                            str(subject),
+                            "" if outpatient else str(hadm_id),
+                            str(specimen_id),
+                            str(itemid),
+                            "",
+                            _time(charted),
+                            stored,
+                            rng.choice(_BACTERIA_VALUES),
+                            "",
+                            "",
+                            "",
+                            "",
+                            "",
+                            priority,
+                            "",
+                        ]
+                    )
                     written += 1
                     continue
                 for itemid in rng.choice(_PANELS):
@@ -310,20 +613,42 @@ def write_mimic(
                     labevent_id += 1
                     text = _number(value, item.decimals)
                     flag = "abnormal" if value < item.low or value > item.high else ""
-                    labs.append([
-                        str(labevent_id), str(subject), "" if outpatient else str(hadm_id), str(specimen_id),
-                        str(itemid), "", _time(charted), stored, text, text, item.unit,
-                        _number(item.low, item.decimals), _number(item.high, item.decimals), flag, priority, "",
-                    ])
+                    labs.append(
+                        [
+                            str(labevent_id),
+                            str(subject),
+                            "" if outpatient else str(hadm_id),
+                            str(specimen_id),
+                            str(itemid),
+                            "",
+                            _time(charted),
+                            stored,
+                            text,
+                            text,
+                            item.unit,
+                            _number(item.low, item.decimals),
+                            _number(item.high, item.decimals),
+                            flag,
+                            priority,
+                            "",
+                        ]
+                    )
                     written += 1
             icd_version = 9 if rng.random() < 0.45 else 10
             for seq, diagnosis in enumerate(rng.sample(DIAGNOSES, rng.randint(1, 6)), start=1):
                 code = diagnosis.icd9 if icd_version == 9 else diagnosis.icd10
                 diagnoses.append([str(subject), str(hadm_id), str(seq), code, str(icd_version)])
             start = discharge + timedelta(days=rng.randint(5, 700))
-        patients.append([
-            str(subject), gender, str(age), str(anchor_year), rng.choice(_YEAR_GROUPS), dod,
-        ])
+        patients.append(
+            [
+                str(subject),
+                gender,
+                str(age),
+                str(anchor_year),
+                rng.choice(_YEAR_GROUPS),
+                dod,
+            ]
+        )
     labitems = [[str(i.itemid), i.label, i.fluid, i.category] for i in LAB_ITEMS]
     labitems.append([str(URINE_BACTERIA[0]), *URINE_BACTERIA[1:]])
     labitems.sort(key=lambda row: int(row[0]))
@@ -418,7 +743,11 @@ _UCUM = "http://unitsofmeasure.org"
 _MRN_SYSTEM = "https://hospital.example.org/fhir/mrn"
 _ZONES = (UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=1)), timezone(timedelta(hours=-8)))
 _ENCOUNTER_CLASSES = (("IMP", "inpatient encounter"), ("AMB", "ambulatory"), ("EMER", "emergency"))
-_ENCOUNTER_TYPES = (("32485007", "Hospital admission"), ("185349003", "Encounter for check up"), ("50849002", "Emergency room admission"))
+_ENCOUNTER_TYPES = (
+    ("32485007", "Hospital admission"),
+    ("185349003", "Encounter for check up"),
+    ("50849002", "Emergency room admission"),
+)
 
 
 def _uuid(rng: random.Random) -> str:
@@ -443,20 +772,32 @@ def _entry(resource: dict[str, Any], full_url: str, bundle_type: str) -> dict[st
     return entry
 
 
-def _fhir_patient(rng: random.Random, patient_id: str, bundle_type: str, counts: dict[str, int]) -> list[dict[str, Any]]:
+def _fhir_patient(
+    rng: random.Random, patient_id: str, bundle_type: str, counts: dict[str, int]
+) -> list[dict[str, Any]]:
     patient_url = f"urn:uuid:{_uuid(rng)}"
     birth = date(rng.randint(1935, 2003), rng.randint(1, 12), rng.randint(1, 28))
-    entries = [_entry({
-        "resourceType": "Patient",
-        "id": patient_id,
-        "identifier": [{
-            "type": _concept("http://terminology.hl7.org/CodeSystem/v2-0203", "MR", "Medical record number"),
-            "system": _MRN_SYSTEM,
-            "value": patient_id,
-        }],
-        "gender": rng.choice(("male", "female")),
-        "birthDate": birth.isoformat(),
-    }, patient_url, bundle_type)]
+    entries = [
+        _entry(
+            {
+                "resourceType": "Patient",
+                "id": patient_id,
+                "identifier": [
+                    {
+                        "type": _concept(
+                            "http://terminology.hl7.org/CodeSystem/v2-0203", "MR", "Medical record number"
+                        ),
+                        "system": _MRN_SYSTEM,
+                        "value": patient_id,
+                    }
+                ],
+                "gender": rng.choice(("male", "female")),
+                "birthDate": birth.isoformat(),
+            },
+            patient_url,
+            bundle_type,
+        )
+    ]
     counts["Patient"] += 1
     when = datetime(rng.randint(2016, 2023), rng.randint(1, 12), rng.randint(1, 28), tzinfo=UTC)
     items = [i for i in LAB_ITEMS if i.unit]
@@ -468,15 +809,25 @@ def _fhir_patient(rng: random.Random, patient_id: str, bundle_type: str, counts:
         encounter_url = f"urn:uuid:{encounter_id}"
         klass, klass_display = rng.choice(_ENCOUNTER_CLASSES)
         type_code, type_display = rng.choice(_ENCOUNTER_TYPES)
-        entries.append(_entry({
-            "resourceType": "Encounter",
-            "id": encounter_id,
-            "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": klass, "display": klass_display},
-            "type": [_concept(_SNOMED, type_code, type_display, type_display)],
-            "subject": {"reference": patient_url},
-            "period": {"start": _instant(start), "end": _instant(end)},
-        }, encounter_url, bundle_type))
+        entries.append(
+            _entry(
+                {
+                    "resourceType": "Encounter",
+                    "id": encounter_id,
+                    "status": "finished",
+                    "class": {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                        "code": klass,
+                        "display": klass_display,
+                    },
+                    "type": [_concept(_SNOMED, type_code, type_display, type_display)],
+                    "subject": {"reference": patient_url},
+                    "period": {"start": _instant(start), "end": _instant(end)},
+                },
+                encounter_url,
+                bundle_type,
+            )
+        )
         counts["Encounter"] += 1
         for _ in range(rng.randint(4, 12)):
             item = rng.choice(items)
@@ -484,61 +835,94 @@ def _fhir_patient(rng: random.Random, patient_id: str, bundle_type: str, counts:
             effective = start + timedelta(minutes=rng.randrange(max(1, int((end - start).total_seconds() // 60))))
             interpretation = "H" if value > item.high else "L" if value < item.low else "N"
             observation_id = _uuid(rng)
-            entries.append(_entry({
-                "resourceType": "Observation",
-                "id": observation_id,
-                "status": "final",
-                "category": [_concept("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", "Laboratory")],
-                "code": _concept(_LOINC, item.loinc, item.loinc_display, item.label),
-                "subject": {"reference": f"Patient/{patient_id}"},
-                "encounter": {"reference": encounter_url},
-                "effectiveDateTime": _instant(effective),
-                "issued": _instant((effective + timedelta(minutes=rng.randint(20, 180))).astimezone(UTC)),
-                "valueQuantity": {"value": value, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
-                "interpretation": [_concept(
-                    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", interpretation,
-                    {"H": "High", "L": "Low", "N": "Normal"}[interpretation],
-                )],
-                "referenceRange": [{
-                    "low": {"value": item.low, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
-                    "high": {"value": item.high, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
-                }],
-            }, f"urn:uuid:{observation_id}", bundle_type))
+            entries.append(
+                _entry(
+                    {
+                        "resourceType": "Observation",
+                        "id": observation_id,
+                        "status": "final",
+                        "category": [
+                            _concept(
+                                "http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", "Laboratory"
+                            )
+                        ],
+                        "code": _concept(_LOINC, item.loinc, item.loinc_display, item.label),
+                        "subject": {"reference": f"Patient/{patient_id}"},
+                        "encounter": {"reference": encounter_url},
+                        "effectiveDateTime": _instant(effective),
+                        "issued": _instant((effective + timedelta(minutes=rng.randint(20, 180))).astimezone(UTC)),
+                        "valueQuantity": {"value": value, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
+                        "interpretation": [
+                            _concept(
+                                "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                                interpretation,
+                                {"H": "High", "L": "Low", "N": "Normal"}[interpretation],
+                            )
+                        ],
+                        "referenceRange": [
+                            {
+                                "low": {"value": item.low, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
+                                "high": {"value": item.high, "unit": item.ucum, "system": _UCUM, "code": item.ucum},
+                            }
+                        ],
+                    },
+                    f"urn:uuid:{observation_id}",
+                    bundle_type,
+                )
+            )
             counts["Observation"] += 1
         for diagnosis in rng.sample(DIAGNOSES, rng.randint(0, 2)):
             condition_id = _uuid(rng)
             concept = _concept(_SNOMED, diagnosis.snomed, diagnosis.snomed_display, diagnosis.snomed_display)
             concept["coding"].append({"system": _ICD10CM, "code": diagnosis.icd10, "display": diagnosis.icd10_title})
-            entries.append(_entry({
-                "resourceType": "Condition",
-                "id": condition_id,
-                "clinicalStatus": _concept("http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"),
-                "verificationStatus": _concept(
-                    "http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"
-                ),
-                "category": [_concept(
-                    "http://terminology.hl7.org/CodeSystem/condition-category", "encounter-diagnosis", "Encounter Diagnosis"
-                )],
-                "code": concept,
-                "subject": {"reference": patient_url},
-                "encounter": {"reference": encounter_url},
-                "onsetDateTime": _instant(start),
-                "recordedDate": _instant(end),
-            }, f"urn:uuid:{condition_id}", bundle_type))
+            entries.append(
+                _entry(
+                    {
+                        "resourceType": "Condition",
+                        "id": condition_id,
+                        "clinicalStatus": _concept(
+                            "http://terminology.hl7.org/CodeSystem/condition-clinical", "active", "Active"
+                        ),
+                        "verificationStatus": _concept(
+                            "http://terminology.hl7.org/CodeSystem/condition-ver-status", "confirmed", "Confirmed"
+                        ),
+                        "category": [
+                            _concept(
+                                "http://terminology.hl7.org/CodeSystem/condition-category",
+                                "encounter-diagnosis",
+                                "Encounter Diagnosis",
+                            )
+                        ],
+                        "code": concept,
+                        "subject": {"reference": patient_url},
+                        "encounter": {"reference": encounter_url},
+                        "onsetDateTime": _instant(start),
+                        "recordedDate": _instant(end),
+                    },
+                    f"urn:uuid:{condition_id}",
+                    bundle_type,
+                )
+            )
             counts["Condition"] += 1
         when = end.astimezone(UTC) + timedelta(days=rng.randint(10, 300))
     medication_id = _uuid(rng)
-    entries.append(_entry({
-        "resourceType": "MedicationRequest",
-        "id": medication_id,
-        "status": "active",
-        "intent": "order",
-        "medicationCodeableConcept": _concept(
-            "http://www.nlm.nih.gov/research/umls/rxnorm", "197361", "amlodipine 5 MG Oral Tablet"
-        ),
-        "subject": {"reference": patient_url},
-        "authoredOn": _instant(when),
-    }, f"urn:uuid:{medication_id}", bundle_type))
+    entries.append(
+        _entry(
+            {
+                "resourceType": "MedicationRequest",
+                "id": medication_id,
+                "status": "active",
+                "intent": "order",
+                "medicationCodeableConcept": _concept(
+                    "http://www.nlm.nih.gov/research/umls/rxnorm", "197361", "amlodipine 5 MG Oral Tablet"
+                ),
+                "subject": {"reference": patient_url},
+                "authoredOn": _instant(when),
+            },
+            f"urn:uuid:{medication_id}",
+            bundle_type,
+        )
+    )
     return entries
 
 
@@ -609,7 +993,11 @@ def write_fhir(
         path.write_text(json.dumps(head)[:-1] + ', "entry": [\n' + lines + "\n]}\n", encoding="utf-8")
         files.append(path)
     return FhirExtract(
-        root=out_dir, files=tuple(files), patient_ids=tuple(ids), resources=counts, skipped=len(ids),
+        root=out_dir,
+        files=tuple(files),
+        patient_ids=tuple(ids),
+        resources=counts,
+        skipped=len(ids),
         bad_rows=tuple(injected),
     )
 
@@ -620,14 +1008,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subjects", type=int, default=300, help="MIMIC subjects (default 300)")
-    parser.add_argument("--labs", type=int, nargs=2, default=(20, 60), metavar=("MIN", "MAX"), help="lab rows per admission")
+    parser.add_argument(
+        "--labs", type=int, nargs=2, default=(20, 60), metavar=("MIN", "MAX"), help="lab rows per admission"
+    )
     parser.add_argument("--fhir-patients", type=int, default=20, help="FHIR bundles (default 20; 0 for none)")
     parser.add_argument("--gzip", action="store_true", help="write .csv.gz like MIMIC-IV ships")
     parser.add_argument("--bad-rows", type=int, default=0, help="corrupt this many MIMIC rows and FHIR resources")
     args = parser.parse_args(argv)
     extract = write_mimic(
-        args.out / "mimic", seed=args.seed, n_subjects=args.subjects, labs_per_admission=tuple(args.labs),
-        compress=args.gzip, bad_rows=args.bad_rows,
+        args.out / "mimic",
+        seed=args.seed,
+        n_subjects=args.subjects,
+        labs_per_admission=tuple(args.labs),
+        compress=args.gzip,
+        bad_rows=args.bad_rows,
     )
     print(f"MIMIC: {extract.rows} under {extract.root}")
     if args.fhir_patients:

@@ -12,12 +12,12 @@ one shown.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
 from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision
-from consumers.mongo_sink import MongoSink
+from consumers.mongo_sink import IndexSpec, MongoSink
 from consumers.statistics import counters_for_annotations, refresh_counters
 
 __all__ = ["ReviewViews", "SuggestionViews", "review_updates", "suggestion_update"]
@@ -49,10 +49,16 @@ def suggestion_update(event: AnnotationSuggested) -> UpdateOne:
                 "suggested_at": event.emitted_at,
             },
             "$setOnInsert": {"status": "suggested"},
-            "$addToSet": {"history": {
-                "event_id": str(event.event_id), "status": "suggested", "at": event.emitted_at, "by": event.model_name,
-                "reason": None, "seg_sop_instance_uid": event.seg_sop_instance_uid,
-            }},
+            "$addToSet": {
+                "history": {
+                    "event_id": str(event.event_id),
+                    "status": "suggested",
+                    "at": event.emitted_at,
+                    "by": event.model_name,
+                    "reason": None,
+                    "seg_sop_instance_uid": event.seg_sop_instance_uid,
+                }
+            },
         },
         upsert=True,
     )
@@ -71,23 +77,37 @@ def review_updates(event: AnnotationReviewed) -> list[UpdateOne]:
                     "study_instance_uid": event.study_instance_uid,
                     "series_instance_uid": event.series_instance_uid,
                 },
-                "$addToSet": {"history": {
-                    "event_id": str(event.event_id), "status": status, "at": event.reviewed_at, "by": event.reviewer,
-                    "reason": event.reason, "seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
-                }},
+                "$addToSet": {
+                    "history": {
+                        "event_id": str(event.event_id),
+                        "status": status,
+                        "at": event.reviewed_at,
+                        "by": event.reviewer,
+                        "reason": event.reason,
+                        "seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
+                    }
+                },
             },
             upsert=True,
         ),
         UpdateOne(
-            {"_id": key, "$or": [{"reviewed_at": {"$exists": False}}, {"reviewed_at": None},
-                                 {"reviewed_at": {"$lte": event.reviewed_at}}]},
-            {"$set": {
-                "status": status,
-                "reviewed_at": event.reviewed_at,
-                "reviewer": event.reviewer,
-                "reason": event.reason,
-                "corrected_seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
-            }},
+            {
+                "_id": key,
+                "$or": [
+                    {"reviewed_at": {"$exists": False}},
+                    {"reviewed_at": None},
+                    {"reviewed_at": {"$lte": event.reviewed_at}},
+                ],
+            },
+            {
+                "$set": {
+                    "status": status,
+                    "reviewed_at": event.reviewed_at,
+                    "reviewer": event.reviewer,
+                    "reason": event.reason,
+                    "corrected_seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
+                }
+            },
         ),
     ]
 
@@ -95,10 +115,15 @@ def review_updates(event: AnnotationReviewed) -> list[UpdateOne]:
 class SuggestionViews(MongoSink):
     """Sink of ``annotation.suggested``."""
 
-    INDEXES = {"annotations": [
-        "series_instance_uid", ["status", "uncertainty"], "model_name", "study_instance_uid",
-        ["model_name", "status"],  # for the statistics counters
-    ]}
+    INDEXES: ClassVar[IndexSpec] = {
+        "annotations": [
+            "series_instance_uid",
+            ["status", "uncertainty"],
+            "model_name",
+            "study_instance_uid",
+            ["model_name", "status"],  # for the statistics counters
+        ]
+    }
 
     async def apply(self, events: Sequence[AnnotationSuggested]) -> None:
         await self.bulk_write("annotations", [suggestion_update(e) for e in events], "update annotations view")

@@ -6,10 +6,10 @@ dead letter (at-least-once) upserts the same document, so the archive is idempot
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from cohortstream.events import DeadLetter
-from consumers.mongo_sink import MongoSink
+from consumers.mongo_sink import IndexSpec, MongoSink
 
 __all__ = ["COLLECTION", "DeadLetterArchive", "dead_letter_document"]
 
@@ -42,7 +42,7 @@ def dead_letter_document(letter: DeadLetter, *, topic: str, partition: int, offs
 class DeadLetterArchive(MongoSink):
     """The MongoDB sink of the dead-letter topic (index for the operator's newest-first query)."""
 
-    INDEXES = {COLLECTION: ["dead_lettered_at"]}
+    INDEXES: ClassVar[IndexSpec] = {COLLECTION: ["dead_lettered_at"]}
 
     async def archive(self, letter: DeadLetter, *, topic: str, partition: int, offset: int) -> None:
         """Upsert the document for ``letter``; retries while MongoDB is unreachable."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
@@ -27,6 +27,7 @@ from cohortstream.events import DicomInstanceReceived
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
 from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
+from consumers.mongo_sink import IndexSpec
 from consumers.statistics import age_years, counters_for_dicom, current_ages, normalise_sex, refresh_counters
 from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink
@@ -57,7 +58,9 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _group(events: Sequence[DicomInstanceReceived], key: Callable[[DicomInstanceReceived], str]) -> dict[str, list[DicomInstanceReceived]]:
+def _group(
+    events: Sequence[DicomInstanceReceived], key: Callable[[DicomInstanceReceived], str]
+) -> dict[str, list[DicomInstanceReceived]]:
     groups: dict[str, list[DicomInstanceReceived]] = {}
     for event in events:
         groups.setdefault(key(event), []).append(event)
@@ -86,19 +89,21 @@ def instance_attributes(event: DicomInstanceReceived) -> dict[str, Any]:
     views agent has folded the instance in.
     """
     ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
-    return _drop_none({
-        "sop_class_uid": event.sop_class_uid,
-        "series_instance_uid": event.series_instance_uid,
-        "study_instance_uid": event.study_instance_uid,
-        "patient_id": event.patient_id,
-        "instance_number": event.instance_number,
-        "transfer_syntax_uid": event.transfer_syntax_uid,
-        "sha256": event.sha256,
-        "size_bytes": event.size_bytes,
-        "received_at": event.received_at,
-        "calling_aet": event.calling_aet,
-        "orthanc_id": ids.instance,
-    })
+    return _drop_none(
+        {
+            "sop_class_uid": event.sop_class_uid,
+            "series_instance_uid": event.series_instance_uid,
+            "study_instance_uid": event.study_instance_uid,
+            "patient_id": event.patient_id,
+            "instance_number": event.instance_number,
+            "transfer_syntax_uid": event.transfer_syntax_uid,
+            "sha256": event.sha256,
+            "size_bytes": event.size_bytes,
+            "received_at": event.received_at,
+            "calling_aet": event.calling_aet,
+            "orthanc_id": ids.instance,
+        }
+    )
 
 
 def view_updates(
@@ -113,94 +118,114 @@ def view_updates(
     """
     updates: dict[str, list[UpdateOne]] = {"instances": [], "series": [], "studies": [], "patients": []}
     for sop_uid, same_instance in _group(events, lambda e: e.sop_instance_uid).items():
-        updates["instances"].append(UpdateOne(
-            {"_id": sop_uid},
-            {
-                "$setOnInsert": instance_attributes(same_instance[0]),
-                "$addToSet": {"received_sha256": {"$each": list(dict.fromkeys(e.sha256 for e in same_instance))}},
-            },
-            upsert=True,
-        ))
+        updates["instances"].append(
+            UpdateOne(
+                {"_id": sop_uid},
+                {
+                    "$setOnInsert": instance_attributes(same_instance[0]),
+                    "$addToSet": {"received_sha256": {"$each": list(dict.fromkeys(e.sha256 for e in same_instance))}},
+                },
+                upsert=True,
+            )
+        )
     for series_uid, in_series in _group(events, lambda e: e.series_instance_uid).items():
         first = min(in_series, key=lambda e: e.received_at)
         ids = orthanc_ids(first.patient_id, first.study_instance_uid, series_uid, first.sop_instance_uid)
         earliest, latest = _received_bounds(in_series)
-        updates["series"].append(UpdateOne(
-            {"_id": series_uid},
-            {
-                "$setOnInsert": _drop_none({
-                    "study_instance_uid": first.study_instance_uid,
-                    "patient_id": first.patient_id,
-                    "modality": first.modality,
-                    "series_number": first.series_number,
-                    "series_description": first.series_description,
-                    "body_part_examined": first.body_part_examined,
-                    "orthanc_id": ids.series,
-                }),
-                "$min": {"first_received_at": earliest},
-                "$max": {"last_received_at": latest},
-            },
-            upsert=True,
-        ))
+        updates["series"].append(
+            UpdateOne(
+                {"_id": series_uid},
+                {
+                    "$setOnInsert": _drop_none(
+                        {
+                            "study_instance_uid": first.study_instance_uid,
+                            "patient_id": first.patient_id,
+                            "modality": first.modality,
+                            "series_number": first.series_number,
+                            "series_description": first.series_description,
+                            "body_part_examined": first.body_part_examined,
+                            "orthanc_id": ids.series,
+                        }
+                    ),
+                    "$min": {"first_received_at": earliest},
+                    "$max": {"last_received_at": latest},
+                },
+                upsert=True,
+            )
+        )
     for study_uid, in_study in _group(events, lambda e: e.study_instance_uid).items():
         first = min(in_study, key=lambda e: e.received_at)
         ids = orthanc_ids(first.patient_id, study_uid, first.series_instance_uid, first.sop_instance_uid)
         earliest, latest = _received_bounds(in_study)
-        updates["studies"].append(UpdateOne(
-            {"_id": study_uid},
-            {
-                "$setOnInsert": _drop_none({
-                    "patient_id": first.patient_id,
-                    "study_date": _study_date(first),
-                    "study_description": first.study_description,
-                    "orthanc_id": ids.study,
-                    "viewer_url": viewer_url(ids),
-                }),
-                "$addToSet": {
-                    "series": {"$each": sorted({e.series_instance_uid for e in in_study})},
-                    "modalities": {"$each": sorted({e.modality for e in in_study})},
+        updates["studies"].append(
+            UpdateOne(
+                {"_id": study_uid},
+                {
+                    "$setOnInsert": _drop_none(
+                        {
+                            "patient_id": first.patient_id,
+                            "study_date": _study_date(first),
+                            "study_description": first.study_description,
+                            "orthanc_id": ids.study,
+                            "viewer_url": viewer_url(ids),
+                        }
+                    ),
+                    "$addToSet": {
+                        "series": {"$each": sorted({e.series_instance_uid for e in in_study})},
+                        "modalities": {"$each": sorted({e.modality for e in in_study})},
+                    },
+                    "$min": {"first_received_at": earliest},
+                    "$max": {"last_received_at": latest},
                 },
-                "$min": {"first_received_at": earliest},
-                "$max": {"last_received_at": latest},
-            },
-            upsert=True,
-        ))
+                upsert=True,
+            )
+        )
     for patient_id, of_patient in _group(events, lambda e: e.patient_id).items():
         first = min(of_patient, key=lambda e: e.received_at)
         ids = orthanc_ids(patient_id, first.study_instance_uid, first.series_instance_uid, first.sop_instance_uid)
         earliest, latest = _received_bounds(of_patient)
         first_study, last_study = _study_date_bounds(of_patient)
         ages = [a for a in (age_years(e.patient_age) for e in of_patient) if a is not None]
-        updates["patients"].append(UpdateOne(
-            {"_id": patient_id},
-            {
-                "$setOnInsert": _drop_none({
-                    "identifiers": {"dicom_patient_id": patient_id},
-                    "sex": first.patient_sex,
-                    "sex_normalised": normalise_sex(first.patient_sex),
-                    "orthanc_id": ids.patient,
-                }),
-                "$addToSet": {
-                    "studies": {"$each": sorted({e.study_instance_uid for e in of_patient})},
-                    "modalities": {"$each": sorted({e.modality for e in of_patient})},
+        updates["patients"].append(
+            UpdateOne(
+                {"_id": patient_id},
+                {
+                    "$setOnInsert": _drop_none(
+                        {
+                            "identifiers": {"dicom_patient_id": patient_id},
+                            "sex": first.patient_sex,
+                            "sex_normalised": normalise_sex(first.patient_sex),
+                            "orthanc_id": ids.patient,
+                        }
+                    ),
+                    "$addToSet": {
+                        "studies": {"$each": sorted({e.study_instance_uid for e in of_patient})},
+                        "modalities": {"$each": sorted({e.modality for e in of_patient})},
+                    },
+                    "$min": _drop_none({"first_study_date": first_study, "first_received_at": earliest}),
+                    # Age at the latest study seen (PatientAge grows with the studies).
+                    "$max": _drop_none(
+                        {
+                            "last_study_date": last_study,
+                            "last_received_at": latest,
+                            "age_years": max(ages, default=None),
+                        }
+                    ),
                 },
-                "$min": _drop_none({"first_study_date": first_study, "first_received_at": earliest}),
-                # Age at the latest study seen (PatientAge grows with the studies).
-                "$max": _drop_none({
-                    "last_study_date": last_study, "last_received_at": latest, "age_years": max(ages, default=None),
-                }),
-            },
-            upsert=True,
-        ))
+                upsert=True,
+            )
+        )
     return updates
 
 
 class DicomViews(SubjectAwareSink):
     """The MongoDB view builder for ``dicom.instance-received`` (and archive confirmations)."""
 
-    INDEXES = {
-        **{name: [*_INDEXES.get(name, []), *_STATISTICS_INDEXES.get(name, [])]
-           for name in {**_INDEXES, **_STATISTICS_INDEXES}},
+    INDEXES: ClassVar[IndexSpec] = {
+        **{
+            name: [*_INDEXES.get(name, []), *_STATISTICS_INDEXES.get(name, [])]
+            for name in {**_INDEXES, **_STATISTICS_INDEXES}
+        },
         **FACET_INDEXES,
     }
 
@@ -234,22 +259,34 @@ class DicomViews(SubjectAwareSink):
         return int(await self.retry(lambda: self.db[collection].count_documents(query), f"count {collection}"))
 
     async def _set(self, collection: str, key: str, values: dict[str, Any]) -> None:
-        await self.retry(lambda: self.db[collection].update_one({"_id": key}, {"$set": values}), f"update {collection} counts")
+        await self.retry(
+            lambda: self.db[collection].update_one({"_id": key}, {"$set": values}), f"update {collection} counts"
+        )
 
     async def _refresh_counts(self, series: set[str], studies: set[str], patients: set[str]) -> None:
         for uid in sorted(series):
-            await self._set("series", uid, {"instance_count": await self._count("instances", {"series_instance_uid": uid})})
+            await self._set(
+                "series", uid, {"instance_count": await self._count("instances", {"series_instance_uid": uid})}
+            )
         for uid in sorted(studies):
-            await self._set("studies", uid, {
-                "instance_count": await self._count("instances", {"study_instance_uid": uid}),
-                "series_count": await self._count("series", {"study_instance_uid": uid}),
-            })
+            await self._set(
+                "studies",
+                uid,
+                {
+                    "instance_count": await self._count("instances", {"study_instance_uid": uid}),
+                    "series_count": await self._count("series", {"study_instance_uid": uid}),
+                },
+            )
         for pid in sorted(patients):
-            await self._set("patients", pid, {
-                "instance_count": await self._count("instances", {"patient_id": pid}),
-                "series_count": await self._count("series", {"patient_id": pid}),
-                "study_count": await self._count("studies", {"patient_id": pid}),
-            })
+            await self._set(
+                "patients",
+                pid,
+                {
+                    "instance_count": await self._count("instances", {"patient_id": pid}),
+                    "series_count": await self._count("series", {"patient_id": pid}),
+                    "study_count": await self._count("studies", {"patient_id": pid}),
+                },
+            )
 
     async def record_archived(self, event: DicomInstanceReceived) -> None:
         """Note that Orthanc confirmed the instance (called by the archive agent)."""

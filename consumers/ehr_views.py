@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
@@ -25,6 +25,7 @@ from cohortstream.events import EhrRecord, EhrRecordType
 from cohortstream.mongo import safe_key
 from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
+from consumers.mongo_sink import IndexSpec
 from consumers.statistics import age_years, counters_for_ehr, current_ages, normalise_sex, refresh_counters
 from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
@@ -58,17 +59,19 @@ def timeline_update(record: EhrRecord) -> UpdateOne:
     """The upsert of one row into the timeline."""
     return UpdateOne(
         {"_id": f"{record.source}|{record.source_row_id}"},
-        {"$set": {
-            "subject_key": ehr_identifier(record).key,
-            "source": record.source,
-            "subject_id": record.subject_id,
-            "source_file": record.source_file,
-            "source_row_id": record.source_row_id,
-            # When the row entered the stream (a time the event carries, so replays agree):
-            # the statistics count rows per day of ingestion with it.
-            "ingested_at": record.emitted_at,
-            **_fact(record),
-        }},
+        {
+            "$set": {
+                "subject_key": ehr_identifier(record).key,
+                "source": record.source,
+                "subject_id": record.subject_id,
+                "source_file": record.source_file,
+                "source_row_id": record.source_row_id,
+                # When the row entered the stream (a time the event carries, so replays agree):
+                # the statistics count rows per day of ingestion with it.
+                "ingested_at": record.emitted_at,
+                **_fact(record),
+            }
+        },
         upsert=True,
     )
 
@@ -125,30 +128,39 @@ def latest_lab_updates(records: Sequence[EhrRecord]) -> list[UpdateOne]:
     for (key, code), record in sorted(latest.items()):
         path = f"latest_labs.{code}"
         at, row = _lab_order(record)
-        updates.append(UpdateOne(
-            {"_id": key, "$or": [
-                {path: {"$exists": False}},
-                {f"{path}.effective_at": {"$lt": at}},
-                {f"{path}.effective_at": at, f"{path}.source_row_id": {"$lte": row}},
-            ]},
-            {"$set": {path: {
-                "code_system": record.code_system,
-                "code": record.code,
-                "display": record.display,
-                "value": record.value_number,
-                "value_text": record.value_text,
-                "unit": record.unit,
-                "effective_at": at,
-                "source_row_id": row,
-            }}},
-        ))
+        updates.append(
+            UpdateOne(
+                {
+                    "_id": key,
+                    "$or": [
+                        {path: {"$exists": False}},
+                        {f"{path}.effective_at": {"$lt": at}},
+                        {f"{path}.effective_at": at, f"{path}.source_row_id": {"$lte": row}},
+                    ],
+                },
+                {
+                    "$set": {
+                        path: {
+                            "code_system": record.code_system,
+                            "code": record.code,
+                            "display": record.display,
+                            "value": record.value_number,
+                            "value_text": record.value_text,
+                            "unit": record.unit,
+                            "effective_at": at,
+                            "source_row_id": row,
+                        }
+                    }
+                },
+            )
+        )
     return updates
 
 
 class EhrViews(SubjectAwareSink):
     """View builder for ``ehr.record``."""
 
-    INDEXES = {
+    INDEXES: ClassVar[IndexSpec] = {
         "ehr_timeline": [["subject_key", "effective_at"], ["record_type", "code"], "ingested_at"],
         "ehr_subjects": ["diagnosis_codes", "sex_normalised", "age_years"],
         **FACET_INDEXES,
@@ -174,7 +186,8 @@ class EhrViews(SubjectAwareSink):
                     continue
                 try:
                     await self.registry.link(
-                        subject, SubjectIdentifier.dicom(subject.value),
+                        subject,
+                        SubjectIdentifier.dicom(subject.value),
                         f"rule: {rule.ehr_source} subject id = DICOM PatientID",
                     )
                 except SubjectLinkConflict as exc:

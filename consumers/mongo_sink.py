@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure
@@ -19,7 +19,17 @@ from cohortstream.backoff import retry_transient
 from cohortstream.mongo import AsyncClient, AsyncDatabase, mongo_client, mongo_database, safe_key
 from cohortstream.settings import Settings
 
-__all__ = ["TRANSIENT_MONGO_ERRORS", "WRITE_CHUNK", "MongoSink", "chunks", "safe_key"]
+IndexSpec = Mapping[str, Sequence[str | Sequence[str]]]
+"""Collection → the fields to index (a field may be a list of names for a compound index)."""
+
+__all__ = [
+    "TRANSIENT_MONGO_ERRORS",
+    "WRITE_CHUNK",
+    "IndexSpec",
+    "MongoSink",
+    "chunks",
+    "safe_key",
+]
 
 T = TypeVar("T")
 
@@ -48,7 +58,7 @@ class MongoSink:
     a field may be a list of names for a compound index).
     """
 
-    INDEXES: Mapping[str, Sequence[str | Sequence[str]]] = {}
+    INDEXES: ClassVar[IndexSpec] = {}
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

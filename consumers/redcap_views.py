@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
@@ -23,6 +23,7 @@ from cohortstream.mongo import find_all
 from cohortstream.settings import SubjectLinkRule
 from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
+from consumers.mongo_sink import IndexSpec
 from consumers.statistics import counters_for_redcap, refresh_counters
 from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink, SubjectLinkConflict
@@ -39,14 +40,16 @@ def redcap_identifier(event: RedcapRecordChanged) -> SubjectIdentifier:
 
 def questionnaire_key(event: RedcapRecordChanged) -> str:
     """``_id`` of the questionnaire document: server, project, record, event, instrument, instance."""
-    return "|".join([
-        event.redcap_url.rstrip("/") + "/",
-        event.project_id,
-        event.record_id,
-        event.event_name or "",
-        event.instrument,
-        str(event.repeat_instance or 1),
-    ])
+    return "|".join(
+        [
+            event.redcap_url.rstrip("/") + "/",
+            event.project_id,
+            event.record_id,
+            event.event_name or "",
+            event.instrument,
+            str(event.repeat_instance or 1),
+        ]
+    )
 
 
 def questionnaire_update(event: RedcapRecordChanged) -> UpdateOne:
@@ -99,11 +102,14 @@ def rule_links(
 class RedcapViews(SubjectAwareSink):
     """View builder for ``redcap.record-changed``."""
 
-    INDEXES = {
+    INDEXES: ClassVar[IndexSpec] = {
         "questionnaires": [
-            "subject_key", ["instrument", "completion_status"], "record_id",
+            "subject_key",
+            ["instrument", "completion_status"],
+            "record_id",
             # For the statistics counters (consumers/statistics.py).
-            ["instrument", "event_name", "completion_status"], "pulled_at",
+            ["instrument", "event_name", "completion_status"],
+            "pulled_at",
         ],
         **FACET_INDEXES,
     }
@@ -153,7 +159,9 @@ class RedcapViews(SubjectAwareSink):
         keys = [i.key for i in identifiers if i.kind == "redcap"]
         if not keys:
             return []
-        return list(await self.retry(
-            lambda: self.db["questionnaires"].find({"subject_key": {"$in": keys}}).sort("_id").to_list(None),
-            "read questionnaires",
-        ))
+        return list(
+            await self.retry(
+                lambda: self.db["questionnaires"].find({"subject_key": {"$in": keys}}).sort("_id").to_list(None),
+                "read questionnaires",
+            )
+        )

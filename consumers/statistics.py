@@ -54,7 +54,11 @@ ANNOTATION_STATUSES = ("suggested", "accepted", "rejected", "corrected")
 
 #: (label, lowest age, first age above the band); None: no upper bound.
 AGE_BANDS: tuple[tuple[str, int, int | None], ...] = (
-    ("0-17", 0, 18), ("18-39", 18, 40), ("40-59", 40, 60), ("60-79", 60, 80), ("80+", 80, None),
+    ("0-17", 0, 18),
+    ("18-39", 18, 40),
+    ("40-59", 40, 60),
+    ("60-79", 60, 80),
+    ("80+", 80, None),
 )
 
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
@@ -105,9 +109,15 @@ def age_band_counters(dimension: str, collection: str, ages: Iterable[int | None
     batch: a document moving to another band changes both)."""
     labels = {age_band(a) for a in ages if a is not None}
     return [
-        Counter(dimension, label, collection,
-                {"age_years": {"$gte": low} if high is None else {"$gte": low, "$lt": high}}, {"band": label})
-        for label, low, high in AGE_BANDS if label in labels
+        Counter(
+            dimension,
+            label,
+            collection,
+            {"age_years": {"$gte": low} if high is None else {"$gte": low, "$lt": high}},
+            {"band": label},
+        )
+        for label, low, high in AGE_BANDS
+        if label in labels
     ]
 
 
@@ -135,17 +145,25 @@ def _per_day(dimension: str, collection: str, time_field: str, days: Iterable[da
     ]
 
 
-def counters_for_dicom(events: Sequence[DicomInstanceReceived], previous_ages: Iterable[int | None] = ()) -> list[Counter]:
+def counters_for_dicom(
+    events: Sequence[DicomInstanceReceived], previous_ages: Iterable[int | None] = ()
+) -> list[Counter]:
     """Series per modality and body part, patients per modality, sex and age band (of the
     batch's ages and ``previous_ages``, what the patients showed before), instances per day."""
     counters = age_band_counters(
         "patients_by_age_band", "patients", [*(age_years(e.patient_age) for e in events), *previous_ages]
     )
     for modality in sorted({e.modality for e in events}):
-        counters.append(Counter("series_by_modality", modality, "series", {"modality": modality}, {"modality": modality}))
-        counters.append(Counter("patients_by_modality", modality, "patients", {"modalities": modality}, {"modality": modality}))
+        counters.append(
+            Counter("series_by_modality", modality, "series", {"modality": modality}, {"modality": modality})
+        )
+        counters.append(
+            Counter("patients_by_modality", modality, "patients", {"modalities": modality}, {"modality": modality})
+        )
     for part in sorted({e.body_part_examined for e in events if e.body_part_examined}):
-        counters.append(Counter("series_by_body_part", part, "series", {"body_part_examined": part}, {"body_part": part}))
+        counters.append(
+            Counter("series_by_body_part", part, "series", {"body_part_examined": part}, {"body_part": part})
+        )
     for sex in sorted({s for s in (normalise_sex(e.patient_sex) for e in events) if s}):
         counters.append(Counter("patients_by_sex", sex, "patients", {"sex_normalised": sex}, {"sex": sex}))
     counters += _per_day("dicom_instances_per_day", "instances", "received_at", (_day(e.received_at) for e in events))
@@ -159,11 +177,15 @@ def counters_for_redcap(events: Sequence[RedcapRecordChanged], previous_days: It
     counters: list[Counter] = []
     for instrument, event_name in sorted({(e.instrument, e.event_name or "") for e in events}):
         for status in COMPLETION_STATUSES:
-            counters.append(Counter(
-                "questionnaire_completion", f"{instrument}|{event_name}|{status}", "questionnaires",
-                {"instrument": instrument, "event_name": event_name or None, "completion_status": status},
-                {"instrument": instrument, "event_name": event_name, "status": status},
-            ))
+            counters.append(
+                Counter(
+                    "questionnaire_completion",
+                    f"{instrument}|{event_name}|{status}",
+                    "questionnaires",
+                    {"instrument": instrument, "event_name": event_name or None, "completion_status": status},
+                    {"instrument": instrument, "event_name": event_name, "status": status},
+                )
+            )
     days = {_day(e.emitted_at) for e in events} | set(previous_days)
     counters += _per_day("redcap_records_per_day", "questionnaires", "pulled_at", days)
     return counters
@@ -173,8 +195,12 @@ def counters_for_ehr(records: Sequence[EhrRecord], previous_ages: Iterable[int |
     """EHR rows per day of ingestion, EHR subjects per sex and age band (MIMIC ``anchor_age``;
     ``previous_ages``: what the subjects showed before the batch)."""
     counters = age_band_counters(
-        "ehr_subjects_by_age_band", "ehr_subjects",
-        [*(age_years(r.attributes.get("anchor_age")) for r in records if r.record_type == EhrRecordType.PATIENT), *previous_ages],
+        "ehr_subjects_by_age_band",
+        "ehr_subjects",
+        [
+            *(age_years(r.attributes.get("anchor_age")) for r in records if r.record_type == EhrRecordType.PATIENT),
+            *previous_ages,
+        ],
     )
     counters += _per_day("ehr_records_per_day", "ehr_timeline", "ingested_at", (_day(r.emitted_at) for r in records))
     sexes = {normalise_sex(r.attributes.get("gender")) for r in records if r.attributes.get("gender")}
@@ -186,9 +212,15 @@ def counters_for_ehr(records: Sequence[EhrRecord], previous_ages: Iterable[int |
 def counters_for_annotations(models: Iterable[str]) -> list[Counter]:
     """Suggestions per model and status (every status: a review moves one between them)."""
     return [
-        Counter("annotations_by_model_status", f"{model}|{status}", "annotations",
-                {"model_name": model, "status": status}, {"model": model, "status": status})
-        for model in sorted(set(models)) for status in ANNOTATION_STATUSES
+        Counter(
+            "annotations_by_model_status",
+            f"{model}|{status}",
+            "annotations",
+            {"model_name": model, "status": status},
+            {"model": model, "status": status},
+        )
+        for model in sorted(set(models))
+        for status in ANNOTATION_STATUSES
     ]
 
 
@@ -199,7 +231,9 @@ async def current_ages(sink: MongoSink, collection: str, keys: Iterable[str]) ->
     for start in range(0, len(wanted), 1000):
         chunk = wanted[start : start + 1000]
         docs = await sink.retry(
-            partial(find_all, sink.db[collection], {"_id": {"$in": chunk}, "age_years": {"$ne": None}}, {"age_years": 1}),
+            partial(
+                find_all, sink.db[collection], {"_id": {"$in": chunk}, "age_years": {"$ne": None}}, {"age_years": 1}
+            ),
             f"read {collection} ages",
         )
         ages += [d.get("age_years") for d in docs]
@@ -214,9 +248,18 @@ async def refresh_counters(sink: MongoSink, counters: Iterable[Counter]) -> None
         count = await sink.retry(
             partial(sink.db[counter.collection].count_documents, counter.query), f"count {counter.dimension}"
         )
-        operations.append(UpdateOne(
-            {"_id": doc_id},
-            {"$set": {"dimension": counter.dimension, "key": counter.key, "labels": counter.labels, "count": int(count)}},
-            upsert=True,
-        ))
+        operations.append(
+            UpdateOne(
+                {"_id": doc_id},
+                {
+                    "$set": {
+                        "dimension": counter.dimension,
+                        "key": counter.key,
+                        "labels": counter.labels,
+                        "count": int(count),
+                    }
+                },
+                upsert=True,
+            )
+        )
     await sink.bulk_write(STATISTICS, operations, "update statistics counters")

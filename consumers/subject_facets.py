@@ -47,7 +47,9 @@ _EHR_FIELDS = {"source": 1, "sex_normalised": 1, "age_years": 1, "diagnosis_code
 # --- I/O, through the sink's retries -------------------------------------------------
 
 
-async def _find_in(sink: MongoSink, collection: str, field: str, values: Iterable[str], projection: dict[str, int] | None) -> list[dict[str, Any]]:
+async def _find_in(
+    sink: MongoSink, collection: str, field: str, values: Iterable[str], projection: dict[str, int] | None
+) -> list[dict[str, Any]]:
     wanted = sorted(set(values))
     docs: list[dict[str, Any]] = []
     for chunk in chunks(wanted, _IN_CHUNK):
@@ -76,7 +78,9 @@ async def _compute(sink: MongoSink, subject_ids: Sequence[str]) -> dict[str, dic
     }
 
 
-async def refresh_subject_facets(sink: MongoSink, keys: Iterable[str] = (), subject_ids: Iterable[str] = ()) -> set[str]:
+async def refresh_subject_facets(
+    sink: MongoSink, keys: Iterable[str] = (), subject_ids: Iterable[str] = ()
+) -> set[str]:
     """Recompute the documents of the subjects of these identifier keys, of these
     subject ids (those a merge created or removed) and of any subject whose document
     still holds one of their identifiers, then the sets whose membership changed.
@@ -98,10 +102,17 @@ async def refresh_subject_facets(sink: MongoSink, keys: Iterable[str] = (), subj
         await _refresh_sets(sink, touched)
         done = sorted({sid for sids in touched.values() for sid in sids})
         for chunk in chunks(done, _IN_CHUNK):
-            await sink.retry(partial(sink.db[FACETS].delete_many, {"_id": {"$in": chunk}, "deleted": True}),
-                             "drop vanished subjects")
-            await sink.retry(partial(sink.db[FACETS].update_many,
-                {"_id": {"$in": chunk}, "pending": {"$exists": True}}, {"$unset": {"pending": ""}}), "mark subject sets done")
+            await sink.retry(
+                partial(sink.db[FACETS].delete_many, {"_id": {"$in": chunk}, "deleted": True}), "drop vanished subjects"
+            )
+            await sink.retry(
+                partial(
+                    sink.db[FACETS].update_many,
+                    {"_id": {"$in": chunk}, "pending": {"$exists": True}},
+                    {"$unset": {"pending": ""}},
+                ),
+                "mark subject sets done",
+            )
     return set(touched)
 
 
@@ -137,7 +148,9 @@ async def _refresh_documents(sink: MongoSink, subject_ids: Sequence[str]) -> dic
             return touched
         for ops in chunks(operations):
             await sink.retry(partial(sink.db[FACETS].bulk_write, ops, ordered=False), "update subject facets")
-    log.warning("subject facets still changing after %d rounds (concurrent writers); the next batch settles them", _MAX_ROUNDS)
+    log.warning(
+        "subject facets still changing after %d rounds (concurrent writers); the next batch settles them", _MAX_ROUNDS
+    )
     return touched
 
 
@@ -146,8 +159,11 @@ async def _refresh_sets(sink: MongoSink, touched: Mapping[str, set[str]]) -> Non
     touched subjects say, by compare-and-set on each shard's version."""
     subjects = sorted({sid for sids in touched.values() for sid in sids if SUBJECT_ID_PATTERN.match(sid)})
     for _ in range(_MAX_ROUNDS):
-        docs = {str(d["_id"]): d for d in await _find_in(sink, FACETS, "_id", subjects, {"facets": 1, "labs": 1, "deleted": 1})
-                if not d.get("deleted")}
+        docs = {
+            str(d["_id"]): d
+            for d in await _find_in(sink, FACETS, "_id", subjects, {"facets": 1, "labs": 1, "deleted": 1})
+            if not d.get("deleted")
+        }
         member = {sid: memberships(docs.get(sid)) for sid in subjects}
         shards: dict[str, tuple[set[int], dict[int, list[float]]]] = {}  # shard _id → (touched, members)
         for name, sids in touched.items():
@@ -183,7 +199,9 @@ async def _refresh_sets(sink: MongoSink, touched: Mapping[str, set[str]]) -> Non
         # next round reads it again.
         for ops in chunks(operations, 100):
             await sink.retry(partial(sink.db[SETS].bulk_write, ops, ordered=False), "update subject sets")
-    log.warning("subject sets still changing after %d rounds (concurrent writers); the next batch settles them", _MAX_ROUNDS)
+    log.warning(
+        "subject sets still changing after %d rounds (concurrent writers); the next batch settles them", _MAX_ROUNDS
+    )
 
 
 def _empty_shard(shard_id: str) -> UpdateOne:
@@ -197,9 +215,12 @@ async def rebuild_subject_facets(sink: MongoSink) -> int:
     """Build the read model from the views for every registered subject (a database
     filled before it existed), and drop documents of vanished subjects. Returns the
     number of subjects."""
-    subject_ids = sorted({str(s) for s in await sink.retry(
-        lambda: sink.db[_REGISTRY].distinct("subject_id"), "list subjects")})
-    stale = [str(d["_id"]) for d in await sink.retry(
-        lambda: sink.db[FACETS].find({}, {"_id": 1}).to_list(None), "list subject facets")]
+    subject_ids = sorted(
+        {str(s) for s in await sink.retry(lambda: sink.db[_REGISTRY].distinct("subject_id"), "list subjects")}
+    )
+    stale = [
+        str(d["_id"])
+        for d in await sink.retry(lambda: sink.db[FACETS].find({}, {"_id": 1}).to_list(None), "list subject facets")
+    ]
     await refresh_subject_facets(sink, subject_ids=[*subject_ids, *stale])
     return len(subject_ids)

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
@@ -36,7 +36,7 @@ from cohortstream.mongo import find_all
 from cohortstream.settings import Settings
 from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier, subject_id_for
-from consumers.mongo_sink import MongoSink
+from consumers.mongo_sink import IndexSpec, MongoSink
 
 __all__ = ["SubjectAwareSink", "SubjectLinkConflict", "SubjectRegistry"]
 
@@ -66,7 +66,7 @@ class SubjectRegistry(MongoSink):
     can refresh what is keyed by subject id (``consumers/subject_facets.py``).
     """
 
-    INDEXES = {"subject_identifiers": ["subject_id"], **FACET_INDEXES}
+    INDEXES: ClassVar[IndexSpec] = {"subject_identifiers": ["subject_id"], **FACET_INDEXES}
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
@@ -145,7 +145,11 @@ class SubjectRegistry(MongoSink):
             for subject in (subject_a, subject_b):
                 if subject != merged:
                     await self.retry(
-                        partial(self.db["subject_identifiers"].update_many, {"subject_id": subject}, {"$set": {"subject_id": merged}}),
+                        partial(
+                            self.db["subject_identifiers"].update_many,
+                            {"subject_id": subject},
+                            {"$set": {"subject_id": merged}},
+                        ),
                         "merge subjects",
                     )
             log.info("subjects merged", extra={"subject_id": merged, "reason": reason})
@@ -181,9 +185,11 @@ class SubjectRegistry(MongoSink):
 
     async def conflicts(self) -> list[dict[str, Any]]:
         """The links that were refused, for people to resolve."""
-        return list(await self.retry(
-            lambda: self.db["subject_link_conflicts"].find().sort("_id").to_list(None), "list link conflicts"
-        ))
+        return list(
+            await self.retry(
+                lambda: self.db["subject_link_conflicts"].find().sort("_id").to_list(None), "list link conflicts"
+            )
+        )
 
 
 def _clash(members_a: Sequence[SubjectIdentifier], members_b: Sequence[SubjectIdentifier]) -> str | None:

@@ -48,9 +48,15 @@ class DeadLetterSender:
         )
         log.warning(
             "message dead-lettered",
-            extra={"agent": self._producer, "topic": message.topic, "partition": message.partition,
-                   "offset": message.offset, "stage": stage.value, "error_type": letter.error_type,
-                   "reason": letter.reason},
+            extra={
+                "agent": self._producer,
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "stage": stage.value,
+                "error_type": letter.error_type,
+                "reason": letter.reason,
+            },
         )
         pending = await self._topic.send(key=message.key, value=letter)
         await pending

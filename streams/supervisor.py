@@ -66,7 +66,9 @@ class _Supervisor:
         self._lanes: list[_Lane] = []
         for i, name in enumerate(lanes):
             env = dict(base)
-            env[env_var_name("worker_metrics_port")] = str(settings.worker_metrics_port + i if settings.worker_metrics_port else 0)
+            env[env_var_name("worker_metrics_port")] = str(
+                settings.worker_metrics_port + i if settings.worker_metrics_port else 0
+            )
             env[env_var_name("data_dir")] = str(settings.data_dir / name)
             self._lanes.append(_Lane(name, env))
         self._timeout_s = settings.worker_shutdown_timeout_s
@@ -84,9 +86,13 @@ class _Supervisor:
 
     def _start(self, lane: _Lane) -> None:
         argv = [sys.executable, "-m", "cohortstream.cli", "worker", "--lane", lane.name]
-        lane.process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
-            argv, env=lane.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - spawned before any thread of ours runs user code
+        lane.process = subprocess.Popen(
+            argv,
+            env=lane.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         lane.ready = False
         lane.restart_at = None
@@ -111,11 +117,13 @@ class _Supervisor:
                 code = lane.process.poll()
                 if code is not None and lane.restart_at is None:
                     lane.restarts += 1
-                    delay = min(2.0 ** lane.restarts, _MAX_RESTART_DELAY_S)
+                    delay = min(2.0**lane.restarts, _MAX_RESTART_DELAY_S)
                     lane.restart_at = now + delay
                     lane.ready = False
-                    log.error("worker lane exited; restarting it",
-                              extra={"lane": lane.name, "exit_code": code, "restart_in_s": delay})
+                    log.error(
+                        "worker lane exited; restarting it",
+                        extra={"lane": lane.name, "exit_code": code, "restart_in_s": delay},
+                    )
                 elif lane.restart_at is not None and now >= lane.restart_at:
                     self._start(lane)
             if not self._announced and all(lane.ready for lane in self._lanes):
@@ -139,8 +147,10 @@ class _Supervisor:
                 lane.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 clean = False
-                log.error("worker lane did not stop in time; killing it",
-                          extra={"lane": lane.name, "timeout_s": self._timeout_s})
+                log.error(
+                    "worker lane did not stop in time; killing it",
+                    extra={"lane": lane.name, "timeout_s": self._timeout_s},
+                )
                 lane.process.kill()
                 lane.process.wait()
         for lane in self._lanes:

@@ -45,8 +45,13 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def phantom_with_seg(seed: int = 3, shape: tuple[int, int, int] = (6, 24, 24), *, content_label: str = "CORRECTED",
-                     patient_id: str = "PHANTOM-0001") -> PhantomWithSeg:
+def phantom_with_seg(
+    seed: int = 3,
+    shape: tuple[int, int, int] = (6, 24, 24),
+    *,
+    content_label: str = "CORRECTED",
+    patient_id: str = "PHANTOM-0001",
+) -> PhantomWithSeg:
     """A small phantom series and a SEG of its truth mask (a stand-in for a reviewer's correction)."""
     series, truth = phantom_series(seed, shape, patient_id=patient_id)
     volume = volume_from_datasets(series)

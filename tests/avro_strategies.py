@@ -69,9 +69,7 @@ def from_avro(schema: Any, named: dict[str, Any] | None = None, namespace: str =
     elif kind == "fixed":
         strategy = st.binary(min_size=schema["size"], max_size=schema["size"])
     elif kind == "record":
-        strategy = st.fixed_dictionaries(
-            {f["name"]: from_avro(f["type"], named, namespace) for f in schema["fields"]}
-        )
+        strategy = st.fixed_dictionaries({f["name"]: from_avro(f["type"], named, namespace) for f in schema["fields"]})
     else:
         raise ValueError(f"unsupported Avro type {kind!r}")
     named[full] = strategy

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["validator_path", "validate_bids"]
+__all__ = ["validate_bids", "validator_path"]
 
 
 def validator_path() -> str | None:

@@ -81,7 +81,14 @@ def example_events() -> list[Event]:
             data_access_group="site_a",
             completion_status="COMPLETE",
             trigger="DATA_ENTRY_TRIGGER",
-            values={"moca_total": 27, "moca_date": "2026-11-20", "consent": True, "race": ["2", "5"], "bmi": 23.4, "notes": None},
+            values={
+                "moca_total": 27,
+                "moca_date": "2026-11-20",
+                "consent": True,
+                "race": ["2", "5"],
+                "bmi": 23.4,
+                "notes": None,
+            },
             labels={"sex": "Female"},
         ),
         EhrRecord(
@@ -122,7 +129,16 @@ def example_events() -> list[Event]:
             model_name="phantom-unet",
             model_version="1.0.0",
             seg_sop_instance_uid=f"{series}.9000",
-            segments=[SuggestedSegment(segment_number=1, label="lesion", property_category="SCT:49755003:Morphologically Altered Structure", property_type="SCT:52988006:Lesion", voxel_count=1234, volume_ml=1.234)],
+            segments=[
+                SuggestedSegment(
+                    segment_number=1,
+                    label="lesion",
+                    property_category="SCT:49755003:Morphologically Altered Structure",
+                    property_type="SCT:52988006:Lesion",
+                    voxel_count=1234,
+                    volume_ml=1.234,
+                )
+            ],
             uncertainty=0.12,
             device="cpu",
             inference_s=2.5,

@@ -52,6 +52,7 @@ async def read_topic(
                 found.append(Read(key, codec.decode_event(record.value)))
 
     try:
+
         async def collect() -> None:
             while len(found) < expected:
                 take(await consumer.getmany(timeout_ms=500, max_records=5000))

@@ -44,8 +44,18 @@ __all__ = ["Fault", "RedcapSimulator", "SimProject", "classic_project", "cohort_
 NO_PERMISSION = "You do not have permissions to use the API"
 _COMMON = {"token", "content", "format", "returnFormat"}
 _RECORD_PARAMS = _COMMON | {
-    "type", "records", "fields", "forms", "events", "rawOrLabel", "rawOrLabelHeaders",
-    "exportCheckboxLabel", "exportSurveyFields", "exportDataAccessGroups", "csvDelimiter", "decimalCharacter",
+    "type",
+    "records",
+    "fields",
+    "forms",
+    "events",
+    "rawOrLabel",
+    "rawOrLabelHeaders",
+    "exportCheckboxLabel",
+    "exportSurveyFields",
+    "exportDataAccessGroups",
+    "csvDelimiter",
+    "decimalCharacter",
 }
 _METADATA_PARAMS = _COMMON | {"fields", "forms"}
 _ARRAY = re.compile(r"^(?P<name>[A-Za-z]+)\[(?P<index>\d+)\]$")
@@ -59,14 +69,28 @@ def _choice_codes(text: str) -> list[str]:
     return [part.partition(",")[0].strip() for part in text.split("|") if part.partition(",")[0].strip()]
 
 
-def meta(field_name: str, form: str, field_type: str, label: str = "", choices: str = "", validation: str = "", **more: str) -> dict[str, str]:
+def meta(
+    field_name: str, form: str, field_type: str, label: str = "", choices: str = "", validation: str = "", **more: str
+) -> dict[str, str]:
     """One data dictionary row with every column the API's metadata export has."""
     row = {
-        "field_name": field_name, "form_name": form, "section_header": "", "field_type": field_type,
-        "field_label": label or field_name, "select_choices_or_calculations": choices, "field_note": "",
-        "text_validation_type_or_show_slider_number": validation, "text_validation_min": "",
-        "text_validation_max": "", "identifier": "", "branching_logic": "", "required_field": "",
-        "custom_alignment": "", "question_number": "", "matrix_group_name": "", "matrix_ranking": "",
+        "field_name": field_name,
+        "form_name": form,
+        "section_header": "",
+        "field_type": field_type,
+        "field_label": label or field_name,
+        "select_choices_or_calculations": choices,
+        "field_note": "",
+        "text_validation_type_or_show_slider_number": validation,
+        "text_validation_min": "",
+        "text_validation_max": "",
+        "identifier": "",
+        "branching_logic": "",
+        "required_field": "",
+        "custom_alignment": "",
+        "question_number": "",
+        "matrix_group_name": "",
+        "matrix_ranking": "",
         "field_annotation": "",
     }
     row.update(more)
@@ -136,8 +160,10 @@ class SimProject:
 
     def _key(self, row: Mapping[str, str]) -> tuple[str, ...]:
         return (
-            row.get(self.record_id_field, ""), row.get("redcap_event_name", ""),
-            row.get("redcap_repeat_instrument", ""), row.get("redcap_repeat_instance", ""),
+            row.get(self.record_id_field, ""),
+            row.get("redcap_event_name", ""),
+            row.get("redcap_repeat_instrument", ""),
+            row.get("redcap_repeat_instance", ""),
         )
 
 
@@ -253,19 +279,27 @@ class RedcapSimulator:
     def _check_values(name: str, asked: Sequence[str], known: Sequence[str]) -> None:
         bad = [v for v in asked if v not in known]
         if bad:
-            raise _ApiError(400, f'The following values in the parameter "{name}" are not valid: ' + ", ".join(f"'{v}'" for v in bad))
+            raise _ApiError(
+                400,
+                f'The following values in the parameter "{name}" are not valid: ' + ", ".join(f"'{v}'" for v in bad),
+            )
 
-    def _metadata(self, project: SimProject, params: Mapping[str, str], arrays: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    def _metadata(
+        self, project: SimProject, params: Mapping[str, str], arrays: Mapping[str, list[str]]
+    ) -> list[dict[str, str]]:
         self._check_params(_METADATA_PARAMS, params, arrays)
         forms, fields = arrays.get("forms", []), arrays.get("fields", [])
         self._check_values("forms", forms, project.forms)
         self._check_values("fields", fields, [r["field_name"] for r in project.metadata])
         return [
-            dict(r) for r in project.metadata
+            dict(r)
+            for r in project.metadata
             if (not forms and not fields) or r["form_name"] in forms or r["field_name"] in fields
         ]
 
-    def _records(self, project: SimProject, params: Mapping[str, str], arrays: Mapping[str, list[str]]) -> list[dict[str, str]]:
+    def _records(
+        self, project: SimProject, params: Mapping[str, str], arrays: Mapping[str, list[str]]
+    ) -> list[dict[str, str]]:
         self._check_params(_RECORD_PARAMS, params, arrays)
         if params.get("type", "flat") != "flat":
             raise _ApiError(400, "The simulator supports only type=flat")
@@ -301,10 +335,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         simulator = self.server.simulator
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length).decode("utf-8")
@@ -363,23 +397,38 @@ def new_token() -> str:
 
 # --- realistic projects ------------------------------------------------------------------
 
+
 def cohort_metadata() -> list[dict[str, str]]:
     """Demographics, a baseline questionnaire and a repeating medication form."""
     return [
         meta("record_id", "demographics", "text", "Study ID"),
         meta("mrn", "demographics", "text", "Medical record number", identifier="y"),
         meta("dob", "demographics", "text", "Date of birth", validation="date_ymd", identifier="y"),
-        meta("sex", "demographics", "radio", "Sex", choices="1, Female | 2, Male | 3, Intersex | 99, Prefer not to say"),
+        meta(
+            "sex", "demographics", "radio", "Sex", choices="1, Female | 2, Male | 3, Intersex | 99, Prefer not to say"
+        ),
         meta("enrolled_at", "demographics", "text", "Enrolment date and time", validation="datetime_ymd"),
         meta("height_cm", "demographics", "text", "Height (cm)", validation="number_1dp"),
         meta("weight_kg", "demographics", "text", "Weight (kg)", validation="number"),
         meta("bmi", "demographics", "calc", "BMI", choices="round([weight_kg]/(([height_cm]/100)^2),1)"),
         meta("baseline_intro", "baseline", "descriptive", "Please answer the following questions."),
         meta("visit_date", "baseline", "text", "Visit date", validation="date_dmy"),
-        meta("symptoms", "baseline", "checkbox", "Symptoms in the last 7 days",
-             choices="1, Headache | 2, Nausea | 3, Fatigue, tiredness | -1, None of the above"),
+        meta(
+            "symptoms",
+            "baseline",
+            "checkbox",
+            "Symptoms in the last 7 days",
+            choices="1, Headache | 2, Nausea | 3, Fatigue, tiredness | -1, None of the above",
+        ),
         meta("smoker", "baseline", "yesno", "Do you smoke?"),
-        meta("cigarettes_per_day", "baseline", "text", "Cigarettes per day", validation="integer", branching_logic="[smoker] = '1'"),
+        meta(
+            "cigarettes_per_day",
+            "baseline",
+            "text",
+            "Cigarettes per day",
+            validation="integer",
+            branching_logic="[smoker] = '1'",
+        ),
         meta("consent_imaging", "baseline", "truefalse", "Consents to imaging"),
         meta("pain_score", "baseline", "slider", "Pain today", choices="No pain | | Worst pain"),
         meta("site", "baseline", "dropdown", "Site", choices="LDN, London | MUC, Munich | NYC, New York"),
@@ -395,28 +444,86 @@ def cohort_metadata() -> list[dict[str, str]]:
 def cohort_project(token: str | None = None, project_id: str = "42") -> SimProject:
     """A longitudinal project with a repeating instrument and a few records."""
     project = SimProject(
-        token=token or new_token(), project_id=project_id, metadata=cohort_metadata(),
-        events=["baseline_arm_1", "followup_1_arm_1"], repeating=True,
+        token=token or new_token(),
+        project_id=project_id,
+        metadata=cohort_metadata(),
+        events=["baseline_arm_1", "followup_1_arm_1"],
+        repeating=True,
     )
     base = {"redcap_repeat_instrument": "", "redcap_repeat_instance": ""}
     project.records = [
-        {"record_id": "1001", "redcap_event_name": "baseline_arm_1", **base, "redcap_data_access_group": "london",
-         "mrn": "MRN0001", "dob": "1961-04-12", "sex": "1", "enrolled_at": "2024-03-01 09:30", "height_cm": "165.5",
-         "weight_kg": "61", "bmi": "22.3", "demographics_complete": "2",
-         "visit_date": "2024-03-01", "symptoms___1": "1", "symptoms___3": "1", "smoker": "1", "cigarettes_per_day": "5",
-         "consent_imaging": "1", "pain_score": "30", "site": "LDN", "wake_time": "06:45", "comments": "felt fine",
-         "baseline_complete": "1"},
-        {"record_id": "1001", "redcap_event_name": "baseline_arm_1", "redcap_repeat_instrument": "medication",
-         "redcap_repeat_instance": "1", "redcap_data_access_group": "london",
-         "med_name": "metformin", "med_dose_mg": "500", "med_start": "2023-11-02", "med_route": "1", "medication_complete": "2"},
-        {"record_id": "1001", "redcap_event_name": "baseline_arm_1", "redcap_repeat_instrument": "medication",
-         "redcap_repeat_instance": "2", "redcap_data_access_group": "london",
-         "med_name": "atorvastatin", "med_dose_mg": "20", "med_start": "", "med_route": "1", "medication_complete": "0"},
-        {"record_id": "1001", "redcap_event_name": "followup_1_arm_1", **base, "redcap_data_access_group": "london",
-         "visit_date": "2024-09-03", "symptoms___-1": "1", "smoker": "0", "consent_imaging": "1", "pain_score": "0",
-         "site": "LDN", "baseline_complete": "2"},
-        {"record_id": "MUC-07", "redcap_event_name": "baseline_arm_1", **base, "redcap_data_access_group": "",
-         "mrn": "MRN0007", "dob": "1975-12-30", "sex": "2", "demographics_complete": "0"},
+        {
+            "record_id": "1001",
+            "redcap_event_name": "baseline_arm_1",
+            **base,
+            "redcap_data_access_group": "london",
+            "mrn": "MRN0001",
+            "dob": "1961-04-12",
+            "sex": "1",
+            "enrolled_at": "2024-03-01 09:30",
+            "height_cm": "165.5",
+            "weight_kg": "61",
+            "bmi": "22.3",
+            "demographics_complete": "2",
+            "visit_date": "2024-03-01",
+            "symptoms___1": "1",
+            "symptoms___3": "1",
+            "smoker": "1",
+            "cigarettes_per_day": "5",
+            "consent_imaging": "1",
+            "pain_score": "30",
+            "site": "LDN",
+            "wake_time": "06:45",
+            "comments": "felt fine",
+            "baseline_complete": "1",
+        },
+        {
+            "record_id": "1001",
+            "redcap_event_name": "baseline_arm_1",
+            "redcap_repeat_instrument": "medication",
+            "redcap_repeat_instance": "1",
+            "redcap_data_access_group": "london",
+            "med_name": "metformin",
+            "med_dose_mg": "500",
+            "med_start": "2023-11-02",
+            "med_route": "1",
+            "medication_complete": "2",
+        },
+        {
+            "record_id": "1001",
+            "redcap_event_name": "baseline_arm_1",
+            "redcap_repeat_instrument": "medication",
+            "redcap_repeat_instance": "2",
+            "redcap_data_access_group": "london",
+            "med_name": "atorvastatin",
+            "med_dose_mg": "20",
+            "med_start": "",
+            "med_route": "1",
+            "medication_complete": "0",
+        },
+        {
+            "record_id": "1001",
+            "redcap_event_name": "followup_1_arm_1",
+            **base,
+            "redcap_data_access_group": "london",
+            "visit_date": "2024-09-03",
+            "symptoms___-1": "1",
+            "smoker": "0",
+            "consent_imaging": "1",
+            "pain_score": "0",
+            "site": "LDN",
+            "baseline_complete": "2",
+        },
+        {
+            "record_id": "MUC-07",
+            "redcap_event_name": "baseline_arm_1",
+            **base,
+            "redcap_data_access_group": "",
+            "mrn": "MRN0007",
+            "dob": "1975-12-30",
+            "sex": "2",
+            "demographics_complete": "0",
+        },
     ]
     # Checkbox values are stored under their export column names.
     for row in project.records:

@@ -27,4 +27,6 @@ def canonical(value: Any) -> Any:
 
 async def views_snapshot(db: Any, collections: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
     """Every document of ``collections``, by ``_id``, arrays as sets."""
-    return {name: [canonical(doc) for doc in await db[name].find({}).sort("_id", 1).to_list(None)] for name in collections}
+    return {
+        name: [canonical(doc) for doc in await db[name].find({}).sort("_id", 1).to_list(None)] for name in collections
+    }

@@ -131,9 +131,16 @@ def predict(
     )
     logger.debug(
         "inference done",
-        extra={"model": model.spec.name, "shape": list(labels.shape), "device": str(device), "inference_s": round(elapsed, 3)},
+        extra={
+            "model": model.spec.name,
+            "shape": list(labels.shape),
+            "device": str(device),
+            "inference_s": round(elapsed, 3),
+        },
     )
-    return InferenceResult(labels=labels, segments=segments, uncertainty=uncertainty, device=_device_name(device), inference_s=elapsed)
+    return InferenceResult(
+        labels=labels, segments=segments, uncertainty=uncertainty, device=_device_name(device), inference_s=elapsed
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -161,7 +168,14 @@ def infer_volume(
         torch.set_num_threads(cpu_threads)
     model = _cached_model(model_name, model_path, device)
     return predict(
-        model, array, spacing, sw_batch_size=sw_batch_size, roi_size=roi_size, overlap=overlap, amp=amp, cpu_threads=cpu_threads
+        model,
+        array,
+        spacing,
+        sw_batch_size=sw_batch_size,
+        roi_size=roi_size,
+        overlap=overlap,
+        amp=amp,
+        cpu_threads=cpu_threads,
     )
 
 

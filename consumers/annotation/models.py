@@ -43,8 +43,8 @@ __all__ = [
     "default_registry",
     "load_model",
     "model_path",
-    "phantom_unet",
     "phantom_preprocessing",
+    "phantom_unet",
     "select_model",
 ]
 
@@ -190,10 +190,12 @@ def phantom_preprocessing() -> Compose:
     mean/std (z-score): the quartiles are set by the background, which dominates every
     volume, so the scale does not move with how much of the volume the objects fill (a
     z-score trained on small volumes gave false positives on large ones)."""
-    return Compose([
-        EnsureType(data_type="numpy", dtype="float32"),
-        ScaleIntensityRangePercentiles(lower=25, upper=75, b_min=0.0, b_max=1.0, clip=False, channel_wise=True),
-    ])
+    return Compose(
+        [
+            EnsureType(data_type="numpy", dtype="float32"),
+            ScaleIntensityRangePercentiles(lower=25, upper=75, b_min=0.0, b_max=1.0, clip=False, channel_wise=True),
+        ]
+    )
 
 
 PHANTOM_SPEC = ModelSpec(
@@ -298,18 +300,25 @@ def load_model(spec: ModelSpec, path: Path | str | None = None, device: torch.de
         elif (path / spec.weights_file).is_file():
             network = _load_state_dict(_require_factory(spec, path)(), path / spec.weights_file)
         else:
-            raise ModelLoadError(f"{path}: no models/model.ts, models/model.pt or {spec.weights_file} in this directory")
+            raise ModelLoadError(
+                f"{path}: no models/model.ts, models/model.pt or {spec.weights_file} in this directory"
+            )
     elif path.is_file():
         if path.suffix in {".ts", ".torchscript"}:
             network = _load_torchscript(path)
         else:
             network = _load_state_dict(_require_factory(spec, path)(), path)
     else:
-        raise ModelLoadError(f"{path}: weights of model {spec.name} not found (train them with "
-                             "`python -m consumers.annotation.train_demo` or set COHORTSTREAM_ANNOTATION_MODEL_PATHS)")
+        raise ModelLoadError(
+            f"{path}: weights of model {spec.name} not found (train them with "
+            "`python -m consumers.annotation.train_demo` or set COHORTSTREAM_ANNOTATION_MODEL_PATHS)"
+        )
     torch_device = torch.device(device)
     network = network.to(torch_device).eval()
-    logger.info("model loaded", extra={"model": spec.name, "model_version": spec.version, "path": str(path), "device": str(torch_device)})
+    logger.info(
+        "model loaded",
+        extra={"model": spec.name, "model_version": spec.version, "path": str(path), "device": str(torch_device)},
+    )
     return LoadedModel(spec=spec, network=network, path=path, device=torch_device)
 
 

@@ -21,7 +21,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 
 from cohortstream.synthetic import slice_normal
 
-__all__ = ["AXIAL", "PhantomParams", "phantom_series", "phantom_volume", "phantom_uid"]
+__all__ = ["AXIAL", "PhantomParams", "phantom_series", "phantom_uid", "phantom_volume"]
 
 #: Image Orientation (Patient) of an axial series.
 AXIAL: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -45,7 +45,9 @@ def phantom_uid(*parts: object) -> str:
     return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
-def phantom_volume(seed: int, shape: Sequence[int] = (32, 64, 64), noise_max: float = NOISE_MAX) -> tuple[np.ndarray, np.ndarray]:
+def phantom_volume(
+    seed: int, shape: Sequence[int] = (32, 64, 64), noise_max: float = NOISE_MAX
+) -> tuple[np.ndarray, np.ndarray]:
     """``(image float32 in [0, 1], truth mask uint8)`` of the given ``shape``; same seed, same arrays."""
     rng = np.random.RandomState(seed)
     params = PhantomParams(shape, rng)

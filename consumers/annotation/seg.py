@@ -44,7 +44,7 @@ def _software_version() -> str:
         from importlib.metadata import version
 
         return version("cohortstream")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (plain checkout)
+    except Exception:
         return "0"
 
 

@@ -46,7 +46,12 @@ logger = logging.getLogger(__name__)
 
 #: Volume shapes (slices, rows, columns) drawn for training, so the model sees several sizes.
 TRAIN_SHAPES: tuple[tuple[int, int, int], ...] = (
-    (32, 64, 64), (48, 48, 48), (40, 64, 56), (64, 64, 64), (64, 96, 96), (64, 128, 128),
+    (32, 64, 64),
+    (48, 48, 48),
+    (40, 64, 56),
+    (64, 64, 64),
+    (64, 96, 96),
+    (64, 128, 128),
 )
 #: Held-out validation shapes; the first is the unit test's phantom shape, the last two are larger
 #: than any training volume (the object fraction, and so the intensity statistics, differ).
@@ -57,7 +62,7 @@ _VAL_SEED_BASE = 90_000
 
 def _crop(image: np.ndarray, mask: np.ndarray, size: int, rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
     starts = [int(rng.randint(0, s - size + 1)) for s in image.shape[1:]]
-    window = (slice(None),) + tuple(slice(st, st + size) for st in starts)
+    window = (slice(None), *tuple(slice(st, st + size) for st in starts))
     return image[window], mask[window]
 
 
@@ -127,8 +132,9 @@ def train(
         # Same linear mapping a DICOM round trip applies (stored * slope + intercept), to check invariance.
         result = predict(loaded, image * 731.0 - 120.0, (1.5, 1.0, 1.0), cpu_threads=threads)
         dices.append(round(dice(result.labels, mask), 4))
-        validation.append({"seed": val_seed, "shape": list(shape), "dice": dices[-1],
-                           "uncertainty": round(result.uncertainty, 4)})
+        validation.append(
+            {"seed": val_seed, "shape": list(shape), "dice": dices[-1], "uncertainty": round(result.uncertainty, 4)}
+        )
     wall_s = time.perf_counter() - started
 
     def window_mean(values: list[float]) -> float:
@@ -136,39 +142,77 @@ def train(
 
     block = max(1, iterations // 10)
     config = {
-        "model": {"name": spec.name, "version": spec.version, "network": "monai.networks.nets.UNet",
-                  "network_args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [8, 16, 32],
-                                   "strides": [2, 2], "num_res_units": 1},
-                  "parameters": n_params, "roi_size": list(spec.roi_size), "weights_file": spec.weights_file},
+        "model": {
+            "name": spec.name,
+            "version": spec.version,
+            "network": "monai.networks.nets.UNet",
+            "network_args": {
+                "spatial_dims": 3,
+                "in_channels": 1,
+                "out_channels": 2,
+                "channels": [8, 16, 32],
+                "strides": [2, 2],
+                "num_res_units": 1,
+            },
+            "parameters": n_params,
+            "roi_size": list(spec.roi_size),
+            "weights_file": spec.weights_file,
+        },
         "preprocessing": "EnsureType(float32) + ScaleIntensityRangePercentiles(lower=25, upper=75, b_min=0, b_max=1, clip=False)",
-        "data": {"generator": "consumers.annotation.phantoms.phantom_volume (monai.data.synthetic.create_test_image_3d, "
-                              f"num_seg_classes=1, noise_max={NOISE_MAX})",
-                 "train_volumes": train_volumes, "train_shapes": [list(s) for s in TRAIN_SHAPES],
-                 "train_seeds": [_TRAIN_SEED_BASE + seed * 1000, _TRAIN_SEED_BASE + seed * 1000 + train_volumes - 1],
-                 "val_volumes": val_volumes, "val_shapes": [list(s) for s in VALIDATION_SHAPES],
-                 "val_seeds": [_VAL_SEED_BASE + seed * 1000, _VAL_SEED_BASE + seed * 1000 + val_volumes - 1],
-                 "crop": crop},
-        "training": {"seed": seed, "iterations": iterations, "batch_size": batch_size, "optimizer": "Adam",
-                     "learning_rate": learning_rate, "schedule": "CosineAnnealingLR(T_max=iterations)",
-                     "loss": "DiceCELoss(to_onehot_y=True, softmax=True)", "threads": threads,
-                     "deterministic_algorithms": True},
-        "command": "python -m consumers.annotation.train_demo " + " ".join(sys.argv[1:]) if sys.argv[1:] else
-                   "python -m consumers.annotation.train_demo",
+        "data": {
+            "generator": "consumers.annotation.phantoms.phantom_volume (monai.data.synthetic.create_test_image_3d, "
+            f"num_seg_classes=1, noise_max={NOISE_MAX})",
+            "train_volumes": train_volumes,
+            "train_shapes": [list(s) for s in TRAIN_SHAPES],
+            "train_seeds": [_TRAIN_SEED_BASE + seed * 1000, _TRAIN_SEED_BASE + seed * 1000 + train_volumes - 1],
+            "val_volumes": val_volumes,
+            "val_shapes": [list(s) for s in VALIDATION_SHAPES],
+            "val_seeds": [_VAL_SEED_BASE + seed * 1000, _VAL_SEED_BASE + seed * 1000 + val_volumes - 1],
+            "crop": crop,
+        },
+        "training": {
+            "seed": seed,
+            "iterations": iterations,
+            "batch_size": batch_size,
+            "optimizer": "Adam",
+            "learning_rate": learning_rate,
+            "schedule": "CosineAnnealingLR(T_max=iterations)",
+            "loss": "DiceCELoss(to_onehot_y=True, softmax=True)",
+            "threads": threads,
+            "deterministic_algorithms": True,
+        },
+        "command": "python -m consumers.annotation.train_demo " + " ".join(sys.argv[1:])
+        if sys.argv[1:]
+        else "python -m consumers.annotation.train_demo",
     }
     metrics = {
         "model": spec.name,
         "model_version": spec.version,
         "seed": seed,
-        "validation": {"dice_mean": round(float(np.mean(dices)), 4), "dice_min": round(float(np.min(dices)), 4),
-                       "per_volume": validation},
-        "loss": {"first": round(losses[0], 4), "last": round(losses[-1], 4),
-                 "first_10pct_mean": window_mean(losses[:block]), "last_10pct_mean": window_mean(losses[-block:]),
-                 "min": round(min(losses), 4),
-                 "curve_block_means": [window_mean(losses[i:i + block]) for i in range(0, iterations, block)]},
-        "weights": {"file": weights.name, "bytes": weights.stat().st_size,
-                    "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()},
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "monai": monai.__version__,
-                     "numpy": np.__version__},
+        "validation": {
+            "dice_mean": round(float(np.mean(dices)), 4),
+            "dice_min": round(float(np.min(dices)), 4),
+            "per_volume": validation,
+        },
+        "loss": {
+            "first": round(losses[0], 4),
+            "last": round(losses[-1], 4),
+            "first_10pct_mean": window_mean(losses[:block]),
+            "last_10pct_mean": window_mean(losses[-block:]),
+            "min": round(min(losses), 4),
+            "curve_block_means": [window_mean(losses[i : i + block]) for i in range(0, iterations, block)],
+        },
+        "weights": {
+            "file": weights.name,
+            "bytes": weights.stat().st_size,
+            "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+            "numpy": np.__version__,
+        },
         "threads": threads,
         "train_s": round(train_s, 1),
         "wall_s": round(wall_s, 1),
@@ -180,8 +224,12 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 when validation Dice < --min-dice)."""
-    parser = argparse.ArgumentParser(prog="python -m consumers.annotation.train_demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=BUNDLED_WEIGHTS_DIR, help="output directory (default: the bundled weights)")
+    parser = argparse.ArgumentParser(
+        prog="python -m consumers.annotation.train_demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", type=Path, default=BUNDLED_WEIGHTS_DIR, help="output directory (default: the bundled weights)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -192,11 +240,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it)")
     parser.add_argument("--min-dice", type=float, default=0.0, help="fail when the mean validation Dice is lower")
     args = parser.parse_args(argv)
-    metrics = train(args.out, seed=args.seed, iterations=args.iterations, batch_size=args.batch_size, crop=args.crop,
-                    learning_rate=args.lr, train_volumes=args.train_volumes, val_volumes=args.val_volumes,
-                    threads=args.threads)
-    print(json.dumps({"dice_mean": metrics["validation"]["dice_mean"], "dice_min": metrics["validation"]["dice_min"],
-                      "wall_s": metrics["wall_s"], "weights_bytes": metrics["weights"]["bytes"]}))
+    metrics = train(
+        args.out,
+        seed=args.seed,
+        iterations=args.iterations,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        learning_rate=args.lr,
+        train_volumes=args.train_volumes,
+        val_volumes=args.val_volumes,
+        threads=args.threads,
+    )
+    print(
+        json.dumps(
+            {
+                "dice_mean": metrics["validation"]["dice_mean"],
+                "dice_min": metrics["validation"]["dice_min"],
+                "wall_s": metrics["wall_s"],
+                "weights_bytes": metrics["weights"]["bytes"],
+            }
+        )
+    )
     return 0 if metrics["validation"]["dice_mean"] >= args.min_dice else 1
 
 

@@ -108,7 +108,9 @@ def _same(values: list[object], keyword: str) -> object:
     first = values[0]
     for index, value in enumerate(values[1:], start=1):
         if value != first:
-            raise GeometryError(keyword, f"differs within the series (instance 0: {first!r}, instance {index}: {value!r})")
+            raise GeometryError(
+                keyword, f"differs within the series (instance 0: {first!r}, instance {index}: {value!r})"
+            )
     return first
 
 
@@ -118,7 +120,9 @@ def _rescaled_pixels(ds: Dataset, index: int) -> np.ndarray:
     except Exception as exc:  # pydicom raises many types for undecodable pixel data
         raise GeometryError("PixelData", f"cannot be decoded in instance {index}: {exc}") from exc
     if pixels.ndim != 2:
-        raise GeometryError("SamplesPerPixel", f"instance {index} is not a single-sample grey image (shape {pixels.shape})")
+        raise GeometryError(
+            "SamplesPerPixel", f"instance {index} is not a single-sample grey image (shape {pixels.shape})"
+        )
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
@@ -154,10 +158,15 @@ def volume_from_datasets(
     for index, other in enumerate(orientations[1:], start=1):
         if np.max(np.abs(other - iop)) > DIRECTION_TOLERANCE:
             raise GeometryError(
-                "ImageOrientationPatient", f"differs within the series (instance 0: {iop.tolist()}, instance {index}: {other.tolist()})"
+                "ImageOrientationPatient",
+                f"differs within the series (instance 0: {iop.tolist()}, instance {index}: {other.tolist()})",
             )
     row_dir, col_dir = iop[:3], iop[3:]
-    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:
+    if (
+        abs(np.linalg.norm(row_dir) - 1) > 1e-3
+        or abs(np.linalg.norm(col_dir) - 1) > 1e-3
+        or abs(row_dir @ col_dir) > 1e-3
+    ):
         raise GeometryError("ImageOrientationPatient", f"row and column cosines are not orthonormal: {iop.tolist()}")
     normal = np.cross(row_dir, col_dir)
     normal /= np.linalg.norm(normal)
@@ -166,7 +175,10 @@ def volume_from_datasets(
     pixel_spacing = pixel_spacings[0]
     for index, other in enumerate(pixel_spacings[1:], start=1):
         if np.max(np.abs(other - pixel_spacing)) > 1e-4 * max(1.0, float(pixel_spacing.max())):
-            raise GeometryError("PixelSpacing", f"differs within the series (instance 0: {pixel_spacing.tolist()}, instance {index}: {other.tolist()})")
+            raise GeometryError(
+                "PixelSpacing",
+                f"differs within the series (instance 0: {pixel_spacing.tolist()}, instance {index}: {other.tolist()})",
+            )
     if np.any(pixel_spacing <= 0):
         raise GeometryError("PixelSpacing", f"must be positive, got {pixel_spacing.tolist()}")
 

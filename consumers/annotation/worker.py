@@ -84,7 +84,9 @@ def segment_series(
     volume = volume_from_datasets(datasets)
     first = volume.source_datasets[0]
     selection = select_model(
-        default_registry(), str(first.get("Modality", "")) or None, str(first.get("BodyPartExamined", "")) or None,
+        default_registry(),
+        str(first.get("Modality", "")) or None,
+        str(first.get("BodyPartExamined", "")) or None,
         model_name,
     )
     if selection.model is None:
@@ -107,9 +109,14 @@ def segment_series(
         for stats in result.segments
     )
     return SegmentedSeries(
-        model_name=spec.name, model_version=spec.version, seg_bytes=buffer.getvalue(),
-        seg_sop_instance_uid=str(seg.SOPInstanceUID), seg_series_instance_uid=str(seg.SeriesInstanceUID),
-        segments=segments, uncertainty=float(result.uncertainty), device=result.device,
+        model_name=spec.name,
+        model_version=spec.version,
+        seg_bytes=buffer.getvalue(),
+        seg_sop_instance_uid=str(seg.SOPInstanceUID),
+        seg_series_instance_uid=str(seg.SeriesInstanceUID),
+        segments=segments,
+        uncertainty=float(result.uncertainty),
+        device=result.device,
         inference_s=float(result.inference_s),
     )
 
@@ -145,12 +152,17 @@ async def suggest_series(
         raise AnnotationError(f"Orthanc holds no instance of series {series_instance_uid}")
     loop = asyncio.get_running_loop()
     outcome = await loop.run_in_executor(
-        pool, segment_series, files, model_name, options_from_settings(settings),
+        pool,
+        segment_series,
+        files,
+        model_name,
+        options_from_settings(settings),
         {spec.name: str(model_path(spec, settings)) for spec in default_registry()},
     )
     if isinstance(outcome, str):
-        log.info("series skipped: no model applies",
-                 extra={"series_instance_uid": series_instance_uid, "reason": outcome})
+        log.info(
+            "series skipped: no model applies", extra={"series_instance_uid": series_instance_uid, "reason": outcome}
+        )
         return SuggestionResult(event=None, skipped_reason=outcome)
     await archive.store_bytes(outcome.seg_bytes, f"SEG of series {series_instance_uid}")
     event = AnnotationSuggested(
@@ -167,8 +179,14 @@ async def suggest_series(
         device=outcome.device,
         inference_s=outcome.inference_s,
     )
-    log.info("suggestion made", extra={
-        "series_instance_uid": series_instance_uid, "model": outcome.model_name, "device": outcome.device,
-        "inference_s": round(outcome.inference_s, 3), "uncertainty": round(outcome.uncertainty, 4),
-    })
+    log.info(
+        "suggestion made",
+        extra={
+            "series_instance_uid": series_instance_uid,
+            "model": outcome.model_name,
+            "device": outcome.device,
+            "inference_s": round(outcome.inference_s, 3),
+            "uncertainty": round(outcome.uncertainty, 4),
+        },
+    )
     return SuggestionResult(event=event, seg_bytes=outcome.seg_bytes)

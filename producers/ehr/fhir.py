@@ -53,7 +53,9 @@ def _concept_text(concept: Any) -> str | None:
     if not isinstance(concept, dict):
         return None
     coding = _first_coding(concept)
-    return concept.get("text") or (coding.get("display") if coding else None) or (coding.get("code") if coding else None)
+    return (
+        concept.get("text") or (coding.get("display") if coding else None) or (coding.get("code") if coding else None)
+    )
 
 
 def _code_fields(concept: Any) -> dict[str, Any]:
@@ -168,12 +170,14 @@ def _encounter(resource: Resource, bundle: _Bundle) -> dict[str, Any]:
         "record_type": EhrRecordType.ENCOUNTER,
         "effective_at": _time(resource, "period"),
         **_code_fields(types[0]),
-        "attributes": _compact({
-            "status": resource.get("status"),
-            "class": encounter_class.get("code") if isinstance(encounter_class, dict) else None,
-            "period_end": period.get("end"),
-            **_other_codings(types[0]),
-        }),
+        "attributes": _compact(
+            {
+                "status": resource.get("status"),
+                "class": encounter_class.get("code") if isinstance(encounter_class, dict) else None,
+                "period_end": period.get("end"),
+                **_other_codings(types[0]),
+            }
+        ),
     }
 
 
@@ -208,15 +212,17 @@ def _observation(resource: Resource, bundle: _Bundle) -> dict[str, Any]:
         "effective_at": _time(resource, "effectiveDateTime", "effectivePeriod", "effectiveInstant", "issued"),
         **code,
         **_observation_value(resource),
-        "attributes": _compact({
-            "status": resource.get("status"),
-            "category": _concept_code(categories[0]),
-            "encounter": bundle.reference_id(resource.get("encounter"), "Encounter"),
-            "interpretation": _concept_code((resource.get("interpretation") or [None])[0]),
-            "ref_range_lower": (first_range.get("low") or {}).get("value"),
-            "ref_range_upper": (first_range.get("high") or {}).get("value"),
-            **_other_codings(resource.get("code")),
-        }),
+        "attributes": _compact(
+            {
+                "status": resource.get("status"),
+                "category": _concept_code(categories[0]),
+                "encounter": bundle.reference_id(resource.get("encounter"), "Encounter"),
+                "interpretation": _concept_code((resource.get("interpretation") or [None])[0]),
+                "ref_range_lower": (first_range.get("low") or {}).get("value"),
+                "ref_range_upper": (first_range.get("high") or {}).get("value"),
+                **_other_codings(resource.get("code")),
+            }
+        ),
     }
 
 
@@ -229,14 +235,16 @@ def _condition(resource: Resource, bundle: _Bundle) -> dict[str, Any]:
         "record_type": EhrRecordType.CONDITION,
         "effective_at": _time(resource, "onsetDateTime", "onsetPeriod", "recordedDate"),
         **code,
-        "attributes": _compact({
-            "clinical_status": _concept_code(resource.get("clinicalStatus")),
-            "verification_status": _concept_code(resource.get("verificationStatus")),
-            "category": _concept_code((resource.get("category") or [None])[0]),
-            "encounter": bundle.reference_id(resource.get("encounter"), "Encounter"),
-            "abatement": resource.get("abatementDateTime"),
-            **_other_codings(resource.get("code")),
-        }),
+        "attributes": _compact(
+            {
+                "clinical_status": _concept_code(resource.get("clinicalStatus")),
+                "verification_status": _concept_code(resource.get("verificationStatus")),
+                "category": _concept_code((resource.get("category") or [None])[0]),
+                "encounter": bundle.reference_id(resource.get("encounter"), "Encounter"),
+                "abatement": resource.get("abatementDateTime"),
+                **_other_codings(resource.get("code")),
+            }
+        ),
     }
 
 
@@ -293,8 +301,14 @@ def parse_bundle_data(data: Any, rel: str, source: str = DEFAULT_SOURCE) -> Iter
             if isinstance(resource, dict) and kind == "Patient" and resource.get("id"):
                 key = f"{source}/{resource['id']}"
             yield BadRow(
-                source=source, source_file=rel, location=location, kind=kind if isinstance(kind, str) else "?",
-                error_type=error.error_type, reason=error.reason, raw=_raw(entry), key=key,
+                source=source,
+                source_file=rel,
+                location=location,
+                kind=kind if isinstance(kind, str) else "?",
+                error_type=error.error_type,
+                reason=error.reason,
+                raw=_raw(entry),
+                key=key,
             )
 
 

@@ -93,7 +93,11 @@ def _patient(row: dict[str, str], source: str, rel: str, row_id: str, lookups: L
     required_int(row, "anchor_year")
     optional_mimic_time(row, "dod")
     return _record(
-        row, "patients", source, rel, row_id,
+        row,
+        "patients",
+        source,
+        rel,
+        row_id,
         record_type=EhrRecordType.PATIENT,
         attributes=_attrs(row, ("gender", "anchor_age", "anchor_year", "anchor_year_group", "dod")),
     )
@@ -104,16 +108,31 @@ def _admission(row: dict[str, str], source: str, rel: str, row_id: str, lookups:
     optional_mimic_time(row, "dischtime")
     optional_mimic_time(row, "deathtime")
     return _record(
-        row, "admissions", source, rel, row_id,
+        row,
+        "admissions",
+        source,
+        rel,
+        row_id,
         record_type=EhrRecordType.ADMISSION,
         effective_at=admitted,
         code_system="mimic-iv-admission-type" if row.get("admission_type", "").strip() else None,
         code=row.get("admission_type", "").strip() or None,
-        attributes=_attrs(row, (
-            "hadm_id", "dischtime", "deathtime", "admission_type", "admission_location",
-            "discharge_location", "insurance", "language", "marital_status", "race",
-            "hospital_expire_flag",
-        )),
+        attributes=_attrs(
+            row,
+            (
+                "hadm_id",
+                "dischtime",
+                "deathtime",
+                "admission_type",
+                "admission_location",
+                "discharge_location",
+                "insurance",
+                "language",
+                "marital_status",
+                "race",
+                "hospital_expire_flag",
+            ),
+        ),
     )
 
 
@@ -131,7 +150,11 @@ def _lab(row: dict[str, str], source: str, rel: str, row_id: str, lookups: Looku
     optional_float(row, "ref_range_upper")
     text = row.get("value", "").strip() or None
     return _record(
-        row, "labevents", source, rel, row_id,
+        row,
+        "labevents",
+        source,
+        rel,
+        row_id,
         record_type=EhrRecordType.LAB,
         effective_at=charted,
         code_system=LABITEM_CODE_SYSTEM,
@@ -140,9 +163,18 @@ def _lab(row: dict[str, str], source: str, rel: str, row_id: str, lookups: Looku
         value_number=number,
         value_text=text if number is None else None,
         unit=row.get("valueuom", "").strip() or None,
-        attributes=_attrs(row, (
-            "hadm_id", "specimen_id", "storetime", "flag", "ref_range_lower", "ref_range_upper", "priority",
-        )),
+        attributes=_attrs(
+            row,
+            (
+                "hadm_id",
+                "specimen_id",
+                "storetime",
+                "flag",
+                "ref_range_lower",
+                "ref_range_upper",
+                "priority",
+            ),
+        ),
     )
 
 
@@ -152,7 +184,11 @@ def _diagnosis(row: dict[str, str], source: str, rel: str, row_id: str, lookups:
         raise RowError("column icd_version: expected 9 or 10", "UnknownCode")
     code = required_text(row, "icd_code")
     return _record(
-        row, "diagnoses_icd", source, rel, row_id,
+        row,
+        "diagnoses_icd",
+        source,
+        rel,
+        row_id,
         record_type=EhrRecordType.DIAGNOSIS,
         code_system=ICD_SYSTEMS[version],
         code=code,
@@ -211,8 +247,13 @@ def _subject_key(row: dict[str, str] | None, source: str) -> str | None:
 
 def _bad(csv_row: CsvRow, table: str, source: str, rel: str, error: RowError) -> BadRow:
     return BadRow(
-        source=source, source_file=rel, location=f"{rel}:{csv_row.line}", kind=table,
-        error_type=error.error_type, reason=f"{table}: {error.reason}", raw=csv_row.raw,
+        source=source,
+        source_file=rel,
+        location=f"{rel}:{csv_row.line}",
+        kind=table,
+        error_type=error.error_type,
+        reason=f"{table}: {error.reason}",
+        raw=csv_row.raw,
         key=_subject_key(csv_row.values, source),
     )
 

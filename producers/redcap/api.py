@@ -168,7 +168,9 @@ class RedcapApiClient:
         }
         rows = await self._post("record", params)
         if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
-            raise RedcapPermanentApiError(f"REDCap records of project {self.project.project_id} are not a JSON list of rows")
+            raise RedcapPermanentApiError(
+                f"REDCap records of project {self.project.project_id} are not a JSON list of rows"
+            )
         return [{str(k): "" if v is None else str(v) for k, v in row.items()} for row in rows]
 
     async def export_record_ids(self, record_id_field: str) -> list[str]:

@@ -199,7 +199,9 @@ class DataDictionary:
         except KeyError:
             raise RedcapError(f"instrument {form!r} is not in the data dictionary") from None
 
-    def type_instrument(self, form: str, row: Mapping[str, str], *, log_context: Mapping[str, object] | None = None) -> TypedInstrument:
+    def type_instrument(
+        self, form: str, row: Mapping[str, str], *, log_context: Mapping[str, object] | None = None
+    ) -> TypedInstrument:
         """Type the columns of ``form`` in one flat-export ``row``.
 
         Columns missing from the row count as empty (the API leaves out fields the token's

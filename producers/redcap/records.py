@@ -110,7 +110,9 @@ def record_events(
     return events
 
 
-def _matches(row: Mapping[str, str], *, event_name: str | None, repeat_instrument: str | None, repeat_instance: int | None) -> bool:
+def _matches(
+    row: Mapping[str, str], *, event_name: str | None, repeat_instrument: str | None, repeat_instance: int | None
+) -> bool:
     if _blank(row.get("redcap_event_name")) != event_name:
         return False
     if _blank(row.get("redcap_repeat_instrument")) != repeat_instrument:
@@ -119,7 +121,9 @@ def _matches(row: Mapping[str, str], *, event_name: str | None, repeat_instrumen
     if repeat_instance is None:
         return row_instance is None
     # A trigger from the first instance of a form that is not repeating may say 1.
-    return row_instance == repeat_instance or (row_instance is None and repeat_instance == 1 and repeat_instrument is None)
+    return row_instance == repeat_instance or (
+        row_instance is None and repeat_instance == 1 and repeat_instrument is None
+    )
 
 
 def trigger_events(
@@ -145,13 +149,20 @@ def trigger_events(
     for row in rows:
         if row.get(dictionary.record_id_field) != record:
             continue
-        if not _matches(row, event_name=event_name, repeat_instrument=repeat_instrument, repeat_instance=repeat_instance):
+        if not _matches(
+            row, event_name=event_name, repeat_instrument=repeat_instrument, repeat_instance=repeat_instance
+        ):
             continue
         typed = dictionary.type_instrument(instrument, row, log_context=_log_context(project, dictionary, row))
         events.append(
             _event(
-                project, dictionary, row, instrument, typed,
-                trigger=RedcapTrigger.DATA_ENTRY_TRIGGER, producer=PRODUCER_TRIGGER,
+                project,
+                dictionary,
+                row,
+                instrument,
+                typed,
+                trigger=RedcapTrigger.DATA_ENTRY_TRIGGER,
+                producer=PRODUCER_TRIGGER,
                 data_access_group=data_access_group,
             )
         )

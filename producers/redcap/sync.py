@@ -46,7 +46,8 @@ class SyncReport:
 def select_project(projects: Sequence[RedcapProject], project_id: str, redcap_url: str | None = None) -> RedcapProject:
     """The configured project with this id (and server, needed when two servers share ids)."""
     matches = [
-        p for p in projects
+        p
+        for p in projects
         if p.project_id == project_id
         and (redcap_url is None or normalize_redcap_url(p.redcap_url) == normalize_redcap_url(redcap_url))
     ]
@@ -85,13 +86,20 @@ async def sync_project(
         published += len(events)
         log.info(
             "REDCap sync batch published",
-            extra={"redcap_project_id": project.project_id, "records": len(batch), "events": len(events),
-                   "done": start + len(batch), "total": len(record_ids)},
+            extra={
+                "redcap_project_id": project.project_id,
+                "records": len(batch),
+                "events": len(events),
+                "done": start + len(batch),
+                "total": len(record_ids),
+            },
         )
     return SyncReport(project.project_id, project.redcap_url, len(record_ids), published)
 
 
-async def run_sync(settings: Settings, project_id: str, redcap_url: str | None = None, batch_size: int = 100) -> SyncReport:
+async def run_sync(
+    settings: Settings, project_id: str, redcap_url: str | None = None, batch_size: int = 100
+) -> SyncReport:
     """The ``cohortstream redcap sync`` command: own publisher and API client."""
     project = select_project(settings.redcap_projects, project_id, redcap_url)
     async with EventPublisher(settings) as publisher, RedcapApiClient(settings, project) as client:

@@ -100,6 +100,7 @@ class DataEntryTrigger:
 
         Empty strings count as absent: REDCap sends ``redcap_event_name=`` in some setups.
         """
+
         def get(name: str) -> str | None:
             value = form.get(name)
             if value is None:

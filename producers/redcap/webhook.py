@@ -41,7 +41,7 @@ from producers.redcap.errors import RedcapApiError, RedcapError, TriggerInvalid,
 from producers.redcap.records import event_key, trigger_events
 from producers.redcap.trigger import DataEntryTrigger, authorize_source, match_project
 
-__all__ = ["ApiClientFactory", "TRIGGER_PATH", "create_trigger_app", "serve_webhook"]
+__all__ = ["TRIGGER_PATH", "ApiClientFactory", "create_trigger_app", "serve_webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,13 @@ def create_trigger_app(settings: Settings, publisher: EventPublisher, api_client
                 await client.aclose()
             await publisher.stop()
 
-    app = FastAPI(title="cohortstream REDCap Data Entry Trigger", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="cohortstream REDCap Data Entry Trigger",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -121,7 +127,10 @@ def create_trigger_app(settings: Settings, publisher: EventPublisher, api_client
             )
             return _error(400, str(exc), missing=list(exc.missing), invalid=list(exc.invalid))
         if det.extra_fields:
-            log.info("REDCap trigger carries unknown fields (ignored)", extra={**det.log_fields, "fields": list(det.extra_fields)})
+            log.info(
+                "REDCap trigger carries unknown fields (ignored)",
+                extra={**det.log_fields, "fields": list(det.extra_fields)},
+            )
 
         try:
             project = match_project(settings.redcap_projects, det)
@@ -139,14 +148,22 @@ def create_trigger_app(settings: Settings, publisher: EventPublisher, api_client
                 records=[det.record], forms=[det.instrument], events=[det.event_name] if det.event_name else None
             )
             events = trigger_events(
-                project, dictionary, rows,
-                record=det.record, instrument=det.instrument, event_name=det.event_name,
-                repeat_instrument=det.repeat_instrument, repeat_instance=det.repeat_instance,
+                project,
+                dictionary,
+                rows,
+                record=det.record,
+                instrument=det.instrument,
+                event_name=det.event_name,
+                repeat_instrument=det.repeat_instrument,
+                repeat_instance=det.repeat_instance,
                 data_access_group=det.data_access_group,
             )
         except RedcapApiError as exc:
             status = 503 if exc.transient else 502
-            log.error("cannot read the record from the REDCap API", extra={**det.log_fields, "error": str(exc), "answer": status})
+            log.error(
+                "cannot read the record from the REDCap API",
+                extra={**det.log_fields, "error": str(exc), "answer": status},
+            )
             return _error(status, "REDCap API unavailable" if exc.transient else "REDCap API refused the export")
         except RedcapError as exc:
             log.error("cannot type the record with the data dictionary", extra={**det.log_fields, "error": str(exc)})

@@ -52,7 +52,8 @@ def register_all(app: faust.App, settings: Settings, agents: Collection[str] | N
         ehr_views.register(app, raw, sender(ehr_views.AGENT_NAME), settings)
     if wanted(annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT):
         annotation_views.register(
-            app, raw,
+            app,
+            raw,
             {name: sender(name) for name in (annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT)},
             settings,
         )

@@ -70,14 +70,29 @@ class _Annotator:
             await self.archive.close()
 
     async def suggest(
-        self, message: Message, *, study: str, series: str, patient_id: str, revision: int, expected: int,
-        model_name: str | None = None, request_id: uuid.UUID | None = None,
+        self,
+        message: Message,
+        *,
+        study: str,
+        series: str,
+        patient_id: str,
+        revision: int,
+        expected: int,
+        model_name: str | None = None,
+        request_id: uuid.UUID | None = None,
     ) -> None:
         try:
             result = await suggest_series(
-                self.settings, self.archive, study_instance_uid=study, series_instance_uid=series,
-                patient_id=patient_id, revision=revision, expected_instances=expected, model_name=model_name,
-                request_id=request_id, pool=self.pool,
+                self.settings,
+                self.archive,
+                study_instance_uid=study,
+                series_instance_uid=series,
+                patient_id=patient_id,
+                revision=revision,
+                expected_instances=expected,
+                model_name=model_name,
+                request_id=request_id,
+                pool=self.pool,
             )
         except (AnnotationError, OrthancRejectedError, SeriesIncompleteError) as exc:
             log.warning("series not segmented", extra={"series_instance_uid": series, "reason": str(exc)})
@@ -98,7 +113,9 @@ class _Annotator:
             await pending
 
 
-def register(app: faust.App, raw_topics: StreamTopics, typed_topics: StreamTopics, settings: Settings) -> tuple[Any, Any]:
+def register(
+    app: faust.App, raw_topics: StreamTopics, typed_topics: StreamTopics, settings: Settings
+) -> tuple[Any, Any]:
     """Attach both agents (series completed, manual request) to ``app``."""
     codec = EventCodec()
     completed_letters = DeadLetterSender(typed_topics["dead-letter"], producer=COMPLETED_AGENT)
@@ -112,8 +129,12 @@ def register(app: faust.App, raw_topics: StreamTopics, typed_topics: StreamTopic
         try:
             async for event, message in decoded_events(stream, codec, DicomSeriesCompleted, completed_letters):
                 await on_completed.suggest(
-                    message, study=event.study_instance_uid, series=event.series_instance_uid,
-                    patient_id=event.patient_id, revision=event.revision, expected=event.instance_count,
+                    message,
+                    study=event.study_instance_uid,
+                    series=event.series_instance_uid,
+                    patient_id=event.patient_id,
+                    revision=event.revision,
+                    expected=event.instance_count,
                 )
         finally:
             await on_completed.close()
@@ -125,16 +146,27 @@ def register(app: faust.App, raw_topics: StreamTopics, typed_topics: StreamTopic
         series_view = mongo_database(client, settings)["series"]
         try:
             async for event, message in decoded_events(stream, codec, AnnotationRequested, request_letters):
-                doc = await series_view.find_one({"_id": event.series_instance_uid}, {"patient_id": 1, "instance_count": 1})
+                doc = await series_view.find_one(
+                    {"_id": event.series_instance_uid}, {"patient_id": 1, "instance_count": 1}
+                )
                 if doc is None:
-                    await request_letters.send(message, FailureStage.VALIDATE, SeriesUnknownError(
-                        f"series {event.series_instance_uid} is not in the views (not received yet?)"))
+                    await request_letters.send(
+                        message,
+                        FailureStage.VALIDATE,
+                        SeriesUnknownError(
+                            f"series {event.series_instance_uid} is not in the views (not received yet?)"
+                        ),
+                    )
                     continue
                 await on_request.suggest(
-                    message, study=event.study_instance_uid, series=event.series_instance_uid,
-                    patient_id=str(doc["patient_id"]), revision=event.series_revision,
+                    message,
+                    study=event.study_instance_uid,
+                    series=event.series_instance_uid,
+                    patient_id=str(doc["patient_id"]),
+                    revision=event.series_revision,
                     expected=int(doc.get("instance_count") or 0),
-                    model_name=event.model_name, request_id=event.request_id,
+                    model_name=event.model_name,
+                    request_id=event.request_id,
                 )
         finally:
             await client.close()

@@ -24,11 +24,21 @@ def register(
 ) -> tuple[Any, Any]:
     """Attach both agents to ``app`` (``dead_letters`` by agent name)."""
     suggestions = register_view_agent(
-        app, raw_topics["annotation.suggested"], name=SUGGESTION_AGENT, expected=AnnotationSuggested,
-        sink=SuggestionViews(settings), dead_letters=dead_letters[SUGGESTION_AGENT], size=100,
+        app,
+        raw_topics["annotation.suggested"],
+        name=SUGGESTION_AGENT,
+        expected=AnnotationSuggested,
+        sink=SuggestionViews(settings),
+        dead_letters=dead_letters[SUGGESTION_AGENT],
+        size=100,
     )
     reviews = register_view_agent(
-        app, raw_topics["annotation.reviewed"], name=REVIEW_AGENT, expected=AnnotationReviewed,
-        sink=ReviewViews(settings), dead_letters=dead_letters[REVIEW_AGENT], size=100,
+        app,
+        raw_topics["annotation.reviewed"],
+        name=REVIEW_AGENT,
+        expected=AnnotationReviewed,
+        sink=ReviewViews(settings),
+        dead_letters=dead_letters[REVIEW_AGENT],
+        size=100,
     )
     return suggestions, reviews

@@ -22,9 +22,7 @@ AGENT_NAME = "dead-letter-archive"
 log = logging.getLogger(__name__)
 
 
-def register(
-    app: faust.App, topics: StreamTopics, settings: Settings, archive: DeadLetterArchive | None = None
-) -> Any:
+def register(app: faust.App, topics: StreamTopics, settings: Settings, archive: DeadLetterArchive | None = None) -> Any:
     """Attach the dead-letter archiving agent to ``app`` and return it."""
     sink = archive or DeadLetterArchive(settings)
 

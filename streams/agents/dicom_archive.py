@@ -50,15 +50,20 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
                     # A failure nobody classified (transient ones are retried inside the
                     # sinks): dead-letter this message rather than let the agent crash
                     # and silently stop the partition.
-                    log.exception("unexpected failure archiving an instance",
-                                  extra={"sop_instance_uid": event.sop_instance_uid})
+                    log.exception(
+                        "unexpected failure archiving an instance", extra={"sop_instance_uid": event.sop_instance_uid}
+                    )
                     await dead_letters.send(message, FailureStage.OTHER, exc)
                     continue
                 staged_path(event.staged_uri).unlink(missing_ok=True)
                 log.info(
                     "instance archived",
-                    extra={"sop_instance_uid": event.sop_instance_uid, "study_instance_uid": event.study_instance_uid,
-                           "orthanc_id": result.ids.instance, "status": result.status},
+                    extra={
+                        "sop_instance_uid": event.sop_instance_uid,
+                        "study_instance_uid": event.study_instance_uid,
+                        "orthanc_id": result.ids.instance,
+                        "status": result.status,
+                    },
                 )
         finally:
             await archive.close()

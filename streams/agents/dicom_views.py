@@ -27,6 +27,11 @@ BATCH_SIZE = 200
 def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterSender, settings: Settings) -> Any:
     """Attach the agent to ``app`` and return it."""
     return register_view_agent(
-        app, raw_topics["dicom.instance-received"], name=AGENT_NAME, expected=DicomInstanceReceived, sink=DicomViews(settings),
-        dead_letters=dead_letters, size=BATCH_SIZE,
+        app,
+        raw_topics["dicom.instance-received"],
+        name=AGENT_NAME,
+        expected=DicomInstanceReceived,
+        sink=DicomViews(settings),
+        dead_letters=dead_letters,
+        size=BATCH_SIZE,
     )

@@ -22,6 +22,11 @@ BATCH_SIZE = 500
 def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterSender, settings: Settings) -> Any:
     """Attach the agent to ``app`` and return it."""
     return register_view_agent(
-        app, raw_topics["ehr.record"], name=AGENT_NAME, expected=EhrRecord, sink=EhrViews(settings),
-        dead_letters=dead_letters, size=BATCH_SIZE,
+        app,
+        raw_topics["ehr.record"],
+        name=AGENT_NAME,
+        expected=EhrRecord,
+        sink=EhrViews(settings),
+        dead_letters=dead_letters,
+        size=BATCH_SIZE,
     )

@@ -143,8 +143,12 @@ def register(
             activity[series] = {**(latest or state), "revision": revision, "open": not still_quiet}
             log.info(
                 "series completed",
-                extra={"series_instance_uid": series, "study_instance_uid": state["study_instance_uid"],
-                       "instance_count": state["instance_count"], "revision": revision},
+                extra={
+                    "series_instance_uid": series,
+                    "study_instance_uid": state["study_instance_uid"],
+                    "instance_count": state["instance_count"],
+                    "revision": revision,
+                },
             )
 
     return track_series

@@ -29,9 +29,12 @@ def _integration_skips(reporter: Any) -> list[Any]:
     """The skip reports (collection or test) of tests under tests/integration/."""
     if reporter is None:
         return []
-    return [report for report in reporter.stats.get("skipped", [])
-            if "tests/integration/" in report.nodeid.replace("\\", "/")
-            or "tests/integration/" in str(getattr(report, "fspath", "")).replace("\\", "/")]
+    return [
+        report
+        for report in reporter.stats.get("skipped", [])
+        if "tests/integration/" in report.nodeid.replace("\\", "/")
+        or "tests/integration/" in str(getattr(report, "fspath", "")).replace("\\", "/")
+    ]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -53,7 +56,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         terminalreporter.write_line(f"SKIPPED {report.nodeid}: {reason}")
     terminalreporter.write_line(
-        f"allowed by {ALLOW_SKIPS_VAR}=1" if allowed
+        f"allowed by {ALLOW_SKIPS_VAR}=1"
+        if allowed
         else f"the run fails: install what is missing (tests/run.sh does), or set {ALLOW_SKIPS_VAR}=1 on purpose"
     )
 

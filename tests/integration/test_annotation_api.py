@@ -74,8 +74,14 @@ async def api(settings: Settings, db: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def annotation(
-    *, status: str = "suggested", uncertainty: float | None = 0.5, model: str = "phantom-sphere-unet",
-    study: str = "1.2.826.0.1.1", series: str | None = None, minutes: int = 0, **more: Any,
+    *,
+    status: str = "suggested",
+    uncertainty: float | None = 0.5,
+    model: str = "phantom-sphere-unet",
+    study: str = "1.2.826.0.1.1",
+    series: str | None = None,
+    minutes: int = 0,
+    **more: Any,
 ) -> dict[str, Any]:
     """An ``annotations`` document as the views agent writes it."""
     annotation_id = str(uuid.uuid4())
@@ -83,21 +89,56 @@ def annotation(
     at = T0 + timedelta(minutes=minutes)
     seg_uid = f"2.25.{uuid.uuid4().int}"
     doc = {
-        "_id": annotation_id, "annotation_id": annotation_id, "study_instance_uid": study,
-        "series_instance_uid": series, "model_name": model, "model_version": "1.0.0",
-        "seg_sop_instance_uid": seg_uid, "seg_series_instance_uid": f"2.25.{uuid.uuid4().int}",
-        "segments": [{"segment_number": 1, "label": "Sphere", "property_category": "SCT:49755003:x",
-                      "property_type": "SCT:4147007:Mass", "voxel_count": 10, "volume_ml": 0.01}],
-        "uncertainty": uncertainty, "device": "cpu", "inference_s": 0.2, "status": "suggested",
-        "suggested_at": at, "reviewed_at": None, "reviewer": None, "reason": None,
+        "_id": annotation_id,
+        "annotation_id": annotation_id,
+        "study_instance_uid": study,
+        "series_instance_uid": series,
+        "model_name": model,
+        "model_version": "1.0.0",
+        "seg_sop_instance_uid": seg_uid,
+        "seg_series_instance_uid": f"2.25.{uuid.uuid4().int}",
+        "segments": [
+            {
+                "segment_number": 1,
+                "label": "Sphere",
+                "property_category": "SCT:49755003:x",
+                "property_type": "SCT:4147007:Mass",
+                "voxel_count": 10,
+                "volume_ml": 0.01,
+            }
+        ],
+        "uncertainty": uncertainty,
+        "device": "cpu",
+        "inference_s": 0.2,
+        "status": "suggested",
+        "suggested_at": at,
+        "reviewed_at": None,
+        "reviewer": None,
+        "reason": None,
         "corrected_seg_sop_instance_uid": None,
-        "history": [{"event_id": str(uuid.uuid4()), "status": "suggested", "at": at, "by": model, "reason": None,
-                     "seg_sop_instance_uid": seg_uid}],
+        "history": [
+            {
+                "event_id": str(uuid.uuid4()),
+                "status": "suggested",
+                "at": at,
+                "by": model,
+                "reason": None,
+                "seg_sop_instance_uid": seg_uid,
+            }
+        ],
     }
     if status != "suggested":
         doc.update(status=status, reviewed_at=at + timedelta(minutes=1), reviewer="first.reader")
-        doc["history"].append({"event_id": str(uuid.uuid4()), "status": status, "at": at + timedelta(minutes=1),
-                               "by": "first.reader", "reason": None, "seg_sop_instance_uid": None})
+        doc["history"].append(
+            {
+                "event_id": str(uuid.uuid4()),
+                "status": status,
+                "at": at + timedelta(minutes=1),
+                "by": "first.reader",
+                "reason": None,
+                "seg_sop_instance_uid": None,
+            }
+        )
     doc.update(more)
     return doc
 
@@ -119,9 +160,13 @@ async def page_through(api: httpx.AsyncClient, path: str, **params: Any) -> list
 
 async def test_list_filters_and_pages_by_id_and_by_uncertainty(api: httpx.AsyncClient, db: Any) -> None:
     docs = [
-        annotation(uncertainty=0.9), annotation(uncertainty=0.5), annotation(uncertainty=0.5),
-        annotation(uncertainty=None), annotation(uncertainty=0.1, model="other-model"),
-        annotation(uncertainty=0.5, status="accepted", study="1.2.826.0.1.2"), annotation(uncertainty=None),
+        annotation(uncertainty=0.9),
+        annotation(uncertainty=0.5),
+        annotation(uncertainty=0.5),
+        annotation(uncertainty=None),
+        annotation(uncertainty=0.1, model="other-model"),
+        annotation(uncertainty=0.5, status="accepted", study="1.2.826.0.1.2"),
+        annotation(uncertainty=None),
         annotation(uncertainty=0.0, status="rejected"),
     ]
     await db["annotations"].insert_many(copy.deepcopy(docs))
@@ -184,7 +229,9 @@ async def test_accept_and_reject_publish_reviews_and_leave_the_view_to_the_agent
     first, second = annotation(), annotation(status="accepted")
     await db["annotations"].insert_many(copy.deepcopy([first, second]))
 
-    accepted = await api.post(f"/annotations/{first['_id']}/accept", json={"reviewer": "dr.a", "expected_status": "suggested"})
+    accepted = await api.post(
+        f"/annotations/{first['_id']}/accept", json={"reviewer": "dr.a", "expected_status": "suggested"}
+    )
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["annotation_id"] == first["_id"] and accepted.json()["decision"] == "ACCEPTED"
 
@@ -192,10 +239,14 @@ async def test_accept_and_reject_publish_reviews_and_leave_the_view_to_the_agent
     assert missing.status_code == 422 and missing.json()["field"] == "reason"
 
     # Re-reviewing is allowed (appended to history by the agent) ...
-    rejected = await api.post(f"/annotations/{second['_id']}/reject", json={"reviewer": "dr.b", "reason": "leaks into fat"})
+    rejected = await api.post(
+        f"/annotations/{second['_id']}/reject", json={"reviewer": "dr.b", "reason": "leaks into fat"}
+    )
     assert rejected.status_code == 202, rejected.text
     # ... unless the client asked for a status the annotation no longer has.
-    conflict = await api.post(f"/annotations/{second['_id']}/accept", json={"reviewer": "dr.c", "expected_status": "suggested"})
+    conflict = await api.post(
+        f"/annotations/{second['_id']}/accept", json={"reviewer": "dr.c", "expected_status": "suggested"}
+    )
     assert conflict.status_code == 409 and conflict.json()["field"] == "expected_status"
 
     reads = await read_topic(settings, "annotation.reviewed", 2, timeout_s=30, drain_s=1.0)
@@ -215,7 +266,8 @@ async def test_accept_and_reject_publish_reviews_and_leave_the_view_to_the_agent
 
 async def _orthanc_lookup(settings: Settings, sop_instance_uid: str) -> list[dict[str, Any]]:
     async with httpx.AsyncClient(
-        base_url=settings.orthanc_url, timeout=30,
+        base_url=settings.orthanc_url,
+        timeout=30,
         auth=(settings.orthanc_username, settings.orthanc_password.get_secret_value()),
     ) as orthanc:
         response = await orthanc.post("/tools/lookup", content=sop_instance_uid)
@@ -238,14 +290,18 @@ async def test_a_corrected_seg_is_checked_stored_in_orthanc_and_published(
     wrong_series = await api.post(f"/annotations/{other['_id']}/correct", **_upload(phantom.seg_bytes, reviewer="dr.c"))
     assert wrong_series.status_code == 422 and wrong_series.json()["field"] == "file"
     assert other["series_instance_uid"] in wrong_series.json()["error"]
-    not_a_seg = await api.post(f"/annotations/{doc['_id']}/correct",
-                               **_upload(dataset_bytes(phantom.series[0]), reviewer="dr.c"))
+    not_a_seg = await api.post(
+        f"/annotations/{doc['_id']}/correct", **_upload(dataset_bytes(phantom.series[0]), reviewer="dr.c")
+    )
     assert not_a_seg.status_code == 422 and "not a DICOM Segmentation" in not_a_seg.json()["error"]
-    long_reviewer = await api.post(f"/annotations/{doc['_id']}/correct", **_upload(phantom.seg_bytes, reviewer="r" * 257))
+    long_reviewer = await api.post(
+        f"/annotations/{doc['_id']}/correct", **_upload(phantom.seg_bytes, reviewer="r" * 257)
+    )
     assert long_reviewer.status_code == 422 and long_reviewer.json()["field"] == "reviewer"
 
-    response = await api.post(f"/annotations/{doc['_id']}/correct",
-                              **_upload(phantom.seg_bytes, reviewer="dr.c", reason="trimmed the rim"))
+    response = await api.post(
+        f"/annotations/{doc['_id']}/correct", **_upload(phantom.seg_bytes, reviewer="dr.c", reason="trimmed the rim")
+    )
     assert response.status_code == 202, response.text
     body = response.json()
     seg_uid = str(phantom.seg.SOPInstanceUID)
@@ -259,7 +315,11 @@ async def test_a_corrected_seg_is_checked_stored_in_orthanc_and_published(
     event = reads[0].event
     assert isinstance(event, AnnotationReviewed) and reads[0].key == phantom.series_instance_uid
     assert (event.decision, event.corrected_seg_sop_instance_uid, event.reviewer, event.reason) == (
-        ReviewDecision.CORRECTED, seg_uid, "dr.c", "trimmed the rim")
+        ReviewDecision.CORRECTED,
+        seg_uid,
+        "dr.c",
+        "trimmed the rim",
+    )
 
 
 async def test_per_frame_references_are_resolved_through_the_instances_view(
@@ -275,9 +335,9 @@ async def test_per_frame_references_are_resolved_through_the_instances_view(
     unknown = await api.post(f"/annotations/{doc['_id']}/correct", **_upload(data, reviewer="dr.d"))
     assert unknown.status_code == 422, "instances the views do not know cannot prove the reference"
 
-    await db["instances"].insert_many([
-        {"_id": str(ds.SOPInstanceUID), "series_instance_uid": phantom.series_instance_uid} for ds in phantom.series
-    ])
+    await db["instances"].insert_many(
+        [{"_id": str(ds.SOPInstanceUID), "series_instance_uid": phantom.series_instance_uid} for ds in phantom.series]
+    )
     response = await api.post(f"/annotations/{doc['_id']}/correct", **_upload(data, reviewer="dr.d"))
     assert response.status_code == 202, response.text
     assert await _orthanc_lookup(settings, str(seg.SOPInstanceUID))
@@ -292,7 +352,9 @@ def _closed_port() -> int:
 async def test_reviews_answer_503_while_kafka_is_unreachable(settings: Settings, db: Any) -> None:
     doc = annotation()
     await db["annotations"].insert_one(copy.deepcopy(doc))
-    down = settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{_closed_port()}", "kafka_request_timeout_s": 2.0})
+    down = settings.model_copy(
+        update={"kafka_bootstrap": f"127.0.0.1:{_closed_port()}", "kafka_request_timeout_s": 2.0}
+    )
     async with api_client(down) as api:
         listed = await api.get("/annotations")
         assert listed.status_code == 200 and len(listed.json()["items"]) == 1, "reads do not need Kafka"
@@ -304,9 +366,18 @@ async def test_reviews_answer_503_while_kafka_is_unreachable(settings: Settings,
 # --- MONAI Label subset -----------------------------------------------------------------
 
 
-def _series_doc(uid: str, *, study: str = "1.2.826.0.1.1", modality: str = "MR", patient_id: str = "P1") -> dict[str, Any]:
-    return {"_id": uid, "study_instance_uid": study, "patient_id": patient_id, "modality": modality,
-            "body_part_examined": "PHANTOM", "instance_count": 3, "orthanc_id": "x"}
+def _series_doc(
+    uid: str, *, study: str = "1.2.826.0.1.1", modality: str = "MR", patient_id: str = "P1"
+) -> dict[str, Any]:
+    return {
+        "_id": uid,
+        "study_instance_uid": study,
+        "patient_id": patient_id,
+        "modality": modality,
+        "body_part_examined": "PHANTOM",
+        "instance_count": 3,
+        "orthanc_id": "x",
+    }
 
 
 async def test_monailabel_info_datastore_and_active_learning(api: httpx.AsyncClient, db: Any) -> None:
@@ -314,7 +385,9 @@ async def test_monailabel_info_datastore_and_active_learning(api: httpx.AsyncCli
     assert empty.status_code == 200 and empty.json() == {}
 
     series = [f"1.2.826.0.1.9.{i}" for i in range(4)]
-    await db["series"].insert_many([_series_doc(uid) for uid in series] + [_series_doc("1.2.826.0.1.9.99", modality="SEG")])
+    await db["series"].insert_many(
+        [_series_doc(uid) for uid in series] + [_series_doc("1.2.826.0.1.9.99", modality="SEG")]
+    )
     docs = [
         annotation(series=series[0], uncertainty=0.3),
         annotation(series=series[1], uncertainty=0.7),
@@ -326,8 +399,11 @@ async def test_monailabel_info_datastore_and_active_learning(api: httpx.AsyncCli
     info = (await api.get("/info/")).json()
     assert info["name"] == "cohortstream" and info["labels"] == ["Sphere"]
     assert info["models"]["phantom-sphere-unet"] == {
-        "type": "segmentation", "labels": {"Sphere": 1}, "dimension": 3,
-        "description": info["models"]["phantom-sphere-unet"]["description"], "config": {},
+        "type": "segmentation",
+        "labels": {"Sphere": 1},
+        "dimension": 3,
+        "description": info["models"]["phantom-sphere-unet"]["description"],
+        "config": {},
     }
     assert set(info["strategies"]) == {"uncertainty", "random", "first"}
     assert info["trainers"] == {} and info["scoring"] == {}
@@ -366,14 +442,18 @@ async def test_monailabel_infer_runs_the_model_on_a_series_in_orthanc(
     finally:
         await archive.close()
     series_uid = str(datasets[0].SeriesInstanceUID)
-    await db["series"].insert_one(_series_doc(series_uid, study=str(datasets[0].StudyInstanceUID),
-                                              patient_id="PHANTOM-API-21"))
+    await db["series"].insert_one(
+        _series_doc(series_uid, study=str(datasets[0].StudyInstanceUID), patient_id="PHANTOM-API-21")
+    )
 
     unknown = await api.post("/infer/phantom-sphere-unet", params={"image": "1.2.3.4.404", "output": "json"})
     assert unknown.status_code == 404 and unknown.json()["field"] == "image"
 
-    response = await api.post("/infer/phantom-sphere-unet", params={"image": series_uid, "output": "json"},
-                              data={"params": '{"client_id": "ohif"}'})
+    response = await api.post(
+        "/infer/phantom-sphere-unet",
+        params={"image": series_uid, "output": "json"},
+        data={"params": '{"client_id": "ohif"}'},
+    )
     assert response.status_code == 200, response.text
     params = response.json()
     assert params["label_names"] == {"Sphere": 1} and set(params["latencies"]) == {"infer", "total"}
@@ -389,7 +469,8 @@ async def test_monailabel_infer_runs_the_model_on_a_series_in_orthanc(
     both = await api.post("/infer/phantom-sphere-unet", params={"image": series_uid})
     assert both.headers["content-type"].startswith("multipart/form-data")
     message = BytesParser(policy=HTTP).parsebytes(
-        b"Content-Type: " + both.headers["content-type"].encode() + b"\r\n\r\n" + both.content)
+        b"Content-Type: " + both.headers["content-type"].encode() + b"\r\n\r\n" + both.content
+    )
     parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
     assert set(parts) == {"params", "image"}
     in_part = pydicom.dcmread(io.BytesIO(parts["image"].get_content()))

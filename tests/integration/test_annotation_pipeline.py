@@ -43,16 +43,17 @@ from tests.polling import eventually
 STORESCU = "/usr/bin/storescu"
 
 
-
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(update={
-        "series_quiet_period_s": 2.0,
-        "staging_dir": tmp_path / "staging",
-        "quarantine_dir": tmp_path / "quarantine",
-        "dicom_scp_port": free_port(),
-        "annotation_device": "cpu",
-    })
+    return stack_settings.model_copy(
+        update={
+            "series_quiet_period_s": 2.0,
+            "staging_dir": tmp_path / "staging",
+            "quarantine_dir": tmp_path / "quarantine",
+            "dicom_scp_port": free_port(),
+            "annotation_device": "cpu",
+        }
+    )
 
 
 @pytest.fixture
@@ -75,9 +76,18 @@ async def stack(settings: Settings) -> AsyncIterator[Any]:
 
 async def _storescu(settings: Settings, directory: Path) -> None:
     process = await asyncio.create_subprocess_exec(
-        STORESCU, "-R", "+sd", "+r", "-aec", settings.dicom_scp_aet, "127.0.0.1", str(settings.dicom_scp_port),
-        str(directory), env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        STORESCU,
+        "-R",
+        "+sd",
+        "+r",
+        "-aec",
+        settings.dicom_scp_aet,
+        "127.0.0.1",
+        str(settings.dicom_scp_port),
+        str(directory),
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, output.decode(errors="replace")[-2000:]
@@ -121,9 +131,17 @@ async def test_a_pushed_phantom_becomes_a_seg_in_orthanc_and_a_suggestion_in_the
         assert metadata.json()[0]["00080060"]["Value"] == ["SEG"]
 
     # Slices in the volume's order: sorted along the normal, as the worker sorted them.
-    order = sorted(datasets, key=lambda ds: float(np.dot(
-        np.cross(np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)),
-        np.array(ds.ImagePositionPatient, float))))
+    order = sorted(
+        datasets,
+        key=lambda ds: float(
+            np.dot(
+                np.cross(
+                    np.array(ds.ImageOrientationPatient[:3], float), np.array(ds.ImageOrientationPatient[3:], float)
+                ),
+                np.array(ds.ImagePositionPatient, float),
+            )
+        ),
+    )
     mask = read_label_map(seg, [str(ds.SOPInstanceUID) for ds in order])
     assert dice(mask, truth) >= 0.8
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
@@ -131,7 +149,9 @@ async def test_a_pushed_phantom_becomes_a_seg_in_orthanc_and_a_suggestion_in_the
     # People review through the API: accept, then correct with their own SEG (the
     # phantom's truth). Each review is an event; the view keeps every step.
     volume = volume_from_datasets([pydicom.dcmread(io.BytesIO(dataset_bytes(ds))) for ds in datasets])
-    correction = build_segmentation(volume, truth, default_registry().get(DEFAULT_MODEL_NAME), content_label="CORRECTED")
+    correction = build_segmentation(
+        volume, truth, default_registry().get(DEFAULT_MODEL_NAME), content_label="CORRECTED"
+    )
     correction.SeriesInstanceUID = generate_uid()
     correction.SOPInstanceUID = correction.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     async with api_client(settings) as api:
@@ -148,9 +168,15 @@ async def test_a_pushed_phantom_becomes_a_seg_in_orthanc_and_a_suggestion_in_the
             files={"file": ("correction.dcm", dataset_bytes(correction), "application/dicom")},
         )
         assert corrected.status_code == 202, corrected.text
-        after = await eventually(lambda: shows("corrected"), timeout_s=60, what="the correction in the annotations view")
+        after = await eventually(
+            lambda: shows("corrected"), timeout_s=60, what="the correction in the annotations view"
+        )
         listed = (await api.get("/annotations", params={"series": series_uid})).json()["items"]
-    assert [h["status"] for h in sorted(after["history"], key=lambda h: h["at"])] == ["suggested", "accepted", "corrected"]
+    assert [h["status"] for h in sorted(after["history"], key=lambda h: h["at"])] == [
+        "suggested",
+        "accepted",
+        "corrected",
+    ]
     assert after["corrected_seg_sop_instance_uid"] == str(correction.SOPInstanceUID)
     assert after["seg_sop_instance_uid"] == annotation["seg_sop_instance_uid"]  # the suggestion is kept
     assert [item["status"] for item in listed] == ["corrected"]

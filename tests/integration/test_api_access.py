@@ -46,10 +46,12 @@ async def settings(stack_settings: Settings) -> Settings:
 async def app_client(settings: Settings, db: Any) -> AsyncIterator[httpx.AsyncClient]:
     """The API with its lifespan, sending no key unless a request does."""
     app = create_api(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=120) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=120) as client,
+    ):
+        client.app = app  # type: ignore[attr-defined]
+        yield client
 
 
 def _bearer(key: str) -> dict[str, str]:
@@ -94,7 +96,9 @@ async def test_researchers_read_admins_review_and_the_reviewer_defaults_to_the_k
     for path, body in (("accept", {}), ("reject", {"reason": "no"})):
         _error(await app_client.post(f"/annotations/{doc['_id']}/{path}", json=body, headers=_bearer(researcher)), 403)
     _error(await app_client.post("/activelearning/first", json={}, headers=_bearer(researcher)), 403)
-    _error(await app_client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"}, headers=_bearer(researcher)), 403)
+    _error(
+        await app_client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"}, headers=_bearer(researcher)), 403
+    )
 
     accepted = await app_client.post(f"/annotations/{doc['_id']}/accept", json={}, headers=_bearer(admin))
     assert accepted.status_code == 202, accepted.text
@@ -168,11 +172,15 @@ def _closed_port() -> int:
 
 
 async def test_readiness_is_503_when_a_dependency_is_down(settings: Settings, db: Any) -> None:
-    down = settings.model_copy(update={"orthanc_url": f"http://127.0.0.1:{_closed_port()}", "api_readiness_timeout_s": 3.0})
+    down = settings.model_copy(
+        update={"orthanc_url": f"http://127.0.0.1:{_closed_port()}", "api_readiness_timeout_s": 3.0}
+    )
     app = create_api(down)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            response = await client.get("/readyz")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client,
+    ):
+        response = await client.get("/readyz")
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "not ready" and body["dependencies"]["orthanc"]["status"] == "down"
@@ -189,20 +197,25 @@ async def test_metrics_parse_and_carry_the_topic_series(app_client: httpx.AsyncC
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         samples = {
             (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples
         }
         lag = samples.get(("cohortstream_consumer_lag", (("group", settings.app_id), ("topic", "ehr.record"))))
         return samples if lag == 3 else None
 
     samples = await eventually(scraped, timeout_s=30, what="the group's lag in the metrics")
     assert samples[("cohortstream_topic_end_offset", (("topic", "ehr.record"),))] == 4
-    assert samples[("cohortstream_consumer_committed_offset", (("group", settings.app_id), ("topic", "ehr.record")))] == 1
+    assert (
+        samples[("cohortstream_consumer_committed_offset", (("group", settings.app_id), ("topic", "ehr.record")))] == 1
+    )
     assert samples[("cohortstream_topic_end_offset", (("topic", "dead-letter"),))] == 0
     assert samples[("cohortstream_dead_letters_stored", ())] == 0
     for dependency in ("kafka", "mongodb", "orthanc"):
         assert samples[("cohortstream_dependency_up", (("dependency", dependency),))] == 1
-    assert any(name == "cohortstream_api_request_duration_seconds_count" and ("route", "/metrics") in labels
-               for name, labels in samples)
+    assert any(
+        name == "cohortstream_api_request_duration_seconds_count" and ("route", "/metrics") in labels
+        for name, labels in samples
+    )
 
 
 # --- the CLI -----------------------------------------------------------------------------
@@ -220,7 +233,9 @@ def test_cli_creates_a_key_once_lists_without_secrets_and_revokes(
     assert main(["api-keys", "list"]) == 0
     out, _ = capsys.readouterr()
     listed = [json.loads(line) for line in out.splitlines()]
-    assert [(k["key_id"], k["name"], k["role"], k["revoked_at"]) for k in listed] == [(key_id, "ci robot", "admin", None)]
+    assert [(k["key_id"], k["name"], k["role"], k["revoked_at"]) for k in listed] == [
+        (key_id, "ci robot", "admin", None)
+    ]
     assert key.split("_", 2)[2] not in out
 
     assert main(["api-keys", "revoke", key_id]) == 0

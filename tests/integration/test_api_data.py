@@ -66,10 +66,14 @@ N = 6
 
 @pytest.fixture
 async def settings(stack_settings: Settings) -> Settings:
-    settings = stack_settings.model_copy(update={"subject_link_rules": [
-        SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
-        SubjectLinkRule(ehr_source="mimic-iv", target="dicom_patient_id"),
-    ]})
+    settings = stack_settings.model_copy(
+        update={
+            "subject_link_rules": [
+                SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
+                SubjectLinkRule(ehr_source="mimic-iv", target="dicom_patient_id"),
+            ]
+        }
+    )
     await ensure_topics(settings)
     return settings
 
@@ -77,36 +81,79 @@ async def settings(stack_settings: Settings) -> Settings:
 def _dicom(n: int, instance: int = 1) -> DicomInstanceReceived:
     template = next(e for e in example_events() if isinstance(e, DicomInstanceReceived))
     study = f"1.2.826.0.1.3680043.8.498.77.{n + 1}"
-    return template.model_copy(update={
-        "patient_id": f"P{n}", "study_instance_uid": study, "series_instance_uid": f"{study}.1",
-        "sop_instance_uid": f"{study}.1.{instance}", "modality": "MR" if n % 2 == 0 else "CT",
-        "patient_sex": "F" if n % 2 == 0 else "M", "patient_age": f"{30 + 10 * n:03d}Y", "body_part_examined": "BRAIN",
-        "received_at": T0 + timedelta(days=n // 3, minutes=instance),
-    })
+    return template.model_copy(
+        update={
+            "patient_id": f"P{n}",
+            "study_instance_uid": study,
+            "series_instance_uid": f"{study}.1",
+            "sop_instance_uid": f"{study}.1.{instance}",
+            "modality": "MR" if n % 2 == 0 else "CT",
+            "patient_sex": "F" if n % 2 == 0 else "M",
+            "patient_age": f"{30 + 10 * n:03d}Y",
+            "body_part_examined": "BRAIN",
+            "received_at": T0 + timedelta(days=n // 3, minutes=instance),
+        }
+    )
 
 
 def _redcap(n: int) -> RedcapRecordChanged:
     status = RedcapCompletionStatus.COMPLETE if n < 2 else RedcapCompletionStatus.INCOMPLETE
     return RedcapRecordChanged(
-        redcap_url=REDCAP_URL, project_id="42", record_id=f"R{n}", event_name="baseline_arm_1", instrument="baseline",
-        completion_status=status, trigger=RedcapTrigger.FULL_SYNC, values={"mrn": f"P{n}", "smoker": n % 2},
-        emitted_at=T0, producer="test",
+        redcap_url=REDCAP_URL,
+        project_id="42",
+        record_id=f"R{n}",
+        event_name="baseline_arm_1",
+        instrument="baseline",
+        completion_status=status,
+        trigger=RedcapTrigger.FULL_SYNC,
+        values={"mrn": f"P{n}", "smoker": n % 2},
+        emitted_at=T0,
+        producer="test",
     )
 
 
 def _ehr(n: int, creatinine: float, hypertension: bool) -> list[EhrRecord]:
     common = {"source": "mimic-iv", "subject_id": f"P{n}", "emitted_at": T0 + timedelta(days=1), "producer": "test"}
     rows = [
-        EhrRecord(**common, source_file="patients.csv", source_row_id=f"p{n}", record_type=EhrRecordType.PATIENT,
-                  attributes={"gender": "F" if n % 2 == 0 else "M", "anchor_age": str(29 + 10 * n)}),
-        EhrRecord(**common, source_file="labevents.csv", source_row_id=f"l{n}a", record_type=EhrRecordType.LAB,
-                  effective_at=T0 - timedelta(days=10), code="50912", value_number=0.5, unit="mg/dL"),
-        EhrRecord(**common, source_file="labevents.csv", source_row_id=f"l{n}b", record_type=EhrRecordType.LAB,
-                  effective_at=T0 - timedelta(days=2), code="50912", value_number=creatinine, unit="mg/dL"),
+        EhrRecord(
+            **common,
+            source_file="patients.csv",
+            source_row_id=f"p{n}",
+            record_type=EhrRecordType.PATIENT,
+            attributes={"gender": "F" if n % 2 == 0 else "M", "anchor_age": str(29 + 10 * n)},
+        ),
+        EhrRecord(
+            **common,
+            source_file="labevents.csv",
+            source_row_id=f"l{n}a",
+            record_type=EhrRecordType.LAB,
+            effective_at=T0 - timedelta(days=10),
+            code="50912",
+            value_number=0.5,
+            unit="mg/dL",
+        ),
+        EhrRecord(
+            **common,
+            source_file="labevents.csv",
+            source_row_id=f"l{n}b",
+            record_type=EhrRecordType.LAB,
+            effective_at=T0 - timedelta(days=2),
+            code="50912",
+            value_number=creatinine,
+            unit="mg/dL",
+        ),
     ]
     if hypertension:
-        rows.append(EhrRecord(**common, source_file="diagnoses_icd.csv", source_row_id=f"d{n}",
-                              record_type=EhrRecordType.DIAGNOSIS, effective_at=T0 - timedelta(days=5), code="I10"))
+        rows.append(
+            EhrRecord(
+                **common,
+                source_file="diagnoses_icd.csv",
+                source_row_id=f"d{n}",
+                record_type=EhrRecordType.DIAGNOSIS,
+                effective_at=T0 - timedelta(days=5),
+                code="I10",
+            )
+        )
     return rows
 
 
@@ -124,21 +171,38 @@ async def _fill(settings: Settings) -> dict[str, Any]:
         assert await redcap.apply([_redcap(n) for n in range(4)]) == []
         await ehr.apply(_ehr(0, 1.5, True) + _ehr(1, 0.9, False) + _ehr(4, 2.0, True))
         template = next(e for e in example_events() if isinstance(e, AnnotationSuggested))
-        suggestion = template.model_copy(update={
-            "annotation_id": uuid.uuid4(), "study_instance_uid": _dicom(0).study_instance_uid,
-            "series_instance_uid": _dicom(0).series_instance_uid, "model_name": "phantom-sphere-unet",
-        })
-        second = template.model_copy(update={
-            "annotation_id": uuid.uuid4(), "study_instance_uid": _dicom(2).study_instance_uid,
-            "series_instance_uid": _dicom(2).series_instance_uid, "model_name": "phantom-sphere-unet",
-        })
+        suggestion = template.model_copy(
+            update={
+                "annotation_id": uuid.uuid4(),
+                "study_instance_uid": _dicom(0).study_instance_uid,
+                "series_instance_uid": _dicom(0).series_instance_uid,
+                "model_name": "phantom-sphere-unet",
+            }
+        )
+        second = template.model_copy(
+            update={
+                "annotation_id": uuid.uuid4(),
+                "study_instance_uid": _dicom(2).study_instance_uid,
+                "series_instance_uid": _dicom(2).series_instance_uid,
+                "model_name": "phantom-sphere-unet",
+            }
+        )
         await suggestions.apply([suggestion, second])
         review_template = next(e for e in example_events() if isinstance(e, AnnotationReviewed))
-        await reviews.apply([review_template.model_copy(update={
-            "annotation_id": suggestion.annotation_id, "study_instance_uid": suggestion.study_instance_uid,
-            "series_instance_uid": suggestion.series_instance_uid, "decision": ReviewDecision.ACCEPTED,
-            "reviewed_at": T0 + timedelta(days=3), "corrected_seg_sop_instance_uid": None,
-        })])
+        await reviews.apply(
+            [
+                review_template.model_copy(
+                    update={
+                        "annotation_id": suggestion.annotation_id,
+                        "study_instance_uid": suggestion.study_instance_uid,
+                        "series_instance_uid": suggestion.series_instance_uid,
+                        "decision": ReviewDecision.ACCEPTED,
+                        "reviewed_at": T0 + timedelta(days=3),
+                        "corrected_seg_sop_instance_uid": None,
+                    }
+                )
+            ]
+        )
         return {"annotation_id": str(suggestion.annotation_id)}
     finally:
         for sink in sinks:
@@ -169,9 +233,16 @@ async def api(settings: Settings, db: Any) -> AsyncIterator[tuple[httpx.AsyncCli
 
 async def test_every_endpoint_needs_a_key(api: tuple[httpx.AsyncClient, dict[str, Any]]) -> None:
     client, _ = api
-    for method, path in (("GET", "/subjects"), ("GET", f"/subjects/{_sid(0)}"), ("GET", "/statistics"),
-                         ("POST", "/cohorts/query"), ("POST", "/cohorts/export")):
-        response = await client.request(method, path, json={} if method == "POST" else None, headers={"Authorization": ""})
+    for method, path in (
+        ("GET", "/subjects"),
+        ("GET", f"/subjects/{_sid(0)}"),
+        ("GET", "/statistics"),
+        ("POST", "/cohorts/query"),
+        ("POST", "/cohorts/export"),
+    ):
+        response = await client.request(
+            method, path, json={} if method == "POST" else None, headers={"Authorization": ""}
+        )
         assert response.status_code == 401, (path, response.text)
 
 
@@ -206,7 +277,9 @@ async def test_subjects_are_listed_with_filters_and_cursor_pages(api: tuple[http
     assert (first["sex"], first["age_years"], first["modalities"], first["questionnaire_count"]) == ("F", 30, ["MR"], 1)
 
 
-async def test_one_subject_shows_every_modality_by_id_or_identifier(api: tuple[httpx.AsyncClient, dict[str, Any]]) -> None:
+async def test_one_subject_shows_every_modality_by_id_or_identifier(
+    api: tuple[httpx.AsyncClient, dict[str, Any]],
+) -> None:
     client, facts = api
     by_id = await client.get(f"/subjects/{_sid(0)}")
     assert by_id.status_code == 200, by_id.text
@@ -216,7 +289,12 @@ async def test_one_subject_shows_every_modality_by_id_or_identifier(api: tuple[h
         assert response.status_code == 200, (identifier, response.text)
         assert response.json() == detail
     (patient,) = detail["imaging"]
-    assert (patient["patient_id"], patient["sex"], patient["age_years"], patient["instance_count"]) == ("P0", "F", 30, 2)
+    assert (patient["patient_id"], patient["sex"], patient["age_years"], patient["instance_count"]) == (
+        "P0",
+        "F",
+        30,
+        2,
+    )
     (study,) = patient["studies"]
     assert study["orthanc_url"].endswith(f"/studies/{study['orthanc_id']}") and "explorer" in study["viewer_url"]
     (series,) = study["series"]
@@ -240,7 +318,9 @@ async def test_the_timeline_pages_by_time(api: tuple[httpx.AsyncClient, dict[str
     assert none["items"] == []
 
 
-async def test_unknown_subjects_and_bad_input_answer_4xx_naming_the_field(api: tuple[httpx.AsyncClient, dict[str, Any]]) -> None:
+async def test_unknown_subjects_and_bad_input_answer_4xx_naming_the_field(
+    api: tuple[httpx.AsyncClient, dict[str, Any]],
+) -> None:
     client, _ = api
     cases = [
         ("GET", "/subjects/S000000000000000", None, 404, "subject"),
@@ -264,15 +344,21 @@ async def test_unknown_subjects_and_bad_input_answer_4xx_naming_the_field(api: t
 
 async def test_a_cross_modal_query_answers_subjects_and_counts(api: tuple[httpx.AsyncClient, dict[str, Any]]) -> None:
     client, _ = api
-    query = {"modalities": ["MR"], "questionnaires": [{"instrument": "baseline", "event_name": "baseline_arm_1"}],
-             "labs": [{"code": "50912", "min": 1.2}], "diagnoses": [{"code_prefix": "I1"}]}
+    query = {
+        "modalities": ["MR"],
+        "questionnaires": [{"instrument": "baseline", "event_name": "baseline_arm_1"}],
+        "labs": [{"code": "50912", "min": 1.2}],
+        "diagnoses": [{"code_prefix": "I1"}],
+    }
     response = await client.post("/cohorts/query", json=query)
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["count"], body["subject_ids"]) == (1, [_sid(0)])
     assert body["per_criterion"] == {
-        "modality MR": 3, "questionnaire baseline@baseline_arm_1 COMPLETE": 2,
-        "lab 50912 in [1.2, inf]": 2, "diagnosis I1*": 2,
+        "modality MR": 3,
+        "questionnaire baseline@baseline_arm_1 COMPLETE": 2,
+        "lab 50912 in [1.2, inf]": 2,
+        "diagnosis I1*": 2,
     }
     everyone = (await client.post("/cohorts/query", json={})).json()
     assert everyone["count"] == N
@@ -289,7 +375,13 @@ async def test_the_export_streams_one_row_per_subject(api: tuple[httpx.AsyncClie
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["subject_id"] for r in rows] == sorted([_sid(0), _sid(4)])
     row = next(r for r in rows if r["subject_id"] == _sid(4))
-    assert (row["modalities"], row["sex"], row["age_years"], row["has_ehr"], row["questionnaire_count"]) == ("MR", "F", "70", "True", "0")
+    assert (row["modalities"], row["sex"], row["age_years"], row["has_ehr"], row["questionnaire_count"]) == (
+        "MR",
+        "F",
+        "70",
+        "True",
+        "0",
+    )
     response = await client.post("/cohorts/export", params={"format": "ndjson"}, json={})
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert response.headers["content-type"].startswith("application/x-ndjson")
@@ -307,22 +399,36 @@ async def test_statistics_come_from_counters_and_indexed_counts(api: tuple[httpx
     assert stats["sex"] == {"dicom": {"F": 3, "M": 3}, "ehr": {"F": 2, "M": 1}}
     assert stats["age_bands"]["dicom"] == {"0-17": 0, "18-39": 1, "40-59": 2, "60-79": 2, "80+": 1}
     assert stats["age_bands"]["ehr"] == {"0-17": 0, "18-39": 2, "40-59": 0, "60-79": 1, "80+": 0}
-    assert stats["questionnaire_completion"] == [{
-        "instrument": "baseline", "event_name": "baseline_arm_1", "counts": {"INCOMPLETE": 2, "UNVERIFIED": 0, "COMPLETE": 2},
-    }]
-    assert stats["annotations_by_model"] == [{
-        "model": "phantom-sphere-unet", "counts": {"suggested": 1, "accepted": 1, "rejected": 0, "corrected": 0},
-    }]
+    assert stats["questionnaire_completion"] == [
+        {
+            "instrument": "baseline",
+            "event_name": "baseline_arm_1",
+            "counts": {"INCOMPLETE": 2, "UNVERIFIED": 0, "COMPLETE": 2},
+        }
+    ]
+    assert stats["annotations_by_model"] == [
+        {
+            "model": "phantom-sphere-unet",
+            "counts": {"suggested": 1, "accepted": 1, "rejected": 0, "corrected": 0},
+        }
+    ]
     # Two instances per patient; patients 0-2 arrived on day 0, 3-5 on day 1; the replayed batch counts once.
     assert stats["ingestion"]["dicom_instances_per_day"] == [
-        {"day": str(date(2024, 5, 1)), "count": 6}, {"day": str(date(2024, 5, 2)), "count": 6},
+        {"day": str(date(2024, 5, 1)), "count": 6},
+        {"day": str(date(2024, 5, 2)), "count": 6},
     ]
     assert stats["ingestion"]["redcap_records_per_day"] == [{"day": "2024-05-01", "count": 4}]
     assert stats["ingestion"]["ehr_records_per_day"] == [{"day": "2024-05-02", "count": 11}]
+
     async def multimodal_figure() -> dict[str, Any] | None:
         return (await client.get("/statistics")).json()["multimodal"]  # type: ignore[no-any-return]
 
     multimodal = await eventually(multimodal_figure, timeout_s=30, what="multimodal statistics computed")
-    assert (multimodal["subjects"], multimodal["with_imaging"], multimodal["with_questionnaire"],
-            multimodal["with_ehr"], multimodal["complete"]) == (6, 6, 4, 3, 2)
+    assert (
+        multimodal["subjects"],
+        multimodal["with_imaging"],
+        multimodal["with_questionnaire"],
+        multimodal["with_ehr"],
+        multimodal["complete"],
+    ) == (6, 6, 4, 3, 2)
     assert stats["totals"]["series"] == 6 and stats["answered_by"]["age_bands"] == "counter"

@@ -62,7 +62,9 @@ from tests.bids_validation import validate_bids, validator_path
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("dcm2niix") is None, reason="dcm2niix is not installed (apt-get install dcm2niix)"),
-    pytest.mark.skipif(validator_path() is None, reason="bids-validator-deno is not installed (pip install bids-validator-deno)"),
+    pytest.mark.skipif(
+        validator_path() is None, reason="bids-validator-deno is not installed (pip install bids-validator-deno)"
+    ),
 ]
 
 REDCAP_URL = "https://redcap.example.org/"
@@ -126,17 +128,44 @@ def _studies() -> list[tuple[int, list[Dataset]]]:
 def _redcap_events() -> list[RedcapRecordChanged]:
     events = []
     for n, (pid, _, birth, record, mimic) in enumerate(PEOPLE):
-        common = {"producer": "test", "redcap_url": REDCAP_URL, "project_id": "42", "record_id": record,
-                  "completion_status": RedcapCompletionStatus.COMPLETE, "trigger": RedcapTrigger.FULL_SYNC}
+        common = {
+            "producer": "test",
+            "redcap_url": REDCAP_URL,
+            "project_id": "42",
+            "record_id": record,
+            "completion_status": RedcapCompletionStatus.COMPLETE,
+            "trigger": RedcapTrigger.FULL_SYNC,
+        }
         sex, label = ("2", "Female") if n % 2 == 0 else ("1", "Male")
-        events.append(RedcapRecordChanged(**common, event_name="baseline_arm_1", instrument="demographics", values={
-            "mrn": pid or f"NOIMG{n}", "ehr_id": mimic or "", "sex": sex,
-            "dob": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}", "visit_date": "2024-03-01",
-        }, labels={"sex": label}))
+        events.append(
+            RedcapRecordChanged(
+                **common,
+                event_name="baseline_arm_1",
+                instrument="demographics",
+                values={
+                    "mrn": pid or f"NOIMG{n}",
+                    "ehr_id": mimic or "",
+                    "sex": sex,
+                    "dob": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
+                    "visit_date": "2024-03-01",
+                },
+                labels={"sex": label},
+            )
+        )
         for event_name, score in (("baseline_arm_1", 10 + n), ("followup_1_arm_1", 12 + n)):
-            events.append(RedcapRecordChanged(**common, event_name=event_name, instrument="moca", values={
-                "moca_total": score, "moca_smoker": n % 2 == 0, "moca_date": "2024-04-02",
-            }, labels={"moca_smoker": "Yes" if n % 2 == 0 else "No"}))
+            events.append(
+                RedcapRecordChanged(
+                    **common,
+                    event_name=event_name,
+                    instrument="moca",
+                    values={
+                        "moca_total": score,
+                        "moca_smoker": n % 2 == 0,
+                        "moca_date": "2024-04-02",
+                    },
+                    labels={"moca_smoker": "Yes" if n % 2 == 0 else "No"},
+                )
+            )
     return events
 
 
@@ -147,32 +176,58 @@ def _ehr_events() -> list[EhrRecord]:
         if mimic is None:
             continue
         common = {"producer": "test", "source": "mimic-iv", "subject_id": mimic}
-        records.append(EhrRecord(**common, source_file="patients.csv", source_row_id=f"p{mimic}",
-                                 record_type=EhrRecordType.PATIENT,
-                                 attributes={"gender": "F" if n % 2 == 0 else "M", "anchor_age": str(60 + n)}))
+        records.append(
+            EhrRecord(
+                **common,
+                source_file="patients.csv",
+                source_row_id=f"p{mimic}",
+                record_type=EhrRecordType.PATIENT,
+                attributes={"gender": "F" if n % 2 == 0 else "M", "anchor_age": str(60 + n)},
+            )
+        )
         for k, value in enumerate((1.1 + n / 10, 0.9 + n / 10)):
-            records.append(EhrRecord(**common, source_file="labevents.csv", source_row_id=f"l{mimic}{k}",
-                                     record_type=EhrRecordType.LAB, code_system="mimic-itemid", code="50912",
-                                     display="Creatinine", value_number=value, unit="mg/dL",
-                                     effective_at=datetime(2021, 1, 1 + k, tzinfo=UTC)))
-        records.append(EhrRecord(**common, source_file="diagnoses_icd.csv", source_row_id=f"d{mimic}",
-                                 record_type=EhrRecordType.DIAGNOSIS, code_system="ICD-10", code="I10",
-                                 display="Essential (primary) hypertension"))
+            records.append(
+                EhrRecord(
+                    **common,
+                    source_file="labevents.csv",
+                    source_row_id=f"l{mimic}{k}",
+                    record_type=EhrRecordType.LAB,
+                    code_system="mimic-itemid",
+                    code="50912",
+                    display="Creatinine",
+                    value_number=value,
+                    unit="mg/dL",
+                    effective_at=datetime(2021, 1, 1 + k, tzinfo=UTC),
+                )
+            )
+        records.append(
+            EhrRecord(
+                **common,
+                source_file="diagnoses_icd.csv",
+                source_row_id=f"d{mimic}",
+                record_type=EhrRecordType.DIAGNOSIS,
+                code_system="ICD-10",
+                code="I10",
+                display="Essential (primary) hypertension",
+            )
+        )
     return records
 
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(update={
-        "staging_dir": tmp_path / "staging",
-        "bids_pseudonym_key": SecretStr("test-key-" + uuid.uuid4().hex),
-        "bids_dataset_license": "CC0",
-        "bids_dataset_authors": ["cohortstream test suite"],
-        "subject_link_rules": [
-            SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
-            SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
-        ],
-    })
+    return stack_settings.model_copy(
+        update={
+            "staging_dir": tmp_path / "staging",
+            "bids_pseudonym_key": SecretStr("test-key-" + uuid.uuid4().hex),
+            "bids_dataset_license": "CC0",
+            "bids_dataset_authors": ["cohortstream test suite"],
+            "subject_link_rules": [
+                SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
+                SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
+            ],
+        }
+    )
 
 
 @pytest.fixture
@@ -204,8 +259,16 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
             for path in write_study(datasets, tmp_path / f"study{index}"):
                 await archive.store_bytes(path.read_bytes(), f"test instance of study {index}")
                 staged = store.stage_file(path)
-                events.append(listener_event(read_instance_attributes(staged.path), staged, producer=PRODUCER, calling_aet="TESTSCU",
-                                             called_aet="COHORTSTREAM", received_at=datetime.now(UTC)))
+                events.append(
+                    listener_event(
+                        read_instance_attributes(staged.path),
+                        staged,
+                        producer=PRODUCER,
+                        calling_aet="TESTSCU",
+                        called_aet="COHORTSTREAM",
+                        received_at=datetime.now(UTC),
+                    )
+                )
         # An accepted AI segmentation of subject A's first T1w: an off-centre block, so a
         # flipped or transposed export would not line up.
         volume = volume_from_datasets(t1_first)
@@ -222,17 +285,42 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     await _apply(RedcapViews(settings), _redcap_events())
     await _apply(EhrViews(settings), _ehr_events())
     annotation_id = uuid.uuid4()
-    await _apply(SuggestionViews(settings), [AnnotationSuggested(
-        producer="test", annotation_id=annotation_id, study_instance_uid=volume.reference.study_instance_uid,
-        series_instance_uid=volume.reference.series_instance_uid, model_name=spec.name, model_version=spec.version,
-        seg_sop_instance_uid=str(seg.SOPInstanceUID), device="cpu", inference_s=0.1, uncertainty=0.2,
-        segments=[SuggestedSegment(segment_number=1, label=spec.segments[0].label, voxel_count=int(labels.sum()), volume_ml=1.0)],
-    )])
-    await _apply(ReviewViews(settings), [AnnotationReviewed(
-        producer="test", annotation_id=annotation_id, study_instance_uid=volume.reference.study_instance_uid,
-        series_instance_uid=volume.reference.series_instance_uid, reviewer="dr-test", decision=ReviewDecision.ACCEPTED,
-        reviewed_at=datetime.now(UTC) + timedelta(seconds=1),
-    )])
+    await _apply(
+        SuggestionViews(settings),
+        [
+            AnnotationSuggested(
+                producer="test",
+                annotation_id=annotation_id,
+                study_instance_uid=volume.reference.study_instance_uid,
+                series_instance_uid=volume.reference.series_instance_uid,
+                model_name=spec.name,
+                model_version=spec.version,
+                seg_sop_instance_uid=str(seg.SOPInstanceUID),
+                device="cpu",
+                inference_s=0.1,
+                uncertainty=0.2,
+                segments=[
+                    SuggestedSegment(
+                        segment_number=1, label=spec.segments[0].label, voxel_count=int(labels.sum()), volume_ml=1.0
+                    )
+                ],
+            )
+        ],
+    )
+    await _apply(
+        ReviewViews(settings),
+        [
+            AnnotationReviewed(
+                producer="test",
+                annotation_id=annotation_id,
+                study_instance_uid=volume.reference.study_instance_uid,
+                series_instance_uid=volume.reference.series_instance_uid,
+                reviewer="dr-test",
+                decision=ReviewDecision.ACCEPTED,
+                reviewed_at=datetime.now(UTC) + timedelta(seconds=1),
+            )
+        ],
+    )
     return {"labels": labels, "t1_series": volume.reference.series_instance_uid, "volume": volume}
 
 
@@ -272,7 +360,10 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     assert [s["reason"] for s in report.skipped_subjects] == ["no exportable MR series"]
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.nii.gz"))
     anat = [n for n in names if "/anat/" in n and not n.startswith("derivatives")]
-    assert sum(n.endswith("_run-1_T1w.nii.gz") for n in anat) == 1 and sum(n.endswith("_run-2_T1w.nii.gz") for n in anat) == 1
+    assert (
+        sum(n.endswith("_run-1_T1w.nii.gz") for n in anat) == 1
+        and sum(n.endswith("_run-2_T1w.nii.gz") for n in anat) == 1
+    )
     assert sum(n.endswith("_T2w.nii.gz") for n in anat) == 3 and sum(n.endswith("_FLAIR.nii.gz") for n in anat) == 1
     bold = [n for n in names if n.endswith("_task-rest_bold.nii.gz")]
     assert len(bold) == 1 and "/ses-02/func/" in bold[0] and nib.load(out / bold[0]).shape[3] == 4
@@ -294,7 +385,10 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     # The accepted segmentation lies on the source image's grid, voxel for voxel.
     dseg = [n for n in names if n.endswith("_dseg.nii.gz")]
     assert len(dseg) == 1 and dseg[0].startswith("derivatives/cohortstream-annotations/")
-    seg_img, source_img = nib.load(out / dseg[0]), nib.load(out / [n for n in anat if n.endswith("_run-1_T1w.nii.gz")][0])
+    seg_img, source_img = (
+        nib.load(out / dseg[0]),
+        nib.load(out / next(n for n in anat if n.endswith("_run-1_T1w.nii.gz"))),
+    )
     assert np.allclose(seg_img.affine, source_img.affine, atol=1e-3) and seg_img.shape == source_img.shape[:3]
     expected_ras = set()
     volume = cohort["volume"]
@@ -322,7 +416,7 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     assert set(manifest["files"]) == {n for n in files if n != MANIFEST_NAME}
     again = await export_bids(settings, out)
     assert again.files_written == [] and again.files_removed == [] and again.files_unchanged == len(manifest["files"])
-    victim = [n for n in anat if n.endswith("_T2w.nii.gz")][0]
+    victim = next(n for n in anat if n.endswith("_T2w.nii.gz"))
     (out / victim).unlink()
     third = await export_bids(settings, out)
     assert sorted(third.files_written) == sorted([victim, "CHANGES"])
@@ -332,7 +426,9 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     # A rule change renames files from what is already exported: no Orthanc read, no
     # dcm2niix (a missing executable would make every conversion fail).
     rules = [r.model_dump() | ({"acq": "tse"} if r.suffix == "T2w" else {}) for r in DEFAULT_RULES]
-    renamed = await export_bids(settings.model_copy(update={"bids_mapping_rules": rules, "bids_dcm2niix": "/nonexistent"}), out)
+    renamed = await export_bids(
+        settings.model_copy(update={"bids_mapping_rules": rules, "bids_dcm2niix": "/nonexistent"}), out
+    )
     assert len(renamed.scans) == len(report.scans) and not [s for s in renamed.skipped_series if "dcm2niix" in s.reason]
     assert sum("_acq-tse_T2w.nii.gz" in n for n in renamed.files_written) == 3
     assert sum(n.endswith("_T2w.nii.gz") for n in renamed.files_removed) == 3

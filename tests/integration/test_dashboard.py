@@ -36,11 +36,13 @@ from api.keys import KeyStore
 from api.principals import Role
 from cohortstream.settings import Settings
 from tests.integration.test_api_data import N, _fill, _sid
-from tests.integration.test_api_data import settings as settings  # noqa: F401  (fixture: link rules)
+from tests.integration.test_api_data import settings as settings
 from tests.net import free_port
 from tests.polling import eventually
 
-playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')")
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
 
 TIMEOUT_MS = 30_000
 
@@ -61,7 +63,7 @@ def chromium() -> str:
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[str]:  # noqa: F811
+def server(settings: Settings) -> Iterator[str]:
     """The real application under uvicorn on a free port, in a thread with its own loop."""
     app = create_api(settings)
     port = free_port()
@@ -76,7 +78,7 @@ def server(settings: Settings) -> Iterator[str]:  # noqa: F811
 
 
 @pytest.fixture
-async def filled(settings: Settings, db: Any, server: str) -> AsyncIterator[tuple[str, str]]:  # noqa: F811
+async def filled(settings: Settings, db: Any, server: str) -> AsyncIterator[tuple[str, str]]:
     """(base URL, researcher key) of the running API over the filled views."""
     await _fill(settings)
     issued = await KeyStore(db).create("dashboard-test", Role.RESEARCHER)
@@ -101,6 +103,7 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
 ) -> None:
     base, key = filled
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+
         async def statistics_with_multimodal() -> dict[str, Any] | None:
             # The multimodal figure is a background registry join: null until its first run.
             body = (await client.get("/statistics")).json()
@@ -121,7 +124,9 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
     expect = playwright_api.expect
     expect.set_options(timeout=TIMEOUT_MS)
     async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=["--disable-gpu", "--no-sandbox"])
+        browser = await pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--disable-gpu", "--no-sandbox"]
+        )
         try:
             context = await browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1800})
             page = await context.new_page()
@@ -146,23 +151,33 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
             for name, value in stats["totals"].items():
                 await expect(page.locator(f'[data-stat="totals.{name}"] .value')).to_have_text(str(value))
             for name in ("subjects", "with_imaging", "with_questionnaire", "with_ehr", "complete"):
-                await expect(page.locator(f'[data-stat="multimodal.{name}"] .value')).to_have_text(str(stats["multimodal"][name]))
-            age_rows = [[band, str(stats["age_bands"]["dicom"][band]), str(stats["age_bands"]["ehr"][band])]
-                        for band in stats["age_bands"]["dicom"]]
+                await expect(page.locator(f'[data-stat="multimodal.{name}"] .value')).to_have_text(
+                    str(stats["multimodal"][name])
+                )
+            age_rows = [
+                [band, str(stats["age_bands"]["dicom"][band]), str(stats["age_bands"]["ehr"][band])]
+                for band in stats["age_bands"]["dicom"]
+            ]
             assert await _rows(page, "#table-age") == age_rows
             sexes = sorted(set(stats["sex"]["dicom"]) | set(stats["sex"]["ehr"]))
             assert await _rows(page, "#table-sex") == [
-                [s, str(stats["sex"]["dicom"].get(s, 0)), str(stats["sex"]["ehr"].get(s, 0))] for s in sexes]
+                [s, str(stats["sex"]["dicom"].get(s, 0)), str(stats["sex"]["ehr"].get(s, 0))] for s in sexes
+            ]
             (completion,) = stats["questionnaire_completion"]
-            assert await _rows(page, "#table-completion") == [[
-                f"{completion['instrument']} @ {completion['event_name']}",
-                *(str(completion["counts"][s]) for s in ("COMPLETE", "UNVERIFIED", "INCOMPLETE"))]]
+            assert await _rows(page, "#table-completion") == [
+                [
+                    f"{completion['instrument']} @ {completion['event_name']}",
+                    *(str(completion["counts"][s]) for s in ("COMPLETE", "UNVERIFIED", "INCOMPLETE")),
+                ]
+            ]
             (model,) = stats["annotations_by_model"]
-            assert await _rows(page, "#table-annotations") == [[
-                model["model"], *(str(model["counts"][s]) for s in ("suggested", "accepted", "corrected", "rejected"))]]
+            assert await _rows(page, "#table-annotations") == [
+                [model["model"], *(str(model["counts"][s]) for s in ("suggested", "accepted", "corrected", "rejected"))]
+            ]
             assert await _rows(page, "#table-modality") == [
                 [m, str(stats["series_by_modality"][m]), str(stats["patients_by_modality"][m])]
-                for m in sorted(stats["series_by_modality"])]
+                for m in sorted(stats["series_by_modality"])
+            ]
             # Plotly drew every plot (an SVG in each), from the served plotly.min.js.
             for plot in ("modality", "body-part", "age", "sex", "completion", "annotations", "ingestion"):
                 await expect(page.locator(f"#plot-{plot} .main-svg").first).to_be_attached()
@@ -212,7 +227,8 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
 async def _rows(page: Any, selector: str) -> list[list[str]]:
     """The body rows of a table, as text."""
     return await page.eval_on_selector(
-        selector, "t => [...t.querySelectorAll('tr')].slice(1).map(r => [...r.cells].map(c => c.textContent))")
+        selector, "t => [...t.querySelectorAll('tr')].slice(1).map(r => [...r.cells].map(c => c.textContent))"
+    )
 
 
 def test_the_page_is_packaged() -> None:

@@ -41,8 +41,14 @@ from tests.net import free_port
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"
-PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm")
-
+PYDICOM_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "rtplan.dcm",
+    "JPEG2000.dcm",
+    "MR_small_RLE.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+)
 
 
 @pytest.fixture
@@ -91,18 +97,44 @@ async def test_what_storescu_sends_is_what_orthanc_and_the_views_hold(
 ) -> None:
     database = running
     dcmtk_dir, pynetdicom_dir = tmp_path / "dcmtk", tmp_path / "pynetdicom"
-    study = write_study(mr_study(n_series=3, slices=60, rows=32, cols=32, seed=fresh_seed(), patient_id=f"E2E-{uuid.uuid4().hex[:6]}"), dcmtk_dir)
+    study = write_study(
+        mr_study(n_series=3, slices=60, rows=32, cols=32, seed=fresh_seed(), patient_id=f"E2E-{uuid.uuid4().hex[:6]}"),
+        dcmtk_dir,
+    )
     pynetdicom_dir.mkdir()
     extra = [Path(shutil.copy(get_testdata_file(name), pynetdicom_dir / name)) for name in PYDICOM_FILES]
     await forget_in_orthanc(settings, extra)
     # dcmtk sends the study (proposing only what each file needs); pynetdicom's own
     # storescu app sends pydicom's files in their own transfer syntaxes.
-    await _exec(STORESCU, "-R", "+sd", "+r", "-aet", "DCMTK", "-aec", settings.dicom_scp_aet,
-                "127.0.0.1", str(settings.dicom_scp_port), str(dcmtk_dir))
+    await _exec(
+        STORESCU,
+        "-R",
+        "+sd",
+        "+r",
+        "-aet",
+        "DCMTK",
+        "-aec",
+        settings.dicom_scp_aet,
+        "127.0.0.1",
+        str(settings.dicom_scp_port),
+        str(dcmtk_dir),
+    )
     # -cx: propose exactly the contexts the files need (as dcmtk's -R), or pynetdicom
     # offers only uncompressed syntaxes and cannot send the JPEG files at all.
-    await _exec(sys.executable, "-m", "pynetdicom", "storescu", "-cx", "-aet", "PYNETDICOM", "-aec", settings.dicom_scp_aet,
-                "127.0.0.1", str(settings.dicom_scp_port), *map(str, extra))
+    await _exec(
+        sys.executable,
+        "-m",
+        "pynetdicom",
+        "storescu",
+        "-cx",
+        "-aet",
+        "PYNETDICOM",
+        "-aec",
+        settings.dicom_scp_aet,
+        "127.0.0.1",
+        str(settings.dicom_scp_port),
+        *map(str, extra),
+    )
     # MR_small_RLE.dcm is MR_small.dcm re-encoded with the same SOPInstanceUID: a second
     # copy of one instance. The first copy received is the one archived and described.
     sent: dict[str, Path] = {}
@@ -114,13 +146,17 @@ async def test_what_storescu_sends_is_what_orthanc_and_the_views_hold(
 
     async def all_archived() -> bool:
         done = await database.instances.count_documents({"in_orthanc": True, "received_sha256": {"$exists": True}})
-        counts = sorted([d.get("instance_count") async for d in database.series.find({"patient_id": {"$regex": "^E2E-"}})], key=str)
+        counts = sorted(
+            [d.get("instance_count") async for d in database.series.find({"patient_id": {"$regex": "^E2E-"}})], key=str
+        )
         return done == len(sent) and counts == [60, 60, 60]
 
     try:
         await eventually(all_archived, timeout_s=180, what="every sent instance in Orthanc and the views")
     except AssertionError as exc:
-        archived = {d["_id"] async for d in database.instances.find({"in_orthanc": True, "received_sha256": {"$exists": True}})}
+        archived = {
+            d["_id"] async for d in database.instances.find({"in_orthanc": True, "received_sha256": {"$exists": True}})
+        }
         missing = sorted(str(sent[uid].name) for uid in set(sent) - archived)
         raise AssertionError(f"{exc}; {len(missing)} missing: {missing[:20]}") from exc
 
@@ -153,7 +189,7 @@ async def test_a_series_completes_once_and_again_with_a_new_revision_after_a_lat
     events = [instance_event(p, store) for p in files]
     on_time, late = events[:3], events[3]
     async with EventPublisher(settings) as publisher:
-        for event in on_time + [on_time[0]]:  # and a resent copy
+        for event in [*on_time, on_time[0]]:  # and a resent copy
             await publisher.publish(event, key=event.series_instance_uid)
         (first,) = await completions(settings, 1)
         assert (first.revision, first.instance_count) == (1, 3)

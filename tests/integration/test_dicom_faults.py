@@ -81,9 +81,15 @@ async def _publish(settings: Settings, events: list[DicomInstanceReceived]) -> N
 
 def _lab(n: int) -> EhrRecord:
     return EhrRecord(
-        producer="test", source="mimic-iv", source_file="labevents.csv", source_row_id=f"row-{n}",
-        subject_id=str(10_000 + n % 13), record_type=EhrRecordType.LAB,
-        effective_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=n), code="50912", value_number=1.0 + n / 1000,
+        producer="test",
+        source="mimic-iv",
+        source_file="labevents.csv",
+        source_row_id=f"row-{n}",
+        subject_id=str(10_000 + n % 13),
+        record_type=EhrRecordType.LAB,
+        effective_at=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=n),
+        code="50912",
+        value_number=1.0 + n / 1000,
         unit="mg/dL",
     )
 
@@ -177,7 +183,9 @@ async def test_worker_killed_mid_study_loses_and_duplicates_nothing(
         return await database.ehr_timeline.count_documents({}) == len(labs)
 
     await eventually(every_lab_row, timeout_s=120, what="every EHR row in the timeline after the restart")
-    assert {d["_id"] async for d in database.ehr_timeline.find({}, {"_id": 1})} == {f"mimic-iv|row-{n}" for n in range(len(labs))}
+    assert {d["_id"] async for d in database.ehr_timeline.find({}, {"_id": 1})} == {
+        f"mimic-iv|row-{n}" for n in range(len(labs))
+    }
 
 
 async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catches_up(
@@ -205,7 +213,9 @@ async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catch
             await eventually(second_half_viewed, timeout_s=120, what="views of the second half")
             assert await _archived(database) == len(first_half)
             for event in second_half:
-                assert Path(event.staged_uri.removeprefix("file://")).exists(), "staged file dropped before Orthanc had it"
+                assert Path(event.staged_uri.removeprefix("file://")).exists(), (
+                    "staged file dropped before Orthanc had it"
+                )
         finally:
             await asyncio.to_thread(stack, "start", "orthanc")
 
@@ -220,10 +230,23 @@ async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catch
 
 async def _storescu_until_accepted(settings: Settings, directory: Path, attempts: int = 3) -> int:
     """Push ``directory`` with dcmtk's storescu, resending like a modality when a store failed."""
-    argv = [STORESCU, "-R", "+sd", "+r", "-aec", settings.dicom_scp_aet, "127.0.0.1", str(settings.dicom_scp_port), str(directory)]
+    argv = [
+        STORESCU,
+        "-R",
+        "+sd",
+        "+r",
+        "-aec",
+        settings.dicom_scp_aet,
+        "127.0.0.1",
+        str(settings.dicom_scp_port),
+        str(directory),
+    ]
     for attempt in range(1, attempts + 1):
         process = await asyncio.create_subprocess_exec(
-            *argv, env={**os.environ, "TCP_NODELAY": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+            *argv,
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
         if process.returncode == 0:  # dcmtk exits non-zero when any C-STORE did not succeed

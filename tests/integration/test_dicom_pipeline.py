@@ -57,7 +57,9 @@ async def forget_in_orthanc(settings: Settings, paths: list[Path]) -> None:
     async with httpx.AsyncClient(base_url=settings.orthanc_url, auth=auth, timeout=30) as client:
         for path in paths:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            ids = orthanc_ids(str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+            ids = orthanc_ids(
+                str(ds.PatientID), str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+            )
             response = await client.delete(f"/instances/{ids.instance}")
             assert response.status_code in (200, 404), response.text
 
@@ -98,7 +100,12 @@ def instance_event(path: Path, store: StagingStore) -> DicomInstanceReceived:
     staged = store.stage_file(path)
     attributes = read_instance_attributes(staged.path)
     return listener_event(
-        attributes, staged, producer=PRODUCER, calling_aet="TESTSCU", called_aet="COHORTSTREAM", received_at=datetime.now(UTC)
+        attributes,
+        staged,
+        producer=PRODUCER,
+        calling_aet="TESTSCU",
+        called_aet="COHORTSTREAM",
+        received_at=datetime.now(UTC),
     )
 
 
@@ -158,7 +165,9 @@ async def test_instances_reach_orthanc_and_views_exactly_once(
         for event in events:
             await publisher.publish(event, key=event.series_instance_uid)
         # A second copy of an instance (a modality retrying) changes nothing.
-        await publisher.publish(events[0].model_copy(update={"event_id": uuid.uuid4()}), key=events[0].series_instance_uid)
+        await publisher.publish(
+            events[0].model_copy(update={"event_id": uuid.uuid4()}), key=events[0].series_instance_uid
+        )
 
     async def all_archived() -> bool:
         return await views_caught_up(database, per_series(events))
@@ -226,7 +235,10 @@ async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
     worker: Any, settings: Settings, database: Any, tmp_path: Path
 ) -> None:
     store = StagingStore(settings.staging_dir)
-    events = [instance_event(p, store) for p in write_study(mr_study(n_series=2, slices=4, rows=8, cols=8, seed=fresh_seed()), tmp_path / "a")]
+    events = [
+        instance_event(p, store)
+        for p in write_study(mr_study(n_series=2, slices=4, rows=8, cols=8, seed=fresh_seed()), tmp_path / "a")
+    ]
     marker = instance_event(Path(get_testdata_file("MR_small.dcm")), store)
     async with EventPublisher(settings) as publisher:
         for event in events:
@@ -242,12 +254,15 @@ async def test_replaying_the_topic_from_the_beginning_rebuilds_identical_views(
     original = await _snapshot(database)
 
     # A second worker with a new consumer group and an empty database reads from offset 0.
-    replay_settings = settings.model_copy(update={"app_id": f"{settings.app_id}-replay", "mongo_database": f"{settings.mongo_database}_replay"})
+    replay_settings = settings.model_copy(
+        update={"app_id": f"{settings.app_id}-replay", "mongo_database": f"{settings.mongo_database}_replay"}
+    )
     replay = build_worker_app(replay_settings)
     client = mongo_client(replay_settings)
     replay_db = mongo_database(client, replay_settings)
     await replay.start()
     try:
+
         async def replayed() -> bool:
             doc = await replay_db.patients.find_one({"_id": marker.patient_id, "instance_count": 1})
             n = await replay_db.instances.count_documents({"in_orthanc": True})
@@ -266,7 +281,9 @@ async def test_sweeper_removes_archived_orphans_and_republishes_the_others(
 ) -> None:
     from consumers.staging_sweeper import sweep_staging
 
-    archived_path, orphan_path = write_study(mr_study(n_series=1, slices=2, rows=8, cols=8, seed=fresh_seed()), tmp_path / "o")
+    archived_path, orphan_path = write_study(
+        mr_study(n_series=1, slices=2, rows=8, cols=8, seed=fresh_seed()), tmp_path / "o"
+    )
     store = StagingStore(settings.staging_dir)
     archived = store.stage_file(archived_path)
     orphan = store.stage_file(orphan_path)

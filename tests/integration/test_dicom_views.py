@@ -32,12 +32,16 @@ def _study(count: int) -> list[DicomInstanceReceived]:
     events = []
     for n in range(count):
         series = f"{template.study_instance_uid}.{n % 3 + 1}"
-        events.append(template.model_copy(update={
-            "series_instance_uid": series,
-            "sop_instance_uid": f"{series}.{n}",
-            "instance_number": n,
-            "received_at": FIXED_TIME + timedelta(milliseconds=n),
-        }))
+        events.append(
+            template.model_copy(
+                update={
+                    "series_instance_uid": series,
+                    "sop_instance_uid": f"{series}.{n}",
+                    "instance_number": n,
+                    "received_at": FIXED_TIME + timedelta(milliseconds=n),
+                }
+            )
+        )
     return events
 
 

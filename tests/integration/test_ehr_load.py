@@ -43,7 +43,9 @@ async def test_load_twice_publishes_records_dead_letters_and_same_ids(
     good = sum(mimic.good_rows(t) for t in ("patients", "admissions", "labevents", "diagnoses_icd")) + sum(
         fhir.resources.values()
     )
-    bad_locations = sorted([f"mimic/{b.location}" for b in mimic.bad_rows] + [f"fhir/{b.location}" for b in fhir.bad_rows])
+    bad_locations = sorted(
+        [f"mimic/{b.location}" for b in mimic.bad_rows] + [f"fhir/{b.location}" for b in fhir.bad_rows]
+    )
 
     # The CLI runs its own event loop: call it from a thread, as a shell would run it.
     assert await asyncio.to_thread(main, ["ehr", "load", str(root), "--no-progress"]) == 0
@@ -77,4 +79,6 @@ async def test_kafka_down_exits_non_zero(cli_env: Settings, tmp_path: Path, monk
     write_mimic(tmp_path / "m", seed=1, n_subjects=2, labs_per_admission=(1, 2))
     monkeypatch.setenv("COHORTSTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("COHORTSTREAM_KAFKA_REQUEST_TIMEOUT_S", "5")
-    assert await asyncio.wait_for(asyncio.to_thread(main, ["ehr", "load", str(tmp_path / "m"), "--no-progress"]), 60) == 1
+    assert (
+        await asyncio.wait_for(asyncio.to_thread(main, ["ehr", "load", str(tmp_path / "m"), "--no-progress"]), 60) == 1
+    )

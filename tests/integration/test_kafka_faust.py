@@ -79,4 +79,8 @@ async def test_worker_archives_dead_letters_in_mongodb_idempotently(stack_settin
     assert doc["stage"] == "DECODE"
     assert doc["source"] == {"topic": letter.source_topic, "partition": 2, "offset": 41, "location": None}
     assert doc["value"] == letter.value
-    assert doc["archived_from"] == {"topic": stack_settings.topic("dead-letter"), "partition": 0, "offset": first.offset}
+    assert doc["archived_from"] == {
+        "topic": stack_settings.topic("dead-letter"),
+        "partition": 0,
+        "offset": first.offset,
+    }

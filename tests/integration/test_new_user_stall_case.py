@@ -24,8 +24,8 @@ import pydicom
 import pytest
 
 from api.app import create_api
-from api.keys import KeyStore
 from api.kafka_offsets import read_offsets
+from api.keys import KeyStore
 from api.principals import Role
 from cohortstream.admin import ensure_topics
 from cohortstream.settings import Settings, settings_environment
@@ -44,11 +44,17 @@ pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is no
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(update={
-        "staging_dir": tmp_path / "staging", "quarantine_dir": tmp_path / "quarantine",
-        "dicom_scp_port": free_port(), "dicom_scp_publish_timeout_s": 20.0, "series_quiet_period_s": 2.0,
-        "sink_retry_max_delay_s": 1.0, "consumer_stall_after_s": 5.0,
-    })
+    return stack_settings.model_copy(
+        update={
+            "staging_dir": tmp_path / "staging",
+            "quarantine_dir": tmp_path / "quarantine",
+            "dicom_scp_port": free_port(),
+            "dicom_scp_publish_timeout_s": 20.0,
+            "series_quiet_period_s": 2.0,
+            "sink_retry_max_delay_s": 1.0,
+            "consumer_stall_after_s": 5.0,
+        }
+    )
 
 
 @pytest.fixture
@@ -65,8 +71,9 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
 
     def start() -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         processes.append(process)
         return process
 
@@ -83,15 +90,20 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
 ) -> None:
     await ensure_topics(settings)
     first = worker()
-    await eventually(lambda: asyncio.to_thread(lambda: worker.ready_count() >= 1), timeout_s=120,
-                     what="the worker's lanes ready")
+    await eventually(
+        lambda: asyncio.to_thread(lambda: worker.ready_count() >= 1), timeout_s=120, what="the worker's lanes ready"
+    )
 
     # 1-2. The EHR extract, loaded with the CLI as the README shows.
     extract = tmp_path / "ehr"
     assert synthetic_ehr([str(extract), "--seed", "7", "--subjects", "60", "--fhir-patients", "5"]) == 0
     load = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "cohortstream.cli", "ehr", "load", str(extract), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300,
+        subprocess.run,
+        [sys.executable, "-m", "cohortstream.cli", "ehr", "load", str(extract), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert load.returncode == 0, load.stderr[-2000:]
 
@@ -99,9 +111,18 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
     study = write_study(mr_study(n_series=3, slices=40, rows=32, cols=32, seed=fresh_seed()), tmp_path / "study")
     with DicomListener(settings):
         push = await asyncio.create_subprocess_exec(
-            STORESCU, "-R", "+sd", "+r", "-aec", settings.dicom_scp_aet, "127.0.0.1", str(settings.dicom_scp_port),
-            str(tmp_path / "study"), env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            STORESCU,
+            "-R",
+            "+sd",
+            "+r",
+            "-aec",
+            settings.dicom_scp_aet,
+            "127.0.0.1",
+            str(settings.dicom_scp_port),
+            str(tmp_path / "study"),
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
 
         async def some_archived() -> bool:
@@ -118,8 +139,10 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
 
     async def everything_landed() -> bool:
         offsets = await read_offsets(settings)
-        return (await db["instances"].count_documents({"in_orthanc": True}) == len(sops)
-                and await db["ehr_timeline"].count_documents({}) == offsets.end.get("ehr.record", -1) > 0)
+        return (
+            await db["instances"].count_documents({"in_orthanc": True}) == len(sops)
+            and await db["ehr_timeline"].count_documents({}) == offsets.end.get("ehr.record", -1) > 0
+        )
 
     await eventually(everything_landed, timeout_s=240, what="every instance archived and every EHR row in the views")
     assert {d["_id"] async for d in db["instances"].find({}, {"_id": 1})} == sops
@@ -127,23 +150,36 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
     assert not any(p.is_file() for p in settings.staging_dir.rglob("*")), "an acknowledged instance stayed in staging"
     auth = (settings.orthanc_username, settings.orthanc_password.get_secret_value())
     async with httpx.AsyncClient(base_url=settings.orthanc_url, auth=auth, timeout=30) as orthanc:
-        found = (await orthanc.post("/tools/find", json={"Level": "Instance", "Query": {
-            "SeriesInstanceUID": "\\".join(sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID)
-                                                    for p in study}))}})).json()
+        found = (
+            await orthanc.post(
+                "/tools/find",
+                json={
+                    "Level": "Instance",
+                    "Query": {
+                        "SeriesInstanceUID": "\\".join(
+                            sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SeriesInstanceUID) for p in study})
+                        )
+                    },
+                },
+            )
+        ).json()
     assert len(found) == len(sops)
 
     # 3 and 6 as they should be: the rows are counted, and readiness tells the truth.
     api = create_api(settings)
     key = await KeyStore(db).create("stall-case", Role.RESEARCHER)
-    async with api.router.lifespan_context(api):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client:
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+    ):
 
-            async def counted() -> dict[str, Any] | None:
-                body: dict[str, Any] = (await client.get(
-                    "/statistics", headers={"Authorization": f"Bearer {key.key}"})).json()
-                return body if body["totals"]["ehr_records"] > 0 else None
+        async def counted() -> dict[str, Any] | None:
+            body: dict[str, Any] = (
+                await client.get("/statistics", headers={"Authorization": f"Bearer {key.key}"})
+            ).json()
+            return body if body["totals"]["ehr_records"] > 0 else None
 
-            statistics = await eventually(counted, timeout_s=60, what="EHR rows in /statistics")
-            assert statistics["totals"]["ehr_records"] == await db["ehr_timeline"].count_documents({})
-            readiness = (await client.get("/readyz")).json()
-            assert readiness["status"] == "ready" and readiness["stalled"] == []
+        statistics = await eventually(counted, timeout_s=60, what="EHR rows in /statistics")
+        assert statistics["totals"]["ehr_records"] == await db["ehr_timeline"].count_documents({})
+        readiness = (await client.get("/readyz")).json()
+        assert readiness["status"] == "ready" and readiness["stalled"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import io
+from pathlib import Path
 
 import httpx
 import pydicom
@@ -36,7 +37,7 @@ def test_instance_uploaded_with_pyorthanc_reads_back_through_dicomweb(
 ) -> None:
     path = get_testdata_file("CT_small.dcm")
     original = pydicom.dcmread(path)
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
 
     stored = orthanc.post_instances(data)
     again = orthanc.post_instances(data)  # storing the same SOP instance twice keeps one

@@ -42,7 +42,9 @@ def sim() -> Iterator[RedcapSimulator]:
 async def settings(stack_settings: Settings, sim: RedcapSimulator) -> Settings:
     settings = stack_settings.model_copy(
         update={
-            "redcap_projects": [RedcapProject(redcap_url=REDCAP_URL, project_id="42", api_token=SecretStr(TOKEN), api_url=sim.api_url)],
+            "redcap_projects": [
+                RedcapProject(redcap_url=REDCAP_URL, project_id="42", api_token=SecretStr(TOKEN), api_url=sim.api_url)
+            ],
             "redcap_trigger_secret": SecretStr("det-secret"),
             "sink_retry_attempts": 4,
             "sink_retry_max_delay_s": 0.2,
@@ -50,7 +52,6 @@ async def settings(stack_settings: Settings, sim: RedcapSimulator) -> Settings:
     )
     await ensure_topics(settings)
     return settings
-
 
 
 @pytest.fixture
@@ -74,7 +75,9 @@ async def webhook(settings: Settings) -> AsyncIterator[str]:
     await asyncio.wait_for(task, timeout=30)
 
 
-async def read_events(settings: Settings, expected: int, timeout_s: float = 30) -> list[tuple[str, RedcapRecordChanged]]:
+async def read_events(
+    settings: Settings, expected: int, timeout_s: float = 30
+) -> list[tuple[str, RedcapRecordChanged]]:
     """The events on the topic with their keys, once ``expected`` arrived (and no extra)."""
     found = await read_topic(settings, "redcap.record-changed", expected, timeout_s=timeout_s, drain_s=1.0)
     assert all(isinstance(r.event, RedcapRecordChanged) and r.key is not None for r in found)
@@ -83,10 +86,17 @@ async def read_events(settings: Settings, expected: int, timeout_s: float = 30) 
 
 def det(**changes: str) -> dict[str, str]:
     form = {
-        "redcap_url": REDCAP_URL, "project_url": f"{REDCAP_URL}redcap_v14.0.0/index.php?pid=42", "project_id": "42",
-        "username": "jdoe", "record": "1001", "instrument": "medication", "redcap_event_name": "baseline_arm_1",
-        "redcap_repeat_instrument": "medication", "redcap_repeat_instance": "2",
-        "redcap_data_access_group": "london", "medication_complete": "0",
+        "redcap_url": REDCAP_URL,
+        "project_url": f"{REDCAP_URL}redcap_v14.0.0/index.php?pid=42",
+        "project_id": "42",
+        "username": "jdoe",
+        "record": "1001",
+        "instrument": "medication",
+        "redcap_event_name": "baseline_arm_1",
+        "redcap_repeat_instrument": "medication",
+        "redcap_repeat_instance": "2",
+        "redcap_data_access_group": "london",
+        "medication_complete": "0",
     }
     form.update(changes)
     return form
@@ -104,7 +114,11 @@ async def test_trigger_event_is_in_kafka_when_the_endpoint_answers_200(
     assert event.trigger is RedcapTrigger.DATA_ENTRY_TRIGGER and event.producer == "redcap-trigger"
     assert (event.redcap_url, event.project_id, event.record_id) == (REDCAP_URL, "42", "1001")
     assert (event.event_name, event.instrument, event.repeat_instrument, event.repeat_instance) == (
-        "baseline_arm_1", "medication", "medication", 2)
+        "baseline_arm_1",
+        "medication",
+        "medication",
+        2,
+    )
     assert event.data_access_group == "london"
     assert event.values == {"med_name": "atorvastatin", "med_dose_mg": 20.0, "med_start": None, "med_route": "1"}
     assert event.labels == {"med_route": "Oral"}
@@ -112,7 +126,9 @@ async def test_trigger_event_is_in_kafka_when_the_endpoint_answers_200(
     assert (pull["records"], pull["forms"], pull["events"]) == (["1001"], ["medication"], ["baseline_arm_1"])
 
 
-async def test_refused_and_invalid_triggers_publish_nothing(settings: Settings, webhook: str, sim: RedcapSimulator) -> None:
+async def test_refused_and_invalid_triggers_publish_nothing(
+    settings: Settings, webhook: str, sim: RedcapSimulator
+) -> None:
     no_secret = webhook.split("?")[0]
     async with httpx.AsyncClient(timeout=60) as client:
         assert (await client.post(no_secret, data=det())).status_code == 403
@@ -122,9 +138,19 @@ async def test_refused_and_invalid_triggers_publish_nothing(settings: Settings, 
         response = await client.post(webhook, data={k: v for k, v in det().items() if k != "record"})
         assert response.status_code == 400 and response.json()["missing"] == ["record"]
         # one accepted trigger as a marker: it must be the only event on the topic
-        assert (await client.post(webhook, data=det(record="MUC-07", instrument="demographics",
-                                                     redcap_repeat_instrument="", redcap_repeat_instance="",
-                                                     redcap_data_access_group="", demographics_complete="0"))).status_code == 200
+        assert (
+            await client.post(
+                webhook,
+                data=det(
+                    record="MUC-07",
+                    instrument="demographics",
+                    redcap_repeat_instrument="",
+                    redcap_repeat_instance="",
+                    redcap_data_access_group="",
+                    demographics_complete="0",
+                ),
+            )
+        ).status_code == 200
     events = await read_events(settings, 1)
     assert [(k, e.instrument) for k, e in events] == [("42/MUC-07", "demographics")]
     assert len(sim.requests_for("record")) == 1

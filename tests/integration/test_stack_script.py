@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "stack.sh"
 
 
-
 def _stack(state: Path, port: int, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,

@@ -55,22 +55,31 @@ from tests.polling import eventually
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(update={
-        "staging_dir": tmp_path / "staging",
-        "series_quiet_period_s": 2.0,
-        "sink_retry_attempts": 2,
-        "sink_retry_max_delay_s": 1.0,
-        "sink_error_attempts": 3,
-        "consumer_stall_after_s": 3.0,
-        "worker_shutdown_timeout_s": 15.0,
-    })
+    return stack_settings.model_copy(
+        update={
+            "staging_dir": tmp_path / "staging",
+            "series_quiet_period_s": 2.0,
+            "sink_retry_attempts": 2,
+            "sink_retry_max_delay_s": 1.0,
+            "sink_error_attempts": 3,
+            "consumer_stall_after_s": 3.0,
+            "worker_shutdown_timeout_s": 15.0,
+        }
+    )
 
 
 def _lab(n: int, *, source: str = "mimic-iv", row: str | None = None) -> EhrRecord:
     return EhrRecord(
-        producer="test", source=source, source_file="labevents.csv", source_row_id=row or f"row-{n}", subject_id=str(10_000 + n % 7),
-        record_type=EhrRecordType.LAB, effective_at=datetime(2024, 1, 1, tzinfo=UTC), code="50912",
-        value_number=1.0 + n / 100, unit="mg/dL",
+        producer="test",
+        source=source,
+        source_file="labevents.csv",
+        source_row_id=row or f"row-{n}",
+        subject_id=str(10_000 + n % 7),
+        record_type=EhrRecordType.LAB,
+        effective_at=datetime(2024, 1, 1, tzinfo=UTC),
+        code="50912",
+        value_number=1.0 + n / 100,
+        unit="mg/dL",
     )
 
 
@@ -93,11 +102,13 @@ async def test_a_deterministic_sink_error_is_dead_lettered_and_later_events_pass
     await app.start()
     await letters.start()
     try:
-        await _publish(settings, before + [poison] + after, key=lambda e: e.subject_id)
+        await _publish(settings, [*before, poison, *after], key=lambda e: e.subject_id)
         started = time.monotonic()
 
         async def later_rows_applied() -> bool:
-            return await db["ehr_timeline"].count_documents({"source_row_id": {"$in": [e.source_row_id for e in after]}}) == len(after)
+            return await db["ehr_timeline"].count_documents(
+                {"source_row_id": {"$in": [e.source_row_id for e in after]}}
+            ) == len(after)
 
         await eventually(later_rows_applied, timeout_s=60, what="the rows after the poisoned one in the timeline")
         assert time.monotonic() - started < 30, "later events must not wait behind the failing one"
@@ -117,28 +128,54 @@ async def test_a_deterministic_sink_error_is_dead_lettered_and_later_events_pass
 
 def _questionnaire(n: int, project: str = "42") -> RedcapRecordChanged:
     return RedcapRecordChanged(
-        producer="test", redcap_url="https://redcap.example.org/", project_id=project, record_id=f"R{n}",
-        event_name="baseline_arm_1", instrument="baseline", completion_status=RedcapCompletionStatus.COMPLETE,
-        trigger=RedcapTrigger.FULL_SYNC, values={},
+        producer="test",
+        redcap_url="https://redcap.example.org/",
+        project_id=project,
+        record_id=f"R{n}",
+        event_name="baseline_arm_1",
+        instrument="baseline",
+        completion_status=RedcapCompletionStatus.COMPLETE,
+        trigger=RedcapTrigger.FULL_SYNC,
+        values={},
     )
 
 
 def _suggestion(n: int, seg_uid: str | None = None) -> AnnotationSuggested:
     return AnnotationSuggested(
-        producer="test", study_instance_uid="2.25.1", series_instance_uid=f"2.25.1.{n}", model_name="m",
-        model_version="1", seg_sop_instance_uid=seg_uid or f"2.25.9.{n}", device="cpu", inference_s=0.1,
+        producer="test",
+        study_instance_uid="2.25.1",
+        series_instance_uid=f"2.25.1.{n}",
+        model_name="m",
+        model_version="1",
+        seg_sop_instance_uid=seg_uid or f"2.25.9.{n}",
+        device="cpu",
+        inference_s=0.1,
         segments=[SuggestedSegment(segment_number=1, label="Brain", voxel_count=10, volume_ml=0.01)],
     )
 
 
 # lane, its agent, the view, the field a test index makes unique, (good events, poison, key)
 _DEAD_LETTER_CASES = {
-    "redcap-views": ("redcap-views", "questionnaires", "record_id",
-                     lambda: ([_questionnaire(n) for n in range(10)], _questionnaire(3, project="43"),
-                              lambda e: f"{e.project_id}|{e.record_id}")),
-    "annotation-views": ("annotation-suggestion-views", "annotations", "seg_sop_instance_uid",
-                         lambda: ([_suggestion(n) for n in range(10)], _suggestion(99, seg_uid="2.25.9.3"),
-                                  lambda e: e.series_instance_uid)),
+    "redcap-views": (
+        "redcap-views",
+        "questionnaires",
+        "record_id",
+        lambda: (
+            [_questionnaire(n) for n in range(10)],
+            _questionnaire(3, project="43"),
+            lambda e: f"{e.project_id}|{e.record_id}",
+        ),
+    ),
+    "annotation-views": (
+        "annotation-suggestion-views",
+        "annotations",
+        "seg_sop_instance_uid",
+        lambda: (
+            [_suggestion(n) for n in range(10)],
+            _suggestion(99, seg_uid="2.25.9.3"),
+            lambda e: e.series_instance_uid,
+        ),
+    ),
 }
 
 
@@ -150,13 +187,14 @@ async def test_redcap_and_annotation_agents_dead_letter_what_they_cannot_apply(
     good, poison, key = make()
     await ensure_topics(settings)
     # Compound and named: the sink's own index on the field must not clash with it.
-    await db[collection].create_index([(unique_field, 1), ("producer_test_marker", 1)], unique=True,
-                                      name="test_unique_poison")
+    await db[collection].create_index(
+        [(unique_field, 1), ("producer_test_marker", 1)], unique=True, name="test_unique_poison"
+    )
     app, letters = build_lane_app(settings, lane), build_lane_app(settings, "dead-letters")
     await app.start()
     await letters.start()
     try:
-        await _publish(settings, good[:5] + [poison] + good[5:], key=key)
+        await _publish(settings, [*good[:5], poison, *good[5:]], key=key)
 
         async def good_applied() -> bool:
             return await db[collection].count_documents({}) == len(good)
@@ -237,15 +275,17 @@ async def test_an_agent_waiting_for_orthanc_blocks_no_other_lets_a_rebalance_thr
         assert await db["instances"].count_documents({"in_orthanc": True}) == 0
 
         api = create_api(settings)
-        async with api.router.lifespan_context(api):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client:
+        async with (
+            api.router.lifespan_context(api),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api") as client,
+        ):
 
-                async def archive_stalled() -> dict[str, Any] | None:
-                    body = (await client.get("/readyz")).json()
-                    stalled = [s for s in body["stalled"] if s["group"] == lane_app_id(settings, "dicom-archive")]
-                    return stalled[0] if stalled else None
+            async def archive_stalled() -> dict[str, Any] | None:
+                body = (await client.get("/readyz")).json()
+                stalled = [s for s in body["stalled"] if s["group"] == lane_app_id(settings, "dicom-archive")]
+                return stalled[0] if stalled else None
 
-                stalled = await eventually(archive_stalled, timeout_s=60, what="/readyz naming the stalled archive lane")
+            stalled = await eventually(archive_stalled, timeout_s=60, what="/readyz naming the stalled archive lane")
         assert stalled["agents"] == ["dicom-archive"] and stalled["topic"] == "dicom.instance-received"
         assert stalled["lag"] == len(dicom)
 

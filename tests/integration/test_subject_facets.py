@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from api.subject_store import SubjectFilters, filtered_subjects, page_of_summaries, subject_summaries, summaries_from_views
+from api.subject_store import (
+    SubjectFilters,
+    filtered_subjects,
+    page_of_summaries,
+    subject_summaries,
+    summaries_from_views,
+)
 from cohortstream.cohort_query import (
     CohortQuery,
     DiagnosisCriterion,
@@ -36,13 +42,13 @@ from cohortstream.events import (
     RedcapTrigger,
 )
 from cohortstream.settings import Settings, SubjectLinkRule
+from cohortstream.subject_sets import FACETS, SETS, SubjectSet, decode_ids, memberships
 from cohortstream.subjects import SubjectIdentifier
 from consumers.dicom_views import DicomViews
 from consumers.ehr_views import EhrViews
 from consumers.redcap_views import RedcapViews
-from consumers.subject_registry import SubjectRegistry
-from cohortstream.subject_sets import FACETS, SETS, SubjectSet, decode_ids, memberships
 from consumers.subject_facets import rebuild_subject_facets
+from consumers.subject_registry import SubjectRegistry
 from tests.examples import example_events
 
 T0 = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
@@ -54,10 +60,14 @@ STATUSES = (RedcapCompletionStatus.COMPLETE, RedcapCompletionStatus.INCOMPLETE, 
 
 @pytest.fixture
 def settings(stack_settings: Settings) -> Settings:
-    return stack_settings.model_copy(update={"subject_link_rules": [
-        SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
-        SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
-    ]})
+    return stack_settings.model_copy(
+        update={
+            "subject_link_rules": [
+                SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
+                SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
+            ]
+        }
+    )
 
 
 @pytest.fixture
@@ -73,30 +83,72 @@ async def sinks(settings: Settings, db: Any) -> AsyncIterator[tuple[DicomViews, 
 def _dicom(patient: str, modality: str, series: int, sex: str, age: int) -> DicomInstanceReceived:
     template = next(e for e in example_events() if isinstance(e, DicomInstanceReceived))
     study = f"1.2.826.0.1.3680043.8.498.91.{zlib.crc32(patient.encode())}"
-    return template.model_copy(update={
-        "patient_id": patient, "study_instance_uid": study, "series_instance_uid": f"{study}.{series}",
-        "sop_instance_uid": f"{study}.{series}.1", "modality": modality, "patient_sex": sex,
-        "patient_age": f"{age:03d}Y", "received_at": T0 + timedelta(minutes=series),
-    })
+    return template.model_copy(
+        update={
+            "patient_id": patient,
+            "study_instance_uid": study,
+            "series_instance_uid": f"{study}.{series}",
+            "sop_instance_uid": f"{study}.{series}.1",
+            "modality": modality,
+            "patient_sex": sex,
+            "patient_age": f"{age:03d}Y",
+            "received_at": T0 + timedelta(minutes=series),
+        }
+    )
 
 
-def _redcap(record: str, instrument: str, event: str, status: RedcapCompletionStatus, values: dict[str, Any]) -> RedcapRecordChanged:
+def _redcap(
+    record: str, instrument: str, event: str, status: RedcapCompletionStatus, values: dict[str, Any]
+) -> RedcapRecordChanged:
     return RedcapRecordChanged(
-        redcap_url=REDCAP_URL, project_id="42", record_id=record, event_name=event, instrument=instrument,
-        completion_status=status, trigger=RedcapTrigger.FULL_SYNC, values=values, emitted_at=T0, producer="test",
+        redcap_url=REDCAP_URL,
+        project_id="42",
+        record_id=record,
+        event_name=event,
+        instrument=instrument,
+        completion_status=status,
+        trigger=RedcapTrigger.FULL_SYNC,
+        values=values,
+        emitted_at=T0,
+        producer="test",
     )
 
 
 def _ehr(subject: str, sex: str, age: int, labs: dict[str, float], diagnoses: list[str]) -> list[EhrRecord]:
     common = {"source": "mimic-iv", "subject_id": subject, "emitted_at": T0, "producer": "test"}
-    rows = [EhrRecord(**common, source_file="patients.csv", source_row_id=f"p{subject}", record_type=EhrRecordType.PATIENT,
-                      attributes={"gender": sex, "anchor_age": str(age)})]
+    rows = [
+        EhrRecord(
+            **common,
+            source_file="patients.csv",
+            source_row_id=f"p{subject}",
+            record_type=EhrRecordType.PATIENT,
+            attributes={"gender": sex, "anchor_age": str(age)},
+        )
+    ]
     for i, (code, value) in enumerate(sorted(labs.items())):
-        rows.append(EhrRecord(**common, source_file="labevents.csv", source_row_id=f"l{subject}-{i}", record_type=EhrRecordType.LAB,
-                              effective_at=T0 - timedelta(days=1), code=code, value_number=value, unit="mg/dL"))
+        rows.append(
+            EhrRecord(
+                **common,
+                source_file="labevents.csv",
+                source_row_id=f"l{subject}-{i}",
+                record_type=EhrRecordType.LAB,
+                effective_at=T0 - timedelta(days=1),
+                code=code,
+                value_number=value,
+                unit="mg/dL",
+            )
+        )
     for i, code in enumerate(diagnoses):
-        rows.append(EhrRecord(**common, source_file="diagnoses_icd.csv", source_row_id=f"d{subject}-{i}",
-                              record_type=EhrRecordType.DIAGNOSIS, effective_at=T0 - timedelta(days=3), code=code))
+        rows.append(
+            EhrRecord(
+                **common,
+                source_file="diagnoses_icd.csv",
+                source_row_id=f"d{subject}-{i}",
+                record_type=EhrRecordType.DIAGNOSIS,
+                effective_at=T0 - timedelta(days=3),
+                code=code,
+            )
+        )
     return rows
 
 
@@ -117,7 +169,13 @@ async def _fill(sinks: tuple[DicomViews, RedcapViews, EhrViews]) -> None:
                 records.append(_redcap(f"R{n:03d}", "baseline", event, STATUSES[(n + len(event)) % 3], values))
         if n % 5 != 4:
             labs = {"50912": round(rng.uniform(0.3, 3.0), 2), "51221": round(rng.uniform(25, 50), 1)}
-            extracts += _ehr(f"{10_000 + n}", "F" if n % 2 else "M", 19 + n, labs, ["I10" if n % 3 != 2 else "E119", "I2510"][: 1 + n % 2])
+            extracts += _ehr(
+                f"{10_000 + n}",
+                "F" if n % 2 else "M",
+                19 + n,
+                labs,
+                ["I10" if n % 3 != 2 else "E119", "I2510"][: 1 + n % 2],
+            )
     for start in range(0, max(len(images), len(records), len(extracts)), 20):
         await ehr.apply(extracts[start : start + 20])
         await dicom.apply(images[start : start + 20])
@@ -153,12 +211,23 @@ async def _assert_matches_registry(db: Any) -> None:
 QUERIES = [
     CohortQuery(modalities=["PT"]),
     CohortQuery(modalities=["MR", "CT"]),
-    CohortQuery(modalities=["PT"], questionnaires=[QuestionnaireCriterion(instrument="baseline", event_name="baseline_arm_1")],
-                labs=[LabCriterion(code="50912", min=1.2)], diagnoses=[DiagnosisCriterion(code_prefix="I1")]),
-    CohortQuery(questionnaires=[QuestionnaireCriterion(instrument="baseline", status=RedcapCompletionStatus.INCOMPLETE,
-                                                       project_id="42")]),
-    CohortQuery(labs=[LabCriterion(code="50912", min=0.5, max=2.0, source="mimic-iv"), LabCriterion(code="51221", max=40)]),
-    CohortQuery(diagnoses=[DiagnosisCriterion(code_prefix="I2510"), DiagnosisCriterion(code_prefix="E119", source="mimic-iv")]),
+    CohortQuery(
+        modalities=["PT"],
+        questionnaires=[QuestionnaireCriterion(instrument="baseline", event_name="baseline_arm_1")],
+        labs=[LabCriterion(code="50912", min=1.2)],
+        diagnoses=[DiagnosisCriterion(code_prefix="I1")],
+    ),
+    CohortQuery(
+        questionnaires=[
+            QuestionnaireCriterion(instrument="baseline", status=RedcapCompletionStatus.INCOMPLETE, project_id="42")
+        ]
+    ),
+    CohortQuery(
+        labs=[LabCriterion(code="50912", min=0.5, max=2.0, source="mimic-iv"), LabCriterion(code="51221", max=40)]
+    ),
+    CohortQuery(
+        diagnoses=[DiagnosisCriterion(code_prefix="I2510"), DiagnosisCriterion(code_prefix="E119", source="mimic-iv")]
+    ),
     CohortQuery(diagnoses=[DiagnosisCriterion(code_prefix="I25100000")]),  # longer than the prefix facets
     CohortQuery(modalities=["US"]),
     CohortQuery(),
@@ -175,10 +244,18 @@ async def test_the_read_model_answers_as_the_views_do(sinks: tuple[DicomViews, R
         answers.append(new.count)
     assert answers[0] > 0 and answers[2] > 0 and answers[-2] == 0  # the cohort makes the queries meaningful
 
-    for filters in (SubjectFilters(modality="MR"), SubjectFilters(sex="F", has_questionnaire=True),
-                    SubjectFilters(has_questionnaire=False), SubjectFilters(source="ehr", modality="CT"), SubjectFilters()):
-        expected = sorted(await filtered_subjects(db, filters)) if not filters.empty else sorted(
-            await db["subject_identifiers"].distinct("subject_id"))
+    for filters in (
+        SubjectFilters(modality="MR"),
+        SubjectFilters(sex="F", has_questionnaire=True),
+        SubjectFilters(has_questionnaire=False),
+        SubjectFilters(source="ehr", modality="CT"),
+        SubjectFilters(),
+    ):
+        expected = (
+            sorted(await filtered_subjects(db, filters))
+            if not filters.empty
+            else sorted(await db["subject_identifiers"].distinct("subject_id"))
+        )
         seen: list[str] = []
         after = None
         for _ in range(N):
@@ -200,16 +277,26 @@ async def test_the_read_model_answers_as_the_views_do(sinks: tuple[DicomViews, R
     await _assert_sets_are_exact(db)
 
 
-async def test_a_merge_leaves_no_document_of_the_vanished_subjects(sinks: tuple[DicomViews, RedcapViews, EhrViews], db: Any) -> None:
+async def test_a_merge_leaves_no_document_of_the_vanished_subjects(
+    sinks: tuple[DicomViews, RedcapViews, EhrViews], db: Any
+) -> None:
     dicom, redcap, ehr = sinks
     await dicom.apply([_dicom("PM1", "MR", 1, "F", 50)])
     await ehr.apply(_ehr("20001", "F", 49, {"50912": 2.2}, ["I10"]))
     registry = dicom.registry
-    before = {await registry.subject_of(SubjectIdentifier.dicom("PM1")), await registry.subject_of(SubjectIdentifier.ehr("mimic-iv", "20001"))}
+    before = {
+        await registry.subject_of(SubjectIdentifier.dicom("PM1")),
+        await registry.subject_of(SubjectIdentifier.ehr("mimic-iv", "20001")),
+    }
     assert len(before) == 2 and sorted(d["_id"] for d in await db[FACETS].find().to_list(None)) == sorted(before)
     # A REDCap record whose fields link it to both: one subject of three identifiers.
-    await redcap.apply([_redcap("RM1", "baseline", "baseline_arm_1", RedcapCompletionStatus.COMPLETE,
-                                {"mrn": "PM1", "ehr_id": "20001"})])
+    await redcap.apply(
+        [
+            _redcap(
+                "RM1", "baseline", "baseline_arm_1", RedcapCompletionStatus.COMPLETE, {"mrn": "PM1", "ehr_id": "20001"}
+            )
+        ]
+    )
     merged = await registry.subject_of(SubjectIdentifier.dicom("PM1"))
     assert merged == await registry.subject_of(SubjectIdentifier.ehr("mimic-iv", "20001"))
     (vanished,) = before - {merged}  # the id follows the smallest key (dicom:PM1): the EHR subject's id is gone
@@ -217,8 +304,12 @@ async def test_a_merge_leaves_no_document_of_the_vanished_subjects(sinks: tuple[
     assert doc["_id"] == merged != vanished and doc["sources"] == ["dicom", "ehr", "redcap"]
     assert (doc["modalities"], doc["questionnaire_count"], doc["has_ehr"]) == (["MR"], 1, True)
     await _assert_matches_registry(db)
-    query = CohortQuery(modalities=["MR"], labs=[LabCriterion(code="50912", min=2)], diagnoses=[DiagnosisCriterion(code_prefix="I")],
-                        questionnaires=[QuestionnaireCriterion(instrument="baseline")])
+    query = CohortQuery(
+        modalities=["MR"],
+        labs=[LabCriterion(code="50912", min=2)],
+        diagnoses=[DiagnosisCriterion(code_prefix="I")],
+        questionnaires=[QuestionnaireCriterion(instrument="baseline")],
+    )
     assert (await run_cohort_query(db, query)).subject_ids == [merged]
 
 
@@ -231,14 +322,19 @@ async def test_agents_refreshing_the_same_subjects_at_once_leave_exact_sets(
     for sink in others:
         await sink.setup()
     try:
-        links = [_redcap(f"RC{n}", "baseline", "baseline_arm_1", STATUSES[n % 3], {"mrn": f"PC{n}", "ehr_id": f"3000{n}"})
-                 for n in range(12)]
+        links = [
+            _redcap(f"RC{n}", "baseline", "baseline_arm_1", STATUSES[n % 3], {"mrn": f"PC{n}", "ehr_id": f"3000{n}"})
+            for n in range(12)
+        ]
         images = [_dicom(f"PC{n}", MODALITIES[n % 3], k, "F", 40 + n) for n in range(12) for k in range(2)]
         extracts = [r for n in range(12) for r in _ehr(f"3000{n}", "F", 39 + n, {"50912": 0.5 + n / 4}, ["I10"])]
         await asyncio.gather(
-            redcap.apply(links[:6]), others[1].apply(links[6:]),
-            dicom.apply(images[::2]), others[0].apply(images[1::2]),
-            ehr.apply(extracts[: len(extracts) // 2]), others[2].apply(extracts[len(extracts) // 2 :]),
+            redcap.apply(links[:6]),
+            others[1].apply(links[6:]),
+            dicom.apply(images[::2]),
+            others[0].apply(images[1::2]),
+            ehr.apply(extracts[: len(extracts) // 2]),
+            others[2].apply(extracts[len(extracts) // 2 :]),
         )
     finally:
         for sink in others:

@@ -75,16 +75,25 @@ def _modality(n: int) -> str:
 def _redcap_project(token: str) -> SimProject:
     metadata = cohort_metadata()
     metadata.insert(2, meta("ehr_id", "demographics", "text", "Hospital subject id", identifier="y"))
-    project = SimProject(token=token, project_id="42", metadata=metadata, events=["baseline_arm_1", "followup_1_arm_1"], repeating=True)
+    project = SimProject(
+        token=token, project_id="42", metadata=metadata, events=["baseline_arm_1", "followup_1_arm_1"], repeating=True
+    )
     for n in range(SUBJECTS):
         base = {"record_id": f"R{n:03d}", "redcap_repeat_instrument": "", "redcap_repeat_instance": ""}
         mimic = _mimic_id(n)
-        project.records.append({
-            **base, "redcap_event_name": "baseline_arm_1",
-            "mrn": _dicom_id(n) or f"NOIMG{n}", "ehr_id": str(mimic) if mimic else "",
-            "sex": "1" if n % 2 else "2", "demographics_complete": "2",
-            "visit_date": "2024-03-01", "smoker": str(n % 2), "baseline_complete": "2" if n % 3 == 0 else "1",
-        })
+        project.records.append(
+            {
+                **base,
+                "redcap_event_name": "baseline_arm_1",
+                "mrn": _dicom_id(n) or f"NOIMG{n}",
+                "ehr_id": str(mimic) if mimic else "",
+                "sex": "1" if n % 2 else "2",
+                "demographics_complete": "2",
+                "visit_date": "2024-03-01",
+                "smoker": str(n % 2),
+                "baseline_complete": "2" if n % 3 == 0 else "1",
+            }
+        )
     return project
 
 
@@ -98,14 +107,19 @@ def sim() -> Iterator[tuple[RedcapSimulator, str]]:
 @pytest.fixture
 def settings(stack_settings: Settings, sim: tuple[RedcapSimulator, str]) -> Settings:
     simulator, token = sim
-    return stack_settings.model_copy(update={
-        "redcap_projects": [RedcapProject(redcap_url=REDCAP_URL, project_id="42", api_token=SecretStr(token),
-                                          api_url=simulator.api_url)],
-        "subject_link_rules": [
-            SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
-            SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
-        ],
-    })
+    return stack_settings.model_copy(
+        update={
+            "redcap_projects": [
+                RedcapProject(
+                    redcap_url=REDCAP_URL, project_id="42", api_token=SecretStr(token), api_url=simulator.api_url
+                )
+            ],
+            "subject_link_rules": [
+                SubjectLinkRule(redcap_field="mrn", target="dicom_patient_id"),
+                SubjectLinkRule(redcap_field="ehr_id", target="ehr_subject_id", ehr_source="mimic-iv"),
+            ],
+        }
+    )
 
 
 @pytest.fixture
@@ -126,10 +140,17 @@ def _imaging_events() -> list[DicomInstanceReceived]:
         if patient is None:
             continue
         study = f"1.2.826.0.1.3680043.8.498.{n + 1}"
-        events.append(template.model_copy(update={
-            "patient_id": patient, "study_instance_uid": study, "series_instance_uid": f"{study}.1",
-            "sop_instance_uid": f"{study}.1.1", "modality": _modality(n),
-        }))
+        events.append(
+            template.model_copy(
+                update={
+                    "patient_id": patient,
+                    "study_instance_uid": study,
+                    "series_instance_uid": f"{study}.1",
+                    "sop_instance_uid": f"{study}.1.1",
+                    "modality": _modality(n),
+                }
+            )
+        )
     return events
 
 
@@ -159,7 +180,9 @@ async def _snapshot(db: Any) -> dict[str, list[dict[str, Any]]]:
 
 async def _load_everything(settings: Settings, sim: RedcapSimulator, tmp_path: Path) -> tuple[Path, int, int]:
     extract = write_mimic(
-        tmp_path / "ehr", seed=11, subject_ids=[m for n in range(SUBJECTS) if (m := _mimic_id(n)) is not None],
+        tmp_path / "ehr",
+        seed=11,
+        subject_ids=[m for n in range(SUBJECTS) if (m := _mimic_id(n)) is not None],
         labs_per_admission=(8, 16),
     )
     report = await publish_extract(settings, extract.root)
@@ -192,8 +215,11 @@ async def test_cohort_query_answers_across_imaging_questionnaires_and_labs(
     await app.start()
     try:
         root, ehr_events, redcap_events = await _load_everything(settings, sim[0], tmp_path)
-        await eventually(lambda: _views_filled(database, ehr_events, redcap_events), timeout_s=180,
-                         what="questionnaire and EHR views filled by the worker")
+        await eventually(
+            lambda: _views_filled(database, ehr_events, redcap_events),
+            timeout_s=180,
+            what="questionnaire and EHR views filled by the worker",
+        )
     finally:
         await app.stop()
 
@@ -201,9 +227,13 @@ async def test_cohort_query_answers_across_imaging_questionnaires_and_labs(
     latest = _expected_latest(root, CREATININE)
     hypertensive = _expected_diagnosed(root, "I10") | _expected_diagnosed(root, "401")
     expected_records = {
-        f"R{n:03d}" for n in range(SUBJECTS)
-        if _dicom_id(n) and _modality(n) == "MR" and n % 3 == 0
-        and (m := _mimic_id(n)) is not None and latest.get(m, 0) >= threshold
+        f"R{n:03d}"
+        for n in range(SUBJECTS)
+        if _dicom_id(n)
+        and _modality(n) == "MR"
+        and n % 3 == 0
+        and (m := _mimic_id(n)) is not None
+        and latest.get(m, 0) >= threshold
     }
     registry = SubjectRegistry(settings)
     await registry.setup()
@@ -217,11 +247,12 @@ async def test_cohort_query_answers_across_imaging_questionnaires_and_labs(
         result = await run_cohort_query(database, query)
         assert expected_records, "the synthetic cohort should contain matching subjects"
         assert set(result.subject_ids) == expected
-        assert result.per_criterion["modality MR"] == sum(1 for n in range(SUBJECTS) if _dicom_id(n) and _modality(n) == "MR")
+        assert result.per_criterion["modality MR"] == sum(
+            1 for n in range(SUBJECTS) if _dicom_id(n) and _modality(n) == "MR"
+        )
 
         # Diagnosis prefixes (ICD-10 I10 or ICD-9 401x: the generator writes either).
-        diagnosed = await run_cohort_query(database, CohortQuery(
-            diagnoses=[DiagnosisCriterion(code_prefix="I10")]))
+        diagnosed = await run_cohort_query(database, CohortQuery(diagnoses=[DiagnosisCriterion(code_prefix="I10")]))
         diagnosed_9 = await run_cohort_query(database, CohortQuery(diagnoses=[DiagnosisCriterion(code_prefix="401")]))
         expected_diagnosed = {
             await registry.subject_of(SubjectIdentifier.ehr("mimic-iv", str(m))) for m in hypertensive
@@ -233,7 +264,10 @@ async def test_cohort_query_answers_across_imaging_questionnaires_and_labs(
         subject = await resolve_subject_id(database, f"dicom:{_dicom_id(n)}")
         view = await subject_view(database, subject)
         assert set(view["identifiers"]) == {
-            f"dicom:{_dicom_id(n)}", f"redcap:{REDCAP_URL}|42|R{n:03d}", f"ehr:mimic-iv|{_mimic_id(n)}"}
+            f"dicom:{_dicom_id(n)}",
+            f"redcap:{REDCAP_URL}|42|R{n:03d}",
+            f"ehr:mimic-iv|{_mimic_id(n)}",
+        }
         assert [s["_id"] for s in view["imaging"][0]["study_detail"]] == [f"1.2.826.0.1.3680043.8.498.{n + 1}"]
         assert {q["instrument"] for q in view["questionnaires"]} >= {"demographics", "baseline"}
         assert view["ehr"][0]["demographics"]["gender"] in {"M", "F"}
@@ -244,8 +278,11 @@ async def test_cohort_query_answers_across_imaging_questionnaires_and_labs(
         # A conflicting explicit link is refused, and nothing is merged.
         other = next(i for i in range(SUBJECTS) if i != n and _dicom_id(i))
         with pytest.raises(SubjectLinkConflict, match="already has"):
-            await registry.link(SubjectIdentifier.redcap(REDCAP_URL, "42", f"R{n:03d}"),
-                                SubjectIdentifier.dicom(str(_dicom_id(other))), "explicit")
+            await registry.link(
+                SubjectIdentifier.redcap(REDCAP_URL, "42", f"R{n:03d}"),
+                SubjectIdentifier.dicom(str(_dicom_id(other))),
+                "explicit",
+            )
         assert await resolve_subject_id(database, f"dicom:{_dicom_id(other)}") != subject
         assert await registry.conflicts()
     finally:
@@ -259,23 +296,33 @@ async def test_replaying_both_topics_builds_identical_views(
     await app.start()
     try:
         _, ehr_events, redcap_events = await _load_everything(settings, sim[0], tmp_path)
-        await eventually(lambda: _views_filled(database, ehr_events, redcap_events), timeout_s=180,
-                         what="views filled the first time")
+        await eventually(
+            lambda: _views_filled(database, ehr_events, redcap_events),
+            timeout_s=180,
+            what="views filled the first time",
+        )
     finally:
         await app.stop()
     first = await _snapshot(database)
 
     # A new consumer group reads both topics from offset 0 into an empty database.
-    replay = settings.model_copy(update={"app_id": f"replay-{uuid.uuid4().hex[:8]}",
-                                         "mongo_database": f"{settings.mongo_database}_replay",
-                                         "data_dir": tmp_path / "replay-app"})
+    replay = settings.model_copy(
+        update={
+            "app_id": f"replay-{uuid.uuid4().hex[:8]}",
+            "mongo_database": f"{settings.mongo_database}_replay",
+            "data_dir": tmp_path / "replay-app",
+        }
+    )
     client = mongo_client(replay)
     replay_db = mongo_database(client, replay)
     app = build_worker_app(replay)
     await app.start()
     try:
-        await eventually(lambda: _views_filled(replay_db, ehr_events, redcap_events), timeout_s=180,
-                         what="views rebuilt by the replay")
+        await eventually(
+            lambda: _views_filled(replay_db, ehr_events, redcap_events),
+            timeout_s=180,
+            what="views rebuilt by the replay",
+        )
         assert await _snapshot(replay_db) == first
     finally:
         await app.stop()

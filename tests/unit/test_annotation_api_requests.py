@@ -53,8 +53,9 @@ async def test_unknown_status_or_order_is_refused(client: httpx.AsyncClient, par
 
 async def test_a_bad_cursor_is_refused(client: httpx.AsyncClient) -> None:
     await _refused(await client.get("/annotations", params={"cursor": "garbage!"}), 422, "cursor")
-    await _refused(await client.get("/annotations/queue", params={"cursor": "eyJvIjoiaWQiLCJpZCI6IngifQ"}),
-                   422, "cursor")
+    await _refused(
+        await client.get("/annotations/queue", params={"cursor": "eyJvIjoiaWQiLCJpZCI6IngifQ"}), 422, "cursor"
+    )
 
 
 async def test_reject_needs_a_reason(client: httpx.AsyncClient) -> None:
@@ -87,7 +88,13 @@ async def test_monailabel_refuses_what_it_does_not_support(client: httpx.AsyncCl
     await _refused(await client.get("/datastore/", params={"output": "train"}), 422, "output")
     await _refused(await client.post("/infer/no-such-model", params={"image": "1.2.3"}), 404, "model")
     await _refused(await client.post("/infer/phantom-sphere-unet"), 422, "image")
-    await _refused(await client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"},
-                                     files={"file": ("x.nii.gz", b"x")}), 422, "file")
-    await _refused(await client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"},
-                                     data={"params": "{not json"}), 422, "params")
+    await _refused(
+        await client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"}, files={"file": ("x.nii.gz", b"x")}),
+        422,
+        "file",
+    )
+    await _refused(
+        await client.post("/infer/phantom-sphere-unet", params={"image": "1.2.3"}, data={"params": "{not json"}),
+        422,
+        "params",
+    )

@@ -52,12 +52,15 @@ async def _never(uids: frozenset[str]) -> bool:
 # --- pagination -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cursor", [
-    Cursor(SortOrder.ID, "0b0e2f1c-0000-4000-8000-000000000001"),
-    Cursor(SortOrder.UNCERTAINTY, "a", 0.125),
-    Cursor(SortOrder.UNCERTAINTY, "b", None),
-    Cursor(SortOrder.UNCERTAINTY, "c", 1.0),
-])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        Cursor(SortOrder.ID, "0b0e2f1c-0000-4000-8000-000000000001"),
+        Cursor(SortOrder.UNCERTAINTY, "a", 0.125),
+        Cursor(SortOrder.UNCERTAINTY, "b", None),
+        Cursor(SortOrder.UNCERTAINTY, "c", 1.0),
+    ],
+)
 def test_a_cursor_reads_back_as_written(cursor: Cursor) -> None:
     text = cursor.encode()
     assert text.isascii() and "=" not in text and "/" not in text and "+" not in text
@@ -83,11 +86,13 @@ def test_orders_end_with_id_so_they_are_total() -> None:
 
 def test_after_filter_continues_below_the_last_uncertainty_and_into_the_nulls() -> None:
     assert after_filter(Cursor(SortOrder.ID, "k")) == {"_id": {"$gt": "k"}}
-    assert after_filter(Cursor(SortOrder.UNCERTAINTY, "k", 0.5)) == {"$or": [
-        {"uncertainty": {"$lt": 0.5}},
-        {"uncertainty": 0.5, "_id": {"$gt": "k"}},
-        {"uncertainty": None},
-    ]}
+    assert after_filter(Cursor(SortOrder.UNCERTAINTY, "k", 0.5)) == {
+        "$or": [
+            {"uncertainty": {"$lt": 0.5}},
+            {"uncertainty": 0.5, "_id": {"$gt": "k"}},
+            {"uncertainty": None},
+        ]
+    }
     assert after_filter(Cursor(SortOrder.UNCERTAINTY, "k", None)) == {"uncertainty": None, "_id": {"$gt": "k"}}
 
 
@@ -103,10 +108,10 @@ def _matches(doc: dict, query: dict) -> bool:
     for field, cond in query.items():
         value = doc.get(field)
         if isinstance(cond, dict):
-            (op, operand), = cond.items()
+            ((op, operand),) = cond.items()
             if value is None:
                 return False
-            if op == "$gt" and not value > operand or op == "$lt" and not value < operand:
+            if (op == "$gt" and not value > operand) or (op == "$lt" and not value < operand):
                 return False
         elif value != cond:
             return False
@@ -114,8 +119,10 @@ def _matches(doc: dict, query: dict) -> bool:
 
 
 def test_paging_through_ties_and_nulls_sees_every_document_once() -> None:
-    docs = [{"_id": f"id{i:02d}", "uncertainty": u} for i, u in enumerate(
-        [0.9, 0.5, 0.5, 0.5, None, 0.1, None, 0.9, 0.0, 0.5, None])]
+    docs = [
+        {"_id": f"id{i:02d}", "uncertainty": u}
+        for i, u in enumerate([0.9, 0.5, 0.5, 0.5, None, 0.1, None, 0.9, 0.0, 0.5, None])
+    ]
     ordered = sorted(docs, key=_sort_key)
     seen: list[str] = []
     cursor: Cursor | None = None
@@ -132,7 +139,7 @@ def test_paging_through_ties_and_nulls_sees_every_document_once() -> None:
 def test_the_last_page_has_no_cursor() -> None:
     docs = [{"_id": "a"}, {"_id": "b"}]
     assert page(docs, 2, SortOrder.ID) == (docs, None)
-    items, cursor = page(docs + [{"_id": "c"}], 2, SortOrder.ID)
+    items, cursor = page([*docs, {"_id": "c"}], 2, SortOrder.ID)
     assert items == docs and Cursor.decode(cursor or "", SortOrder.ID).last_id == "b"
     assert MAX_LIMIT == 500
 
@@ -142,8 +149,13 @@ def test_the_last_page_has_no_cursor() -> None:
 
 def _doc(status: str = "suggested") -> dict:
     annotation_id = str(uuid.uuid4())
-    return {"_id": annotation_id, "annotation_id": annotation_id, "study_instance_uid": "1.2.3",
-            "series_instance_uid": "1.2.3.4", "status": status}
+    return {
+        "_id": annotation_id,
+        "annotation_id": annotation_id,
+        "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.4",
+        "status": status,
+    }
 
 
 def test_a_review_event_is_valid_for_its_schema_and_names_the_api() -> None:
@@ -229,14 +241,19 @@ def test_shared_functional_group_references_count_too() -> None:
 
 
 async def test_a_non_seg_dicom_file_is_refused_naming_its_sop_class(phantom: PhantomWithSeg) -> None:
-    with pytest.raises(SegUploadError, match=rf"SOPClassUID is {phantom.series[0].SOPClassUID}, expected {SEGMENTATION_STORAGE}"):
+    with pytest.raises(
+        SegUploadError, match=rf"SOPClassUID is {phantom.series[0].SOPClassUID}, expected {SEGMENTATION_STORAGE}"
+    ):
         await check_segmentation(dataset_bytes(phantom.series[0]), phantom.series_instance_uid, _never)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"", "file is empty"),
-    (b"not dicom at all" * 20, "not a DICOM Part-10 file"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "file is empty"),
+        (b"not dicom at all" * 20, "not a DICOM Part-10 file"),
+    ],
+)
 async def test_garbage_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(SegUploadError, match=message):
         await check_segmentation(data, "1.2.3", _never)

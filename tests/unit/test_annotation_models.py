@@ -46,7 +46,9 @@ def test_default_registry_holds_the_demo_model_with_coded_segments() -> None:
         (None, None, None, "modality (missing)"),
     ],
 )
-def test_select_model_gives_a_model_or_the_reason(modality: str | None, body_part: str | None, chosen: str | None, reason: str) -> None:
+def test_select_model_gives_a_model_or_the_reason(
+    modality: str | None, body_part: str | None, chosen: str | None, reason: str
+) -> None:
     selection = select_model(default_registry(), modality, body_part)
     assert (selection.model.name if selection.model else None) == chosen
     assert bool(selection) is (chosen is not None)

@@ -57,7 +57,9 @@ def test_end_to_end_dice_against_truth(phantom: tuple[SeriesVolume, np.ndarray],
     seg = build_segmentation(volume, result.labels, PHANTOM_SPEC)
     reread = pydicom.dcmread(io.BytesIO(_bytes(seg)))
     assert reread.SegmentationType == "BINARY"
-    assert reread.SeriesInstanceUID == derived_uid("seg-series", volume.reference.series_instance_uid, PHANTOM_SPEC.name, PHANTOM_SPEC.version)
+    assert reread.SeriesInstanceUID == derived_uid(
+        "seg-series", volume.reference.series_instance_uid, PHANTOM_SPEC.name, PHANTOM_SPEC.version
+    )
     assert reread.StudyInstanceUID == volume.reference.study_instance_uid
     assert reread.ReferencedSeriesSequence[0].SeriesInstanceUID == volume.reference.series_instance_uid
     (description,) = reread.SegmentSequence

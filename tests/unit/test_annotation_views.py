@@ -20,17 +20,31 @@ ANNOTATION = annotation_id_for("1.2.3.4", 1, "phantom-sphere-unet", "1.0.0")
 
 def _suggested() -> AnnotationSuggested:
     return AnnotationSuggested(
-        producer="annotation-worker", emitted_at=T0, annotation_id=ANNOTATION, study_instance_uid="1.2.3",
-        series_instance_uid="1.2.3.4", model_name="phantom-sphere-unet", model_version="1.0.0",
-        seg_sop_instance_uid="2.25.1", segments=[SuggestedSegment(segment_number=1, label="Sphere", voxel_count=10, volume_ml=0.01)],
-        uncertainty=0.1, device="cpu", inference_s=0.5,
+        producer="annotation-worker",
+        emitted_at=T0,
+        annotation_id=ANNOTATION,
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        model_name="phantom-sphere-unet",
+        model_version="1.0.0",
+        seg_sop_instance_uid="2.25.1",
+        segments=[SuggestedSegment(segment_number=1, label="Sphere", voxel_count=10, volume_ml=0.01)],
+        uncertainty=0.1,
+        device="cpu",
+        inference_s=0.5,
     )
 
 
 def _review(decision: ReviewDecision, minutes: int, reason: str | None = None) -> AnnotationReviewed:
     return AnnotationReviewed(
-        producer="review-api", annotation_id=ANNOTATION, study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
-        reviewer="r1", decision=decision, reason=reason, reviewed_at=T0 + timedelta(minutes=minutes),
+        producer="review-api",
+        annotation_id=ANNOTATION,
+        study_instance_uid="1.2.3",
+        series_instance_uid="1.2.3.4",
+        reviewer="r1",
+        decision=decision,
+        reason=reason,
+        reviewed_at=T0 + timedelta(minutes=minutes),
     )
 
 
@@ -69,4 +83,7 @@ def test_errors_raised_in_the_inference_process_survive_pickling() -> None:
 
     error = pickle.loads(pickle.dumps(GeometryError("ImagePositionPatient", "duplicate position")))
     assert (error.attribute, error.reason, str(error)) == (
-        "ImagePositionPatient", "duplicate position", "ImagePositionPatient: duplicate position")
+        "ImagePositionPatient",
+        "duplicate position",
+        "ImagePositionPatient: duplicate position",
+    )

@@ -89,10 +89,27 @@ def _broken(change) -> list[pydicom.Dataset]:  # type: ignore[no-untyped-def]
         (lambda d: setattr(d[1], "PixelSpacing", [2.0, 2.0]), "PixelSpacing"),
         (lambda d: setattr(d[1], "NumberOfFrames", 4), "NumberOfFrames"),
         (lambda d: setattr(d[1], "SeriesInstanceUID", "1.2.3"), "SeriesInstanceUID"),
-        (lambda d: setattr(d[6], "ImagePositionPatient", [p + (5.0 if i == 0 else 0.0) for i, p in enumerate(d[6].ImagePositionPatient)]), "ImagePositionPatient"),
+        (
+            lambda d: setattr(
+                d[6],
+                "ImagePositionPatient",
+                [p + (5.0 if i == 0 else 0.0) for i, p in enumerate(d[6].ImagePositionPatient)],
+            ),
+            "ImagePositionPatient",
+        ),
     ],
-    ids=["missing-ipp", "missing-spacing", "missing-iop", "mixed-orientation", "duplicate-position",
-         "gap", "mixed-spacing", "multi-frame", "mixed-series", "in-plane-shift"],
+    ids=[
+        "missing-ipp",
+        "missing-spacing",
+        "missing-iop",
+        "mixed-orientation",
+        "duplicate-position",
+        "gap",
+        "mixed-spacing",
+        "multi-frame",
+        "mixed-series",
+        "in-plane-shift",
+    ],
 )
 def test_bad_geometry_names_the_attribute(change, attribute: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(GeometryError) as info:

@@ -27,8 +27,13 @@ class Keys:
 
     def add(self, name: str, role: Role) -> str:
         parsed = generate_key()
-        self.docs[parsed.key_id] = {"_id": parsed.key_id, "name": name, "role": role.value,
-                                    "hash": hash_secret(parsed.secret, iterations=1000), "revoked_at": None}
+        self.docs[parsed.key_id] = {
+            "_id": parsed.key_id,
+            "name": name,
+            "role": role.value,
+            "hash": hash_secret(parsed.secret, iterations=1000),
+            "revoked_at": None,
+        }
         return format_key(parsed)
 
     async def lookup(self, key_id: str) -> dict[str, Any] | None:
@@ -60,11 +65,14 @@ async def test_a_valid_key_gives_its_principal_and_is_cached_for_the_ttl() -> No
     assert caught.value.status == 401 and caught.value.headers == {"WWW-Authenticate": "Bearer"}
 
 
-@pytest.mark.parametrize("make", [
-    lambda keys: None,
-    lambda keys: "not-a-key",
-    lambda keys: format_key(generate_key()),  # well formed, unknown
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda keys: None,
+        lambda keys: "not-a-key",
+        lambda keys: format_key(generate_key()),  # well formed, unknown
+    ],
+)
 async def test_missing_malformed_or_unknown_keys_are_401(make: Any) -> None:
     keys = Keys()
     auth = Authenticator(keys.lookup)
@@ -107,14 +115,25 @@ async def client(keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
 
 
 PROTECTED = [
-    ("GET", "/annotations"), ("GET", "/annotations/queue"), ("GET", "/annotations/x"),
-    ("POST", "/annotations/x/accept"), ("POST", "/annotations/x/reject"), ("POST", "/annotations/x/correct"),
-    ("GET", "/info/"), ("GET", "/info"), ("GET", "/datastore/"), ("POST", "/activelearning/uncertainty"),
-    ("POST", "/infer/phantom-sphere-unet"), ("GET", "/metrics"),
+    ("GET", "/annotations"),
+    ("GET", "/annotations/queue"),
+    ("GET", "/annotations/x"),
+    ("POST", "/annotations/x/accept"),
+    ("POST", "/annotations/x/reject"),
+    ("POST", "/annotations/x/correct"),
+    ("GET", "/info/"),
+    ("GET", "/info"),
+    ("GET", "/datastore/"),
+    ("POST", "/activelearning/uncertainty"),
+    ("POST", "/infer/phantom-sphere-unet"),
+    ("GET", "/metrics"),
 ]
 ADMIN_ONLY = [
-    ("POST", "/annotations/x/accept"), ("POST", "/annotations/x/reject"), ("POST", "/annotations/x/correct"),
-    ("POST", "/activelearning/uncertainty"), ("POST", "/infer/phantom-sphere-unet"),
+    ("POST", "/annotations/x/accept"),
+    ("POST", "/annotations/x/reject"),
+    ("POST", "/annotations/x/correct"),
+    ("POST", "/activelearning/uncertainty"),
+    ("POST", "/infer/phantom-sphere-unet"),
 ]
 
 

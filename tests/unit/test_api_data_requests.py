@@ -26,7 +26,9 @@ def _app() -> FastAPI:
     for module in (subjects, cohorts, statistics):
         app.include_router(module.router)
     if hasattr(auth, "authenticated"):
-        app.dependency_overrides[auth.authenticated] = lambda: auth.Principal(name="t", role=auth.Role.RESEARCHER, key_id="k")
+        app.dependency_overrides[auth.authenticated] = lambda: auth.Principal(
+            name="t", role=auth.Role.RESEARCHER, key_id="k"
+        )
     return app
 
 

@@ -28,10 +28,20 @@ def test_generated_keys_differ() -> None:
     assert len({format_key(generate_key()) for _ in range(50)}) == 50
 
 
-@pytest.mark.parametrize("text", [
-    "", "cs_", "token", "cs_0123456789ab", "cs_0123456789AB_" + "a" * 43, "xx_0123456789ab_" + "a" * 43,
-    "cs_0123456789ab_" + "a" * 42, "cs_0123456789ab_" + "a" * 44, "cs_0123456789ab_" + "a" * 42 + "!",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "cs_",
+        "token",
+        "cs_0123456789ab",
+        "cs_0123456789AB_" + "a" * 43,
+        "xx_0123456789ab_" + "a" * 43,
+        "cs_0123456789ab_" + "a" * 42,
+        "cs_0123456789ab_" + "a" * 44,
+        "cs_0123456789ab_" + "a" * 42 + "!",
+    ],
+)
 def test_malformed_keys_are_refused_without_echoing_them(text: str) -> None:
     with pytest.raises(KeyFormatError) as caught:
         parse_key(text)
@@ -44,7 +54,7 @@ def test_a_hash_verifies_its_secret_only() -> None:
     assert verify_secret(secret, stored)
     assert not verify_secret(secret[:-1] + ("a" if secret[-1] != "a" else "b"), stored)
     assert secret not in stored
-    algorithm, iterations, salt, digest = stored.split("$")
+    algorithm, iterations, _salt, _digest = stored.split("$")
     assert (algorithm, iterations) == ("pbkdf2_sha256", "1000")
 
 

@@ -24,23 +24,31 @@ from cohortstream.settings import Settings
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text) for s in family.samples
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
     }
 
 
 def test_a_snapshot_exposes_offsets_lag_dependencies_and_dead_letters() -> None:
     readiness = Readiness(
-        dependencies={"kafka": DependencyStatus(True, 0.01), "mongodb": DependencyStatus(True, 0.002),
-                      "orthanc": DependencyStatus(False, 5.0, "ConnectError")},
-        offsets=OffsetsReport(end={"dicom.instance-received": 7, "dead-letter": 2},
-                              groups=[GroupOffsets("g", {"dicom.instance-received": 5}, {"dicom.instance-received": 2})]),
+        dependencies={
+            "kafka": DependencyStatus(True, 0.01),
+            "mongodb": DependencyStatus(True, 0.002),
+            "orthanc": DependencyStatus(False, 5.0, "ConnectError"),
+        },
+        offsets=OffsetsReport(
+            end={"dicom.instance-received": 7, "dead-letter": 2},
+            groups=[GroupOffsets("g", {"dicom.instance-received": 5}, {"dicom.instance-received": 2})],
+        ),
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(readiness, dead_letters=2))
     samples = _samples(generate_latest(registry).decode())
     assert samples[("cohortstream_topic_end_offset", (("topic", "dicom.instance-received"),))] == 7
     assert samples[("cohortstream_topic_end_offset", (("topic", "dead-letter"),))] == 2
-    assert samples[("cohortstream_consumer_committed_offset", (("group", "g"), ("topic", "dicom.instance-received")))] == 5
+    assert (
+        samples[("cohortstream_consumer_committed_offset", (("group", "g"), ("topic", "dicom.instance-received")))] == 5
+    )
     assert samples[("cohortstream_consumer_lag", (("group", "g"), ("topic", "dicom.instance-received")))] == 2
     assert samples[("cohortstream_dependency_up", (("dependency", "orthanc"),))] == 0
     assert samples[("cohortstream_dependency_up", (("dependency", "kafka"),))] == 1
@@ -52,7 +60,9 @@ def test_lag_is_end_minus_committed_and_uncommitted_partitions_count_whole() -> 
     ends = {TopicPartition("p.t", 0): 10, TopicPartition("p.t", 1): 4, TopicPartition("p.u", 0): 3}
     committed = {TopicPartition("p.t", 0): OffsetAndMetadata(8, "")}
     report = _group_report("g", committed, ends, names)
-    assert report.committed == {"t": 8} and report.lag == {"t": 2 + 4}, "topics the group never committed on are left out"
+    assert report.committed == {"t": 8} and report.lag == {"t": 2 + 4}, (
+        "topics the group never committed on are left out"
+    )
 
 
 def test_the_reported_groups_are_the_worker_and_the_annotator() -> None:

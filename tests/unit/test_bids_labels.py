@@ -38,5 +38,7 @@ def test_date_shift_is_keyed_per_subject_and_keeps_intervals() -> None:
     first, second = datetime(2021, 3, 4, 9, 10), datetime(2022, 3, 8, 14, 0)
     a, b = shifter.shift_datetime("S1", first), shifter.shift_datetime("S1", second)
     assert b - a == second - first and a.year <= 1872 and (a.hour, a.minute) == (9, 10)
-    assert shifter.offset("S1") != shifter.offset("S2") or shifter.offset("S1") != DateShifter(b"other", 150).offset("S1")
+    assert shifter.offset("S1") != shifter.offset("S2") or shifter.offset("S1") != DateShifter(b"other", 150).offset(
+        "S1"
+    )
     assert DateShifter(b"k", 0).shift_date("S1", date(2020, 1, 1)) == date(2020, 1, 1)

@@ -67,4 +67,7 @@ def test_label_map_goes_from_krc_lps_to_ijk_ras() -> None:
     lps = affine @ np.array([1, 2, 3, 1.0])
     assert np.allclose(ras @ np.array([3, 2, 1, 1.0]), [-lps[0], -lps[1], lps[2], 1])
     assert label_rows([{"segment_number": 2, "label": "b"}, {"segment_number": 1, "label": "a"}]) == [
-        {"index": 0, "name": "background"}, {"index": 1, "name": "a"}, {"index": 2, "name": "b"}]
+        {"index": 0, "name": "background"},
+        {"index": 1, "name": "a"},
+        {"index": 2, "name": "b"},
+    ]

@@ -31,7 +31,9 @@ def test_settings_never_prints_secrets(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert json.loads(out)["orthanc_password"] == "**********"
 
 
-def test_bad_settings_exit_2_naming_the_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_settings_exit_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("COHORTSTREAM_TOPIC_PARTITIONS", "zero")
     assert main(["settings"]) == 2
     assert "COHORTSTREAM_TOPIC_PARTITIONS" in capsys.readouterr().err
@@ -71,8 +73,9 @@ def _log_one_line_each() -> None:
     logging.getLogger("export.bids.dataset").info("our own info line")
 
 
-def test_one_shot_commands_hide_library_info_logs(monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_shot_commands_hide_library_info_logs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("COHORTSTREAM_LOG_LEVEL", "INFO")
     assert main(["schemas"]) == 0
     capsys.readouterr()
@@ -116,8 +119,9 @@ def test_services_keep_their_library_logs(argv: list[str], service: bool) -> Non
     assert _is_service(_parser().parse_args(argv)) is service
 
 
-def test_the_projects_own_variables_raise_no_typo_warning(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_projects_own_variables_raise_no_typo_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("COHORTSTREAM_CACHE_DIR", "/tmp/cache")  # the Makefile exports it
     monkeypatch.setenv("COHORTSTREAM_STACK_DIR", "/tmp/stack")
     monkeypatch.setenv("COHORTSTREAM_TEST_ARTEFACTS", "/tmp/artefacts")
@@ -189,8 +193,14 @@ def test_an_integration_test_that_skips_fails_the_run(tmp_path: Path) -> None:
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 integration test(s) skipped" in run.stdout and "dcm2niix missing" in run.stdout
-    allowed = subprocess.run(command, cwd=tmp_path, env={**env, "COHORTSTREAM_TEST_ALLOW_SKIPS": "1"},
-                             capture_output=True, text=True, timeout=120)
+    allowed = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={**env, "COHORTSTREAM_TEST_ALLOW_SKIPS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     (folder / "test_tool.py").write_text("def test_runs():\n    pass\n", encoding="utf-8")
     clean = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -49,19 +49,26 @@ def test_encoding_of_one_event_is_pinned_byte_for_byte() -> None:
     )
     expected = bytes.fromhex(
         # marker, fingerprint of AnnotationRequested v1 (little-endian)
-        "c301" "d44a7f993f01f03a"
+        "c301"
+        "d44a7f993f01f03a"
         # event_id: string of 36 bytes (zigzag 72 = 0x48)
-        "48" + "12345678-1234-5678-1234-567812345678".encode().hex()
+        "48"
+        + b"12345678-1234-5678-1234-567812345678".hex()
         # emitted_at: 2026-11-25T12:30:15.250Z = 1795609815250 ms, zigzag varint
         + "a4a3fbaac268"
         # producer "t"
         + "0274"
         # request_id
-        + "48" + "12345678-1234-5678-1234-567812345678".encode().hex()
+        + "48"
+        + b"12345678-1234-5678-1234-567812345678".hex()
         # study "1.2", series "1.2.3", revision 1
-        + "06312e32" + "0a312e322e33" + "02"
+        + "06312e32"
+        + "0a312e322e33"
+        + "02"
         # model_name: union branch 0 (null); requested_by "x"; reason: enum index 1 (MANUAL)
-        + "00" + "0278" + "02"
+        + "00"
+        + "0278"
+        + "02"
     )
     assert CODEC.encode_event(event) == expected
     assert CODEC.decode_event(expected) == event
@@ -94,7 +101,7 @@ def _sample() -> bytes:
     [
         (lambda b: b"", BadMarkerError, "marker"),
         (lambda b: b"\x00\x01" + b[2:], BadMarkerError, "marker"),
-        (lambda b: b"{\"json\": true}", BadMarkerError, "marker"),
+        (lambda b: b'{"json": true}', BadMarkerError, "marker"),
         (lambda b: b[:1], TruncatedMessageError, "header"),
         (lambda b: b[:7], TruncatedMessageError, "header"),
         (lambda b: b[:HEADER_SIZE], TruncatedMessageError, "ends early"),
@@ -102,7 +109,17 @@ def _sample() -> bytes:
         (lambda b: b[:2] + bytes(8) + b[HEADER_SIZE:], UnknownFingerprintError, "0x0000000000000000"),
         (lambda b: b + b"\x00", TrailingBytesError, "1 bytes left"),
     ],
-    ids=["empty", "wrong-marker", "json", "half-marker", "short-header", "no-body", "cut-body", "unknown-fingerprint", "trailing"],
+    ids=[
+        "empty",
+        "wrong-marker",
+        "json",
+        "half-marker",
+        "short-header",
+        "no-body",
+        "cut-body",
+        "unknown-fingerprint",
+        "trailing",
+    ],
 )
 def test_bad_messages_raise_the_projects_error_naming_the_reason(mangle, error, words) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(error, match=words) as info:

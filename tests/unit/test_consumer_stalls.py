@@ -7,8 +7,10 @@ from api.kafka_offsets import GroupOffsets, OffsetsReport
 
 
 def _report(committed: int, lag: int) -> OffsetsReport:
-    return OffsetsReport(end={"ehr.record": committed + lag},
-                         groups=[GroupOffsets("cs-ehr-views", {"ehr.record": committed}, {"ehr.record": lag})])
+    return OffsetsReport(
+        end={"ehr.record": committed + lag},
+        groups=[GroupOffsets("cs-ehr-views", {"ehr.record": committed}, {"ehr.record": lag})],
+    )
 
 
 def test_lag_with_a_still_offset_is_a_stall_after_the_configured_time() -> None:
@@ -16,7 +18,12 @@ def test_lag_with_a_still_offset_is_a_stall_after_the_configured_time() -> None:
     assert tracker.observe(_report(100, 300), now=0.0) == []
     assert tracker.observe(_report(100, 300), now=59.0) == []
     (stalled,) = tracker.observe(_report(100, 300), now=61.0)
-    assert (stalled.group, stalled.topic, stalled.agents, stalled.lag) == ("cs-ehr-views", "ehr.record", ("ehr-views",), 300)
+    assert (stalled.group, stalled.topic, stalled.agents, stalled.lag) == (
+        "cs-ehr-views",
+        "ehr.record",
+        ("ehr-views",),
+        300,
+    )
     assert stalled.as_json()["stalled_for_s"] == 61.0
 
 

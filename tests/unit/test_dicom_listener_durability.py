@@ -74,7 +74,7 @@ class RecordingPublisher:
         assert isinstance(event, DicomInstanceReceived)
         path = Path(unquote(urlparse(event.staged_uri).path))
         # Blocking on purpose: what is on disk at the very moment of publishing.
-        on_disk = path.read_bytes() if path.exists() else None  # noqa: ASYNC240
+        on_disk = path.read_bytes() if path.exists() else None
         self.recorder.add(
             "publish",
             {

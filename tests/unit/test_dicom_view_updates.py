@@ -18,20 +18,27 @@ def _instances(count: int, *, series_count: int = 2) -> list[DicomInstanceReceiv
     events = []
     for n in range(count):
         series = f"{template.study_instance_uid}.{n % series_count + 1}"
-        events.append(template.model_copy(update={
-            "series_instance_uid": series,
-            "sop_instance_uid": f"{series}.{n}",
-            "modality": "MR" if n % series_count == 0 else "SEG",
-            "received_at": FIXED_TIME + timedelta(seconds=n),
-            "study_date": date(2026, 11, 20) + timedelta(days=n % 3),
-        }))
+        events.append(
+            template.model_copy(
+                update={
+                    "series_instance_uid": series,
+                    "sop_instance_uid": f"{series}.{n}",
+                    "modality": "MR" if n % series_count == 0 else "SEG",
+                    "received_at": FIXED_TIME + timedelta(seconds=n),
+                    "study_date": date(2026, 11, 20) + timedelta(days=n % 3),
+                }
+            )
+        )
     return events
 
 
 def test_one_statement_per_document_not_per_instance() -> None:
     updates = view_updates(_instances(120), lambda ids: f"viewer/{ids.study}")
     assert {name: len(ops) for name, ops in updates.items()} == {
-        "instances": 120, "series": 2, "studies": 1, "patients": 1,
+        "instances": 120,
+        "series": 2,
+        "studies": 1,
+        "patients": 1,
     }
 
 
@@ -49,7 +56,7 @@ def test_merged_study_update_covers_every_series_modality_and_time() -> None:
 
 def test_a_duplicate_instance_in_one_batch_is_written_once() -> None:
     events = _instances(3)
-    updates = view_updates(events + [events[0]], lambda ids: "x")
+    updates = view_updates([*events, events[0]], lambda ids: "x")
     assert len(updates["instances"]) == 3
 
 
@@ -83,8 +90,13 @@ async def test_only_lost_connectivity_is_backpressure_other_errors_are_bounded()
     for error in (DuplicateKeyError("E11000"), KeyError("nModified")):
         calls.clear()
         with pytest.raises(type(error)):
-            await retry_transient(lambda e=error: failing(e), what="w", transient=TRANSIENT_MONGO_ERRORS,
-                                  first_delay_s=0.001, other_attempts=3)
+            await retry_transient(
+                lambda e=error: failing(e),
+                what="w",
+                transient=TRANSIENT_MONGO_ERRORS,
+                first_delay_s=0.001,
+                other_attempts=3,
+            )
         assert len(calls) == 3
 
     outages = [AutoReconnect("down")] * 7
@@ -94,8 +106,18 @@ async def test_only_lost_connectivity_is_backpressure_other_errors_are_bounded()
             raise outages.pop()
         return "applied"
 
-    assert await retry_transient(recovers, what="w", transient=TRANSIENT_MONGO_ERRORS, first_delay_s=0.001,
-                                 max_delay_s=0.002, pause_after=2, other_attempts=1) == "applied"
+    assert (
+        await retry_transient(
+            recovers,
+            what="w",
+            transient=TRANSIENT_MONGO_ERRORS,
+            first_delay_s=0.001,
+            max_delay_s=0.002,
+            pause_after=2,
+            other_attempts=1,
+        )
+        == "applied"
+    )
 
 
 async def test_a_race_that_clears_on_the_second_try_is_applied() -> None:
@@ -110,13 +132,15 @@ async def test_a_race_that_clears_on_the_second_try_is_applied() -> None:
             raise errors.pop()
         return "applied"
 
-    assert await retry_transient(racing, what="w", transient=(ConnectionError,), first_delay_s=0.001,
-                                 other_attempts=3) == "applied"
+    assert (
+        await retry_transient(racing, what="w", transient=(ConnectionError,), first_delay_s=0.001, other_attempts=3)
+        == "applied"
+    )
 
 
 async def test_sink_operations_are_timed_and_retries_counted_without_identifiers() -> None:
-    from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
     from cohortstream.backoff import retry_transient
+    from cohortstream.metrics import SINK_LATENCY, SINK_RETRIES, operation_label
 
     label = operation_label("store SEG of series 1.2.826.0.1.3680043.8.498.7 in Orthanc")
     assert label == "store SEG of series * in Orthanc"
@@ -131,8 +155,12 @@ async def test_sink_operations_are_timed_and_retries_counted_without_identifiers
 
     before = SINK_RETRIES.labels(label)._value.get()
     count_before = SINK_LATENCY.labels(label)._sum.get()
-    assert await retry_transient(flaky, what="store SEG of series 1.2.3.4.5.6.7 in Orthanc",
-                                 transient=(ConnectionError,), first_delay_s=0.01) == "ok"
+    assert (
+        await retry_transient(
+            flaky, what="store SEG of series 1.2.3.4.5.6.7 in Orthanc", transient=(ConnectionError,), first_delay_s=0.01
+        )
+        == "ok"
+    )
     assert SINK_RETRIES.labels(label)._value.get() == before + 1
     assert SINK_LATENCY.labels(label)._sum.get() > count_before
 
@@ -153,8 +181,11 @@ async def test_a_paused_sink_is_counted_while_it_waits_and_not_after() -> None:
             raise AutoReconnect("down")
         return "applied"
 
-    task = asyncio.create_task(retry_transient(down_until_gate, what="w", transient=(AutoReconnect,),
-                                               first_delay_s=0.001, max_delay_s=0.002, pause_after=2))
+    task = asyncio.create_task(
+        retry_transient(
+            down_until_gate, what="w", transient=(AutoReconnect,), first_delay_s=0.001, max_delay_s=0.002, pause_after=2
+        )
+    )
     for _ in range(1000):
         if sinks_paused():
             break

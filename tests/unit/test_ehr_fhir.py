@@ -28,7 +28,10 @@ def bundle(*resources: dict[str, Any], full_urls: list[str] | None = None) -> di
 
 
 PATIENT = {
-    "resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1970-05-02",
+    "resourceType": "Patient",
+    "id": "p1",
+    "gender": "female",
+    "birthDate": "1970-05-02",
     "identifier": [{"system": "urn:mrn", "value": "MRN-1"}],
 }
 
@@ -62,9 +65,13 @@ def test_patient() -> None:
 
 def test_encounter_with_urn_uuid_subject() -> None:
     encounter = {
-        "resourceType": "Encounter", "id": "e1", "status": "finished",
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
-        "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "32485007", "display": "Hospital admission"}]}],
+        "type": [
+            {"coding": [{"system": "http://snomed.info/sct", "code": "32485007", "display": "Hospital admission"}]}
+        ],
         "subject": {"reference": "urn:uuid:aaaa"},
         "period": {"start": "2021-03-04T10:15:00-05:00", "end": "2021-03-06T09:00:00-05:00"},
     }
@@ -72,16 +79,26 @@ def test_encounter_with_urn_uuid_subject() -> None:
     assert isinstance(record, EhrRecord)
     assert record.record_type is EhrRecordType.ENCOUNTER and record.subject_id == "p1"
     assert record.effective_at == datetime(2021, 3, 4, 15, 15, tzinfo=UTC)
-    assert (record.code_system, record.code, record.display) == ("http://snomed.info/sct", "32485007", "Hospital admission")
+    assert (record.code_system, record.code, record.display) == (
+        "http://snomed.info/sct",
+        "32485007",
+        "Hospital admission",
+    )
     assert record.attributes == {"status": "finished", "class": "IMP", "period_end": "2021-03-06T09:00:00-05:00"}
 
 
 def test_observation_value_quantity_and_loinc() -> None:
     observation = {
-        "resourceType": "Observation", "id": "o1", "status": "final",
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
         "category": [{"coding": [{"code": "laboratory"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0", "display": "Creatinine"},
-                            {"system": "urn:local", "code": "CREA"}]},
+        "code": {
+            "coding": [
+                {"system": "http://loinc.org", "code": "2160-0", "display": "Creatinine"},
+                {"system": "urn:local", "code": "CREA"},
+            ]
+        },
         "subject": {"reference": "https://ehr.example.org/fhir/Patient/p9/_history/2"},
         "encounter": {"reference": "Encounter/e1"},
         "effectiveDateTime": "2021-03-04",
@@ -96,15 +113,23 @@ def test_observation_value_quantity_and_loinc() -> None:
     assert (record.value_number, record.unit, record.value_text) == (1.3, "mg/dL", None)
     assert record.effective_at == datetime(2021, 3, 4, tzinfo=UTC)
     assert record.attributes == {
-        "status": "final", "category": "laboratory", "encounter": "e1", "interpretation": "H",
-        "ref_range_lower": "0.5", "ref_range_upper": "1.2", "coding|urn:local": "CREA",
+        "status": "final",
+        "category": "laboratory",
+        "encounter": "e1",
+        "interpretation": "H",
+        "ref_range_lower": "0.5",
+        "ref_range_upper": "1.2",
+        "coding|urn:local": "CREA",
     }
 
 
 def test_observation_text_value() -> None:
     observation = {
-        "resourceType": "Observation", "id": "o2", "code": {"coding": [{"system": "http://loinc.org", "code": "5767-9"}]},
-        "subject": {"reference": "Patient/p1"}, "valueCodeableConcept": {"text": "Clear"},
+        "resourceType": "Observation",
+        "id": "o2",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "5767-9"}]},
+        "subject": {"reference": "Patient/p1"},
+        "valueCodeableConcept": {"text": "Clear"},
     }
     [record] = one(bundle(observation))
     assert isinstance(record, EhrRecord) and record.value_text == "Clear" and record.value_number is None
@@ -112,11 +137,17 @@ def test_observation_text_value() -> None:
 
 def test_condition_snomed_with_icd10() -> None:
     condition = {
-        "resourceType": "Condition", "id": "c1",
+        "resourceType": "Condition",
+        "id": "c1",
         "clinicalStatus": {"coding": [{"code": "active"}]},
-        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertensive disorder"},
-                            {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]},
-        "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2019-01-02T03:04:05Z",
+        "code": {
+            "coding": [
+                {"system": "http://snomed.info/sct", "code": "38341003", "display": "Hypertensive disorder"},
+                {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"},
+            ]
+        },
+        "subject": {"reference": "Patient/p1"},
+        "onsetDateTime": "2019-01-02T03:04:05Z",
     }
     [record] = one(bundle(condition))
     assert isinstance(record, EhrRecord)
@@ -135,19 +166,62 @@ def test_unknown_types_are_skipped_not_dead_lettered() -> None:
     ("resource", "reason"),
     [
         ({"resourceType": "Patient"}, "Patient.id: missing"),
-        ({"resourceType": "Condition", "id": "c", "code": {"coding": [{"code": "1"}]}}, "Condition.subject: missing subject reference"),
-        ({"resourceType": "Observation", "id": "o", "code": {"coding": [{"code": "1"}]},
-          "subject": {"reference": "urn:uuid:nowhere"}}, "urn:uuid:nowhere is not an entry of this bundle"),
-        ({"resourceType": "Observation", "id": "o", "code": {"coding": [{"code": "1"}]},
-          "subject": {"reference": "Group/g1"}}, "not a Patient reference"),
-        ({"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p"}}, "Observation.code: missing coding"),
-        ({"resourceType": "Observation", "id": "o", "code": {"coding": [{"code": "1"}]}, "subject": {"reference": "Patient/p"},
-          "valueQuantity": {"value": "high"}}, "valueQuantity.value: not a number"),
-        ({"resourceType": "Observation", "id": "o", "code": {"coding": [{"code": "1"}]}, "subject": {"reference": "Patient/p"},
-          "effectiveDateTime": "2021-01-01T10:00:00"}, "dateTime with a time but no zone"),
+        (
+            {"resourceType": "Condition", "id": "c", "code": {"coding": [{"code": "1"}]}},
+            "Condition.subject: missing subject reference",
+        ),
+        (
+            {
+                "resourceType": "Observation",
+                "id": "o",
+                "code": {"coding": [{"code": "1"}]},
+                "subject": {"reference": "urn:uuid:nowhere"},
+            },
+            "urn:uuid:nowhere is not an entry of this bundle",
+        ),
+        (
+            {
+                "resourceType": "Observation",
+                "id": "o",
+                "code": {"coding": [{"code": "1"}]},
+                "subject": {"reference": "Group/g1"},
+            },
+            "not a Patient reference",
+        ),
+        (
+            {"resourceType": "Observation", "id": "o", "subject": {"reference": "Patient/p"}},
+            "Observation.code: missing coding",
+        ),
+        (
+            {
+                "resourceType": "Observation",
+                "id": "o",
+                "code": {"coding": [{"code": "1"}]},
+                "subject": {"reference": "Patient/p"},
+                "valueQuantity": {"value": "high"},
+            },
+            "valueQuantity.value: not a number",
+        ),
+        (
+            {
+                "resourceType": "Observation",
+                "id": "o",
+                "code": {"coding": [{"code": "1"}]},
+                "subject": {"reference": "Patient/p"},
+                "effectiveDateTime": "2021-01-01T10:00:00",
+            },
+            "dateTime with a time but no zone",
+        ),
         ({"resourceType": "Encounter", "id": "e", "subject": "Patient/p"}, "missing subject reference"),
-        ({"resourceType": "Observation", "id": "o", "code": {"coding": [{"code": "1", "system": 5}]},
-          "subject": {"reference": "Patient/p"}}, "field code_system"),
+        (
+            {
+                "resourceType": "Observation",
+                "id": "o",
+                "code": {"coding": [{"code": "1", "system": 5}]},
+                "subject": {"reference": "Patient/p"},
+            },
+            "field code_system",
+        ),
         ({"no": "resourceType"}, "entry has no resource with a resourceType"),
     ],
 )
@@ -172,11 +246,17 @@ def test_single_resource_file_and_file_errors(tmp_path: Path) -> None:
 
 
 def test_generated_bad_resources_are_exactly_the_dead_letters(tmp_path: Path) -> None:
-    extract = write_fhir(tmp_path, seed=5, n_patients=4, bad_resources=len(FHIR_BAD_KINDS) + 2, bundle_type="collection")
+    extract = write_fhir(
+        tmp_path, seed=5, n_patients=4, bad_resources=len(FHIR_BAD_KINDS) + 2, bundle_type="collection"
+    )
     outcomes = [o for path in extract.files for o in parse_bundle(path, path.name)]
     assert sorted(o.location for o in outcomes if isinstance(o, BadRow)) == sorted(b.location for b in extract.bad_rows)
     assert sum(isinstance(o, Skipped) for o in outcomes) == extract.skipped == 4
     records = [o for o in outcomes if isinstance(o, EhrRecord)]
-    for resource_type, record_type in (("Patient", "PATIENT"), ("Encounter", "ENCOUNTER"),
-                                       ("Observation", "OBSERVATION"), ("Condition", "CONDITION")):
+    for resource_type, record_type in (
+        ("Patient", "PATIENT"),
+        ("Encounter", "ENCOUNTER"),
+        ("Observation", "OBSERVATION"),
+        ("Condition", "CONDITION"),
+    ):
         assert sum(r.record_type == record_type for r in records) == extract.resources[resource_type]

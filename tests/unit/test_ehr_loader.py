@@ -46,7 +46,10 @@ async def test_sample_directory_loads_everything() -> None:
     assert {e.source for e in events} == {"mimic-iv", "fhir"}  # type: ignore[union-attr]
     assert all(key == f"{e.source}/{e.subject_id}" for e, key in sink.items)  # type: ignore[attr-defined]
     assert {e.source_file for e in events if e.source == "mimic-iv"} == {  # type: ignore[union-attr]
-        "mimic/hosp/patients.csv", "mimic/hosp/admissions.csv", "mimic/hosp/labevents.csv", "mimic/hosp/diagnoses_icd.csv",
+        "mimic/hosp/patients.csv",
+        "mimic/hosp/admissions.csv",
+        "mimic/hosp/labevents.csv",
+        "mimic/hosp/diagnoses_icd.csv",
     }
     # Patients before their facts.
     order = [r.file for r in report.files]
@@ -65,7 +68,9 @@ async def test_loading_twice_gives_the_same_event_ids() -> None:
 
 
 async def test_bad_rows_become_dead_letters_with_file_and_line(tmp_path: Path) -> None:
-    mimic = write_mimic(tmp_path / "x" / "mimic", seed=4, n_subjects=30, labs_per_admission=(5, 10), compress=True, bad_rows=8)
+    mimic = write_mimic(
+        tmp_path / "x" / "mimic", seed=4, n_subjects=30, labs_per_admission=(5, 10), compress=True, bad_rows=8
+    )
     fhir = write_fhir(tmp_path / "x" / "fhir", seed=4, n_patients=3, bad_resources=5)
     sink = ListSink()
     report = await load_extract(tmp_path / "x", sink, source="site-a")
@@ -73,7 +78,9 @@ async def test_bad_rows_become_dead_letters_with_file_and_line(tmp_path: Path) -
     expected = [f"mimic/{b.location}" for b in mimic.bad_rows] + [f"fhir/{b.location}" for b in fhir.bad_rows]
     assert sorted(e.source_location for e, _ in letters) == sorted(expected)  # type: ignore[attr-defined]
     assert report.totals().dead_lettered == len(expected)
-    assert report.totals().published == sum(mimic.good_rows(t) for t in ("patients", "admissions", "labevents", "diagnoses_icd")) + sum(fhir.resources.values())
+    assert report.totals().published == sum(
+        mimic.good_rows(t) for t in ("patients", "admissions", "labevents", "diagnoses_icd")
+    ) + sum(fhir.resources.values())
     assert {e.source for e, _ in sink.items if isinstance(e, EhrRecord)} == {"site-a"}
     for letter, key in letters:
         assert isinstance(letter, DeadLetter) and letter.value and letter.reason
@@ -86,7 +93,9 @@ async def test_a_file_missing_a_column_fails_alone(tmp_path: Path) -> None:
     shutil.copytree(SAMPLE / "mimic", tmp_path / "mimic")
     admissions = tmp_path / "mimic" / "hosp" / "admissions.csv"
     lines = admissions.read_text().splitlines()
-    admissions.write_text("\n".join(line.split(",", 2)[0] + "," + line.split(",", 2)[2] for line in lines) + "\n")  # drop hadm_id
+    admissions.write_text(
+        "\n".join(line.split(",", 2)[0] + "," + line.split(",", 2)[2] for line in lines) + "\n"
+    )  # drop hadm_id
     (tmp_path / "mimic" / "hosp" / "notes.txt").write_text("not a table")
     sink = ListSink()
     report = await load_extract(tmp_path / "mimic", sink)

@@ -98,9 +98,11 @@ def test_labevents_join_d_labitems() -> None:
 def test_lab_text_value_when_valuenum_empty(tmp_path: Path) -> None:
     shutil.copy(SAMPLE / "d_labitems.csv", tmp_path)
     shutil.copy(SAMPLE / "d_icd_diagnoses.csv", tmp_path)
-    write(tmp_path / "labevents.csv",
-          "labevent_id,subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom,flag\n"
-          "7,10000001,,51463,2150-01-01 10:00:00,FEW,,,abnormal\n")
+    write(
+        tmp_path / "labevents.csv",
+        "labevent_id,subject_id,hadm_id,itemid,charttime,value,valuenum,valueuom,flag\n"
+        "7,10000001,,51463,2150-01-01 10:00:00,FEW,,,abnormal\n",
+    )
     [record] = parse("labevents", tmp_path)
     assert isinstance(record, EhrRecord)
     assert record.value_number is None and record.value_text == "FEW" and record.unit is None
@@ -126,15 +128,31 @@ def test_diagnoses_icd_versions_and_titles() -> None:
         ("patients", "subject_id,gender,anchor_age,anchor_year\n1,,40,2150\n", "column gender: empty"),
         ("admissions", "subject_id,hadm_id,admittime\n1,2,2150-02-30 10:00:00\n", "column admittime: not a time"),
         ("admissions", "subject_id,hadm_id,admittime,dischtime\n1,2.5,2150-02-01,\n", "column hadm_id: not an integer"),
-        ("labevents", "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,99999,2150-01-01,1,1,mg\n",
-         "column itemid: 99999 is not in d_labitems"),
-        ("labevents", "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912,2150-01-01,x,1..2,mg\n",
-         "column valuenum: not a number"),
-        ("labevents", "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912,2150-01-01,1,nan,mg\n",
-         "column valuenum: not a finite number"),
-        ("labevents", "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912\n",
-         "expected 7 fields, got 3"),
-        ("diagnoses_icd", "subject_id,hadm_id,seq_num,icd_code,icd_version\n1,2,1,I10,11\n", "column icd_version: expected 9 or 10"),
+        (
+            "labevents",
+            "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,99999,2150-01-01,1,1,mg\n",
+            "column itemid: 99999 is not in d_labitems",
+        ),
+        (
+            "labevents",
+            "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912,2150-01-01,x,1..2,mg\n",
+            "column valuenum: not a number",
+        ),
+        (
+            "labevents",
+            "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912,2150-01-01,1,nan,mg\n",
+            "column valuenum: not a finite number",
+        ),
+        (
+            "labevents",
+            "labevent_id,subject_id,itemid,charttime,value,valuenum,valueuom\n1,2,50912\n",
+            "expected 7 fields, got 3",
+        ),
+        (
+            "diagnoses_icd",
+            "subject_id,hadm_id,seq_num,icd_code,icd_version\n1,2,1,I10,11\n",
+            "column icd_version: expected 9 or 10",
+        ),
         ("diagnoses_icd", "subject_id,hadm_id,seq_num,icd_code,icd_version\n1,2,1,,10\n", "column icd_code: empty"),
     ],
 )
@@ -144,7 +162,9 @@ def test_bad_rows_name_file_line_column(tmp_path: Path, table: str, text: str, r
     # A good row first, so the bad one is on line 3.
     header, bad = text.splitlines()
     good = {
-        "patients": "5,M,50,2150", "admissions": "5,6,2150-01-01 00:00:00", "labevents": "9,5,50912,2150-01-01,1,1,mg",
+        "patients": "5,M,50,2150",
+        "admissions": "5,6,2150-01-01 00:00:00",
+        "labevents": "9,5,50912,2150-01-01,1,1,mg",
         "diagnoses_icd": "5,6,1,I10,10",
     }[table]
     good += "," * (header.count(",") - good.count(","))
@@ -163,10 +183,10 @@ def test_bad_rows_name_file_line_column(tmp_path: Path, table: str, text: str, r
 
 
 def test_bad_row_key_and_quoted_multiline_line_numbers(tmp_path: Path) -> None:
-    write(tmp_path / "admissions.csv",
-          'subject_id,hadm_id,admittime,admission_location\n'
-          '5,6,2150-01-01 00:00:00,"TWO\nLINES"\n'
-          '7,8,never,X\n')
+    write(
+        tmp_path / "admissions.csv",
+        'subject_id,hadm_id,admittime,admission_location\n5,6,2150-01-01 00:00:00,"TWO\nLINES"\n7,8,never,X\n',
+    )
     first, second = parse_table("admissions", tmp_path / "admissions.csv", "admissions.csv")
     assert isinstance(first, EhrRecord) and first.attributes["admission_location"] == "TWO\nLINES"
     assert isinstance(second, BadRow)
@@ -175,7 +195,9 @@ def test_bad_row_key_and_quoted_multiline_line_numbers(tmp_path: Path) -> None:
 
 
 def test_missing_column_fails_the_file_naming_it(tmp_path: Path) -> None:
-    write(tmp_path / "labevents.csv", "labevent_id,subject_id,charttime,value,valuenum,valueuom\n1,2,2150-01-01,1,1,mg\n")
+    write(
+        tmp_path / "labevents.csv", "labevent_id,subject_id,charttime,value,valuenum,valueuom\n1,2,2150-01-01,1,1,mg\n"
+    )
     with pytest.raises(MissingColumnError, match=r"labevents\.csv: table labevents lacks required column\(s\) itemid"):
         list(parse_table("labevents", tmp_path / "labevents.csv", "labevents.csv", lookups=Lookups(labitems={})))
 
@@ -190,10 +212,13 @@ def test_gzip_gives_the_same_events_as_plain(tmp_path: Path) -> None:
     for name in ("labevents.csv", "d_labitems.csv"):
         (tmp_path / f"{name}.gz").write_bytes(gzip.compress((SAMPLE / name).read_bytes()))
     items, _ = read_labitems(tmp_path / "d_labitems.csv.gz", "d_labitems.csv.gz")
-    zipped = list(parse_table("labevents", tmp_path / "labevents.csv.gz", "labevents.csv", lookups=Lookups(labitems=items)))
+    zipped = list(
+        parse_table("labevents", tmp_path / "labevents.csv.gz", "labevents.csv", lookups=Lookups(labitems=items))
+    )
     plain = parse("labevents")
     assert [r.model_dump(exclude={"emitted_at"}) for r in zipped] == [  # type: ignore[union-attr]
-        r.model_dump(exclude={"emitted_at"}) for r in plain  # type: ignore[union-attr]
+        r.model_dump(exclude={"emitted_at"})
+        for r in plain  # type: ignore[union-attr]
     ]
     assert table_name(tmp_path / "labevents.csv.gz") == "labevents"
     assert table_name(tmp_path / "chartevents.csv.gz") is None
@@ -207,7 +232,9 @@ def test_truncated_gzip_is_a_file_error(tmp_path: Path) -> None:
 
 
 def test_generated_bad_rows_are_exactly_the_dead_letters(tmp_path: Path) -> None:
-    extract = write_mimic(tmp_path, seed=3, n_subjects=40, labs_per_admission=(5, 10), bad_rows=2 * len(MIMIC_BAD_KINDS))
+    extract = write_mimic(
+        tmp_path, seed=3, n_subjects=40, labs_per_admission=(5, 10), bad_rows=2 * len(MIMIC_BAD_KINDS)
+    )
     folder = tmp_path / "hosp"
     found: list[BadRow] = []
     for table in ("patients", "admissions", "labevents", "diagnoses_icd"):

@@ -25,9 +25,10 @@ def test_same_seed_same_bytes(tmp_path: Path, compress: bool) -> None:
         write_fhir(tmp_path / name / "fhir", seed=11, n_patients=3, bad_resources=2)
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
     write_mimic(tmp_path / "c", seed=12, n_subjects=20, compress=compress)
-    assert tree(tmp_path / "c")["hosp/labevents.csv" + (".gz" if compress else "")] != tree(tmp_path / "a" / "mimic")[
-        "hosp/labevents.csv" + (".gz" if compress else "")
-    ]
+    assert (
+        tree(tmp_path / "c")["hosp/labevents.csv" + (".gz" if compress else "")]
+        != tree(tmp_path / "a" / "mimic")["hosp/labevents.csv" + (".gz" if compress else "")]
+    )
 
 
 def test_checked_in_sample_is_what_the_documented_command_writes(tmp_path: Path) -> None:
@@ -41,7 +42,13 @@ def test_default_size_and_realism(tmp_path: Path) -> None:
     assert extract.rows["patients"] == 300 and extract.rows["labevents"] > 10_000
     with (tmp_path / "hosp" / "d_labitems.csv").open() as handle:
         labels = {int(r["itemid"]): r["label"] for r in csv.DictReader(handle)}
-    assert {50912: "Creatinine", 51222: "Hemoglobin", 50931: "Glucose", 50983: "Sodium", 50971: "Potassium"}.items() <= labels.items()
+    assert {
+        50912: "Creatinine",
+        51222: "Hemoglobin",
+        50931: "Glucose",
+        50983: "Sodium",
+        50971: "Potassium",
+    }.items() <= labels.items()
     with (tmp_path / "hosp" / "diagnoses_icd.csv").open() as handle:
         assert {r["icd_version"] for r in csv.DictReader(handle)} == {"9", "10"}
     with (tmp_path / "hosp" / "labevents.csv").open() as handle:

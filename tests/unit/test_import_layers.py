@@ -68,10 +68,15 @@ def test_no_import_runs_up_a_floor() -> None:
     assert not problems, "imports against the floors:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("import api.app\n", [("api", 1, False)]),
-    ("def f():\n    from streams import worker\n", [("streams", 2, True)]),
-    ("from . import x\n", []),
-])
-def test_the_import_reader_sees_lazy_and_module_level_imports(source: str, expected: list[tuple[str, int, bool]]) -> None:
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("import api.app\n", [("api", 1, False)]),
+        ("def f():\n    from streams import worker\n", [("streams", 2, True)]),
+        ("from . import x\n", []),
+    ],
+)
+def test_the_import_reader_sees_lazy_and_module_level_imports(
+    source: str, expected: list[tuple[str, int, bool]]
+) -> None:
     assert _imports(ast.parse(source)) == expected

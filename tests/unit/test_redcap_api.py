@@ -26,7 +26,9 @@ def sim() -> Iterator[RedcapSimulator]:
 
 def client_for(sim: RedcapSimulator, token: str = "A" * 32, **settings: object) -> RedcapApiClient:
     s = Settings(**{"sink_retry_attempts": 3, "sink_retry_max_delay_s": 0.05, "redcap_api_timeout_s": 2.0, **settings})  # type: ignore[arg-type]
-    project = RedcapProject(redcap_url="https://redcap.example.org/", project_id="42", api_token=SecretStr(token), api_url=sim.api_url)
+    project = RedcapProject(
+        redcap_url="https://redcap.example.org/", project_id="42", api_token=SecretStr(token), api_url=sim.api_url
+    )
     return RedcapApiClient(s, project, retry_first_delay_s=0.01)
 
 
@@ -37,7 +39,11 @@ async def test_records_are_exported_restricted_by_the_real_parameters(sim: Redca
     assert instances == ["", "1", "2"]
     assert all(r["record_id"] == "1001" for r in rows)
     [request] = sim.requests_for("record")
-    assert request["records"] == ["1001"] and request["forms"] == ["medication"] and request["events"] == ["baseline_arm_1"]
+    assert (
+        request["records"] == ["1001"]
+        and request["forms"] == ["medication"]
+        and request["events"] == ["baseline_arm_1"]
+    )
     assert request["type"] == "flat" and request["format"] == "json" and request["rawOrLabel"] == "raw"
     assert "token" not in request
 
@@ -51,7 +57,9 @@ async def test_record_ids_are_listed_once_each(sim: RedcapSimulator) -> None:
 async def test_the_dictionary_is_cached_for_its_ttl(sim: RedcapSimulator) -> None:
     now = [0.0]
     s = Settings(redcap_metadata_ttl_s=60)
-    project = RedcapProject(redcap_url="https://r.example/", project_id="42", api_token=SecretStr("A" * 32), api_url=sim.api_url)
+    project = RedcapProject(
+        redcap_url="https://r.example/", project_id="42", api_token=SecretStr("A" * 32), api_url=sim.api_url
+    )
     async with RedcapApiClient(s, project, clock=lambda: now[0]) as client:
         first = await client.data_dictionary()
         now[0] = 59

@@ -31,8 +31,10 @@ def test_sync_of_an_unconfigured_project_fails_naming_it(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("COHORTSTREAM_ENV_FILE", raising=False)
-    monkeypatch.setenv("COHORTSTREAM_REDCAP_PROJECTS", json.dumps(
-        [{"redcap_url": "https://a.example.org", "project_id": "12", "api_token": "secret-token"}]))
+    monkeypatch.setenv(
+        "COHORTSTREAM_REDCAP_PROJECTS",
+        json.dumps([{"redcap_url": "https://a.example.org", "project_id": "12", "api_token": "secret-token"}]),
+    )
     assert main(["redcap", "sync", "--project", "99"]) == 1
     err = capsys.readouterr().err
     assert "99" in err and "secret-token" not in err

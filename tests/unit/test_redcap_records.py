@@ -38,8 +38,13 @@ PROJECT = RedcapProject(redcap_url="https://redcap.example.org", project_id="42"
 
 
 def export(project: SimProject, **arrays: list[str]) -> list[dict[str, str]]:
-    params: dict[str, Any] = {"token": project.token, "content": "record", "format": "json", "type": "flat",
-                              "exportDataAccessGroups": "true"}
+    params: dict[str, Any] = {
+        "token": project.token,
+        "content": "record",
+        "format": "json",
+        "type": "flat",
+        "exportDataAccessGroups": "true",
+    }
     for name, items in arrays.items():
         params.update({f"{name}[{i}]": item for i, item in enumerate(items)})
     status, rows = RedcapSimulator([project]).handle(urlencode(params))
@@ -56,14 +61,17 @@ def test_full_export_gives_one_event_per_record_event_instrument_instance() -> N
     dictionary = DataDictionary.from_metadata(sim.metadata)
     events = record_events(PROJECT, dictionary, export(sim))
     by_key = keyed(events)
-    assert sorted(by_key, key=str) == sorted([
-        ("1001", "baseline_arm_1", "demographics", None),
-        ("1001", "baseline_arm_1", "baseline", None),
-        ("1001", "baseline_arm_1", "medication", 1),
-        ("1001", "baseline_arm_1", "medication", 2),
-        ("1001", "followup_1_arm_1", "baseline", None),
-        ("MUC-07", "baseline_arm_1", "demographics", None),
-    ], key=str)
+    assert sorted(by_key, key=str) == sorted(
+        [
+            ("1001", "baseline_arm_1", "demographics", None),
+            ("1001", "baseline_arm_1", "baseline", None),
+            ("1001", "baseline_arm_1", "medication", 1),
+            ("1001", "baseline_arm_1", "medication", 2),
+            ("1001", "followup_1_arm_1", "baseline", None),
+            ("MUC-07", "baseline_arm_1", "demographics", None),
+        ],
+        key=str,
+    )
     assert len(events) == len(by_key)
     med2 = by_key[("1001", "baseline_arm_1", "medication", 2)]
     assert med2.repeat_instrument == "medication"
@@ -96,8 +104,15 @@ def test_trigger_picks_the_saved_repeat_instance_only() -> None:
     dictionary = DataDictionary.from_metadata(sim.metadata)
     rows = export(sim, records=["1001"], forms=["medication"], events=["baseline_arm_1"])
     [event] = trigger_events(
-        PROJECT, dictionary, rows, record="1001", instrument="medication", event_name="baseline_arm_1",
-        repeat_instrument="medication", repeat_instance=1, data_access_group=None,
+        PROJECT,
+        dictionary,
+        rows,
+        record="1001",
+        instrument="medication",
+        event_name="baseline_arm_1",
+        repeat_instrument="medication",
+        repeat_instance=1,
+        data_access_group=None,
     )
     assert event.repeat_instance == 1 and event.values["med_name"] == "metformin"
     assert event.trigger is RedcapTrigger.DATA_ENTRY_TRIGGER and event.producer == PRODUCER_TRIGGER
@@ -106,14 +121,33 @@ def test_trigger_picks_the_saved_repeat_instance_only() -> None:
 
 def test_trigger_publishes_a_form_whose_values_were_all_cleared() -> None:
     sim = cohort_project()
-    sim.upsert({"record_id": "1001", "redcap_event_name": "followup_1_arm_1", "redcap_repeat_instrument": "",
-                "redcap_repeat_instance": "", "visit_date": "", "symptoms____1": "0", "smoker": "", "consent_imaging": "",
-                "pain_score": "", "site": "", "baseline_complete": "0"})
+    sim.upsert(
+        {
+            "record_id": "1001",
+            "redcap_event_name": "followup_1_arm_1",
+            "redcap_repeat_instrument": "",
+            "redcap_repeat_instance": "",
+            "visit_date": "",
+            "symptoms____1": "0",
+            "smoker": "",
+            "consent_imaging": "",
+            "pain_score": "",
+            "site": "",
+            "baseline_complete": "0",
+        }
+    )
     dictionary = DataDictionary.from_metadata(sim.metadata)
     rows = export(sim, records=["1001"], forms=["baseline"], events=["followup_1_arm_1"])
     [event] = trigger_events(
-        PROJECT, dictionary, rows, record="1001", instrument="baseline", event_name="followup_1_arm_1",
-        repeat_instrument=None, repeat_instance=None, data_access_group="london",
+        PROJECT,
+        dictionary,
+        rows,
+        record="1001",
+        instrument="baseline",
+        event_name="followup_1_arm_1",
+        repeat_instrument=None,
+        repeat_instance=None,
+        data_access_group="london",
     )
     assert event.values["symptoms"] == [] and event.values["site"] is None
     assert record_events(PROJECT, dictionary, rows) == []  # a sync skips the empty form
@@ -123,10 +157,20 @@ def test_trigger_for_a_missing_row_gives_no_event() -> None:
     sim = cohort_project()
     dictionary = DataDictionary.from_metadata(sim.metadata)
     rows = export(sim, records=["nobody"], forms=["baseline"])
-    assert trigger_events(
-        PROJECT, dictionary, rows, record="nobody", instrument="baseline", event_name="baseline_arm_1",
-        repeat_instrument=None, repeat_instance=None, data_access_group=None,
-    ) == []
+    assert (
+        trigger_events(
+            PROJECT,
+            dictionary,
+            rows,
+            record="nobody",
+            instrument="baseline",
+            event_name="baseline_arm_1",
+            repeat_instrument=None,
+            repeat_instance=None,
+            data_access_group=None,
+        )
+        == []
+    )
 
 
 def test_repeating_event_rows_give_one_event_per_instance() -> None:
@@ -139,12 +183,19 @@ def test_repeating_event_rows_give_one_event_per_instance() -> None:
     dictionary = DataDictionary.from_metadata(sim.metadata)
     events = [e for e in record_events(PROJECT, dictionary, export(sim)) if e.record_id == "2002"]
     assert [(e.instrument, e.repeat_instrument, e.repeat_instance, e.values["site"]) for e in events] == [
-        ("baseline", None, 1, "NYC"), ("baseline", None, 2, "LDN"),
+        ("baseline", None, 1, "NYC"),
+        ("baseline", None, 2, "LDN"),
     ]
     [event] = trigger_events(
-        PROJECT, dictionary, export(sim, records=["2002"], forms=["baseline"], events=["followup_1_arm_1"]),
-        record="2002", instrument="baseline", event_name="followup_1_arm_1",
-        repeat_instrument=None, repeat_instance=2, data_access_group=None,
+        PROJECT,
+        dictionary,
+        export(sim, records=["2002"], forms=["baseline"], events=["followup_1_arm_1"]),
+        record="2002",
+        instrument="baseline",
+        event_name="followup_1_arm_1",
+        repeat_instrument=None,
+        repeat_instance=2,
+        data_access_group=None,
     )
     assert event.values["site"] == "LDN"
 
@@ -156,7 +207,14 @@ def test_classic_project_has_no_event_name_and_instance_one_matches() -> None:
     assert (event.record_id, event.event_name, event.repeat_instance) == ("1", None, None)
     assert event.values == {"eligible": True, "score": 12}
     [event] = trigger_events(
-        PROJECT, dictionary, export(sim, records=["1"], forms=["screening"]), record="1", instrument="screening",
-        event_name=None, repeat_instrument=None, repeat_instance=1, data_access_group=None,
+        PROJECT,
+        dictionary,
+        export(sim, records=["1"], forms=["screening"]),
+        record="1",
+        instrument="screening",
+        event_name=None,
+        repeat_instrument=None,
+        repeat_instance=1,
+        data_access_group=None,
     )
     assert event.values["score"] == 12

@@ -32,7 +32,9 @@ FULL_FORM = {
 
 def settings(**overrides: object) -> Settings:
     return Settings(
-        redcap_projects=[RedcapProject(redcap_url="https://redcap.example.org", project_id="42", api_token=SecretStr("T" * 32))],
+        redcap_projects=[
+            RedcapProject(redcap_url="https://redcap.example.org", project_id="42", api_token=SecretStr("T" * 32))
+        ],
         **overrides,  # type: ignore[arg-type]
     )
 
@@ -54,10 +56,21 @@ def test_every_field_of_a_real_trigger_is_read() -> None:
 
 def test_a_classic_project_trigger_needs_no_event_or_repeat_fields() -> None:
     det = DataEntryTrigger.from_form(
-        {"redcap_url": "https://redcap.example.org/", "project_id": "7", "record": "1", "instrument": "screening",
-         "screening_complete": "0", "redcap_event_name": ""}
+        {
+            "redcap_url": "https://redcap.example.org/",
+            "project_id": "7",
+            "record": "1",
+            "instrument": "screening",
+            "screening_complete": "0",
+            "redcap_event_name": "",
+        }
     )
-    assert (det.event_name, det.repeat_instrument, det.repeat_instance, det.data_access_group) == (None, None, None, None)
+    assert (det.event_name, det.repeat_instrument, det.repeat_instance, det.data_access_group) == (
+        None,
+        None,
+        None,
+        None,
+    )
     assert det.completion_status is RedcapCompletionStatus.INCOMPLETE
     assert det.record == "1" and isinstance(det.record, str)
 
@@ -112,7 +125,12 @@ def test_a_configured_project_matches_whatever_the_url_spelling() -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [{"project_id": "43"}, {"redcap_url": "https://evil.example.org/"}, {"redcap_url": "https://redcap.example.org/other/"}]
+    "change",
+    [
+        {"project_id": "43"},
+        {"redcap_url": "https://evil.example.org/"},
+        {"redcap_url": "https://redcap.example.org/other/"},
+    ],
 )
 def test_unknown_project_or_server_is_rejected(change: dict[str, str]) -> None:
     det = DataEntryTrigger.from_form({**FULL_FORM, **change})

@@ -54,21 +54,37 @@ async def make_client(
     sim: RedcapSimulator, publisher: MemoryPublisher, peer: str = "127.0.0.1", **overrides: Any
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
-        redcap_projects=[RedcapProject(redcap_url="https://redcap.example.org/", project_id="42",
-                                       api_token=SecretStr(TOKEN), api_url=sim.api_url)],
-        sink_retry_attempts=3, sink_retry_max_delay_s=0.05, **overrides,
+        redcap_projects=[
+            RedcapProject(
+                redcap_url="https://redcap.example.org/",
+                project_id="42",
+                api_token=SecretStr(TOKEN),
+                api_url=sim.api_url,
+            )
+        ],
+        sink_retry_attempts=3,
+        sink_retry_max_delay_s=0.05,
+        **overrides,
     )
     app = create_trigger_app(settings, publisher, lambda p: RedcapApiClient(settings, p, retry_first_delay_s=0.01))  # type: ignore[arg-type]
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=(peer, 50123))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://det.test") as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://det.test") as client,
+    ):
         yield client
 
 
 def det(**changes: str) -> dict[str, str]:
     form = {
-        "redcap_url": "https://redcap.example.org/", "project_url": "https://redcap.example.org/redcap_v14/index.php?pid=42",
-        "project_id": "42", "username": "jdoe", "record": "1001", "instrument": "baseline",
-        "redcap_event_name": "followup_1_arm_1", "baseline_complete": "2",
+        "redcap_url": "https://redcap.example.org/",
+        "project_url": "https://redcap.example.org/redcap_v14/index.php?pid=42",
+        "project_id": "42",
+        "username": "jdoe",
+        "record": "1001",
+        "instrument": "baseline",
+        "redcap_event_name": "followup_1_arm_1",
+        "baseline_complete": "2",
     }
     form.update(changes)
     return {k: v for k, v in form.items() if v != "<drop>"}

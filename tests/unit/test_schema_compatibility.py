@@ -73,7 +73,10 @@ COMPATIBLE = {
     "drop-field": lambda s: s["fields"].pop(2),
 }
 INCOMPATIBLE = {
-    "add-required-field": (lambda s: s["fields"].append({"name": "note", "type": "string"}), "note: new field without a default"),
+    "add-required-field": (
+        lambda s: s["fields"].append({"name": "note", "type": "string"}),
+        "note: new field without a default",
+    ),
     "remove-enum-symbol": (lambda s: s["fields"][1]["type"].update(symbols=["A", "B"]), "symbols removed"),
     "change-type": (lambda s: s["fields"][0].update(type="int"), "cannot read old data"),
     "narrow-long-to-int": (lambda s: s["fields"][2].update(type="boolean"), "cannot read old data"),

@@ -64,14 +64,21 @@ def test_a_missing_env_file_is_an_error_not_silently_ignored(tmp_path: Path) -> 
         ("COHORTSTREAM_ORTHANC_DICOM_PORT", "70000", "less than or equal"),
     ],
 )
-def test_bad_values_are_refused_with_a_message(monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str) -> None:
+def test_bad_values_are_refused_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match=message):
         Settings.load()
 
 
 def test_unknown_prefixed_variables_are_reported_as_typos() -> None:
-    environ = {"COHORTSTREAM_KAFKA_BOOTSTRAPP": "x", "COHORTSTREAM_LOG_LEVEL": "INFO", "COHORTSTREAM_STACK_DIR": "/s", "HOME": "/root"}
+    environ = {
+        "COHORTSTREAM_KAFKA_BOOTSTRAPP": "x",
+        "COHORTSTREAM_LOG_LEVEL": "INFO",
+        "COHORTSTREAM_STACK_DIR": "/s",
+        "HOME": "/root",
+    }
     assert unknown_env_vars(environ) == ["COHORTSTREAM_KAFKA_BOOTSTRAPP"]
 
 
@@ -98,8 +105,12 @@ def test_every_prefixed_variable_the_repository_uses_is_a_setting_or_known() -> 
     import re
 
     root = SETTINGS_DOC.parents[1]
-    sources = [root / "Makefile", *(root / "deploy").rglob("*.sh"), *(root / "tests").rglob("*.sh"),
-               *(root / "tests").rglob("conftest.py")]
+    sources = [
+        root / "Makefile",
+        *(root / "deploy").rglob("*.sh"),
+        *(root / "tests").rglob("*.sh"),
+        *(root / "tests").rglob("conftest.py"),
+    ]
     names: set[str] = set()
     for path in sources:
         names.update(re.findall(r"\b(COHORTSTREAM_[A-Z0-9_]*[A-Z0-9])\b", path.read_text(encoding="utf-8")))
@@ -116,9 +127,7 @@ def test_docs_settings_table_is_generated_from_the_class() -> None:
     start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
     assert start in text and end in text, f"{SETTINGS_DOC} lost its settings-table markers"
     generated = text[text.index(start) + len(start) : text.index(end)]
-    assert generated == table, (
-        "docs/settings.md's settings table is stale: regenerate it with `make settings-table`"
-    )
+    assert generated == table, "docs/settings.md's settings table is stale: regenerate it with `make settings-table`"
 
 
 def test_settings_environment_rebuilds_the_same_settings_in_a_child_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,25 +17,25 @@ from cohortstream.cohort_query import (
     facet_conditions,
     intersect,
 )
-from cohortstream.subjects import subject_id_for
 from cohortstream.subject_sets import (
     ALL_SUBJECTS,
     DIAGNOSIS_PREFIX_MAX,
     SubjectSet,
     decode_ids,
+    diagnosis_facet,
     encode_id,
+    facets_of,
     lab_set,
     memberships,
-    set_documents,
-    diagnosis_facet,
-    facets_of,
     modality_facet,
     questionnaire_facet,
     questionnaires_facet,
+    set_documents,
     sex_facet,
     source_facet,
     subject_facet_doc,
 )
+from cohortstream.subjects import subject_id_for
 
 REDCAP_KEY = "redcap:https://redcap.example.org/|42|R1"
 EHR_KEY = "ehr:mimic-iv|10001"
@@ -46,35 +46,100 @@ MEMBERS = [
     {"_id": EHR_KEY, "kind": "ehr", "value": "10001"},
 ]
 PATIENTS = {
-    "P1": {"_id": "P1", "modalities": ["MR", "CT"], "sex_normalised": "F", "age_years": 45, "study_count": 2, "series_count": 3},
-    "P2": {"_id": "P2", "modalities": ["PT"], "sex_normalised": "M", "age_years": 70, "study_count": 1, "series_count": 1},
+    "P1": {
+        "_id": "P1",
+        "modalities": ["MR", "CT"],
+        "sex_normalised": "F",
+        "age_years": 45,
+        "study_count": 2,
+        "series_count": 3,
+    },
+    "P2": {
+        "_id": "P2",
+        "modalities": ["PT"],
+        "sex_normalised": "M",
+        "age_years": 70,
+        "study_count": 1,
+        "series_count": 1,
+    },
 }
 QUESTIONNAIRES = [
-    {"subject_key": REDCAP_KEY, "instrument": "baseline", "event_name": "baseline_arm_1", "completion_status": "COMPLETE", "project_id": "42"},
-    {"subject_key": REDCAP_KEY, "instrument": "moca", "event_name": None, "completion_status": "INCOMPLETE", "project_id": "42"},
-    {"subject_key": "redcap:https://redcap.example.org/|42|R9", "instrument": "other", "event_name": None,
-     "completion_status": "COMPLETE", "project_id": "42"},
+    {
+        "subject_key": REDCAP_KEY,
+        "instrument": "baseline",
+        "event_name": "baseline_arm_1",
+        "completion_status": "COMPLETE",
+        "project_id": "42",
+    },
+    {
+        "subject_key": REDCAP_KEY,
+        "instrument": "moca",
+        "event_name": None,
+        "completion_status": "INCOMPLETE",
+        "project_id": "42",
+    },
+    {
+        "subject_key": "redcap:https://redcap.example.org/|42|R9",
+        "instrument": "other",
+        "event_name": None,
+        "completion_status": "COMPLETE",
+        "project_id": "42",
+    },
 ]
-EHR = {EHR_KEY: {
-    "_id": EHR_KEY, "source": "mimic-iv", "sex_normalised": "F", "age_years": 44, "diagnosis_codes": ["I10", "E119"],
-    "latest_labs": {"50912": {"code": "50912", "value": 1.4}, "2160-0": {"code": "2160-0", "value": 3},
-                    "text": {"code": "text", "value": None, "value_text": "positive"}},
-}}
+EHR = {
+    EHR_KEY: {
+        "_id": EHR_KEY,
+        "source": "mimic-iv",
+        "sex_normalised": "F",
+        "age_years": 44,
+        "diagnosis_codes": ["I10", "E119"],
+        "latest_labs": {
+            "50912": {"code": "50912", "value": 1.4},
+            "2160-0": {"code": "2160-0", "value": 3},
+            "text": {"code": "text", "value": None, "value_text": "positive"},
+        },
+    }
+}
 
 
 def _doc(**changes: Any) -> dict[str, Any]:
-    args: dict[str, Any] = {"members": MEMBERS, "patients": PATIENTS, "questionnaires": QUESTIONNAIRES, "ehr_subjects": EHR}
+    args: dict[str, Any] = {
+        "members": MEMBERS,
+        "patients": PATIENTS,
+        "questionnaires": QUESTIONNAIRES,
+        "ehr_subjects": EHR,
+    }
     args.update(changes)
     return subject_facet_doc("S1", **args)
 
 
 def test_the_document_holds_the_summary_row() -> None:
     doc = _doc()
-    assert {k: doc[k] for k in ("_id", "identifiers", "sources", "modalities", "sex", "age_years", "study_count",
-                                "series_count", "questionnaire_count", "has_ehr")} == {
-        "_id": "S1", "identifiers": sorted(m["_id"] for m in MEMBERS), "sources": ["dicom", "ehr", "redcap"],
-        "modalities": ["CT", "MR"], "sex": "F", "age_years": 45, "study_count": 2, "series_count": 3,
-        "questionnaire_count": 2, "has_ehr": True,
+    assert {
+        k: doc[k]
+        for k in (
+            "_id",
+            "identifiers",
+            "sources",
+            "modalities",
+            "sex",
+            "age_years",
+            "study_count",
+            "series_count",
+            "questionnaire_count",
+            "has_ehr",
+        )
+    } == {
+        "_id": "S1",
+        "identifiers": sorted(m["_id"] for m in MEMBERS),
+        "sources": ["dicom", "ehr", "redcap"],
+        "modalities": ["CT", "MR"],
+        "sex": "F",
+        "age_years": 45,
+        "study_count": 2,
+        "series_count": 3,
+        "questionnaire_count": 2,
+        "has_ehr": True,
     }
 
 
@@ -105,7 +170,12 @@ def test_labs_keep_numeric_latest_values_by_code_and_source() -> None:
 
 def test_sex_and_age_come_from_the_ehr_without_imaging_and_both_sexes_are_facets() -> None:
     no_imaging = _doc(members=MEMBERS[1:])
-    assert (no_imaging["sex"], no_imaging["age_years"], no_imaging["modalities"], no_imaging["has_ehr"]) == ("F", 44, [], True)
+    assert (no_imaging["sex"], no_imaging["age_years"], no_imaging["modalities"], no_imaging["has_ehr"]) == (
+        "F",
+        44,
+        [],
+        True,
+    )
     assert source_facet("dicom") not in facets_of(no_imaging)
     ehr = {EHR_KEY: {**EHR[EHR_KEY], "sex_normalised": "M"}}
     both = _doc(ehr_subjects=ehr)
@@ -127,17 +197,27 @@ def test_cohort_criteria_become_sets() -> None:
         modalities=["PT"],
         questionnaires=[QuestionnaireCriterion(instrument="baseline", event_name="baseline_arm_1")],
         labs=[LabCriterion(code="2160.0", min=2.5), LabCriterion(code="50912", source="mimic-iv", max=1)],
-        diagnoses=[DiagnosisCriterion(code_prefix="I1"), DiagnosisCriterion(code_prefix="A" * (DIAGNOSIS_PREFIX_MAX + 2))],
+        diagnoses=[
+            DiagnosisCriterion(code_prefix="I1"),
+            DiagnosisCriterion(code_prefix="A" * (DIAGNOSIS_PREFIX_MAX + 2)),
+        ],
     )
     conditions = facet_conditions(query)
     assert [c.label for c in conditions] == [
-        "modality PT", "questionnaire baseline@baseline_arm_1 COMPLETE", "lab 2160.0 in [2.5, inf]",
-        "lab 50912 in [-inf, 1.0]", "diagnosis I1*", f"diagnosis {'A' * (DIAGNOSIS_PREFIX_MAX + 2)}*",
+        "modality PT",
+        "questionnaire baseline@baseline_arm_1 COMPLETE",
+        "lab 2160.0 in [2.5, inf]",
+        "lab 50912 in [-inf, 1.0]",
+        "diagnosis I1*",
+        f"diagnosis {'A' * (DIAGNOSIS_PREFIX_MAX + 2)}*",
     ]
     assert [c.set_name for c in conditions] == [
-        modality_facet("PT"), questionnaire_facet("baseline", "COMPLETE", "baseline_arm_1"),
-        lab_set("2160_0"), lab_set("50912", "mimic-iv"),  # the views' safe key
-        diagnosis_facet("I1"), diagnosis_facet("A" * DIAGNOSIS_PREFIX_MAX),
+        modality_facet("PT"),
+        questionnaire_facet("baseline", "COMPLETE", "baseline_arm_1"),
+        lab_set("2160_0"),
+        lab_set("50912", "mimic-iv"),  # the views' safe key
+        diagnosis_facet("I1"),
+        diagnosis_facet("A" * DIAGNOSIS_PREFIX_MAX),
     ]
     assert (conditions[2].low, conditions[2].high, conditions[3].low, conditions[3].high) == (2.5, None, None, 1.0)
     assert conditions[5].dx_regex == r"^[^|]*\|" + "A" * (DIAGNOSIS_PREFIX_MAX + 2) and conditions[4].dx_regex is None
@@ -191,4 +271,5 @@ def test_set_documents_are_sharded_by_the_first_hex_digit_and_concatenate_in_ord
     whole = SubjectSet.concat([SubjectSet.from_doc(d) for d in docs], False)
     assert decode_ids(whole.ids) == sorted(SIDS)
     assert intersect([whole.ids, np.array(sorted(encode_id(s) for s in SIDS[:5]), dtype=np.uint64)]).tolist() == sorted(
-        encode_id(s) for s in SIDS[:5])
+        encode_id(s) for s in SIDS[:5]
+    )

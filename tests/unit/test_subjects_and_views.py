@@ -30,9 +30,15 @@ T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
 
 def _redcap(values: dict[str, object], **changes: object) -> RedcapRecordChanged:
     fields: dict[str, object] = {
-        "producer": "redcap-sync", "redcap_url": "https://redcap.example.org", "project_id": "42",
-        "record_id": "1001", "event_name": "baseline_arm_1", "instrument": "demographics",
-        "completion_status": RedcapCompletionStatus.COMPLETE, "trigger": RedcapTrigger.FULL_SYNC, "values": values,
+        "producer": "redcap-sync",
+        "redcap_url": "https://redcap.example.org",
+        "project_id": "42",
+        "record_id": "1001",
+        "event_name": "baseline_arm_1",
+        "instrument": "demographics",
+        "completion_status": RedcapCompletionStatus.COMPLETE,
+        "trigger": RedcapTrigger.FULL_SYNC,
+        "values": values,
     }
     fields.update(changes)
     return RedcapRecordChanged(**fields)  # type: ignore[arg-type]
@@ -40,18 +46,30 @@ def _redcap(values: dict[str, object], **changes: object) -> RedcapRecordChanged
 
 def _lab(row: str, at: datetime | None, value: float, code: str = "50912", subject: str = "10001") -> EhrRecord:
     return EhrRecord(
-        producer="ehr-loader", source="mimic-iv", source_file="hosp/labevents.csv", source_row_id=row,
-        subject_id=subject, record_type=EhrRecordType.LAB, effective_at=at, code_system="mimic-iv-itemid",
-        code=code, display="Creatinine", value_number=value, unit="mg/dL",
+        producer="ehr-loader",
+        source="mimic-iv",
+        source_file="hosp/labevents.csv",
+        source_row_id=row,
+        subject_id=subject,
+        record_type=EhrRecordType.LAB,
+        effective_at=at,
+        code_system="mimic-iv-itemid",
+        code=code,
+        display="Creatinine",
+        value_number=value,
+        unit="mg/dL",
     )
 
 
-@pytest.mark.parametrize("identifier", [
-    SubjectIdentifier.dicom("P-0001"),
-    SubjectIdentifier.redcap("https://redcap.example.org/", "42", "MUC-07"),
-    SubjectIdentifier.ehr("mimic-iv", "10001"),
-    SubjectIdentifier.dicom("weird:id|with bars"),
-])
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        SubjectIdentifier.dicom("P-0001"),
+        SubjectIdentifier.redcap("https://redcap.example.org/", "42", "MUC-07"),
+        SubjectIdentifier.ehr("mimic-iv", "10001"),
+        SubjectIdentifier.dicom("weird:id|with bars"),
+    ],
+)
 def test_identifiers_round_trip_through_their_text(identifier: SubjectIdentifier) -> None:
     assert SubjectIdentifier.parse(identifier.key) == identifier
 
@@ -106,8 +124,13 @@ def test_questionnaire_key_separates_events_instruments_and_repeat_instances() -
 
 
 def test_latest_lab_is_the_latest_measurement_of_the_batch_whatever_the_order() -> None:
-    rows = [_lab("3", T0 + timedelta(days=2), 1.9), _lab("1", T0, 0.8), _lab("2", T0 + timedelta(days=1), 1.1),
-            _lab("4", None, 5.0), _lab("5", T0, 4.4, code="51222")]
+    rows = [
+        _lab("3", T0 + timedelta(days=2), 1.9),
+        _lab("1", T0, 0.8),
+        _lab("2", T0 + timedelta(days=1), 1.1),
+        _lab("4", None, 5.0),
+        _lab("5", T0, 4.4, code="51222"),
+    ]
     updates = latest_lab_updates(rows)
     by_path = {next(iter(u._doc["$set"])): u._doc["$set"] for u in updates}
     assert by_path["latest_labs.50912"]["latest_labs.50912"]["value"] == 1.9
@@ -122,8 +145,14 @@ def test_lab_codes_with_dots_become_safe_field_names() -> None:
 
 
 def test_subject_summary_collects_diagnosis_codes_once_per_subject() -> None:
-    diagnosis = _lab("h1/1", T0, 0).model_copy(update={
-        "record_type": EhrRecordType.DIAGNOSIS, "code": "I10", "code_system": "ICD-10-CM", "source_row_id": "h1/1"})
+    diagnosis = _lab("h1/1", T0, 0).model_copy(
+        update={
+            "record_type": EhrRecordType.DIAGNOSIS,
+            "code": "I10",
+            "code_system": "ICD-10-CM",
+            "source_row_id": "h1/1",
+        }
+    )
     second = diagnosis.model_copy(update={"code": "E119", "source_row_id": "h1/2"})
     (update,) = subject_updates([diagnosis, second, diagnosis])
     assert update._doc["$addToSet"]["diagnosis_codes"] == {"$each": ["E119", "I10"]}

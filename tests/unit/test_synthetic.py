@@ -54,7 +54,9 @@ def test_geometry_steps_along_the_slice_normal(study: list[pydicom.Dataset]) -> 
         assert [ds.InstanceNumber for ds in series] == list(range(1, 21))
         iop = [float(v) for v in series[0].ImageOrientationPatient]
         row, col = np.array(iop[:3]), np.array(iop[3:])
-        assert abs(np.dot(row, col)) < 1e-6 and np.isclose(np.linalg.norm(row), 1) and np.isclose(np.linalg.norm(col), 1)
+        assert (
+            abs(np.dot(row, col)) < 1e-6 and np.isclose(np.linalg.norm(row), 1) and np.isclose(np.linalg.norm(col), 1)
+        )
         normal = slice_normal(iop)
         thickness = float(series[0].SliceThickness)
         positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in series])
@@ -65,7 +67,9 @@ def test_geometry_steps_along_the_slice_normal(study: list[pydicom.Dataset]) -> 
         assert all(list(ds.ImageOrientationPatient) == list(series[0].ImageOrientationPatient) for ds in series)
         assert len({ds.FrameOfReferenceUID for ds in study}) == 1
     # Three different orientations (axial, coronal, sagittal).
-    normals = {tuple(np.round(slice_normal([float(v) for v in study[i].ImageOrientationPatient]), 3)) for i in (0, 20, 40)}
+    normals = {
+        tuple(np.round(slice_normal([float(v) for v in study[i].ImageOrientationPatient]), 3)) for i in (0, 20, 40)
+    }
     assert len(normals) == 3
 
 
