@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -95,7 +96,29 @@ def _cmd_dicom_scp(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_staging_sweep(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.staging_sweeper import sweep_staging
 
-    report = asyncio.run(sweep_staging(settings, min_age_s=args.min_age_s, dry_run=args.dry_run))
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(desc="staging sweep", unit=" files", total=total, file=sys.stderr, mininterval=0.5)
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        report = asyncio.run(
+            sweep_staging(
+                settings,
+                min_age_s=args.min_age_s,
+                dry_run=args.dry_run,
+                on_progress=progress if _progress_wanted(args) else None,
+            )
+        )
+    finally:
+        if bar is not None:
+            bar.close()
     print(report.summary())
     for uid in report.republished:
         print(f"{'orphan' if args.dry_run else 'republished'}\t{uid}")
@@ -198,6 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--min-age-s", type=float, default=600.0, help="ignore files younger than this (default 600)")
     sweep.add_argument("--dry-run", action="store_true", help="only report; change nothing")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a terminal)")
     sweep.set_defaults(func=_cmd_staging_sweep)
 
     p = commands.add_parser(

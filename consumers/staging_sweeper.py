@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -47,8 +48,17 @@ class SweepReport:
         )
 
 
-async def sweep_staging(settings: Settings, *, min_age_s: float, dry_run: bool = False) -> SweepReport:
-    """Sweep ``settings.staging_dir`` once; see the module docstring."""
+async def sweep_staging(
+    settings: Settings,
+    *,
+    min_age_s: float,
+    dry_run: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SweepReport:
+    """Sweep ``settings.staging_dir`` once; see the module docstring.
+
+    ``on_progress(done, total)`` is called after each staged file (the CLI's progress bar).
+    """
     report = SweepReport()
     store = StagingStore(settings.staging_dir)
     archive = OrthancClient(settings)
@@ -58,7 +68,10 @@ async def sweep_staging(settings: Settings, *, min_age_s: float, dry_run: bool =
         await publisher.start()
     try:
         now = time.time()
-        for staged in store.iter_staged():
+        staged_files = list(store.iter_staged())
+        for done, staged in enumerate(staged_files, start=1):
+            if on_progress is not None and done > 1:
+                on_progress(done - 1, len(staged_files))
             report.scanned += 1
             mtime = staged.path.stat().st_mtime
             if now - mtime < min_age_s:
@@ -91,6 +104,8 @@ async def sweep_staging(settings: Settings, *, min_age_s: float, dry_run: bool =
                     received_at=datetime.fromtimestamp(mtime, UTC),
                 )
                 await publisher.publish(event, key=event.series_instance_uid)
+        if on_progress is not None:
+            on_progress(len(staged_files), len(staged_files))
     finally:
         await archive.close()
         if publisher is not None:

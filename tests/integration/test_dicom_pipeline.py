@@ -291,8 +291,10 @@ async def test_sweeper_removes_archived_orphans_and_republishes_the_others(
     # between the two steps), one whose event never made it.
     assert (await orthanc.post("/instances", content=archived_path.read_bytes())).status_code == 200
 
-    dry = await sweep_staging(settings, min_age_s=0, dry_run=True)
+    progress: list[tuple[int, int]] = []
+    dry = await sweep_staging(settings, min_age_s=0, dry_run=True, on_progress=lambda d, n: progress.append((d, n)))
     assert dry.scanned == 2 and len(dry.republished) == 1 and len(dry.removed_already_archived) == 1
+    assert progress == [(1, 2), (2, 2)], "the CLI's progress bar is fed once per staged file"
     assert archived.path.exists() and orphan.path.exists()
 
     report = await sweep_staging(settings, min_age_s=0)
