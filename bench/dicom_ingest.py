@@ -212,6 +212,14 @@ def wait_listener(listener: Child, timeout_s: float) -> float:
     )
 
 
+async def wait_consumer_groups(bootstrap: str, groups: list[str], worker: Child, timeout_s: float) -> float:
+    """Wait until each of the worker's consumer groups (one per lane) is Stable with members."""
+    waited = 0.0
+    for group in groups:
+        waited += await wait_consumer_group(bootstrap, group, worker, max(1.0, timeout_s - waited))
+    return waited
+
+
 async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout_s: float) -> float:
     """Wait until the worker's consumer group is Stable with members; returns seconds."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -544,13 +552,18 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         child.start()
     listener_s = wait_listener(children["listener"], READY_TIMEOUT_S)
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
-    group_s = await wait_consumer_group(
+    # The worker runs one consumer group per lane (cohortstream/lanes.py); the DICOM path
+    # needs these three.
+    group_s = await wait_consumer_groups(
         stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"],
-        settings_env["COHORTSTREAM_APP_ID"],
+        [
+            f"{settings_env['COHORTSTREAM_APP_ID']}-{lane}"
+            for lane in ("dicom-archive", "dicom-views", "series-completion")
+        ],
         children["worker"],
         READY_TIMEOUT_S,
     )
-    log(f"worker consumer group Stable after {group_s:.1f}s")
+    log(f"worker consumer groups Stable after {group_s:.1f}s")
 
     mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"], socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000))
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]

@@ -15,7 +15,7 @@ from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.codec import register_codec
 
-__all__ = ["CohortStreamApp", "create_app", "run_app"]
+__all__ = ["READY_MARKER", "CohortStreamApp", "create_app", "run_app"]
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +93,21 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     )
 
 
+READY_MARKER = "cohortstream: stream app ready"
+"""Printed on standard output, whatever the log level, once the app has its partitions and
+its tables are recovered: the worker's supervisor and the stack's health checks wait for
+it (faust's own "Ready" is an INFO log record, gone at ``COHORTSTREAM_LOG_LEVEL=WARNING``)."""
+
+
+class _Worker(faust.Worker):
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        print(READY_MARKER, flush=True)
+
+
 def run_app(app: faust.App, settings: Settings, metrics_port: int) -> None:
     """Run ``app`` until SIGTERM/SIGINT (faust handles signals and a clean shutdown), with
     the process's Prometheus endpoint on ``metrics_port`` (0: none)."""
     serve_metrics(metrics_port)
-    worker = faust.Worker(
-        app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings)
-    )
+    worker = _Worker(app, loglevel=settings.log_level.lower(), quiet=True, logging_config=logging_dict_config(settings))
     worker.execute_from_commandline()

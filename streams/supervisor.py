@@ -4,8 +4,9 @@ Each child is ``cohortstream worker --lane NAME`` with the parent's settings in 
 environment, its own data directory and, when the worker's metrics port is set, its own
 metrics port (``worker_metrics_port + i`` in lane order). The parent:
 
-- relays the children's output to its own, and logs ``worker ready`` once every lane
-  reported faust's ``Ready`` (the local stack's health check waits for that line);
+- relays the children's output to its own, and prints :data:`READY_LINE` once every lane
+  printed :data:`streams.app.READY_MARKER` (at any log level; the local stack's health
+  check and the benchmarks wait for that line);
 - forwards SIGTERM/SIGINT and waits up to ``worker_shutdown_timeout_s`` for the lanes to
   stop cleanly (faust commits only what was applied; a message held by a sink paused by
   an outage is released uncommitted, see ``streams.app.CohortStreamApp``), then kills what
@@ -33,13 +34,13 @@ from typing import IO
 from cohortstream.errors import ConfigurationError
 from cohortstream.lanes import LANES
 from cohortstream.settings import Settings, env_var_name, settings_environment
+from streams.app import READY_MARKER
 
 __all__ = ["READY_LINE", "check_metrics_ports", "run_worker"]
 
 log = logging.getLogger(__name__)
 
 READY_LINE = "worker ready: every lane is running"
-_FAUST_READY = "[^Worker]: Ready"
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
 _MAX_RESTART_DELAY_S = 30.0
@@ -81,7 +82,7 @@ class _Supervisor:
             with self._out_lock:
                 sys.stdout.buffer.write(raw)
                 sys.stdout.buffer.flush()
-            if _FAUST_READY.encode() in raw:
+            if READY_MARKER.encode() in raw:
                 lane.ready = True
 
     def _start(self, lane: _Lane) -> None:

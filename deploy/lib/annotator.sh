@@ -17,9 +17,9 @@ annotator_start() {
     "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
 }
 
-# Ready = faust reported the worker ready since the latest start marker.
+# Ready = the app printed streams/app.py READY_MARKER since the latest start marker (at any log level).
 annotator_health_once() {
-  awk '/^===== .*: starting annotator =====/ { ready = 0 } /\[\^Worker\]: Ready/ { ready = 1 } END { exit !ready }' \
+  awk '/^===== .*: starting annotator =====/ { ready = 0 } /cohortstream: stream app ready/ { ready = 1 } END { exit !ready }' \
     "$(svc_log annotator)" 2>/dev/null
 }
 
