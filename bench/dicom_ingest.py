@@ -31,8 +31,10 @@ import argparse
 import asyncio
 import math
 import os
+import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -66,11 +68,43 @@ STACK_PORTS = {
 }
 SCP_PORT = 45112
 SCP_AET = "COHORTSTREAM"
+BARE_PORT = 45113
+BARE_AET = "BARE"
+WARMUP_INSTANCES = 8
 POLL_S = 0.05
 CHECK_TIMEOUT_S = 10.0
 
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
+
+
+def port_free(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.bind((host, port))
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno != 98:  # no IPv6 here: only EADDRINUSE counts
+                continue
+            return False
+    return True
+
+
+def apply_port_offset(requested: int | None) -> int:
+    """Shift every port of the run by an offset: ``requested``, or the first multiple of 10
+    up to 500 at which all of them are free (another developer's benchmark may hold the
+    defaults)."""
+    global SCP_PORT, BARE_PORT
+    base = [*STACK_PORTS.values(), SCP_PORT, BARE_PORT]
+    candidates = [requested] if requested is not None else range(0, 510, 10)
+    for offset in candidates:
+        if requested is not None or all(port_free(port + offset) for port in base):
+            for key in STACK_PORTS:
+                STACK_PORTS[key] += offset
+            SCP_PORT += offset
+            BARE_PORT += offset
+            return offset
+    raise BenchError(f"no port offset up to 500 leaves all of {base} free")
 
 
 class BenchError(RuntimeError):
@@ -187,7 +221,7 @@ def cohortstream_argv(env_file: Path, *command: str) -> list[str]:
     return [*base, "--env-file", str(env_file), *command]
 
 
-def wait_listener(listener: Child, timeout_s: float) -> float:
+def wait_listener(listener: Child, aet: str, port: int, timeout_s: float) -> float:
     """C-ECHO the listener until it answers; returns the seconds it took."""
     start = time.monotonic()
     last = ""
@@ -195,7 +229,7 @@ def wait_listener(listener: Child, timeout_s: float) -> float:
         listener.check_alive()
         try:
             result = subprocess.run(
-                [ECHOSCU, "-to", "5", "-aec", SCP_AET, "127.0.0.1", str(SCP_PORT)],
+                [ECHOSCU, "-to", "5", "-aec", aet, "127.0.0.1", str(port)],
                 capture_output=True,
                 text=True,
                 timeout=15,
@@ -212,16 +246,21 @@ def wait_listener(listener: Child, timeout_s: float) -> float:
     )
 
 
-async def wait_consumer_groups(bootstrap: str, groups: list[str], worker: Child, timeout_s: float) -> float:
-    """Wait until each of the worker's consumer groups (one per lane) is Stable with members."""
+async def wait_consumer_groups(
+    bootstrap: str, groups: list[str], workers: list[Child], timeout_s: float, members: int = 1
+) -> float:
+    """Wait until each of the workers' consumer groups (one per lane) is Stable with
+    ``members`` members (one per worker process)."""
     waited = 0.0
     for group in groups:
-        waited += await wait_consumer_group(bootstrap, group, worker, max(1.0, timeout_s - waited))
+        waited += await wait_consumer_group(bootstrap, group, workers, max(1.0, timeout_s - waited), members)
     return waited
 
 
-async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout_s: float) -> float:
-    """Wait until the worker's consumer group is Stable with members; returns seconds."""
+async def wait_consumer_group(
+    bootstrap: str, group: str, workers: list[Child], timeout_s: float, members: int = 1
+) -> float:
+    """Wait until the workers' consumer group is Stable with ``members`` members; returns seconds."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     start = time.monotonic()
@@ -230,13 +269,14 @@ async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout
     state = "unknown"
     try:
         while time.monotonic() - start < timeout_s:
-            worker.check_alive()
+            for worker in workers:
+                worker.check_alive()
             try:
                 for response in await admin.describe_consumer_groups([group]):
                     for entry in response.groups:
                         # (error_code, group_id, state, protocol_type, protocol, members, ...)
                         state = f"{entry[2]} with {len(entry[5])} member(s)"
-                        if entry[2] == "Stable" and entry[5]:
+                        if entry[2] == "Stable" and len(entry[5]) == members:
                             return time.monotonic() - start
             except Exception as exc:
                 state = f"{type(exc).__name__}: {exc}"
@@ -244,8 +284,9 @@ async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout
     finally:
         await admin.close()
     raise BenchError(
-        f"worker consumer group {group!r} not Stable within {timeout_s:.0f}s (last: {state}); "
-        f"last lines of its log:\n{tail(worker.log_path)}"
+        f"worker consumer group {group!r} not Stable with {members} member(s) within {timeout_s:.0f}s "
+        f"(last: {state}); last lines of the workers' logs:"
+        + "".join(f"\n--- {w.name} ---\n{tail(w.log_path)}" for w in workers)
     )
 
 
@@ -255,36 +296,73 @@ async def wait_consumer_group(bootstrap: str, group: str, worker: Child, timeout
 @dataclass
 class Batch:
     directory: Path
+    parts: list[Path]
+    """One directory per association; each holds whole series (a contiguous share of them)."""
     uids: list[str]
     patient_id: str
     file_sizes: list[int]
 
 
-def make_batch(directory: Path, count: int, slices: int, rows: int, cols: int, seed: int, patient_id: str) -> Batch:
-    n_series = max(1, math.ceil(count / slices))
-    datasets = mr_study(
-        n_series=n_series, slices=min(slices, count), rows=rows, cols=cols, seed=seed, patient_id=patient_id
-    )
+def make_batch(
+    directory: Path,
+    count: int,
+    slices: int,
+    rows: int,
+    cols: int,
+    seed: int,
+    patient_id: str,
+    parts: int = 1,
+    single_slices: bool = False,
+) -> Batch:
+    """``count`` MR slices in ``parts`` directories (part ``i`` gets instances
+    ``i*count//parts`` .. ``(i+1)*count//parts - 1``, so whole series when the series divide
+    evenly). ``single_slices``: ``count`` series of one slice each (spreads over partitions)."""
+    if single_slices:
+        datasets = mr_study(n_series=count, slices=1, rows=rows, cols=cols, seed=seed, patient_id=patient_id)
+    else:
+        n_series = max(1, math.ceil(count / slices))
+        datasets = mr_study(
+            n_series=n_series, slices=min(slices, count), rows=rows, cols=cols, seed=seed, patient_id=patient_id
+        )
     datasets = datasets[:count]
-    paths = write_study(datasets, directory)
+    part_dirs = [directory / f"part-{i}" for i in range(parts)]
+    paths: list[Path] = []
+    for i, part in enumerate(part_dirs):
+        paths += write_study(datasets[i * count // parts : (i + 1) * count // parts], part)
     return Batch(
         directory=directory,
+        parts=part_dirs,
         uids=[str(ds.SOPInstanceUID) for ds in datasets],
         patient_id=patient_id,
         file_sizes=[p.stat().st_size for p in paths],
     )
 
 
+def storescu_env() -> dict[str, str]:
+    """dcmtk leaves Nagle's algorithm on unless TCP_NODELAY=1 is in its environment
+    (about 40 ms per C-STORE otherwise; /work/shared/DESIGN.md "External clients")."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+async def storescu_parallel(aet: str, port: int, directories: list[Path], log_path: Path) -> tuple[float, float]:
+    """One storescu process (one association) per directory, all at once; returns (the
+    earliest start, the latest exit), monotonic."""
+    results = await asyncio.gather(*(storescu(aet, port, d, log_path) for d in directories))
+    return min(start for start, _ in results), max(end for _, end in results)
+
+
 async def storescu(aet: str, port: int, directory: Path, log_path: Path) -> tuple[float, float]:
     """Send every file under ``directory``; returns (monotonic start, monotonic end)."""
     argv = [STORESCU, "-R", "+sd", "+r", "-aec", aet, "127.0.0.1", str(port), str(directory)]
     start = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=storescu_env()
+    )
     output, _ = await proc.communicate()
     end = time.monotonic()
     text = output.decode(errors="replace")
     with log_path.open("a") as fh:
-        fh.write(f"$ {' '.join(argv)}\n{text}(exit {proc.returncode}, {end - start:.3f}s)\n")
+        fh.write(f"$ TCP_NODELAY=1 {' '.join(argv)}\n{text}(exit {proc.returncode}, {end - start:.3f}s)\n")
     if proc.returncode != 0:
         raise BenchError(f"storescu to {aet}@{port} exited {proc.returncode}:\n{text[-3000:]}")
     if text.strip():
@@ -420,7 +498,7 @@ async def run_pipeline(
                 give_up.set()
             await asyncio.sleep(0.25)
 
-    sender = asyncio.create_task(storescu(SCP_AET, SCP_PORT, batch.directory, out_log))
+    sender = asyncio.create_task(storescu_parallel(SCP_AET, SCP_PORT, batch.parts, out_log))
     await asyncio.sleep(0)  # let storescu start before the pollers' first round trip
     pollers = [
         asyncio.create_task(poll_until(orthanc_done, "Orthanc /statistics", problems, give_up)),
@@ -509,8 +587,40 @@ def count_files(directory: Path) -> int:
 # --------------------------------------------------------------------------- main
 
 
-async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: dict[str, Child]) -> int:
-    """Run both phases and print the figures; 0 when all N arrived, 1 otherwise."""
+@dataclass
+class Phase:
+    """One timed send: storescu (``assoc`` processes at once) to one receiver."""
+
+    kind: str
+    """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py) or ``listener``."""
+    assoc: int
+    batch: Batch
+    workers: int = 0
+    start: float = math.nan
+    end: float = math.nan
+    received: int | None = None
+    """direct: CountInstances growth; bare: files the bare SCP wrote."""
+    pipe: PipelineResult | None = None
+    in_orthanc: int | None = None
+    """listener: Orthanc instances with the phase's PatientID at the end."""
+
+    @property
+    def n(self) -> int:
+        return len(self.batch.uids)
+
+
+def parse_counts(text: str, what: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: a comma-separated list of integers, e.g. 1,4") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{what}: integers >= 1")
+    return values
+
+
+async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: dict[str, Child], command: str) -> int:
+    """Run every phase and print the figures; 0 when every phase got all N, 1 otherwise."""
     env_file = stack.state_dir / "stack.env"
     run_id = uuid.uuid4().hex[:8]
     settings_env = clean_environ()
@@ -525,227 +635,417 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             "COHORTSTREAM_DICOM_SCP_PORT": str(SCP_PORT),
             "COHORTSTREAM_DICOM_SCP_AET": SCP_AET,
             "COHORTSTREAM_LOG_LEVEL": "WARNING",
+            # Set before `topics create`: enough partitions for several workers per lane.
+            "COHORTSTREAM_TOPIC_PARTITIONS": str(args.partitions),
+            "COHORTSTREAM_WORKER_METRICS_PORT": "0",
         }
     )
 
     n = args.instances
-    log(f"generating 2 x {n} instances ({args.slices} slices/series, {args.rows}x{args.cols})")
+    assocs: list[int] = args.associations
+    worker_counts: list[int] = args.workers
+    # The largest association count runs the listener phase once per worker count; the
+    # others with the first worker count.
+    scale_assoc = max(assocs)
+    plan: list[Phase] = []
+    seed = 1000
+    log(f"generating {n} instances per phase ({args.slices} slices/series, {args.rows}x{args.cols})")
     t = time.monotonic()
-    pipe_batch = make_batch(work / "data-pipeline", n, args.slices, args.rows, args.cols, 1001, "BENCH-PIPELINE")
-    direct_batch = make_batch(work / "data-direct", n, args.slices, args.rows, args.cols, 2002, "BENCH-DIRECT")
-    warm_batch = make_batch(work / "data-warmup", 1, 1, args.rows, args.cols, 3003, "BENCH-WARMUP")
-    assert not set(pipe_batch.uids) & set(direct_batch.uids)
-    log(f"generated in {time.monotonic() - t:.1f}s")
+    for k in assocs:
+        seed += 1
+        direct = make_batch(
+            work / f"data-direct-{k}", n, args.slices, args.rows, args.cols, seed, f"BENCH-DIRECT-{k}", parts=k
+        )
+        plan.append(Phase("direct", k, direct))
+        # The bare SCP keeps nothing: it gets the same files as the direct phase.
+        plan.append(Phase("bare", k, direct))
+        for w in worker_counts if k == scale_assoc else worker_counts[:1]:
+            seed += 1
+            batch = make_batch(
+                work / f"data-listener-{k}-w{w}",
+                n,
+                args.slices,
+                args.rows,
+                args.cols,
+                seed,
+                f"BENCH-L{k}-W{w}",
+                parts=k,
+            )
+            plan.append(Phase("listener", k, batch, workers=w))
+    uids = [uid for phase in plan if phase.kind != "bare" for uid in phase.batch.uids]
+    assert len(uids) == len(set(uids)), "phases must not share instances"
+    log(f"generated {len(plan)} phases in {time.monotonic() - t:.1f}s")
 
-    log("creating topics")
+    log(f"creating topics ({args.partitions} partitions)")
     result = subprocess.run(
         cohortstream_argv(env_file, "topics", "create"), env=settings_env, capture_output=True, text=True, timeout=120
     )
     if result.returncode != 0:
         raise BenchError(f"topics create failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
 
-    children["worker"] = Child("worker", cohortstream_argv(env_file, "worker"), settings_env, work / "worker.log")
+    bare_out = work / "bare-out"
     children["listener"] = Child(
         "listener", cohortstream_argv(env_file, "dicom-scp"), settings_env, work / "listener.log"
     )
-    for child in children.values():
-        child.start()
-    listener_s = wait_listener(children["listener"], READY_TIMEOUT_S)
-    log(f"listener answers C-ECHO after {listener_s:.1f}s")
-    # The worker runs one consumer group per lane (cohortstream/lanes.py); the DICOM path
-    # needs these three.
-    group_s = await wait_consumer_groups(
-        stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"],
-        [
-            f"{settings_env['COHORTSTREAM_APP_ID']}-{lane}"
-            for lane in ("dicom-archive", "dicom-views", "series-completion")
-        ],
-        children["worker"],
-        READY_TIMEOUT_S,
+    children["bare-scp"] = Child(
+        "bare-scp",
+        [sys.executable, "-m", "bench.bare_scp", "--port", str(BARE_PORT), "--aet", BARE_AET, "--out", str(bare_out)],
+        clean_environ(),
+        work / "bare-scp.log",
     )
-    log(f"worker consumer groups Stable after {group_s:.1f}s")
+    children["listener"].start()
+    children["bare-scp"].start()
+    workers: list[Child] = []
+
+    def worker_child(i: int) -> Child:
+        env = dict(settings_env)
+        # Own data dir (faust table state) and no metrics ports, so workers never collide.
+        env["COHORTSTREAM_DATA_DIR"] = str(work / f"app-worker-{i}")
+        return Child(f"worker-{i}", cohortstream_argv(env_file, "worker"), env, work / f"worker-{i}.log")
+
+    listener_s = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S)
+    log(f"listener answers C-ECHO after {listener_s:.1f}s")
+    bare_s = wait_listener(children["bare-scp"], BARE_AET, BARE_PORT, READY_TIMEOUT_S)
+    log(f"bare SCP answers C-ECHO after {bare_s:.1f}s")
 
     mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"], socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000))
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]
     orthanc = Orthanc(stack.env)
     storescu_log = work / "storescu.log"
-    child_list = list(children.values())
-    try:
-        log("warm-up: 1 instance through the whole pipeline")
-        warm = await run_pipeline(warm_batch, orthanc, instances, READY_TIMEOUT_S, args.stall, child_list, storescu_log)
+    orthanc_aet = stack.env.get("COHORTSTREAM_ORTHANC_AET", "ORTHANC")
+    orthanc_port = int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"])
+    ready_notes: list[str] = []
+    warm_total = 0
+    failed = False
+
+    async def set_workers(count: int) -> None:
+        """Start or stop worker processes until ``count`` run, wait until the DICOM lanes'
+        consumer groups are Stable with ``count`` members, then send a warm-up batch through."""
+        nonlocal warm_total
+        while len(workers) < count:
+            child = worker_child(len(workers) + 1)
+            children[child.name] = child
+            workers.append(child)
+            child.start()
+        while len(workers) > count:
+            workers.pop().stop()
+        # The worker runs one consumer group per lane (cohortstream/lanes.py); the DICOM
+        # path needs these three.
+        group_s = await wait_consumer_groups(
+            stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"],
+            [
+                f"{settings_env['COHORTSTREAM_APP_ID']}-{lane}"
+                for lane in ("dicom-archive", "dicom-views", "series-completion")
+            ],
+            workers,
+            READY_TIMEOUT_S,
+            members=count,
+        )
+        log(f"{count} worker(s): consumer groups Stable with {count} member(s) after {group_s:.1f}s")
+        warm_batch = make_batch(
+            work / f"data-warmup-w{count}",
+            WARMUP_INSTANCES,
+            1,
+            args.rows,
+            args.cols,
+            3000 + count,
+            f"BENCH-WARMUP-W{count}",
+            single_slices=True,
+        )
+        log(f"warm-up: {WARMUP_INSTANCES} instances (one per series) through the whole pipeline")
+        warm = await run_pipeline(
+            warm_batch, orthanc, instances, READY_TIMEOUT_S, args.stall, [children["listener"], *workers], storescu_log
+        )
+        warm_total += WARMUP_INSTANCES
         if warm.views is None:
             raise BenchError(
-                f"warm-up instance did not reach Orthanc + views ({warm.outcome}; {warm.problems or 'no poll errors'})"
-                f"\n--- worker log ---\n{tail(children['worker'].log_path)}"
-                f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
+                f"warm-up did not reach Orthanc + views ({warm.outcome}; {warm.problems or 'no poll errors'})"
+                + "".join(f"\n--- {w.name} log ---\n{tail(w.log_path)}" for w in workers)
+                + f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
             )
         log(f"warm-up went through in {warm.views - warm.start:.2f}s")
-
-        log(f"pipeline: storescu {n} instances -> listener :{SCP_PORT}")
-        pipe = await run_pipeline(pipe_batch, orthanc, instances, args.timeout, args.stall, child_list, storescu_log)
-        if pipe.outcome != "complete":
-            why = (
-                f"no progress for {args.stall:.0f}s" if pipe.outcome == "stalled" else f"not within {args.timeout:.0f}s"
-            )
-            log(
-                f"WARNING: not everything arrived ({why}): Orthanc +{pipe.orthanc_delta}/{n}, "
-                f"{pipe.docs_count}/{n} instance docs, {n - len(pipe.missing_views)}/{n} with in_orthanc"
-                + "".join(f"\n  poll {what}: {problem}" for what, problem in pipe.problems.items())
-                + f"\n--- worker log ---\n{tail(children['worker'].log_path)}"
-                f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
-                + "".join(
-                    f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
-                    for svc in ("mongo", "orthanc")
-                    if any(
-                        (svc == "orthanc" and "Orthanc" in what) or (svc == "mongo" and "Mongo" in what)
-                        for what in pipe.problems
-                    )
-                )
-            )
-
-        log(f"direct: storescu {n} instances -> Orthanc :{stack.env['COHORTSTREAM_ORTHANC_DICOM_PORT']}")
-        base = await orthanc.count_instances()
-        d_start, d_end = await storescu(
-            stack.env.get("COHORTSTREAM_ORTHANC_AET", "ORTHANC"),
-            int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"]),
-            direct_batch.directory,
-            storescu_log,
+        ready_notes.append(
+            f"{count} worker(s): groups Stable after {group_s:.1f}s, warm-up ({WARMUP_INSTANCES} instances) "
+            f"end to end {warm.views - warm.start:.2f}s"
         )
-        direct_delta = await orthanc.count_instances() - base
+
+    try:
+        for phase in plan:
+            label = f"{phase.kind}, {phase.assoc} association(s)"
+            if phase.kind == "direct":
+                log(f"{label}: storescu {phase.n} instances -> Orthanc :{orthanc_port}")
+                base = await orthanc.count_instances()
+                phase.start, phase.end = await storescu_parallel(
+                    orthanc_aet, orthanc_port, phase.batch.parts, storescu_log
+                )
+                phase.received = await orthanc.count_instances() - base
+            elif phase.kind == "bare":
+                log(f"{label}: storescu {phase.n} instances -> bare SCP :{BARE_PORT}")
+                phase.start, phase.end = await storescu_parallel(BARE_AET, BARE_PORT, phase.batch.parts, storescu_log)
+                children["bare-scp"].check_alive()
+                phase.received = count_files(bare_out)
+                for path in bare_out.iterdir():
+                    path.unlink()
+            else:
+                if len(workers) != phase.workers:
+                    await set_workers(phase.workers)
+                label += f", {phase.workers} worker(s)"
+                log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}")
+                pipe = await run_pipeline(
+                    phase.batch,
+                    orthanc,
+                    instances,
+                    args.timeout,
+                    args.stall,
+                    [children["listener"], *workers],
+                    storescu_log,
+                )
+                phase.pipe, phase.start, phase.end = pipe, pipe.start, pipe.acked
+                if pipe.outcome != "complete":
+                    failed = True
+                    why = (
+                        f"no progress for {args.stall:.0f}s"
+                        if pipe.outcome == "stalled"
+                        else f"not within {args.timeout:.0f}s"
+                    )
+                    log(
+                        f"WARNING: {label}: not everything arrived ({why}): Orthanc +{pipe.orthanc_delta}/{phase.n}, "
+                        f"{pipe.docs_count}/{phase.n} instance docs, "
+                        f"{phase.n - len(pipe.missing_views)}/{phase.n} with in_orthanc"
+                        + "".join(f"\n  poll {what}: {problem}" for what, problem in pipe.problems.items())
+                        + "".join(f"\n--- {w.name} log ---\n{tail(w.log_path)}" for w in workers)
+                        + f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
+                        + "".join(
+                            f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
+                            for svc in ("mongo", "orthanc")
+                            if any(
+                                (svc == "orthanc" and "Orthanc" in what) or (svc == "mongo" and "Mongo" in what)
+                                for what in pipe.problems
+                            )
+                        )
+                    )
 
         # Let in-flight work settle a moment, then look for duplicates and strays.
         await asyncio.sleep(1.0)
         check_problems: dict[str, str] = {}
         orthanc_total = await bounded(orthanc.count_instances(), "Orthanc /statistics", check_problems)
         docs_total = await bounded(instances.count_documents({}), "MongoDB count_documents", check_problems)
-        found = await bounded(
-            orthanc.client.post(
-                "/tools/find", json={"Level": "Instance", "Query": {"PatientID": pipe_batch.patient_id}}
-            ),
-            "Orthanc /tools/find",
-            check_problems,
-        )
-        pipeline_in_orthanc = len(found.json()) if found is not None and found.status_code == 200 else None
+        for phase in plan:
+            if phase.kind != "listener":
+                continue
+            found = await bounded(
+                orthanc.client.post(
+                    "/tools/find", json={"Level": "Instance", "Query": {"PatientID": phase.batch.patient_id}}
+                ),
+                "Orthanc /tools/find",
+                check_problems,
+            )
+            phase.in_orthanc = len(found.json()) if found is not None and found.status_code == 200 else None
     finally:
         await orthanc.close()
         await mongo.close()
 
-    # ----------------------------------------------------------------- print
-    sizes = pipe_batch.file_sizes
-    ack_rate = rate(n, pipe.start, pipe.acked)
-    orthanc_rate = rate(n, pipe.start, pipe.orthanc)
-    docs_rate = rate(n, pipe.start, pipe.docs)
-    views_rate = rate(n, pipe.start, pipe.views)
-    direct_rate = rate(n, d_start, d_end)
-    lat = pipe.latencies_s
-    intervals = pipe.poll_intervals
+    print_report(args, work, command, plan, ready_notes, listener_s, bare_s)
 
-    def secs(end: float | None, start: float) -> str:
-        return "not reached" if end is None else f"{end - start:.2f} s"
+    # ----------------------------------------------------------------- checks
+    def got(value: object) -> str:
+        return "no answer" if value is None else str(value)
+
+    listener_n = sum(p.n for p in plan if p.kind == "listener")
+    direct_n = sum(p.n for p in plan if p.kind == "direct")
+    print()
+    print("checks:")
+    for phase in plan:
+        name = f"  {phase.kind}, {phase.assoc} assoc" + (f", {phase.workers} worker(s)" if phase.workers else "")
+        if phase.kind == "direct":
+            ok = phase.received == phase.n
+            print(f"{name}: Orthanc CountInstances grew by {phase.received} (expected {phase.n})")
+        elif phase.kind == "bare":
+            ok = phase.received == phase.n
+            print(f"{name}: bare SCP wrote {phase.received} files (expected {phase.n})")
+        else:
+            pipe = phase.pipe
+            assert pipe is not None
+            ok = pipe.outcome == "complete" and phase.in_orthanc == phase.n and not pipe.missing_views
+            print(
+                f"{name}: {pipe.outcome}" + (f" (poll problems: {pipe.problems})" if pipe.problems else "") + "; "
+                f"Orthanc instances with PatientID {phase.batch.patient_id}: {got(phase.in_orthanc)} "
+                f"(expected {phase.n}), CountInstances grew by {pipe.orthanc_delta} during the phase; "
+                f"view docs missing in_orthanc: {len(pipe.missing_views)}"
+                + (f" (e.g. {pipe.missing_views[:3]})" if pipe.missing_views else "")
+            )
+        failed |= not ok
+    print(
+        f"  Orthanc total {got(orthanc_total)} (expected {direct_n + listener_n + warm_total} incl. "
+        f"{warm_total} warm-up), MongoDB instance docs {got(docs_total)} (expected {listener_n + warm_total})"
+        + (f" (check problems: {check_problems})" if check_problems else "")
+    )
+    failed |= orthanc_total != direct_n + listener_n + warm_total or docs_total != listener_n + warm_total
+    staged_left, quarantined = count_files(work / "staging"), count_files(work / "quarantine")
+    print(f"  files left in staging: {staged_left}, in quarantine: {quarantined}")
+    for name, child in children.items():
+        problems = log_problems(child.log_path)
+        print(f"  {name} log: {len(problems)} error line(s)" + "".join(f"\n    {p[:300]}" for p in problems))
+    return 1 if failed else 0
+
+
+def print_report(
+    args: argparse.Namespace,
+    work: Path,
+    command: str,
+    plan: list[Phase],
+    ready_notes: list[str],
+    listener_s: float,
+    bare_s: float,
+) -> None:
+    n = args.instances
+    sizes = plan[0].batch.file_sizes
 
     def num(value: float, spec: str, suffix: str = "") -> str:
         return "n/a" if math.isnan(value) else f"{value:{spec}}{suffix}"
 
+    def ratio(a: float, b: float) -> float:
+        return math.nan if math.isnan(a) or math.isnan(b) or b == 0 else a / b
+
+    direct = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "direct"}
+    bare = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare"}
+
     print()
+    print(f"command: {command}")
     print(
-        f"DICOM ingest benchmark — {n} instances ({math.ceil(n / args.slices)} series x <= {args.slices} "
-        f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE), dcmtk storescu -R, one association"
+        f"DICOM ingest benchmark — {n} instances per phase ({math.ceil(n / args.slices)} series x <= {args.slices} "
+        f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE); dcmtk storescu -R with TCP_NODELAY=1; "
+        f"K associations = K storescu processes at once, each sending 1/K of the instances; "
+        f"topics with {args.partitions} partitions"
     )
     print(
         f"machine: nproc={os.cpu_count()} (usable {len(os.sched_getaffinity(0))}), "
         f"instance size {min(sizes)}-{max(sizes)} bytes (mean {statistics.mean(sizes):.0f}, "
-        f"total {sum(sizes) / 1e6:.1f} MB), write+fsync of one instance-sized file in {work}: "
+        f"{sum(sizes) / 1e6:.1f} MB a phase), write+fsync of one instance-sized file in {work}: "
         f"{fsync_ms(work, sizes[0]):.1f} ms (median of 20), Python {sys.version.split()[0]}"
     )
     print(
-        f"ready: listener C-ECHO after {listener_s:.1f}s, worker group Stable after {group_s:.1f}s, "
-        f"warm-up instance end to end {warm.views - warm.start:.2f}s (not counted)"
+        f"ready: listener C-ECHO after {listener_s:.1f}s, bare SCP C-ECHO after {bare_s:.1f}s; "
+        + "; ".join(ready_notes)
     )
     print()
-    rows = [
-        ("acknowledged by listener (storescu exit)", pipe.acked, ack_rate),
-        ("visible in Orthanc (CountInstances +N)", pipe.orthanc, orthanc_rate),
-        ("all N instance docs in MongoDB", pipe.docs, docs_rate),
-        ("in MongoDB views with in_orthanc=true", pipe.views, views_rate),
-    ]
-    print(f"{'pipeline: storescu -> listener -> Kafka -> worker':<52} {'time':>12} {'inst/s':>9} {'vs direct':>10}")
-    for label, end, r in rows:
-        print(f"  {label:<50} {secs(end, pipe.start):>12} {num(r, '.1f'):>9} {num(r / direct_rate, '.2f', 'x'):>10}")
-    print(
-        f"{'direct: storescu -> Orthanc DICOM port (storescu exit)':<52} {d_end - d_start:>10.2f} s "
-        f"{direct_rate:>9.1f} {1.0:>9.2f}x"
-    )
-    print()
-    print(f"ratio pipeline-ack / direct:      {num(ack_rate / direct_rate, '.2f')}")
-    print(
-        f"ratio pipeline-visible / direct:  {num(orthanc_rate / direct_rate, '.2f')} (Orthanc), "
-        f"{num(views_rate / direct_rate, '.2f')} (MongoDB views with in_orthanc)"
-    )
-    if lat:
-        print(
-            f"end-to-end latency per instance (first poll seeing in_orthanc=true minus received_at), n={len(lat)}: "
-            f"p50 {percentile(lat, 0.5) * 1000:.0f} ms, p95 {percentile(lat, 0.95) * 1000:.0f} ms, "
-            f"max {max(lat) * 1000:.0f} ms"
-        )
-    if intervals:
-        print(
-            f"  measured with {POLL_S * 1000:.0f} ms poll resolution (actual MongoDB poll period: mean "
-            f"{statistics.mean(intervals) * 1000:.0f} ms, max {max(intervals) * 1000:.0f} ms)"
-        )
-    print()
-    print("checks:")
+    header = f"{'path (time from the first storescu start)':<58} {'assoc':>5} {'workers':>7} {'time':>9} {'inst/s':>8}"
+    print(f"{header} {'vs bare':>8} {'vs direct':>9}")
 
-    def got(value: object) -> str:
-        return "no answer" if value is None else str(value)
+    def row(label: str, phase: Phase, end: float | None, workers: str = "-") -> float:
+        r = rate(phase.n, phase.start, end)
+        took = "not reached" if end is None or math.isnan(end) else f"{end - phase.start:.2f} s"
+        print(
+            f"{label:<58} {phase.assoc:>5} {workers:>7} {took:>9} {num(r, '.1f'):>8} "
+            f"{num(ratio(r, bare[phase.assoc]), '.2f', 'x'):>8} {num(ratio(r, direct[phase.assoc]), '.2f', 'x'):>9}"
+        )
+        return r
 
-    print(f"  pipeline phase: {pipe.outcome}" + (f" (poll problems: {pipe.problems})" if pipe.problems else ""))
-    print(
-        f"  Orthanc instances with PatientID {pipe_batch.patient_id}: {got(pipeline_in_orthanc)} (expected {n}); "
-        f"CountInstances grew by {pipe.orthanc_delta} during the pipeline phase, {direct_delta} in the direct one"
-    )
-    print(
-        f"  Orthanc total {got(orthanc_total)} (expected {2 * n + 1} incl. warm-up), "
-        f"MongoDB instance docs {got(docs_total)} (expected {n + 1})"
-        + (f" (check problems: {check_problems})" if check_problems else "")
-    )
-    print(
-        f"  view docs missing in_orthanc: {len(pipe.missing_views)}"
-        + (f" (e.g. {pipe.missing_views[:3]})" if pipe.missing_views else "")
-    )
-    print(
-        f"  files left in staging: {count_files(work / 'staging')}, in quarantine: {count_files(work / 'quarantine')}"
-    )
-    for name, child in children.items():
-        problems = log_problems(child.log_path)
-        print(f"  {name} log: {len(problems)} error line(s)" + "".join(f"\n    {p[:300]}" for p in problems))
-    return 0 if pipe.outcome == "complete" else 1
+    summaries: list[str] = []
+    scale: list[tuple[int, float, float, float]] = []
+    for phase in plan:
+        if phase.kind == "direct":
+            row("storescu -> Orthanc directly (storescu exit)", phase, phase.end)
+        elif phase.kind == "bare":
+            row("storescu -> bare pynetdicom SCP, write+fsync (storescu exit)", phase, phase.end)
+        else:
+            pipe = phase.pipe
+            assert pipe is not None
+            w = str(phase.workers)
+            ack = row("storescu -> our listener: acknowledged (storescu exit)", phase, pipe.acked, w)
+            vis = row("  visible in Orthanc (CountInstances +N)", phase, pipe.orthanc, w)
+            row("  all N instance docs in MongoDB", phase, pipe.docs, w)
+            views = row("  in MongoDB views with in_orthanc=true", phase, pipe.views, w)
+            lat = pipe.latencies_s
+            p95 = percentile(lat, 0.95)
+            line = (
+                f"listener, {phase.assoc} assoc, {phase.workers} worker(s): visible/acknowledged "
+                f"{num(ratio(vis, ack), '.2f')} (Orthanc), {num(ratio(views, ack), '.2f')} (views); "
+            )
+            if lat:
+                line += (
+                    f"end-to-end latency (acknowledged -> in views with in_orthanc), n={len(lat)}: "
+                    f"p50 {percentile(lat, 0.5) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+                )
+            if pipe.poll_intervals:
+                line += (
+                    f" (poll every {POLL_S * 1000:.0f} ms; actual mean "
+                    f"{statistics.mean(pipe.poll_intervals) * 1000:.0f} ms, max {max(pipe.poll_intervals) * 1000:.0f} ms)"
+                )
+            summaries.append(line)
+            if phase.assoc == max(args.associations):
+                scale.append((phase.workers, ack, vis, views))
+    print()
+    for line in summaries:
+        print(line)
+    if len(scale) > 1:
+        print()
+        first = scale[0]
+        print(f"scale-out at {max(args.associations)} associations (inst/s; ratio to {first[0]} worker(s)):")
+        for workers, ack, vis, views in scale:
+            print(
+                f"  {workers} worker(s): acknowledged {num(ack, '.1f')} ({num(ratio(ack, first[1]), '.2f')}x), "
+                f"visible in Orthanc {num(vis, '.1f')} ({num(ratio(vis, first[2]), '.2f')}x), "
+                f"in views {num(views, '.1f')} ({num(ratio(views, first[3]), '.2f')}x)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw_argv = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join([sys.executable, "-m", "bench.dicom_ingest", *raw_argv])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=2000, help="instances per phase (default 2000)")
-    parser.add_argument("--slices", type=int, default=100, help="slices per series (default 100)")
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--cols", type=int, default=64)
+    parser.add_argument("--instances", type=int, default=400, help="instances per phase (default 400)")
+    parser.add_argument("--slices", type=int, default=25, help="slices per series (default 25)")
+    parser.add_argument("--rows", type=int, default=256)
+    parser.add_argument("--cols", type=int, default=256)
+    parser.add_argument(
+        "--associations",
+        type=lambda text: parse_counts(text, "--associations"),
+        default=[1, 4],
+        help="association counts, comma-separated (default 1,4)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=lambda text: parse_counts(text, "--workers"),
+        default=[1],
+        help="worker process counts for the listener phase at the largest association count, comma-separated "
+        "(e.g. 1,2; default 1); the other association counts use the first",
+    )
+    parser.add_argument("--partitions", type=int, default=12, help="partitions per topic (default 12)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all N to arrive")
     parser.add_argument(
         "--stall", type=float, default=60.0, help="give up after this many seconds without progress (default 60)"
     )
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=None,
+        help="add this to every port (default: the first multiple of 10 at which all ports are free)",
+    )
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack and the temp dir in place")
-    args = parser.parse_args(argv)
-    if args.instances < 1 or args.slices < 1:
-        parser.error("--instances and --slices must be >= 1")
+    args = parser.parse_args(raw_argv)
+    if args.instances < 1 or args.slices < 1 or args.partitions < 1:
+        parser.error("--instances, --slices and --partitions must be >= 1")
+    if args.instances < max(args.associations):
+        parser.error("--instances must be at least the largest association count")
     for tool in (STORESCU, ECHOSCU):
         if not os.access(tool, os.X_OK):
             parser.error(f"{tool} (dcmtk) is needed")
+    print(f"command: {command}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="cohortstream-bench-", dir="/tmp"))
     stack = Stack(state_dir=work / "stack", log_path=work / "stack.log")
     children: dict[str, Child] = {}
     status = 1
     try:
+        offset = apply_port_offset(args.port_offset)
+        log(
+            f"ports (offset {offset}): "
+            + ", ".join(f"{k.removeprefix('COHORTSTREAM_STACK_').lower()} {v}" for k, v in STACK_PORTS.items())
+            + f", listener {SCP_PORT}, bare SCP {BARE_PORT}"
+        )
         stack.up()
-        status = asyncio.run(measure(args, work, stack, children))
+        status = asyncio.run(measure(args, work, stack, children, command))
     except BenchError as exc:
         print(f"\nbench failed: {exc}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -175,6 +175,13 @@ class Settings(BaseSettings):
     series_quiet_period_s: float = Field(
         30.0, gt=0, description="A series with no new instance for this long is 'completed'."
     )
+    archive_concurrency: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Instances the archive agent stores in Orthanc at the same time; offsets are committed only up "
+        "to the first instance not stored yet.",
+    )
     sink_retry_attempts: int = Field(
         5, ge=1, description="Fast retries of a failing sink call before the agent pauses and backs off."
     )

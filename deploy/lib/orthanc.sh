@@ -129,7 +129,10 @@ orthanc_start() {
   [[ -x "$ORTHANC_BIN" ]] || { log "orthanc: $ORTHANC_BIN missing; run 'stack.sh install'"; return 1; }
   require_free_ports orthanc "$ORTHANC_HTTP_PORT" "$ORTHANC_DICOM_PORT" || return 1
   orthanc_write_config
-  spawn orthanc env LD_PRELOAD="$ORTHANC_SHIM" "$ORTHANC_BIN" "$d/orthanc.json"
+  # TCP_NODELAY=1: the DCMTK inside Orthanc leaves Nagle's algorithm on without it, and
+  # every C-STORE response then waits ~40 ms for a delayed ACK (measured here: 22.6 inst/s
+  # instead of 605 on one association); senders need it in their environment too.
+  spawn orthanc env LD_PRELOAD="$ORTHANC_SHIM" TCP_NODELAY=1 "$ORTHANC_BIN" "$d/orthanc.json"
 }
 
 # listens_on_loopback_only PORT -> true if every listener on PORT is 127.0.0.1/::1.

@@ -4,10 +4,18 @@ Per message: Orthanc holds the instance (stored now or already) → the instance
 notes it → the staged file is removed. A crash anywhere in between replays the message,
 and each step is idempotent. Orthanc down: the agent waits (backpressure, no commit);
 Orthanc refuses the object or the staged file is gone and Orthanc lacks it: dead letter.
+
+``archive_concurrency`` actors share the partitions' stream, so that many uploads are in
+flight at once (Orthanc stores several instances in parallel; one at a time, the archive
+fell behind any sender with more than one association). Each actor acknowledges its own
+message when done; faust commits an offset only when every message before it is
+acknowledged, so a crash still replays everything that was not stored. The order in
+which instances reach Orthanc does not matter: every step is per instance.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -28,17 +36,41 @@ AGENT_NAME = "dicom-archive"
 log = logging.getLogger(__name__)
 
 
+class _SharedSinks:
+    """The sinks every actor of the agent shares: connected by the first actor that
+    starts, closed by the last one that stops."""
+
+    def __init__(self, archive: OrthancArchive, views: DicomViews) -> None:
+        self.archive, self.views = archive, views
+        self._users = 0
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> _SharedSinks:
+        async with self._lock:
+            if self._users == 0:
+                await self.archive.setup()
+                await self.views.setup()
+            self._users += 1
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._lock:
+            self._users -= 1
+            if self._users == 0:
+                await self.archive.close()
+                await self.views.close()
+
+
 def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterSender, settings: Settings) -> Any:
     """Attach the Orthanc archiving agent to ``app`` and return it."""
     codec = EventCodec()
     archive = OrthancArchive(settings)
     views = DicomViews(settings)
+    sinks = _SharedSinks(archive, views)
 
-    @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME)
+    @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME, concurrency=settings.archive_concurrency)
     async def archive_instances(stream: faust.StreamT[bytes]) -> None:
-        await archive.setup()
-        await views.setup()
-        try:
+        async with sinks:
             async for event, message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
                 try:
                     result = await archive.store(event)
@@ -65,8 +97,5 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
                         "status": result.status,
                     },
                 )
-        finally:
-            await archive.close()
-            await views.close()
 
     return archive_instances
