@@ -37,8 +37,11 @@ install: $(VENV)/.installed
 tools:
 	deploy/install_tools.sh cli
 
+# WORKERS=N: every lane of the worker runs N processes in its consumer group (scale-out).
+WORKERS ?= 1
+
 up: install tools
-	deploy/stack.sh up
+	COHORTSTREAM_STACK_WORKERS=$(WORKERS) deploy/stack.sh up
 
 down:
 	deploy/stack.sh down

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 _CHUNK = 1 << 20
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification)
     ae.maximum_associations = args.max_associations
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_C_STORE, on_c_store, [args.out.absolute()]),
         (evt.EVT_CONN_OPEN, on_conn_open),
     ]
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda num, frame: stop.set())
     server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
+    assert server is not None  # block=False returns the server
     print(f"bare SCP {args.aet} listening on {args.host}:{args.port}, writing to {args.out}", flush=True)
     try:
         stop.wait()

@@ -1,28 +1,43 @@
 """DICOM ingest: our C-STORE listener → Kafka → Orthanc + MongoDB views, against storescu
-straight into Orthanc, in one run. Prints figures; asserts nothing.
+straight into Orthanc and into a bare pynetdicom SCP, at 1 and 4 associations, in one run.
+Prints figures; asserts nothing.
 
 Self-contained: starts its own stack (Kafka, the MongoDB-wire server, Orthanc via ``deploy/stack.sh`` in
-a temporary state dir, ports 45092/45093/45017/45042/45242), creates the topics with a
-prefix unique to the run, starts ``cohortstream worker`` and ``cohortstream dicom-scp``
-(port 45112) as subprocesses, waits until both are ready (listener: C-ECHO with dcmtk's
-``echoscu``; worker: its consumer group is Stable, then one warm-up instance goes through
-the whole pipeline), then:
+a temporary state dir, ports 45092/45093/45017/45042/45242, all shifted by the first
+multiple of 10 at which they and the two SCP ports are free), creates the topics with a
+prefix unique to the run and ``--partitions`` partitions (12), starts ``cohortstream
+dicom-scp`` (port 45112), the bare SCP ``bench/bare_scp.py`` (port 45113) and
+``cohortstream worker`` processes as subprocesses, and waits until they are ready
+(C-ECHO with dcmtk's ``echoscu``; the workers' DICOM consumer groups Stable with one
+member per worker process, then a warm-up batch through the whole pipeline).
 
-1. **pipeline** — N generated MR slices (``cohortstream.synthetic.mr_study``) are sent
-   with dcmtk ``storescu`` (one association) to our listener. Measured from storescu's
-   start: until storescu exits (every C-STORE acknowledged, i.e. staged + Kafka acks=all),
-   until Orthanc's ``CountInstances`` grew by N, until all N ``instances`` docs exist in
-   MongoDB, and until all N carry ``in_orthanc: true``. Pollers run every 50 ms.
+Every send is dcmtk ``TCP_NODELAY=1 storescu -R +sd +r``; K associations are K storescu
+processes started at once, each sending 1/K of the phase's instances (whole series when
+they divide evenly). For each association count (``--associations``, 1,4):
+
+1. **direct** — N generated MR slices (``cohortstream.synthetic.mr_study``) straight to
+   Orthanc's DICOM port; Orthanc answers each C-STORE after storing it, so storescu's
+   run time is the baseline.
+2. **bare** — the same files to ``bench/bare_scp.py``: pynetdicom receiving to disk as our
+   listener does, then one copy + fsync per instance and nothing else (the ceiling of a
+   Python listener).
+3. **listener** — another N to our listener. Measured from the first storescu start:
+   until the last storescu exits (every C-STORE acknowledged, i.e. staged + Kafka
+   acks=all), until Orthanc's ``CountInstances`` grew by N, until all N ``instances`` docs
+   exist in MongoDB, and until all N carry ``in_orthanc: true``. Pollers run every 50 ms.
    Per-instance end-to-end latency = the first poll that saw the instance doc with
-   ``in_orthanc: true`` and its view fields minus its ``received_at`` (the listener's
-   clock, same machine), so it has the poll period's resolution.
-2. **direct** — a different set of N instances (other seed and patient, so Orthanc stores
-   them anew) sent with the same storescu command straight to Orthanc's DICOM port; Orthanc
-   answers each C-STORE after storing it, so storescu's run time is the baseline.
+   ``in_orthanc: true`` minus its ``received_at`` (the listener's clock, same machine).
+   At the largest association count this phase runs once per ``--workers`` count
+   (worker processes started or stopped in between; each has its own data dir and no
+   metrics port, and all join the same consumer groups).
 
-Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 2000] [--slices 100]
-[--rows 64] [--cols 64] [--keep-stack]``. Needs dcmtk (``/usr/bin/storescu``,
-``/usr/bin/echoscu``) and the stack's installs (``deploy/stack.sh install``).
+Each figure is printed with its ratio to the bare SCP and to Orthanc direct at the same
+association count, plus visible/acknowledged ratios and the scale-out per worker count.
+
+Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--slices 25] [--rows 256]
+[--cols 256] [--associations 1,4] [--workers 1,2] [--partitions 12] [--keep-stack]``.
+Needs dcmtk (``/usr/bin/storescu``, ``/usr/bin/echoscu``) and the stack's installs
+(``deploy/stack.sh install``).
 """
 
 from __future__ import annotations
@@ -462,11 +477,11 @@ async def run_pipeline(
 
     async def orthanc_done() -> bool:
         state["orthanc_delta"] = await orthanc.count_instances() - base
-        return state["orthanc_delta"] >= n
+        return bool(state["orthanc_delta"] >= n)
 
     async def docs_done() -> bool:
         state["docs"] = await instances.count_documents({"patient_id": batch.patient_id})
-        return state["docs"] >= n
+        return bool(state["docs"] >= n)
 
     async def views_done() -> bool:
         now = time.time()
@@ -864,15 +879,17 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             ok = phase.received == phase.n
             print(f"{name}: bare SCP wrote {phase.received} files (expected {phase.n})")
         else:
-            pipe = phase.pipe
-            assert pipe is not None
-            ok = pipe.outcome == "complete" and phase.in_orthanc == phase.n and not pipe.missing_views
+            got_pipe = phase.pipe
+            assert got_pipe is not None
+            ok = got_pipe.outcome == "complete" and phase.in_orthanc == phase.n and not got_pipe.missing_views
             print(
-                f"{name}: {pipe.outcome}" + (f" (poll problems: {pipe.problems})" if pipe.problems else "") + "; "
+                f"{name}: {got_pipe.outcome}"
+                + (f" (poll problems: {got_pipe.problems})" if got_pipe.problems else "")
+                + "; "
                 f"Orthanc instances with PatientID {phase.batch.patient_id}: {got(phase.in_orthanc)} "
-                f"(expected {phase.n}), CountInstances grew by {pipe.orthanc_delta} during the phase; "
-                f"view docs missing in_orthanc: {len(pipe.missing_views)}"
-                + (f" (e.g. {pipe.missing_views[:3]})" if pipe.missing_views else "")
+                f"(expected {phase.n}), CountInstances grew by {got_pipe.orthanc_delta} during the phase; "
+                f"view docs missing in_orthanc: {len(got_pipe.missing_views)}"
+                + (f" (e.g. {got_pipe.missing_views[:3]})" if got_pipe.missing_views else "")
             )
         failed |= not ok
     print(
@@ -914,8 +931,8 @@ def print_report(
     print(f"command: {command}")
     print(
         f"DICOM ingest benchmark — {n} instances per phase ({math.ceil(n / args.slices)} series x <= {args.slices} "
-        f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE); dcmtk storescu -R with TCP_NODELAY=1; "
-        f"K associations = K storescu processes at once, each sending 1/K of the instances; "
+        f"slices, MR {args.rows}x{args.cols} int16, explicit VR LE); K associations = K storescu processes at "
+        f"once, each sending 1/K of the instances (TCP_NODELAY=1 {STORESCU} -R +sd +r -aec AET 127.0.0.1 PORT DIR); "
         f"topics with {args.partitions} partitions"
     )
     print(
@@ -929,14 +946,14 @@ def print_report(
         + "; ".join(ready_notes)
     )
     print()
-    header = f"{'path (time from the first storescu start)':<58} {'assoc':>5} {'workers':>7} {'time':>9} {'inst/s':>8}"
+    header = f"{'path (time from the first storescu start)':<62} {'assoc':>5} {'workers':>7} {'time':>9} {'inst/s':>8}"
     print(f"{header} {'vs bare':>8} {'vs direct':>9}")
 
     def row(label: str, phase: Phase, end: float | None, workers: str = "-") -> float:
         r = rate(phase.n, phase.start, end)
         took = "not reached" if end is None or math.isnan(end) else f"{end - phase.start:.2f} s"
         print(
-            f"{label:<58} {phase.assoc:>5} {workers:>7} {took:>9} {num(r, '.1f'):>8} "
+            f"{label:<62} {phase.assoc:>5} {workers:>7} {took:>9} {num(r, '.1f'):>8} "
             f"{num(ratio(r, bare[phase.assoc]), '.2f', 'x'):>8} {num(ratio(r, direct[phase.assoc]), '.2f', 'x'):>9}"
         )
         return r
@@ -964,7 +981,7 @@ def print_report(
             )
             if lat:
                 line += (
-                    f"end-to-end latency (acknowledged -> in views with in_orthanc), n={len(lat)}: "
+                    f"end-to-end latency (received_at -> first poll seeing in_orthanc=true), n={len(lat)}: "
                     f"p50 {percentile(lat, 0.5) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
                 )
             if pipe.poll_intervals:

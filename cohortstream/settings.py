@@ -108,7 +108,12 @@ class Settings(BaseSettings):
         "cohortstream.",
         description="Prefix of every topic name, so several deployments can share a cluster.",
     )
-    topic_partitions: int = Field(3, ge=1, description="Partitions of topics created by `cohortstream topics create`.")
+    topic_partitions: int = Field(
+        12,
+        ge=1,
+        description="Partitions of topics created by `cohortstream topics create`: the most processes of one lane "
+        "that can share the work (existing topics keep theirs).",
+    )
     topic_replication_factor: int = Field(
         1, ge=1, description="Replication factor of created topics (3 in production)."
     )
@@ -200,6 +205,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A consumer group whose lag on a topic is above 0 and whose committed offset has not moved for "
         "this long is reported as stalled (/readyz 'degraded', metric cohortstream_consumer_stalled).",
+    )
+    worker_replicas: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Processes per lane that `cohortstream worker` runs, all in the lane's consumer group (the "
+        "partitions are split between them); worth it with topics of several partitions (COHORTSTREAM_TOPIC_PARTITIONS).",
     )
     worker_shutdown_timeout_s: float = Field(
         15.0,

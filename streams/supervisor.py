@@ -2,7 +2,9 @@
 
 Each child is ``cohortstream worker --lane NAME`` with the parent's settings in its
 environment, its own data directory and, when the worker's metrics port is set, its own
-metrics port (``worker_metrics_port + i`` in lane order). The parent:
+metrics port (``worker_metrics_port + i``, i counting lanes, then replicas). With
+``worker_replicas`` N, every lane runs N times, all in the lane's consumer group: Kafka
+splits the lane's partitions between them, and takes a dead one's over. The parent:
 
 - relays the children's output to its own, and prints :data:`READY_LINE` once every lane
   printed :data:`streams.app.READY_MARKER` (at any log level; the local stack's health
@@ -53,6 +55,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 @dataclass
 class _Lane:
     name: str
+    lane: str
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     ready: bool = False
@@ -62,16 +65,19 @@ class _Lane:
 
 
 class _Supervisor:
-    def __init__(self, settings: Settings, lanes: Sequence[str]) -> None:
+    def __init__(self, settings: Settings, lanes: Sequence[str], replicas: int) -> None:
         base = os.environ | settings_environment(settings)
         self._lanes: list[_Lane] = []
-        for i, name in enumerate(lanes):
-            env = dict(base)
-            env[env_var_name("worker_metrics_port")] = str(
-                settings.worker_metrics_port + i if settings.worker_metrics_port else 0
-            )
-            env[env_var_name("data_dir")] = str(settings.data_dir / name)
-            self._lanes.append(_Lane(name, env))
+        for replica in range(replicas):
+            for i, lane in enumerate(lanes):
+                index = replica * len(lanes) + i
+                name = lane if replicas == 1 else f"{lane}#{replica + 1}"
+                env = dict(base)
+                env[env_var_name("worker_metrics_port")] = str(
+                    settings.worker_metrics_port + index if settings.worker_metrics_port else 0
+                )
+                env[env_var_name("data_dir")] = str(settings.data_dir / name.replace("#", "-"))
+                self._lanes.append(_Lane(name, lane, env))
         self._timeout_s = settings.worker_shutdown_timeout_s
         self._stopping = threading.Event()
         self._announced = False
@@ -86,7 +92,7 @@ class _Supervisor:
                 lane.ready = True
 
     def _start(self, lane: _Lane) -> None:
-        argv = [sys.executable, "-m", "cohortstream.cli", "worker", "--lane", lane.name]
+        argv = [sys.executable, "-m", "cohortstream.cli", "worker", "--lane", lane.lane]
         lane.process = subprocess.Popen(
             argv,
             env=lane.env,
@@ -161,13 +167,15 @@ class _Supervisor:
 
 
 def run_worker(settings: Settings, lanes: Sequence[str] | None = None) -> int:
-    """Run ``lanes`` (all when None) as supervised child processes until SIGTERM/SIGINT."""
+    """Run ``lanes`` (all when None), ``worker_replicas`` processes each, as supervised
+    child processes until SIGTERM/SIGINT. The replicas of a lane share its consumer group,
+    so Kafka splits the lane's partitions between them."""
     chosen = list(LANES) if not lanes else list(lanes)
     unknown = [lane for lane in chosen if lane not in LANES]
     if unknown:
         raise ConfigurationError(f"unknown worker lane(s) {', '.join(unknown)} (known: {', '.join(LANES)})")
-    check_metrics_ports(settings, len(chosen))
-    return _Supervisor(settings, chosen).run()
+    check_metrics_ports(settings, len(chosen) * settings.worker_replicas)
+    return _Supervisor(settings, chosen, settings.worker_replicas).run()
 
 
 def check_metrics_ports(settings: Settings, lanes: int) -> None:

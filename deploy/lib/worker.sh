@@ -19,6 +19,7 @@ worker_start() {
   # before anything consumes from them.
   "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
   spawn worker env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_WORKER_METRICS_PORT="$WORKER_METRICS_PORT" \
+    COHORTSTREAM_WORKER_REPLICAS="${COHORTSTREAM_STACK_WORKERS:-1}" \
     "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" worker
 }
 

@@ -74,9 +74,16 @@ def observe(state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: 
     }
 
 
-def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float) -> bool:
-    """Whether an open series has seen no new instance for the quiet period."""
-    return bool(state and state["open"] and now_ms - state["activity_ms"] >= quiet_period_s * 1000)
+def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float, resumed_ms: int = 0) -> bool:
+    """Whether an open series has seen no new instance for the quiet period, counted from
+    the later of its last new instance and ``resumed_ms``: when this process took over
+    its partition (a restart, or a rebalance after another worker died). The table comes
+    back from its changelog with the old activity time, while the instances behind the
+    committed offset have not been read again yet; without the restart of the clock, a
+    series still arriving would complete early and then again as revision 2."""
+    if not (state and state["open"]):
+        return False
+    return now_ms - max(state["activity_ms"], resumed_ms) >= quiet_period_s * 1000
 
 
 def register(
@@ -114,13 +121,18 @@ def register(
     # faust's decorators are untyped; the timer keeps the function's own signature.
     every = cast(Callable[[TimerFunction], TimerFunction], app.timer(interval=max(0.2, min(5.0, quiet / 4))))
 
+    clock: dict[str, int | None] = {"resumed_ms": None}
+
     @every
     async def complete_quiet_series() -> None:
-        if getattr(app, "in_recovery", False) or app.rebalancing:
-            return  # tables are incomplete until recovery ends
         now_ms = int(time.time() * 1000)
+        if getattr(app, "in_recovery", False) or app.rebalancing:
+            clock["resumed_ms"] = None  # tables are incomplete until recovery ends
+            return
+        if clock["resumed_ms"] is None:
+            clock["resumed_ms"] = now_ms  # the first tick with the partitions (again)
         for series, state in list(activity.items()):
-            if not is_quiet(state, now_ms, quiet):
+            if not is_quiet(state, now_ms, quiet, clock["resumed_ms"] or 0):
                 continue
             revision = state["revision"] + 1
             completed = DicomSeriesCompleted(

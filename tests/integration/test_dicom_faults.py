@@ -22,7 +22,7 @@ import pydicom
 import pytest
 
 from cohortstream.admin import ensure_topics
-from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType
+from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted, EhrRecord, EhrRecordType
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_hash
 from cohortstream.publisher import EventPublisher
@@ -30,6 +30,7 @@ from cohortstream.settings import Settings, settings_environment
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom import DicomListener
+from streams.supervisor import READY_LINE
 from streams.worker import build_worker_app
 from tests.integration.test_dicom_pipeline import (
     fresh_seed,
@@ -37,6 +38,7 @@ from tests.integration.test_dicom_pipeline import (
     per_series,
     views_caught_up,
 )
+from tests.kafka_probe import read_topic
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"
@@ -285,3 +287,63 @@ async def test_kafka_restarted_between_two_associations(settings: Settings, data
     assert {d["_id"] async for d in database.instances.find({})} == sops
     series = [d["instance_count"] async for d in database.series.find({})]
     assert series == [10, 10]
+
+
+async def test_two_workers_one_killed_the_other_takes_over_and_every_series_completes_once(
+    settings: Settings, database: Any, tmp_path: Path
+) -> None:
+    """Scale-out (issue 13): two deployed workers share every lane's consumer group over
+    four partitions; one is killed with SIGKILL mid-ingestion. Its partitions go to the
+    other, which restores the series-completion tables from their changelogs: every
+    instance lands once, and every series completes once (one revision, read from the
+    completion topic)."""
+    settings = settings.model_copy(update={"topic_partitions": 4, "worker_metrics_port": 0})
+    await ensure_topics(settings)
+    store = StagingStore(settings.staging_dir)
+    files = write_study(mr_study(n_series=6, slices=12, rows=16, cols=16, seed=fresh_seed()), tmp_path / "study6")
+    study = [instance_event(path, store) for path in files]
+    first_half, second_half = study[: len(study) // 2], study[len(study) // 2 :]
+    log_path = tmp_path / "workers.log"
+    env = {**os.environ, **settings_environment(settings), "COHORTSTREAM_LOG_FORMAT": "console"}
+    env.pop("COHORTSTREAM_ENV_FILE", None)
+
+    def start() -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    async def ready(n: int) -> bool:
+        return log_path.exists() and log_path.read_text(errors="replace").count(READY_LINE) >= n
+
+    survivor, victim = start(), start()
+    try:
+        await eventually(lambda: ready(2), timeout_s=180, what="both workers' lanes ready")
+        await _publish(settings, first_half)
+
+        async def some_archived() -> bool:
+            return await _archived(database) >= 5
+
+        await eventually(some_archived, timeout_s=120, what="the workers to start archiving")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        await _publish(settings, second_half)
+
+        async def all_archived() -> bool:
+            return await views_caught_up(database, per_series(study))
+
+        await eventually(all_archived, timeout_s=240, what="every instance archived by the surviving worker")
+        await _assert_exactly_once(settings, database, study)
+
+        completions = [r.event for r in await read_topic(settings, "dicom.series-completed", 6, timeout_s=120)]
+        revisions: dict[str, set[int]] = {}
+        for completed in completions:
+            assert isinstance(completed, DicomSeriesCompleted)
+            revisions.setdefault(completed.series_instance_uid, set()).add(completed.revision)
+        assert revisions == {uid: {1} for uid in per_series(study)}, "each series completes once"
+        assert {c.series_instance_uid: c.instance_count for c in completions} == per_series(study)
+    finally:
+        for process in (survivor, victim):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
