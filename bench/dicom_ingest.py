@@ -900,9 +900,11 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     failed |= orthanc_total != direct_n + listener_n + warm_total or docs_total != listener_n + warm_total
     staged_left, quarantined = count_files(work / "staging"), count_files(work / "quarantine")
     print(f"  files left in staging: {staged_left}, in quarantine: {quarantined}")
+    failed |= staged_left != 0 or quarantined != 0
     for name, child in children.items():
         problems = log_problems(child.log_path)
         print(f"  {name} log: {len(problems)} error line(s)" + "".join(f"\n    {p[:300]}" for p in problems))
+        failed |= bool(problems)
     return 1 if failed else 0
 
 

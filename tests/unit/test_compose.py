@@ -70,3 +70,16 @@ def test_no_secret_is_written_in_the_file() -> None:
     walk(COMPOSE, "compose")
     users = SERVICES["orthanc"]["environment"]["ORTHANC__REGISTERED_USERS"]
     assert "${ORTHANC_PASSWORD" in users
+
+
+def test_the_orthanc_postgresql_override_moves_the_index_and_takes_its_password_from_env() -> None:
+    override: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "compose.orthanc-postgres.yml").read_text())
+    index = override["services"]["orthanc-index"]
+    assert index["image"].startswith("postgres:") and "healthcheck" in index
+    assert SUBSTITUTION.match(index["environment"]["POSTGRES_PASSWORD"])
+    orthanc = override["services"]["orthanc"]
+    config = orthanc["environment"]["ORTHANC__POSTGRESQL"]
+    assert '"EnableIndex": true' in config and '"Host": "orthanc-index"' in config
+    assert '"Password": "${ORTHANC_INDEX_PASSWORD' in config, "the password comes from .env, never the file"
+    assert orthanc["depends_on"]["orthanc-index"]["condition"] == "service_healthy"
+    assert "orthanc" in SERVICES and SERVICES["orthanc"]["environment"]["TCP_NODELAY"] == "1"
