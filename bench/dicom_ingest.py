@@ -1,6 +1,6 @@
 """DICOM ingest: our C-STORE listener → Kafka → Orthanc + MongoDB views, against storescu
 straight into Orthanc and into a bare pynetdicom SCP, at 1 and 4 associations, in one run.
-Prints figures; asserts nothing.
+Prints figures and checks.
 
 Self-contained: starts its own stack (Kafka, the MongoDB-wire server, Orthanc via ``deploy/stack.sh`` in
 a temporary state dir, ports 45092/45093/45017/45042/45242, all shifted by the first
@@ -33,6 +33,8 @@ they divide evenly). For each association count (``--associations``, 1,4):
 
 Each figure is printed with its ratio to the bare SCP and to Orthanc direct at the same
 association count, plus visible/acknowledged ratios and the scale-out per worker count.
+Then the checks (counts per phase, totals, staging and quarantine empty, no ERROR lines in
+the logs); the exit status is 1 when one fails.
 
 Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--slices 25] [--rows 256]
 [--cols 256] [--associations 1,4] [--workers 1,2] [--partitions 12] [--keep-stack]``.

@@ -90,6 +90,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         processing_guarantee="at_least_once",
+        # No standby copies of table partitions on the other workers of a lane: a worker that
+        # takes partitions over rebuilds them from the changelog (seconds for the series
+        # tables). With standbys, a survivor promoted from standby was seen to complete no
+        # more series after a takeover (tests/integration/test_dicom_faults.py, two workers).
+        table_standby_replicas=0,
     )
 
 

@@ -19,6 +19,7 @@ completion carries revision + 1.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -83,7 +84,32 @@ def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float, r
     series still arriving would complete early and then again as revision 2."""
     if not (state and state["open"]):
         return False
-    return now_ms - max(state["activity_ms"], resumed_ms) >= quiet_period_s * 1000
+    return bool(now_ms - max(state["activity_ms"], resumed_ms) >= quiet_period_s * 1000)
+
+
+async def _wait_for_changelog_metadata(app: faust.App, table: Any) -> None:
+    """Wait until the producer's metadata knows ``table``'s changelog topic.
+
+    A table with ``use_partitioner=True`` picks its changelog partition with the
+    producer's partitioner at the first write; on a fresh consumer group faust declares
+    the changelog topic at start-up, and the producer's cluster metadata may not list it
+    yet, so the first write crashed (aiokafka: ``partitions_for_topic`` is None) and the
+    agent crash-looped for ~40 s (seen in the ingest benchmark). aiokafka's
+    ``partitions_for`` waits for that metadata (bounded by its request timeout).
+    """
+    producer = cast(Any, app.producer)._ensure_producer()  # faust's aiokafka producer (not in ProducerT)
+    topic = table.changelog_topic.get_topic_name()
+    for attempt in range(1, 31):
+        try:
+            if await producer.partitions_for(topic):
+                return
+        except Exception as exc:  # metadata not there yet (a KafkaError or a timeout): asked again below
+            log.warning(
+                "changelog topic not in the metadata yet",
+                extra={"topic": topic, "attempt": attempt, "error": repr(exc)},
+            )
+        await asyncio.sleep(min(0.2 * attempt, 2.0))
+    log.error("changelog topic still unknown to the producer; table writes may fail", extra={"topic": topic})
 
 
 def register(
@@ -111,6 +137,7 @@ def register(
 
     @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME)
     async def track_series(stream: faust.StreamT[bytes]) -> None:
+        await _wait_for_changelog_metadata(app, activity)
         async for event, _message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
             if seen.get(event.sop_instance_uid) is not None:
                 continue  # a resent copy: nothing new about the series
