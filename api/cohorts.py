@@ -37,6 +37,7 @@ from api.services import ApiServices, get_services
 from api.subject_models import CohortAnswer
 from api.subject_store import subject_summaries
 from cohortstream.cohort_query import CohortQuery, run_cohort_query
+from cohortstream.subject_sets import SUMMARY_FIELDS
 
 __all__ = ["EXPORT_CHUNK", "EXPORT_COLUMNS", "csv_lines", "ndjson_lines", "router"]
 
@@ -49,18 +50,7 @@ router = APIRouter(prefix="/cohorts", tags=["cohorts"], dependencies=_GUARD)
 Services = Annotated[ApiServices, Depends(get_services)]
 
 EXPORT_CHUNK = 1000
-EXPORT_COLUMNS = (
-    "subject_id",
-    "identifiers",
-    "sources",
-    "modalities",
-    "sex",
-    "age_years",
-    "study_count",
-    "series_count",
-    "questionnaire_count",
-    "has_ehr",
-)
+EXPORT_COLUMNS = ("subject_id", *SUMMARY_FIELDS)
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 

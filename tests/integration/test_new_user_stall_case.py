@@ -32,7 +32,7 @@ from cohortstream.settings import Settings, settings_environment
 from cohortstream.synthetic import mr_study, write_study
 from cohortstream.synthetic_ehr import main as synthetic_ehr
 from producers.dicom import DicomListener
-from streams.supervisor import READY_LINE
+from tests.deployed_worker import DeployedWorkers
 from tests.integration.test_dicom_pipeline import fresh_seed
 from tests.net import free_port
 from tests.polling import eventually
@@ -65,31 +65,17 @@ def env(settings: Settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    processes: list[subprocess.Popen[bytes]] = []
-    log_path = tmp_path / "worker.log"
-
-    def start() -> subprocess.Popen[bytes]:
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        processes.append(process)
-        return process
-
-    start.ready_count = lambda: log_path.read_text().count(READY_LINE)  # type: ignore[attr-defined]
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def worker(settings: Settings, tmp_path: Path) -> Iterator[DeployedWorkers]:
+    workers = DeployedWorkers(settings, tmp_path / "worker.log")
+    yield workers
+    workers.kill_all()
 
 
 async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothing_stalls(
     settings: Settings, db: Any, env: dict[str, str], worker: Any, tmp_path: Path
 ) -> None:
     await ensure_topics(settings)
-    first = worker()
+    first = worker.start()
     await eventually(
         lambda: asyncio.to_thread(lambda: worker.ready_count() >= 1), timeout_s=120, what="the worker's lanes ready"
     )
@@ -134,7 +120,7 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
         output, _ = await asyncio.wait_for(push.communicate(), timeout=300)
         assert push.returncode == 0, output.decode(errors="replace")[-2000:]
 
-    worker()  # 5. started again
+    worker.start()  # 5. started again
     sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study}
 
     async def everything_landed() -> bool:

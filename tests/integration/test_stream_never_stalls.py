@@ -16,10 +16,7 @@ Against the real stack (Kafka, the MongoDB-wire server, Orthanc):
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -43,11 +40,11 @@ from cohortstream.events import (
 )
 from cohortstream.lanes import lane_app_id
 from cohortstream.publisher import EventPublisher
-from cohortstream.settings import Settings, settings_environment
+from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
-from streams.supervisor import READY_LINE
 from streams.worker import build_lane_app
+from tests.deployed_worker import DeployedWorkers
 from tests.integration.test_dicom_faults import stack
 from tests.integration.test_dicom_pipeline import fresh_seed, instance_event
 from tests.polling import eventually
@@ -213,27 +210,11 @@ async def test_redcap_and_annotation_agents_dead_letter_what_they_cannot_apply(
 
 
 @pytest.fixture
-def worker_process(settings: Settings, tmp_path: Path) -> Iterator[Any]:
-    """Start the deployed worker (``cohortstream worker``: every lane) with these settings."""
-    processes: list[subprocess.Popen[bytes]] = []
-    log_path = tmp_path / "worker.log"
-
-    def start() -> subprocess.Popen[bytes]:
-        env = {**os.environ, **settings_environment(settings), "COHORTSTREAM_LOG_FORMAT": "console"}
-        env.pop("COHORTSTREAM_ENV_FILE", None)
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "cohortstream.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        processes.append(process)
-        return process
-
-    start.log_path = log_path  # type: ignore[attr-defined]
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def worker_process(settings: Settings, tmp_path: Path) -> Iterator[DeployedWorkers]:
+    """The deployed worker (``cohortstream worker``: every lane) with these settings."""
+    workers = DeployedWorkers(settings, tmp_path / "worker.log")
+    yield workers
+    workers.kill_all()
 
 
 def _dicom_events(settings: Settings, tmp_path: Path) -> list[DicomInstanceReceived]:
@@ -249,13 +230,12 @@ async def test_an_agent_waiting_for_orthanc_blocks_no_other_lets_a_rebalance_thr
     dicom = _dicom_events(settings, tmp_path)
     labs = [_lab(n) for n in range(30)]
 
-    def log_text() -> str:
-        return str(worker_process.log_path.read_text())
+    log_text = worker_process.log_text
 
     async def workers_ready(n: int) -> bool:
-        return (await asyncio.to_thread(log_text)).count(READY_LINE) >= n
+        return await asyncio.to_thread(worker_process.ready_count) >= n
 
-    first = worker_process()
+    first = worker_process.start()
     try:
         await eventually(lambda: workers_ready(1), timeout_s=120, what="the worker's lanes ready")
         stack("stop", "orthanc")
@@ -291,7 +271,7 @@ async def test_an_agent_waiting_for_orthanc_blocks_no_other_lets_a_rebalance_thr
 
         # A second worker joins every lane's group: the rebalance goes through although
         # the first worker's archive sink is paused.
-        worker_process()
+        worker_process.start()
         # Within 45 s: below the broker session timeout (60 s), after which the group would
         # drop a blocked member on its own.
         await eventually(lambda: workers_ready(2), timeout_s=45, what="the second worker's lanes through the rebalance")
