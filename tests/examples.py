@@ -170,3 +170,18 @@ def example_events() -> list[Event]:
             attempts=1,
         ),
     ]
+
+
+def example_instance(n: int = 0) -> DicomInstanceReceived:
+    """The example instance event with its own SOP Instance UID, sha256 and event id, for
+    tests that publish several distinct instances."""
+    template = example_events()[0]
+    assert isinstance(template, DicomInstanceReceived)
+    return template.model_copy(
+        update={
+            "event_id": uuid.UUID(int=n + 1),
+            "sop_instance_uid": f"{template.series_instance_uid}.{n + 1}",
+            "instance_number": n + 1,
+            "sha256": f"{n:064x}",
+        }
+    )

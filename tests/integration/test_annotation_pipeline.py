@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,12 +34,11 @@ from producers.dicom import DicomListener
 from streams.annotator import build_annotator_app
 from streams.worker import build_worker_app
 from tests.annotation_api_data import dataset_bytes
+from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_annotation_api import api_client
 from tests.integration.test_dicom_pipeline import fresh_seed
 from tests.net import free_port
 from tests.polling import eventually
-
-STORESCU = "/usr/bin/storescu"
 
 
 @pytest.fixture
@@ -75,20 +73,7 @@ async def stack(settings: Settings) -> AsyncIterator[Any]:
 
 
 async def _storescu(settings: Settings, directory: Path) -> None:
-    process = await asyncio.create_subprocess_exec(
-        STORESCU,
-        "-R",
-        "+sd",
-        "+r",
-        "-aec",
-        settings.dicom_scp_aet,
-        "127.0.0.1",
-        str(settings.dicom_scp_port),
-        str(directory),
-        env={**os.environ, "TCP_NODELAY": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    process = await start_storescu(settings, directory)
     output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, output.decode(errors="replace")[-2000:]
 

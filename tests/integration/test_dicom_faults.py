@@ -30,6 +30,7 @@ from cohortstream.staging import StagingStore
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom import DicomListener
 from streams.worker import build_worker_app
+from tests.dcmtk import STORESCU, start_storescu
 from tests.deployed_worker import DeployedWorkers
 from tests.integration.test_dicom_pipeline import (
     fresh_seed,
@@ -39,8 +40,6 @@ from tests.integration.test_dicom_pipeline import (
 )
 from tests.kafka_probe import read_topic
 from tests.polling import eventually
-
-STORESCU = "/usr/bin/storescu"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -212,24 +211,8 @@ async def test_orthanc_stopped_during_ingestion_pauses_the_archive_then_it_catch
 
 async def _storescu_until_accepted(settings: Settings, directory: Path, attempts: int = 3) -> int:
     """Push ``directory`` with dcmtk's storescu, resending like a modality when a store failed."""
-    argv = [
-        STORESCU,
-        "-R",
-        "+sd",
-        "+r",
-        "-aec",
-        settings.dicom_scp_aet,
-        "127.0.0.1",
-        str(settings.dicom_scp_port),
-        str(directory),
-    ]
     for attempt in range(1, attempts + 1):
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        process = await start_storescu(settings, directory)
         output, _ = await asyncio.wait_for(process.communicate(), timeout=120)
         if process.returncode == 0:  # dcmtk exits non-zero when any C-STORE did not succeed
             return attempt

@@ -32,12 +32,11 @@ from cohortstream.settings import Settings, settings_environment
 from cohortstream.synthetic import mr_study, write_study
 from cohortstream.synthetic_ehr import main as synthetic_ehr
 from producers.dicom import DicomListener
+from tests.dcmtk import STORESCU, start_storescu
 from tests.deployed_worker import DeployedWorkers
 from tests.integration.test_dicom_pipeline import fresh_seed
 from tests.net import free_port
 from tests.polling import eventually
-
-STORESCU = "/usr/bin/storescu"
 
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
 
@@ -96,20 +95,7 @@ async def test_ehr_load_then_dicom_then_sigkill_and_restart_all_lands_and_nothin
     # 4. MR slices through the listener, all acknowledged (storescu exits 0 only then).
     study = write_study(mr_study(n_series=3, slices=40, rows=32, cols=32, seed=fresh_seed()), tmp_path / "study")
     with DicomListener(settings):
-        push = await asyncio.create_subprocess_exec(
-            STORESCU,
-            "-R",
-            "+sd",
-            "+r",
-            "-aec",
-            settings.dicom_scp_aet,
-            "127.0.0.1",
-            str(settings.dicom_scp_port),
-            str(tmp_path / "study"),
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        push = await start_storescu(settings, tmp_path / "study")
 
         async def some_archived() -> bool:
             return await db["instances"].count_documents({"in_orthanc": True}) >= 10

@@ -7,35 +7,15 @@ ack" is tests/unit/test_publisher_durability.py."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import RecordMetadata
 
 from cohortstream.admin import ensure_topics
 from cohortstream.codec import EventCodec
-from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
-
-
-def _event(n: int) -> DicomInstanceReceived:
-    return DicomInstanceReceived(
-        producer="publisher-durability-test",
-        calling_aet="A",
-        called_aet="B",
-        sop_class_uid="1.2",
-        sop_instance_uid=f"1.2.3.4.{n}",
-        study_instance_uid="1.2.3",
-        series_instance_uid="1.2.3.4",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id="P",
-        modality="MR",
-        size_bytes=1,
-        sha256=f"{n:064x}",
-        staged_uri=f"file:///staging/{n}",
-        received_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
+from tests.examples import example_instance
 
 
 async def _read_at(settings: Settings, metadata: RecordMetadata) -> tuple[bytes | None, bytes | None]:
@@ -62,7 +42,7 @@ async def test_publish_returns_the_brokers_ack_and_the_record_is_there(stack_set
     settings = stack_settings
     await ensure_topics(settings)
     codec = EventCodec()
-    events = [_event(n) for n in range(3)]
+    events = [example_instance(n) for n in range(3)]
     async with EventPublisher(settings) as publisher:
         acks = [await publisher.publish(event, key=event.series_instance_uid) for event in events]
         # The broker gave this producer an id: idempotence was negotiated, not just asked for.

@@ -10,6 +10,7 @@ from cohortstream.events import DicomInstanceReceived
 from consumers.dicom_views import view_updates
 from consumers.mongo_sink import WRITE_CHUNK
 from tests.examples import FIXED_TIME, example_events
+from tests.polling import eventually
 
 
 def _instances(count: int, *, series_count: int = 2) -> list[DicomInstanceReceived]:
@@ -186,11 +187,11 @@ async def test_a_paused_sink_is_counted_while_it_waits_and_not_after() -> None:
             down_until_gate, what="w", transient=(AutoReconnect,), first_delay_s=0.001, max_delay_s=0.002, pause_after=2
         )
     )
-    for _ in range(1000):
-        if sinks_paused():
-            break
-        await asyncio.sleep(0.001)
-    assert sinks_paused() == 1
+
+    async def paused() -> bool:
+        return sinks_paused() == 1
+
+    await eventually(paused, timeout_s=5, what="the sink counted as paused")
     gate.set()
     assert await task == "applied"
     assert sinks_paused() == 0

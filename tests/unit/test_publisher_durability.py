@@ -10,7 +10,6 @@ them. tests/integration/test_publisher_durability.py does the same against the r
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pytest
@@ -19,9 +18,9 @@ from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 from aiokafka.structs import RecordMetadata
 
 import cohortstream.publisher as publisher_module
-from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import EventPublisher, PublishError
 from cohortstream.settings import Settings
+from tests.examples import example_instance
 
 
 class FakeProducer:
@@ -73,25 +72,6 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeProducer]:
     return FakeProducer
 
 
-def _event(n: int = 0) -> DicomInstanceReceived:
-    return DicomInstanceReceived(
-        producer="test",
-        calling_aet="A",
-        called_aet="B",
-        sop_class_uid="1.2",
-        sop_instance_uid=f"1.2.3.{n}",
-        study_instance_uid="1.2.3",
-        series_instance_uid="1.2.3.4",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        patient_id="P",
-        modality="MR",
-        size_bytes=1,
-        sha256="0" * 64,
-        staged_uri="file:///x",
-        received_at=datetime(2024, 1, 1, tzinfo=UTC),
-    )
-
-
 async def _not_done_after_the_loop_ran(task: asyncio.Task[Any]) -> bool:
     # Let every other ready callback run (no wall-clock sleep): the task could finish now
     # if it did not wait for the ack.
@@ -120,7 +100,7 @@ async def test_producer_is_acks_all_and_idempotent(fake: type[FakeProducer]) -> 
 async def test_publish_returns_only_after_the_broker_acknowledged(fake: type[FakeProducer]) -> None:
     async with EventPublisher(Settings()) as publisher:
         [producer] = fake.instances
-        task = asyncio.create_task(publisher.publish(_event(), key="1.2.3.4"))
+        task = asyncio.create_task(publisher.publish(example_instance(), key="1.2.3.4"))
         await asyncio.wait_for(producer.sent.wait(), 5)
         assert await _not_done_after_the_loop_ran(task), "publish returned before the broker's ack"
         [acked] = producer.ack()
@@ -131,7 +111,7 @@ async def test_publish_returns_only_after_the_broker_acknowledged(fake: type[Fak
 async def test_publish_raises_when_the_broker_refuses(fake: type[FakeProducer]) -> None:
     async with EventPublisher(Settings()) as publisher:
         [producer] = fake.instances
-        task = asyncio.create_task(publisher.publish(_event(), key="1.2.3.4"))
+        task = asyncio.create_task(publisher.publish(example_instance(), key="1.2.3.4"))
         await asyncio.wait_for(producer.sent.wait(), 5)
         producer.fail(NotEnoughReplicasError("min.insync.replicas not met"))
         with pytest.raises(PublishError, match="did not acknowledge"):
@@ -141,7 +121,7 @@ async def test_publish_raises_when_the_broker_refuses(fake: type[FakeProducer]) 
 async def test_publish_many_returns_only_after_every_ack(fake: type[FakeProducer]) -> None:
     async with EventPublisher(Settings()) as publisher:
         [producer] = fake.instances
-        task = asyncio.create_task(publisher.publish_many([(_event(i), "1.2.3.4") for i in range(3)]))
+        task = asyncio.create_task(publisher.publish_many([(example_instance(i), "1.2.3.4") for i in range(3)]))
         await asyncio.wait_for(producer.sent.wait(), 5)
         assert await _not_done_after_the_loop_ran(task)
         assert len(producer.pending) == 3
@@ -152,7 +132,7 @@ async def test_publish_many_returns_only_after_every_ack(fake: type[FakeProducer
 async def test_publish_many_raises_when_one_ack_fails(fake: type[FakeProducer]) -> None:
     async with EventPublisher(Settings()) as publisher:
         [producer] = fake.instances
-        task = asyncio.create_task(publisher.publish_many([(_event(i), "1.2.3.4") for i in range(2)]))
+        task = asyncio.create_task(publisher.publish_many([(example_instance(i), "1.2.3.4") for i in range(2)]))
         await asyncio.wait_for(producer.sent.wait(), 5)
         assert await _not_done_after_the_loop_ran(task)
         producer.fail(KafkaTimeoutError())
