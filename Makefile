@@ -38,10 +38,12 @@ tools:
 	deploy/install_tools.sh cli
 
 # WORKERS=N: every lane of the worker runs N processes in its consumer group (scale-out).
+# LISTENERS=N: N DICOM listener processes share the listener's port (SO_REUSEPORT).
 WORKERS ?= 1
+LISTENERS ?= 1
 
 up: install tools
-	COHORTSTREAM_STACK_WORKERS=$(WORKERS) deploy/stack.sh up
+	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) deploy/stack.sh up
 
 down:
 	deploy/stack.sh down

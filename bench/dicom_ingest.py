@@ -21,7 +21,10 @@ they divide evenly). For each association count (``--associations``, 1,4):
 2. **bare** — the same files to ``bench/bare_scp.py``: pynetdicom receiving to disk as our
    listener does, then one copy + fsync per instance and nothing else (the ceiling of a
    Python listener).
-3. **listener** — another N to our listener. Measured from the first storescu start:
+3. **alone** — (first, before any worker starts) another N to our listener with no worker
+   process running: what the listener acknowledges when it has the cores to itself (the
+   workers drain that backlog when they start, before the next phase).
+4. **listener** — another N to our listener. Measured from the first storescu start:
    until the last storescu exits (every C-STORE acknowledged, i.e. staged + Kafka
    acks=all), until Orthanc's ``CountInstances`` grew by N, until all N ``instances`` docs
    exist in MongoDB, and until all N carry ``in_orthanc: true``. Pollers run every 50 ms.
@@ -29,7 +32,9 @@ they divide evenly). For each association count (``--associations``, 1,4):
    ``in_orthanc: true`` minus its ``received_at`` (the listener's clock, same machine).
    At the largest association count this phase runs once per ``--workers`` count
    (worker processes started or stopped in between; each has its own data dir and no
-   metrics port, and all join the same consumer groups).
+   metrics port, and all join the same consumer groups), then once more per further
+   ``--listener-processes`` count (the listener restarted with
+   ``COHORTSTREAM_DICOM_SCP_PROCESSES``: that many processes on one port, SO_REUSEPORT).
 
 Each figure is printed with its ratio to the bare SCP and to Orthanc direct at the same
 association count, plus visible/acknowledged ratios and the scale-out per worker count.
@@ -37,7 +42,8 @@ Then the checks (counts per phase, totals, staging and quarantine empty, no ERRO
 the logs); the exit status is 1 when one fails.
 
 Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--slices 25] [--rows 256]
-[--cols 256] [--associations 1,4] [--workers 1,2] [--partitions 12] [--keep-stack]``.
+[--cols 256] [--associations 1,4] [--workers 1,2] [--listener-processes 1,2] [--partitions 12]
+[--keep-stack]``.
 Needs dcmtk (``/usr/bin/storescu``, ``/usr/bin/echoscu``) and the stack's installs
 (``deploy/stack.sh install``).
 """
@@ -239,12 +245,20 @@ def cohortstream_argv(env_file: Path, *command: str) -> list[str]:
     return [*base, "--env-file", str(env_file), *command]
 
 
-def wait_listener(listener: Child, aet: str, port: int, timeout_s: float) -> float:
-    """C-ECHO the listener until it answers; returns the seconds it took."""
+LISTENER_GROUP_READY = "dicom listener ready: every listener process is accepting associations"
+
+
+def wait_listener(listener: Child, aet: str, port: int, timeout_s: float, processes: int = 1) -> float:
+    """C-ECHO the listener until it answers (with several processes, after all of them
+    said they are ready: ``producers.dicom.processes.READY_LINE``); returns the seconds."""
     start = time.monotonic()
     last = ""
     while time.monotonic() - start < timeout_s:
         listener.check_alive()
+        if processes > 1 and LISTENER_GROUP_READY not in listener.log_path.read_text(errors="replace"):
+            last = "not every listener process is ready yet"
+            time.sleep(0.2)
+            continue
         try:
             result = subprocess.run(
                 [ECHOSCU, "-to", "5", "-aec", aet, "127.0.0.1", str(port)],
@@ -621,10 +635,13 @@ class Phase:
     """One timed send: storescu (``assoc`` processes at once) to one receiver."""
 
     kind: str
-    """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py) or ``listener``."""
+    """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py), ``alone`` (our
+    listener, no worker running) or ``listener``."""
     assoc: int
     batch: Batch
     workers: int = 0
+    processes: int = 1
+    """listener: listener processes sharing the port."""
     start: float = math.nan
     end: float = math.nan
     received: int | None = None
@@ -673,6 +690,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     n = args.instances
     assocs: list[int] = args.associations
     worker_counts: list[int] = args.workers
+    process_counts: list[int] = args.listener_processes
     # The largest association count runs the listener phase once per worker count; the
     # others with the first worker count.
     scale_assoc = max(assocs)
@@ -680,6 +698,12 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     seed = 1000
     log(f"generating {n} instances per phase ({args.slices} slices/series, {args.rows}x{args.cols})")
     t = time.monotonic()
+    for k in assocs:  # first: no worker runs yet
+        seed += 1
+        alone = make_batch(
+            work / f"data-alone-{k}", n, args.slices, args.rows, args.cols, seed, f"BENCH-ALONE-{k}", parts=k
+        )
+        plan.append(Phase("alone", k, alone))
     for k in assocs:
         seed += 1
         direct = make_batch(
@@ -688,19 +712,22 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         plan.append(Phase("direct", k, direct))
         # The bare SCP keeps nothing: it gets the same files as the direct phase.
         plan.append(Phase("bare", k, direct))
-        for w in worker_counts if k == scale_assoc else worker_counts[:1]:
+        layouts = [(w, process_counts[0]) for w in (worker_counts if k == scale_assoc else worker_counts[:1])]
+        if k == scale_assoc:
+            layouts += [(worker_counts[0], p) for p in process_counts[1:]]
+        for w, procs in layouts:
             seed += 1
             batch = make_batch(
-                work / f"data-listener-{k}-w{w}",
+                work / f"data-listener-{k}-w{w}-p{procs}",
                 n,
                 args.slices,
                 args.rows,
                 args.cols,
                 seed,
-                f"BENCH-L{k}-W{w}",
+                f"BENCH-L{k}-W{w}-P{procs}",
                 parts=k,
             )
-            plan.append(Phase("listener", k, batch, workers=w))
+            plan.append(Phase("listener", k, batch, workers=w, processes=procs))
     uids = [uid for phase in plan if phase.kind != "bare" for uid in phase.batch.uids]
     assert len(uids) == len(set(uids)), "phases must not share instances"
     log(f"generated {len(plan)} phases in {time.monotonic() - t:.1f}s")
@@ -713,9 +740,13 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         raise BenchError(f"topics create failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
 
     bare_out = work / "bare-out"
-    children["listener"] = Child(
-        "listener", cohortstream_argv(env_file, "dicom-scp"), settings_env, work / "listener.log"
-    )
+
+    def listener_child(processes: int) -> Child:
+        env = {**settings_env, "COHORTSTREAM_DICOM_SCP_PROCESSES": str(processes)}
+        return Child("listener", cohortstream_argv(env_file, "dicom-scp"), env, work / "listener.log")
+
+    listener_processes = process_counts[0]
+    children["listener"] = listener_child(listener_processes)
     children["bare-scp"] = Child(
         "bare-scp",
         [sys.executable, "-m", "bench.bare_scp", "--port", str(BARE_PORT), "--aet", BARE_AET, "--out", str(bare_out)],
@@ -732,7 +763,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         env["COHORTSTREAM_DATA_DIR"] = str(work / f"app-worker-{i}")
         return Child(f"worker-{i}", cohortstream_argv(env_file, "worker"), env, work / f"worker-{i}.log")
 
-    listener_s = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S)
+    listener_s = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, listener_processes)
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
     bare_s = wait_listener(children["bare-scp"], BARE_AET, BARE_PORT, READY_TIMEOUT_S)
     log(f"bare SCP answers C-ECHO after {bare_s:.1f}s")
@@ -793,6 +824,19 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 + f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
             )
         log(f"warm-up went through in {warm.views - warm.start:.2f}s")
+        backlog = [p for p in plan if p.kind == "alone"]
+        if backlog:
+            patients = [p.batch.patient_id for p in backlog]
+            expected_docs = sum(p.n for p in backlog)
+            drained_at = time.monotonic()
+            while True:
+                done = await instances.count_documents({"patient_id": {"$in": patients}, "in_orthanc": True})
+                if done >= expected_docs:
+                    break
+                if time.monotonic() - drained_at > args.timeout:
+                    raise BenchError(f"the workers did not drain the alone phases: {done}/{expected_docs} in views")
+                await asyncio.sleep(POLL_S * 4)
+            log(f"the alone phases' backlog is in Orthanc and the views ({time.monotonic() - drained_at:.1f}s more)")
         ready_notes.append(
             f"{count} worker(s): groups Stable after {group_s:.1f}s, warm-up ({WARMUP_INSTANCES} instances) "
             f"end to end {warm.views - warm.start:.2f}s"
@@ -808,6 +852,10 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                     orthanc_aet, orthanc_port, phase.batch.parts, storescu_log
                 )
                 phase.received = await orthanc.count_instances() - base
+            elif phase.kind == "alone":
+                log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}, no worker running")
+                phase.start, phase.end = await storescu_parallel(SCP_AET, SCP_PORT, phase.batch.parts, storescu_log)
+                children["listener"].check_alive()
             elif phase.kind == "bare":
                 log(f"{label}: storescu {phase.n} instances -> bare SCP :{BARE_PORT}")
                 phase.start, phase.end = await storescu_parallel(BARE_AET, BARE_PORT, phase.batch.parts, storescu_log)
@@ -816,9 +864,16 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 for path in bare_out.iterdir():
                     path.unlink()
             else:
+                if phase.processes != listener_processes:
+                    children["listener"].stop()
+                    listener_processes = phase.processes
+                    children["listener"] = listener_child(listener_processes)
+                    children["listener"].start()
+                    took = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, listener_processes)
+                    log(f"listener with {listener_processes} process(es) ready after {took:.1f}s")
                 if len(workers) != phase.workers:
                     await set_workers(phase.workers)
-                label += f", {phase.workers} worker(s)"
+                label += f", {phase.workers} worker(s), {phase.processes} listener process(es)"
                 log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}")
                 pipe = await run_pipeline(
                     phase.batch,
@@ -860,7 +915,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         orthanc_total = await bounded(orthanc.count_instances(), "Orthanc /statistics", check_problems)
         docs_total = await bounded(instances.count_documents({}), "MongoDB count_documents", check_problems)
         for phase in plan:
-            if phase.kind != "listener":
+            if phase.kind not in ("listener", "alone"):
                 continue
             found = await bounded(
                 orthanc.client.post(
@@ -880,18 +935,26 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     def got(value: object) -> str:
         return "no answer" if value is None else str(value)
 
-    listener_n = sum(p.n for p in plan if p.kind == "listener")
+    listener_n = sum(p.n for p in plan if p.kind in ("listener", "alone"))
     direct_n = sum(p.n for p in plan if p.kind == "direct")
     print()
     print("checks:")
     for phase in plan:
-        name = f"  {phase.kind}, {phase.assoc} assoc" + (f", {phase.workers} worker(s)" if phase.workers else "")
+        name = f"  {phase.kind}, {phase.assoc} assoc" + (
+            f", {phase.workers} worker(s), {phase.processes} listener process(es)" if phase.workers else ""
+        )
         if phase.kind == "direct":
             ok = phase.received == phase.n
             print(f"{name}: Orthanc CountInstances grew by {phase.received} (expected {phase.n})")
         elif phase.kind == "bare":
             ok = phase.received == phase.n
             print(f"{name}: bare SCP wrote {phase.received} files (expected {phase.n})")
+        elif phase.kind == "alone":
+            ok = phase.in_orthanc == phase.n
+            print(
+                f"{name}: Orthanc instances with PatientID {phase.batch.patient_id}: {got(phase.in_orthanc)} "
+                f"(expected {phase.n}, archived once the workers started)"
+            )
         else:
             got_pipe = phase.pipe
             assert got_pipe is not None
@@ -962,37 +1025,46 @@ def print_report(
         + "; ".join(ready_notes)
     )
     print()
-    header = f"{'path (time from the first storescu start)':<62} {'assoc':>5} {'workers':>7} {'time':>9} {'inst/s':>8}"
+    header = (
+        f"{'path (time from the first storescu start)':<62} {'assoc':>5} {'workers':>7} {'scp-proc':>8} "
+        f"{'time':>9} {'inst/s':>8}"
+    )
     print(f"{header} {'vs bare':>8} {'vs direct':>9}")
 
-    def row(label: str, phase: Phase, end: float | None, workers: str = "-") -> float:
+    def row(label: str, phase: Phase, end: float | None, workers: str = "-", procs: str = "-") -> float:
         r = rate(phase.n, phase.start, end)
         took = "not reached" if end is None or math.isnan(end) else f"{end - phase.start:.2f} s"
         print(
-            f"{label:<62} {phase.assoc:>5} {workers:>7} {took:>9} {num(r, '.1f'):>8} "
+            f"{label:<62} {phase.assoc:>5} {workers:>7} {procs:>8} {took:>9} {num(r, '.1f'):>8} "
             f"{num(ratio(r, bare[phase.assoc]), '.2f', 'x'):>8} {num(ratio(r, direct[phase.assoc]), '.2f', 'x'):>9}"
         )
         return r
 
     summaries: list[str] = []
-    scale: list[tuple[int, float, float, float]] = []
+    scale: list[tuple[int, int, float, float, float]] = []
     for phase in plan:
         if phase.kind == "direct":
             row("storescu -> Orthanc directly (storescu exit)", phase, phase.end)
         elif phase.kind == "bare":
             row("storescu -> bare pynetdicom SCP, write+fsync (storescu exit)", phase, phase.end)
+        elif phase.kind == "alone":
+            alone_ack = row("storescu -> our listener, no worker running: acknowledged", phase, phase.end, "0", "1")
+            summaries.append(
+                f"listener alone, {phase.assoc} assoc: acknowledged/bare {num(ratio(alone_ack, bare[phase.assoc]), '.2f')}"
+            )
         else:
             pipe = phase.pipe
             assert pipe is not None
-            w = str(phase.workers)
-            ack = row("storescu -> our listener: acknowledged (storescu exit)", phase, pipe.acked, w)
-            vis = row("  visible in Orthanc (CountInstances +N)", phase, pipe.orthanc, w)
-            row("  all N instance docs in MongoDB", phase, pipe.docs, w)
-            views = row("  in MongoDB views with in_orthanc=true", phase, pipe.views, w)
+            w, pr = str(phase.workers), str(phase.processes)
+            ack = row("storescu -> our listener: acknowledged (storescu exit)", phase, pipe.acked, w, pr)
+            vis = row("  visible in Orthanc (CountInstances +N)", phase, pipe.orthanc, w, pr)
+            row("  all N instance docs in MongoDB", phase, pipe.docs, w, pr)
+            views = row("  in MongoDB views with in_orthanc=true", phase, pipe.views, w, pr)
             lat = pipe.latencies_s
             p95 = percentile(lat, 0.95)
             line = (
-                f"listener, {phase.assoc} assoc, {phase.workers} worker(s): visible/acknowledged "
+                f"listener, {phase.assoc} assoc, {phase.workers} worker(s), {phase.processes} listener process(es): "
+                f"acknowledged/bare {num(ratio(ack, bare[phase.assoc]), '.2f')}; visible/acknowledged "
                 f"{num(ratio(vis, ack), '.2f')} (Orthanc), {num(ratio(views, ack), '.2f')} (views); "
             )
             if lat:
@@ -1007,19 +1079,22 @@ def print_report(
                 )
             summaries.append(line)
             if phase.assoc == max(args.associations):
-                scale.append((phase.workers, ack, vis, views))
+                scale.append((phase.workers, phase.processes, ack, vis, views))
     print()
     for line in summaries:
         print(line)
     if len(scale) > 1:
         print()
         first = scale[0]
-        print(f"scale-out at {max(args.associations)} associations (inst/s; ratio to {first[0]} worker(s)):")
-        for workers, ack, vis, views in scale:
+        print(
+            f"scale-out at {max(args.associations)} associations (inst/s; ratio to {first[0]} worker(s), "
+            f"{first[1]} listener process(es)):"
+        )
+        for workers, procs, ack, vis, views in scale:
             print(
-                f"  {workers} worker(s): acknowledged {num(ack, '.1f')} ({num(ratio(ack, first[1]), '.2f')}x), "
-                f"visible in Orthanc {num(vis, '.1f')} ({num(ratio(vis, first[2]), '.2f')}x), "
-                f"in views {num(views, '.1f')} ({num(ratio(views, first[3]), '.2f')}x)"
+                f"  {workers} worker(s), {procs} listener process(es): acknowledged {num(ack, '.1f')} "
+                f"({num(ratio(ack, first[2]), '.2f')}x), visible in Orthanc {num(vis, '.1f')} "
+                f"({num(ratio(vis, first[3]), '.2f')}x), in views {num(views, '.1f')} ({num(ratio(views, first[4]), '.2f')}x)"
             )
 
 
@@ -1043,6 +1118,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[1],
         help="worker process counts for the listener phase at the largest association count, comma-separated "
         "(e.g. 1,2; default 1); the other association counts use the first",
+    )
+    parser.add_argument(
+        "--listener-processes",
+        type=lambda text: parse_counts(text, "--listener-processes"),
+        default=[1],
+        help="listener process counts (COHORTSTREAM_DICOM_SCP_PROCESSES) for the listener phase at the largest "
+        "association count, comma-separated (e.g. 1,2; default 1); the first is used everywhere else",
     )
     parser.add_argument("--partitions", type=int, default=12, help="partitions per topic (default 12)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all N to arrive")

@@ -88,9 +88,9 @@ def _cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_dicom_scp(settings: Settings, args: argparse.Namespace) -> int:
-    from producers.dicom import serve
+    from producers.dicom import serve, serve_processes
 
-    return serve(settings)
+    return serve(settings) if args.one_process else serve_processes(settings)
 
 
 def _cmd_staging_sweep(settings: Settings, args: argparse.Namespace) -> int:
@@ -237,6 +237,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "dicom-scp", help="run the DICOM C-STORE listener (stages each instance, publishes its event)"
+    )
+    p.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run one listener process whatever COHORTSTREAM_DICOM_SCP_PROCESSES says (how the processes it "
+        "starts run; with that setting above 1 the port is bound shared)",
     )
     p.set_defaults(func=_cmd_dicom_scp)
 

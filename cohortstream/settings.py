@@ -163,7 +163,17 @@ class Settings(BaseSettings):
         "for development only.",
     )
     dicom_scp_max_associations: int = Field(
-        16, ge=1, description="Associations served at the same time; more are rejected (transient)."
+        16,
+        ge=1,
+        description="Associations served at the same time by each listener process; more are rejected (transient).",
+    )
+    dicom_scp_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Listener processes sharing the DICOM port (Linux SO_REUSEPORT: the kernel spreads "
+        "associations across them). Helps with several concurrent associations on several cores; one "
+        "association is always served by one process.",
     )
     dicom_scp_publish_timeout_s: float = Field(
         30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."

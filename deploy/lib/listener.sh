@@ -3,7 +3,9 @@
 # after the services it needs are healthy and the settings file is written. Received
 # instances are staged under $STATE_DIR/listener/staging (the worker reads them there:
 # stack.env carries COHORTSTREAM_STAGING_DIR), unreadable ones are kept in
-# $STATE_DIR/listener/quarantine. It runs from the repo's virtual environment.
+# $STATE_DIR/listener/quarantine. It runs from the repo's virtual environment;
+# COHORTSTREAM_STACK_LISTENERS=N (`make up LISTENERS=N`) runs N listener processes on the
+# port (SO_REUSEPORT).
 
 LISTENER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
 LISTENER_CLI="$LISTENER_VENV/bin/cohortstream"
@@ -27,6 +29,7 @@ listener_start() {
     COHORTSTREAM_DICOM_SCP_AET="$DICOM_SCP_AET" \
     COHORTSTREAM_STAGING_DIR="$(listener_staging_dir)" \
     COHORTSTREAM_QUARANTINE_DIR="$(listener_quarantine_dir)" \
+    COHORTSTREAM_DICOM_SCP_PROCESSES="${COHORTSTREAM_STACK_LISTENERS:-1}" \
     "$LISTENER_CLI" --env-file "$STATE_DIR/stack.env" dicom-scp
 }
 

@@ -6,7 +6,10 @@ One module per job, in the shape of pynetdicom's own ``apps/qrscp``:
   events), their :class:`StoreContext` and the DIMSE statuses they answer;
 - :mod:`producers.dicom.kafka_bridge` — the sync-to-async bridge from pynetdicom's
   threads to the ``acks=all`` idempotent :class:`~cohortstream.publisher.EventPublisher`;
-- :mod:`producers.dicom.listener` — :class:`DicomListener` (the server) and :func:`serve`.
+- :mod:`producers.dicom.listener` — :class:`DicomListener` (the server) and :func:`serve`
+  (one listener process);
+- :mod:`producers.dicom.processes` — :func:`serve_processes`: ``dicom_scp_processes``
+  listener processes sharing the port (``SO_REUSEPORT``), supervised.
 
 The attributes of a received object and the event built from them come from the core
 (:mod:`cohortstream.dicom_attributes`, with the structural check
@@ -34,7 +37,8 @@ from producers.dicom.handlers import (
     on_rejected,
 )
 from producers.dicom.kafka_bridge import KafkaBridge, KafkaUnavailableError, PublishTimeoutError
-from producers.dicom.listener import DicomListener, main, serve
+from producers.dicom.listener import DicomListener, serve
+from producers.dicom.processes import main, serve_processes
 
 __all__ = [
     "PRODUCER",
@@ -52,4 +56,5 @@ __all__ = [
     "on_c_store",
     "on_rejected",
     "serve",
+    "serve_processes",
 ]

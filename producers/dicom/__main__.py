@@ -1,5 +1,5 @@
 """``python -m producers.dicom``: run the DICOM listener (``cohortstream dicom-scp`` does the same)."""
 
-from producers.dicom.listener import main
+from producers.dicom.processes import main
 
 raise SystemExit(main())

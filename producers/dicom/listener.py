@@ -10,17 +10,16 @@ which the C-STORE handler checks, stages and publishes (:mod:`producers.dicom.ha
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
-import sys
+import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pydantic import ValidationError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -33,9 +32,24 @@ from cohortstream.staging import StagingStore
 from producers.dicom.handlers import StoreContext, on_accepted, on_c_echo, on_c_store, on_conn_open, on_rejected
 from producers.dicom.kafka_bridge import KafkaBridge
 
-__all__ = ["DicomListener", "main", "serve"]
+__all__ = ["READY_MARKER", "DicomListener", "SharedPortAssociationServer", "serve"]
 
 log = logging.getLogger(__name__)
+
+READY_MARKER = "dicom listener ready: accepting associations"
+"""Printed on stdout once the port is bound (at any log level): the process group of
+:mod:`producers.dicom.processes` waits for it from every listener process."""
+
+
+class SharedPortAssociationServer(ThreadedAssociationServer):
+    """The threaded association server, bound with ``SO_REUSEPORT``: several listener
+    processes bind the same port and the kernel spreads incoming connections (each
+    association) across them (``dicom_scp_processes``; Linux)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None  # created by socketserver before binding
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class DicomListener:
@@ -96,6 +110,7 @@ class DicomListener:
                 Path(directory).mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CohortStreamError(f"cannot create {directory}: {exc}") from exc
+        self.store.prepare()
         if not settings.dicom_scp_allowed_aets:
             log.warning(
                 "COHORTSTREAM_DICOM_SCP_ALLOWED_AETS is empty: every calling AE title is accepted. "
@@ -110,9 +125,7 @@ class DicomListener:
             (evt.EVT_CONN_OPEN, on_conn_open),
         ]
         try:
-            self._server = self._ae.start_server(
-                (settings.dicom_scp_host, settings.dicom_scp_port), block=False, evt_handlers=handlers
-            )
+            self._server = self._start_server(handlers)
         except OSError as exc:
             self._bridge.stop()
             raise CohortStreamError(
@@ -129,8 +142,23 @@ class DicomListener:
                 "max_associations": settings.dicom_scp_max_associations,
                 "staging_dir": str(self.store.root),
                 "kafka_connected": self.kafka_connected_at_start,
+                "shared_port": settings.dicom_scp_processes > 1,
             },
         )
+        print(READY_MARKER, flush=True)
+
+    def _start_server(self, handlers: list[EventHandlerType]) -> ThreadedAssociationServer:
+        address = (self._settings.dicom_scp_host, self._settings.dicom_scp_port)
+        if self._settings.dicom_scp_processes == 1:
+            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            assert server is not None  # block=False returns the server
+            return server
+        # What AE.start_server(block=False) does, with the SO_REUSEPORT server class.
+        server = self._ae.make_server(address, evt_handlers=handlers, server_class=SharedPortAssociationServer)
+        name = f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}"
+        threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+        self._ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+        return server
 
     def stop(self, drain_timeout_s: float | None = None) -> None:
         if drain_timeout_s is None:
@@ -160,7 +188,9 @@ class DicomListener:
 
 
 def serve(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run the listener until SIGTERM/SIGINT (or ``stop`` is set); return the exit status."""
+    """Run one listener process until SIGTERM/SIGINT (or ``stop`` is set); return the exit
+    status. With ``dicom_scp_processes`` > 1 it binds the port shared (``SO_REUSEPORT``);
+    :func:`producers.dicom.processes.serve_processes` starts that many."""
     if settings.log_level != "DEBUG":
         # pynetdicom logs every PDU exchange at INFO; ours are the useful lines.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -176,27 +206,3 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
     finally:
         listener.stop()
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m producers.dicom [--env-file FILE]``: the listener without the CLI.
-
-    Same as ``cohortstream dicom-scp``, which is the documented way to run it; this entry
-    point builds its own Settings so that nothing here imports the CLI.
-    """
-    parser = argparse.ArgumentParser(prog="python -m producers.dicom", description="Run the DICOM C-STORE listener.")
-    parser.add_argument("--env-file", default=None, help="read settings from this env file too")
-    args = parser.parse_args(argv)
-    try:
-        settings = Settings.load(args.env_file)
-    except (ValidationError, CohortStreamError) as exc:
-        print(f"producers.dicom: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    from cohortstream.logs import configure_logging
-
-    configure_logging(settings)
-    try:
-        return serve(settings)
-    except CohortStreamError as exc:
-        print(f"producers.dicom: {exc}", file=sys.stderr)
-        return 1

@@ -4,11 +4,20 @@ Like Orthanc's "stable series", but as an event others subscribe to (the annotat
 worker does). State lives in two changelog-backed faust tables, so it survives a worker
 restart:
 
-- ``dicom-seen-instances``: SOPInstanceUID -> SeriesInstanceUID, so a resent instance
-  neither counts twice nor re-opens a completed series;
+- ``dicom-seen-instances``: SOPInstanceUID -> its series and the offset of the message
+  that first brought it, so a resent instance neither counts twice nor re-opens a
+  completed series;
 - ``dicom-series-activity``: per series, the distinct instance count, first/last receipt,
   when the worker last saw a new instance (processing time), the last completed
-  revision and whether new instances arrived since.
+  revision, whether new instances arrived since, and the offset of the last message
+  counted.
+
+One instance means two changelog writes, and a worker killed between them (SIGKILL, a
+lost machine) leaves one without the other; the partition's next owner reads the
+messages after the last committed offset again. The offsets make that replay exact
+(:func:`record_instance`): every instance of a series travels in one partition (the
+topic is keyed by SeriesInstanceUID), in offset order, so a series whose state already
+counts offset *n* has counted every new instance up to *n*.
 
 The timer emits ``DicomSeriesCompleted`` for each open series whose last new instance
 was processed ``series_quiet_period_s`` ago, then marks it closed. It emits *before*
@@ -36,7 +45,7 @@ from streams.topics import StreamTopics
 
 TimerFunction = Callable[[], Awaitable[None]]
 
-__all__ = ["AGENT_NAME", "register"]
+__all__ = ["AGENT_NAME", "is_quiet", "observe", "record_instance", "register"]
 
 AGENT_NAME = "series-completion"
 log = logging.getLogger(__name__)
@@ -50,11 +59,14 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-def observe(state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: int) -> dict[str, Any]:
-    """The series state after one new (never seen) instance."""
+def observe(
+    state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: int, offset: int = -1
+) -> dict[str, Any]:
+    """The series state after one new (never seen) instance, brought by the message at ``offset``."""
     received = _ms(event.received_at)
     if state is None:
         return {
+            "offset": offset,
             "study_instance_uid": event.study_instance_uid,
             "patient_id": event.patient_id,
             "modality": event.modality,
@@ -67,12 +79,40 @@ def observe(state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: 
         }
     return {
         **state,
+        "offset": offset,
         "instance_count": state["instance_count"] + 1,
         "first_received_ms": min(state["first_received_ms"], received),
         "last_received_ms": max(state["last_received_ms"], received),
         "activity_ms": now_ms,
         "open": True,
     }
+
+
+def record_instance(
+    seen_entry: dict[str, Any] | str | None,
+    state: dict[str, Any] | None,
+    event: DicomInstanceReceived,
+    offset: int,
+    now_ms: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """What one ``DicomInstanceReceived`` message changes: ``(seen entry, series state)``
+    to write, ``None`` for what stays as it is.
+
+    ``seen_entry`` is the instance's entry in ``dicom-seen-instances`` (a bare series UID
+    from releases before 2026-11, which recorded no offset), ``state`` its series' entry
+    in ``dicom-series-activity``, ``offset`` the message's offset in its partition. A
+    replay after a crash finds either write without the other, and completes whichever is
+    missing without counting the instance twice.
+    """
+    counted = state is not None and state.get("offset", -1) >= offset
+    entry = {"series": event.series_instance_uid, "offset": offset}
+    if seen_entry is None:
+        # New, or its seen entry was lost in a crash after the series counted it.
+        return entry, None if counted else observe(state, event, now_ms, offset)
+    if isinstance(seen_entry, str) or seen_entry.get("offset") != offset:
+        return None, None  # a resent copy: an earlier message brought this instance
+    # This very message, read again after a crash: count it unless that was written too.
+    return None, None if counted else observe(state, event, now_ms, offset)
 
 
 def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float, resumed_ms: int = 0) -> bool:
@@ -138,12 +178,19 @@ def register(
     @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME)
     async def track_series(stream: faust.StreamT[bytes]) -> None:
         await _wait_for_changelog_metadata(app, activity)
-        async for event, _message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
-            if seen.get(event.sop_instance_uid) is not None:
-                continue  # a resent copy: nothing new about the series
-            seen[event.sop_instance_uid] = event.series_instance_uid
+        async for event, message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
             series = event.series_instance_uid
-            activity[series] = observe(activity.get(series), event, int(time.time() * 1000))
+            seen_entry, state = record_instance(
+                seen.get(event.sop_instance_uid),
+                activity.get(series),
+                event,
+                message.offset,
+                int(time.time() * 1000),
+            )
+            if seen_entry is not None:
+                seen[event.sop_instance_uid] = seen_entry
+            if state is not None:
+                activity[series] = state
 
     # faust's decorators are untyped; the timer keeps the function's own signature.
     every = cast(Callable[[TimerFunction], TimerFunction], app.timer(interval=max(0.2, min(5.0, quiet / 4))))

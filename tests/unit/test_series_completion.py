@@ -1,10 +1,13 @@
-"""The quiet-period rule of series completion, and its clock restart after a takeover."""
+"""The quiet-period rule of series completion, its clock restart after a takeover, and
+the exact count of a series when a crash split an instance's two table writes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from streams.agents.series_completion import is_quiet
+from cohortstream.events import DicomInstanceReceived
+from streams.agents.series_completion import is_quiet, record_instance
+from tests.examples import example_instance
 
 
 def _state(activity_ms: int, *, open_: bool = True) -> dict[str, Any]:
@@ -25,3 +28,57 @@ def test_the_clock_restarts_when_a_process_takes_the_partition_over() -> None:
     restored = _state(10_000)
     assert not is_quiet(restored, now_ms=60_000, quiet_period_s=2.0, resumed_ms=59_000)
     assert is_quiet(restored, now_ms=61_000, quiet_period_s=2.0, resumed_ms=59_000)
+
+
+def _replay(
+    messages: list[tuple[int, DicomInstanceReceived]],
+    seen: dict[str, Any],
+    activity: dict[str, Any],
+) -> None:
+    for offset, event in messages:
+        entry, state = record_instance(
+            seen.get(event.sop_instance_uid), activity.get(event.series_instance_uid), event, offset, 1_000
+        )
+        if entry is not None:
+            seen[event.sop_instance_uid] = entry
+        if state is not None:
+            activity[event.series_instance_uid] = state
+
+
+def test_each_instance_counts_once_and_a_resent_copy_not_at_all() -> None:
+    first, second = example_instance(1), example_instance(2)
+    seen: dict[str, Any] = {}
+    activity: dict[str, Any] = {}
+    _replay([(10, first), (11, second), (12, first)], seen, activity)
+    (state,) = activity.values()
+    assert state["instance_count"] == 2
+    assert seen[first.sop_instance_uid] == {"series": first.series_instance_uid, "offset": 10}
+
+
+def test_a_crash_between_the_two_writes_neither_loses_nor_doubles_a_count() -> None:
+    """SIGKILL after the seen entry was written and before the series state was: the next
+    owner reads the message again and must count it (two clean-clone runs of the
+    two-worker fault test saw 11 of 12 when it did not)."""
+    first, second = example_instance(1), example_instance(2)
+    messages = [(10, first), (11, second)]
+    seen: dict[str, Any] = {}
+    activity: dict[str, Any] = {}
+    _replay(messages[:1], seen, activity)
+    seen[second.sop_instance_uid] = {"series": second.series_instance_uid, "offset": 11}  # only this write survived
+    _replay(messages, seen, activity)  # the replay from the last committed offset
+    assert next(iter(activity.values()))["instance_count"] == 2
+
+    # The other way round: the series state counted offset 11, its seen entry was lost.
+    seen_2: dict[str, Any] = {}
+    activity_2: dict[str, Any] = {}
+    _replay(messages, seen_2, activity_2)
+    del seen_2[second.sop_instance_uid]
+    _replay(messages, seen_2, activity_2)
+    assert next(iter(activity_2.values()))["instance_count"] == 2
+    assert seen_2[second.sop_instance_uid]["offset"] == 11
+
+
+def test_a_seen_entry_from_before_offsets_were_recorded_still_means_seen() -> None:
+    event = example_instance(1)
+    entry, state = record_instance(event.series_instance_uid, None, event, 5, 1_000)
+    assert (entry, state) == (None, None)
