@@ -300,6 +300,7 @@ async def infer(
 
 
 async def _suggest(services: ApiServices, model: str, series_uid: str, series: dict[str, Any]) -> SuggestionResult:
+    from consumers.annotation.applicability import SeriesFacts
     from consumers.annotation.errors import AnnotationError, ModelLoadError
     from consumers.annotation.worker import suggest_series
 
@@ -311,6 +312,7 @@ async def _suggest(services: ApiServices, model: str, series_uid: str, series: d
                 study_instance_uid=str(series["study_instance_uid"]),
                 series_instance_uid=series_uid,
                 patient_id=str(series["patient_id"]),
+                facts=SeriesFacts.from_view(series),
                 model_name=model,
                 pool=services.inference_pool(),
             )
