@@ -17,7 +17,9 @@ and in both cases the description or protocol name matches none of its
 ``exclude_patterns`` (localizers, diffusion, functional series …: a brain extractor for
 3D T1 volumes should not run on a 3-plane scout even when it is labelled HEAD). A body
 part that is present and not listed is decisive: a knee is not a brain, whatever its
-description says. Patterns are case-insensitive regular expressions (``re.search``).
+description says. Patterns are case-insensitive regular expressions (``re.search``); the bundle's delimit
+words with ``(?<![a-z0-9])``…``(?![a-z0-9])`` rather than ``\\b``, because scanners join words
+with underscores (``t1_mprage_sag``, ``AAHead_Scout``).
 """
 
 from __future__ import annotations
