@@ -319,6 +319,9 @@ async def _suggest(services: ApiServices, model: str, series_uid: str, series: d
     except ModelLoadError as exc:
         log.error("model cannot be loaded", extra={"model": model, "error": str(exc)})
         raise ApiError(503, f"model {model} is not available on this server", "model") from exc
+    except ModuleNotFoundError as exc:  # an API installed without the 'annotation' extra
+        log.error("model stack not installed", extra={"model": model, "error": str(exc)})
+        raise ApiError(503, "the annotation stack (torch, MONAI) is not installed on this server", "model") from exc
     except AnnotationError as exc:
         raise ApiError(422, f"series {series_uid} cannot be segmented: {exc}", "image") from exc
     except OrthancRejectedError as exc:
