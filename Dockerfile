@@ -1,6 +1,15 @@
 # The cohortstream services: worker, annotation worker, DICOM listener, REDCap trigger
 # endpoint and API (the BIDS export in the API needs dcm2niix).
+#
+# EXTRAS=annotation adds the annotation worker's model stack (torch, MONAI, deepbet's
+# weights); without it the image holds every other service and is about 5 GB smaller.
+# TORCH_INDEX_URL picks the torch build installed first: the CPU-only wheels
+# (https://download.pytorch.org/whl/cpu, docker-compose's `annotator`) or, when empty,
+# PyPI's default Linux wheel, which bundles the CUDA runtime (`annotator-gpu`; the host
+# needs the NVIDIA driver and container toolkit, no CUDA base image).
 FROM python:3.11-slim
+ARG EXTRAS=""
+ARG TORCH_INDEX_URL=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 RUN useradd --create-home --uid 10001 cohortstream \
@@ -16,7 +25,8 @@ COPY streams ./streams
 COPY consumers ./consumers
 COPY api ./api
 COPY export ./export
-RUN pip install .
+RUN if [ -n "$EXTRAS" ] && [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
+    && pip install ".${EXTRAS:+[$EXTRAS]}"
 
 USER cohortstream
 ENTRYPOINT []

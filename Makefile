@@ -27,7 +27,7 @@ $(UV):
 # uv keeps a shared cache, so a fresh clone re-creates the venv in seconds after the first time.
 $(VENV)/.installed: pyproject.toml | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -e '.[dev]'
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet -e '.[dev,annotation]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -300,6 +300,7 @@ async def infer(
 
 
 async def _suggest(services: ApiServices, model: str, series_uid: str, series: dict[str, Any]) -> SuggestionResult:
+    from consumers.annotation.applicability import SeriesFacts
     from consumers.annotation.errors import AnnotationError, ModelLoadError
     from consumers.annotation.worker import suggest_series
 
@@ -311,12 +312,16 @@ async def _suggest(services: ApiServices, model: str, series_uid: str, series: d
                 study_instance_uid=str(series["study_instance_uid"]),
                 series_instance_uid=series_uid,
                 patient_id=str(series["patient_id"]),
+                facts=SeriesFacts.from_view(series),
                 model_name=model,
                 pool=services.inference_pool(),
             )
     except ModelLoadError as exc:
         log.error("model cannot be loaded", extra={"model": model, "error": str(exc)})
         raise ApiError(503, f"model {model} is not available on this server", "model") from exc
+    except ModuleNotFoundError as exc:  # an API installed without the 'annotation' extra
+        log.error("model stack not installed", extra={"model": model, "error": str(exc)})
+        raise ApiError(503, "the annotation stack (torch, MONAI) is not installed on this server", "model") from exc
     except AnnotationError as exc:
         raise ApiError(422, f"series {series_uid} cannot be segmented: {exc}", "image") from exc
     except OrthancRejectedError as exc:

@@ -63,6 +63,8 @@ class AnnotationBrief(BaseModel):
     model_version: str | None = None
     status: str | None = None
     uncertainty: float | None = None
+    #: e.g. ``["implausible"]`` (a segment volume outside the model's plausible range).
+    flags: list[str] = Field(default_factory=list)
     seg_sop_instance_uid: str | None = None
     suggested_at: datetime | None = None
     reviewed_at: datetime | None = None

@@ -232,6 +232,9 @@ class AnnotationSuggested(Event):
     uncertainty: float | None = Field(default=None, ge=0, le=1)
     device: str
     inference_s: float = Field(ge=0)
+    #: e.g. ``["implausible"]``: the suggestion needs a person's eye before anything else.
+    flags: list[str] = Field(default_factory=list)
+    flag_reasons: list[str] = Field(default_factory=list)
 
 
 class ReviewDecision(StrEnum):

@@ -46,6 +46,8 @@ def suggestion_update(event: AnnotationSuggested) -> UpdateOne:
                 "uncertainty": event.uncertainty,
                 "device": event.device,
                 "inference_s": event.inference_s,
+                "flags": list(event.flags),
+                "flag_reasons": list(event.flag_reasons),
                 "suggested_at": event.emitted_at,
             },
             "$setOnInsert": {"status": "suggested"},

@@ -13,6 +13,16 @@ worker shares the machine politely.
 Uncertainty: the mean normalised softmax entropy ``-Σ p log p / log C`` (0 = certain,
 1 = uniform over the C classes) over the voxels predicted as foreground, or over the whole
 volume when nothing is predicted. Low values mean the model was sure of what it drew.
+
+A model with its own ``predictor`` (several networks, a fixed input size: the brain
+model) runs that instead of the sliding window; sizes, volumes and the plausibility
+check are the same for every model.
+
+Plausibility: a segment whose volume falls outside its definition's
+``plausible_volume_ml`` makes the result ``implausible`` (in ``flags``, with the reason in
+``flag_reasons``). Models return a confident mask for anything that looks like their
+object (a brain extractor finds a "brain" in a phantom); the flag puts such a suggestion
+in front of a person instead of letting it pass as a good one.
 """
 
 from __future__ import annotations
@@ -28,14 +38,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
+from monai.inferers import SlidingWindowInferer
 
-from consumers.annotation.models import LoadedModel, default_registry, load_model
+from consumers.annotation.models import LoadedModel, ModelSpec, default_registry, load_model
 
 if TYPE_CHECKING:
     from cohortstream.settings import Settings
 
-__all__ = ["InferenceResult", "SegmentStats", "infer_volume", "options_from_settings", "predict", "resolve_device"]
+__all__ = [
+    "IMPLAUSIBLE",
+    "InferenceResult",
+    "SegmentStats",
+    "infer_volume",
+    "options_from_settings",
+    "plausibility",
+    "predict",
+    "resolve_device",
+]
+
+#: The flag of a suggestion whose segment volume is outside the model's plausible range.
+IMPLAUSIBLE = "implausible"
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +81,27 @@ class InferenceResult:
     uncertainty: float
     device: str
     inference_s: float
+    #: ``("implausible",)`` when a segment failed its plausibility check, else empty.
+    flags: tuple[str, ...] = ()
+    #: Why each flag was raised, in words for the reviewer.
+    flag_reasons: tuple[str, ...] = ()
+
+
+def plausibility(spec: ModelSpec, segments: Sequence[SegmentStats]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(flags, reasons)``: ``implausible`` when a segment's volume lies outside its
+    definition's ``plausible_volume_ml`` range (bounds included as plausible)."""
+    ranges = {seg.number: seg.plausible_volume_ml for seg in spec.segments}
+    reasons = []
+    for stats in segments:
+        bounds = ranges.get(stats.segment_number)
+        if bounds is None:
+            continue
+        low, high = bounds
+        if not low <= stats.volume_ml <= high:
+            reasons.append(
+                f"{stats.label} volume {stats.volume_ml:.1f} mL is outside the plausible {low:g}–{high:g} mL"
+            )
+    return ((IMPLAUSIBLE,) if reasons else ()), tuple(reasons)
 
 
 def resolve_device(requested: str = "auto") -> torch.device:
@@ -81,41 +124,29 @@ def predict(
     array: np.ndarray,
     spacing: Sequence[float],
     *,
+    affine: np.ndarray | None = None,
     sw_batch_size: int = 4,
     roi_size: Sequence[int] | None = None,
     overlap: float = 0.25,
     amp: bool = True,
     cpu_threads: int | None = None,
 ) -> InferenceResult:
-    """Segment ``array`` (slice, row, column; real-world values) with ``model``."""
+    """Segment ``array`` (slice, row, column; real-world values) with ``model``.
+
+    ``affine`` (index → LPS mm, :class:`~consumers.annotation.volume.SeriesVolume`'s) is
+    needed by models that care about anatomical orientation (the brain model); without
+    it the axes are taken as they come, with ``spacing``."""
     device = model.device
     if device.type == "cpu" and cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     started = time.perf_counter()
-    image = model.spec.preprocessing()(np.asarray(array, dtype=np.float32)[None])
-    inputs = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
-    use_amp = amp and device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-        logits = sliding_window_inference(
-            inputs,
-            roi_size=tuple(roi_size or model.spec.roi_size),
-            sw_batch_size=sw_batch_size,
-            predictor=model.network,
-            overlap=overlap,
-            mode="gaussian",
-            padding_mode="replicate",
-        )
-    with torch.inference_mode():
-        probs = torch.softmax(torch.as_tensor(logits).float()[0], dim=0)
-        labels_t = probs.argmax(dim=0)
-        n_classes = probs.shape[0]
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=0) / math.log(n_classes)
-        foreground = labels_t > 0
-        region = entropy[foreground] if bool(foreground.any()) else entropy
-        uncertainty = float(region.mean().clamp(0.0, 1.0))
-        labels = labels_t.to(torch.uint8).cpu().numpy()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if model.spec.predictor is not None:
+        grid = np.diag([*(float(s) for s in spacing), 1.0]) if affine is None else np.asarray(affine, dtype=float)
+        prediction = model.spec.predictor(model, np.asarray(array, dtype=np.float32), grid, amp)
+        labels, uncertainty = prediction.labels.astype(np.uint8), prediction.uncertainty
+        n_classes = 1 + max((seg.number for seg in model.spec.segments), default=0)
+    else:
+        labels, uncertainty, n_classes = _sliding_window(model, array, sw_batch_size, roi_size, overlap, amp)
     elapsed = time.perf_counter() - started
 
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
@@ -138,9 +169,54 @@ def predict(
             "inference_s": round(elapsed, 3),
         },
     )
+    flags, reasons = plausibility(model.spec, segments)
     return InferenceResult(
-        labels=labels, segments=segments, uncertainty=uncertainty, device=_device_name(device), inference_s=elapsed
+        labels=labels,
+        segments=segments,
+        uncertainty=uncertainty,
+        device=_device_name(device),
+        inference_s=elapsed,
+        flags=flags,
+        flag_reasons=reasons,
     )
+
+
+def _sliding_window(
+    model: LoadedModel,
+    array: np.ndarray,
+    sw_batch_size: int,
+    roi_size: Sequence[int] | None,
+    overlap: float,
+    amp: bool,
+) -> tuple[np.ndarray, float, int]:
+    """MONAI's sliding-window inferer over one network: (labels, uncertainty, classes)."""
+    device = model.device
+    if model.spec.preprocessing is None:
+        raise ValueError(f"model {model.spec.name} has neither preprocessing nor a predictor of its own")
+    image = model.spec.preprocessing()(np.asarray(array, dtype=np.float32)[None])
+    inputs = torch.as_tensor(np.asarray(image), dtype=torch.float32, device=device)[None]
+    use_amp = amp and device.type == "cuda"
+    inferer = SlidingWindowInferer(
+        roi_size=tuple(roi_size or model.spec.roi_size),
+        sw_batch_size=sw_batch_size,
+        overlap=overlap,
+        mode="gaussian",
+        padding_mode="replicate",
+    )
+    with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        logits = inferer(inputs, model.network)
+    with torch.inference_mode():
+        probs = torch.softmax(torch.as_tensor(logits).float()[0], dim=0)
+        labels_t = probs.argmax(dim=0)
+        n_classes = int(probs.shape[0])
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=0) / math.log(n_classes)
+        foreground = labels_t > 0
+        region = entropy[foreground] if bool(foreground.any()) else entropy
+        uncertainty = float(region.mean().clamp(0.0, 1.0))
+        labels = labels_t.to(torch.uint8).cpu().numpy()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return labels, uncertainty, n_classes
 
 
 @functools.lru_cache(maxsize=4)
@@ -155,6 +231,7 @@ def infer_volume(
     model_name: str,
     model_path: str | None = None,
     *,
+    affine: np.ndarray | None = None,
     device: str = "auto",
     cpu_threads: int = 1,
     sw_batch_size: int = 4,
@@ -171,6 +248,7 @@ def infer_volume(
         model,
         array,
         spacing,
+        affine=affine,
         sw_batch_size=sw_batch_size,
         roi_size=roi_size,
         overlap=overlap,

@@ -10,26 +10,39 @@ can swap a model without a release.
 Loading accepts a TorchScript file (``.ts``/``.torchscript``), a state-dict file
 (``.pt``/``.pth``) for the spec's network, or a MONAI bundle directory
 (``models/model.ts`` or ``models/model.pt``; with a state dict and no network in the
-spec, the bundle's ``network_def`` from ``configs/inference.json|yaml``).
+spec, the bundle's ``network_def`` from ``configs/inference.json|yaml``). A model whose
+weights ship inside an installed Python package (:class:`PackagedWeights`, e.g. the
+brain-extraction model of :mod:`consumers.annotation.brain`) is loaded from that
+package only, after a sha256 check of every file: a changed file is refused, and
+nothing is ever downloaded.
+
+torch and MONAI are imported only when a network is built or loaded: the registry, the
+specs and :func:`select_model` work without the ``annotation`` extra, so the API can
+describe the models (MONAI Label's ``/info``) and the BIDS export can read SEGs on a
+machine without torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
-from monai.networks.nets import UNet
-from monai.transforms import Compose, EnsureType, ScaleIntensityRangePercentiles
+import numpy as np
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
+from consumers.annotation.applicability import SeriesFacts, SeriesRule
 from consumers.annotation.errors import ModelLoadError
 
 if TYPE_CHECKING:
+    import torch
+    from monai.transforms import Compose
+
     from cohortstream.settings import Settings
 
 __all__ = [
@@ -39,10 +52,14 @@ __all__ = [
     "ModelRegistry",
     "ModelSelection",
     "ModelSpec",
+    "PackagedFile",
+    "PackagedWeights",
+    "Prediction",
     "SegmentDefinition",
     "default_registry",
     "load_model",
     "model_path",
+    "packaged_files",
     "phantom_preprocessing",
     "phantom_unet",
     "select_model",
@@ -63,39 +80,92 @@ class SegmentDefinition:
     label: str
     property_category: Code
     property_type: Code
+    #: The range of volumes (mL) a correct segment can have; outside it the suggestion is
+    #: flagged ``implausible`` for review. None: no check.
+    plausible_volume_ml: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """One weights file inside an installed distribution, with the sum it must have."""
+
+    key: str
+    #: Path relative to the distribution's install root, as in its RECORD.
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights that ship inside an installed Python distribution (a wheel), never in this
+    repository and never downloaded: the distribution must be installed at exactly
+    ``version`` and every file must match its pinned sha256."""
+
+    distribution: str
+    version: str
+    files: tuple[PackagedFile, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model's own predictor returns: a label map in the volume's (slice, row,
+    column) order and the uncertainty in [0, 1] (mean normalised entropy over the
+    predicted foreground)."""
+
+    labels: np.ndarray
+    uncertainty: float
+
+
+#: A model-specific inference path: (loaded model, volume array, LPS affine of the
+#: (slice, row, column) index, use mixed precision) → Prediction.
+Predictor = Callable[["LoadedModel", np.ndarray, np.ndarray, bool], Prediction]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model without its weights. ``modalities``/``body_parts`` are upper-case DICOM
-    values; ``body_parts=None`` accepts any body part (and a missing one)."""
+    """A model without its weights: what it applies to (:class:`SeriesRule`), how it is
+    built, run and described in a SEG."""
 
     name: str
     version: str
-    modalities: frozenset[str]
-    body_parts: frozenset[str] | None
+    rule: SeriesRule
     segments: tuple[SegmentDefinition, ...]
     #: Builds the network; None when the weights carry it (TorchScript, bundle network_def).
     network_factory: Callable[[], torch.nn.Module] | None
-    #: Builds the transform applied to a channel-first (1, slices, rows, columns) array.
-    preprocessing: Callable[[], Compose]
+    #: Builds the transform applied to a channel-first (1, slices, rows, columns) array
+    #: (sliding-window models; a model with its own ``predictor`` preprocesses there).
+    preprocessing: Callable[[], Compose] | None
     roi_size: tuple[int, int, int]
     #: File name of the weights inside a models directory.
     weights_file: str
     #: Coded algorithm family for the SEG's Algorithm Identification (CID 7162).
     family: Code = field(default=codes.cid7162.ArtificialIntelligence)
     description: str = ""
+    #: Weights shipped in an installed package (checked by sha256) instead of a file here.
+    packaged: PackagedWeights | None = None
+    #: The model's own inference path; None: MONAI sliding window over ``network``.
+    predictor: Predictor | None = None
+    #: Licence of the weights, for the README's table and the MONAI Label ``/info``.
+    weights_license: str = ""
 
-    def applies_to(self, modality: str | None, body_part: str | None) -> tuple[bool, str]:
-        """Whether the model is meant for such a series, and why not."""
-        modality = (modality or "").strip().upper()
-        if modality not in self.modalities:
-            return False, f"{self.name}: modality {modality or '(missing)'} not in {sorted(self.modalities)}"
-        if self.body_parts is not None:
-            part = (body_part or "").strip().upper()
-            if part not in self.body_parts:
-                return False, f"{self.name}: BodyPartExamined {part or '(missing)'} not in {sorted(self.body_parts)}"
-        return True, f"{self.name} {self.version} applies to {modality}/{(body_part or '').upper() or 'any body part'}"
+    @property
+    def modalities(self) -> frozenset[str]:
+        """The modalities the model applies to (upper case)."""
+        return self.rule.modalities
+
+    @property
+    def body_parts(self) -> frozenset[str] | None:
+        """The BodyPartExamined values that make it apply (None: any)."""
+        return self.rule.body_parts
+
+    def applies_to(self, facts: SeriesFacts) -> tuple[bool, str]:
+        """Whether the model is meant for such a series, and why not (decided from
+        metadata only: the event and the views, before any pixel is fetched)."""
+        ok, why = self.rule.decide(facts)
+        if ok:
+            return True, f"{self.name} {self.version} applies: {why}"
+        return False, f"{self.name}: {why}"
 
 
 class ModelRegistry:
@@ -143,12 +213,12 @@ class ModelSelection:
 
 def select_model(
     registry: ModelRegistry,
-    modality: str | None,
-    body_part: str | None,
+    facts: SeriesFacts,
     model_name: str | None = None,
 ) -> ModelSelection:
-    """Pick the model for a series. With ``model_name`` (a manual request) only that model
-    is considered; otherwise the first registered model that applies."""
+    """Pick the model for a series from its metadata. With ``model_name`` (a manual
+    request) only that model is considered; otherwise the first registered model that
+    applies."""
     if model_name is not None:
         try:
             candidates = [registry.get(model_name)]
@@ -160,7 +230,7 @@ def select_model(
         return ModelSelection(None, "no model is registered")
     reasons = []
     for spec in candidates:
-        ok, reason = spec.applies_to(modality, body_part)
+        ok, reason = spec.applies_to(facts)
         if ok:
             return ModelSelection(spec, reason)
         reasons.append(reason)
@@ -172,6 +242,8 @@ def select_model(
 
 def phantom_unet() -> torch.nn.Module:
     """The demo network: a small 3D UNet (about 80 k parameters, well under 1 MB)."""
+    from monai.networks.nets import UNet
+
     return UNet(
         spatial_dims=3,
         in_channels=1,
@@ -190,6 +262,8 @@ def phantom_preprocessing() -> Compose:
     mean/std (z-score): the quartiles are set by the background, which dominates every
     volume, so the scale does not move with how much of the volume the objects fill (a
     z-score trained on small volumes gave false positives on large ones)."""
+    from monai.transforms import Compose, EnsureType, ScaleIntensityRangePercentiles
+
     return Compose(
         [
             EnsureType(data_type="numpy", dtype="float32"),
@@ -201,8 +275,7 @@ def phantom_preprocessing() -> Compose:
 PHANTOM_SPEC = ModelSpec(
     name=DEFAULT_MODEL_NAME,
     version="1.0.0",
-    modalities=frozenset({"MR"}),
-    body_parts=frozenset({"PHANTOM"}),
+    rule=SeriesRule(modalities=frozenset({"MR"}), body_parts=frozenset({"PHANTOM"})),
     segments=(
         SegmentDefinition(
             number=1,
@@ -220,17 +293,68 @@ PHANTOM_SPEC = ModelSpec(
 
 
 def default_registry() -> ModelRegistry:
-    """The models this build knows."""
-    return ModelRegistry((PHANTOM_SPEC,))
+    """The models this build knows: the demo phantom model, then brain extraction."""
+    from consumers.annotation.brain import BRAIN_SPEC
+
+    return ModelRegistry((PHANTOM_SPEC, BRAIN_SPEC))
 
 
 # --- finding and loading weights -------------------------------------------------------
 
 
+def packaged_files(weights: PackagedWeights) -> dict[str, Path]:
+    """The installed files of ``weights`` by key, each checked against its pinned sha256.
+
+    Raises :class:`ModelLoadError` when the distribution is missing or another version,
+    or a file is missing or changed: such weights are refused, never replaced by a
+    download.
+    """
+    try:
+        dist = metadata.distribution(weights.distribution)
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"the weights ship in the Python package {weights.distribution}=={weights.version}, which is not "
+            "installed (install cohortstream's 'annotation' extra)"
+        ) from None
+    if dist.version != weights.version:
+        raise ModelLoadError(
+            f"{weights.distribution} {dist.version} is installed, but the pinned weights are those of "
+            f"{weights.version}: install {weights.distribution}=={weights.version}"
+        )
+    found: dict[str, Path] = {}
+    for item in weights.files:
+        path = Path(str(dist.locate_file(item.path)))
+        verify_sha256(path, item.sha256, item.size)
+        found[item.key] = path
+    return found
+
+
+def verify_sha256(path: Path, expected: str, size: int | None = None) -> None:
+    """Refuse a weights file whose size or sha256 differs from the pinned one."""
+    try:
+        actual_size = path.stat().st_size
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: weights file not found") from None
+    if size is not None and actual_size != size:
+        raise ModelLoadError(f"{path}: {actual_size} bytes, expected {size}: the weights file was changed; refused")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ModelLoadError(
+            f"{path}: sha256 {digest.hexdigest()} differs from the pinned {expected}: the weights file was changed; refused"
+        )
+
+
 def model_path(spec: ModelSpec, settings: Settings | None = None) -> Path:
     """Where the weights of ``spec`` are: ``annotation_model_paths[name]``, else
     ``annotation_models_dir/<name>/`` (a bundle) or ``annotation_models_dir/<weights_file>``,
-    else the weights shipped in this package."""
+    else the weights shipped in this package. A model with :class:`PackagedWeights` is
+    always loaded from its installed package (a path in the settings is ignored)."""
+    if spec.packaged is not None:
+        dist_root = _distribution_root(spec.packaged.distribution)
+        return dist_root if dist_root is not None else Path(spec.packaged.distribution)
     if settings is not None:
         explicit = settings.annotation_model_paths.get(spec.name)
         if explicit is not None:
@@ -243,14 +367,26 @@ def model_path(spec: ModelSpec, settings: Settings | None = None) -> Path:
     return BUNDLED_WEIGHTS_DIR / spec.weights_file
 
 
+def _distribution_root(name: str) -> Path | None:
+    try:
+        return Path(str(metadata.distribution(name).locate_file("")))
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A spec with its network in eval mode on ``device``."""
+    """A spec with its network(s) in eval mode on ``device``; ``networks`` holds every
+    network of a model with several (by the key of its packaged file), ``network`` the
+    main one."""
 
     spec: ModelSpec
     network: torch.nn.Module
     path: Path
     device: torch.device
+    networks: Mapping[str, torch.nn.Module] = field(default_factory=dict)
+    #: Model-specific configuration (e.g. a parsed bundle config), built once per process.
+    config: Any = None
 
 
 def _bundle_network(bundle: Path) -> torch.nn.Module:
@@ -267,6 +403,8 @@ def _bundle_network(bundle: Path) -> torch.nn.Module:
 
 
 def _load_state_dict(network: torch.nn.Module, file: Path) -> torch.nn.Module:
+    import torch
+
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises RuntimeError/UnpicklingError/… for corrupt files
@@ -281,6 +419,8 @@ def _load_state_dict(network: torch.nn.Module, file: Path) -> torch.nn.Module:
 
 
 def _load_torchscript(file: Path) -> torch.nn.Module:
+    import torch
+
     try:
         module: torch.nn.Module = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
         return module
@@ -289,7 +429,14 @@ def _load_torchscript(file: Path) -> torch.nn.Module:
 
 
 def load_model(spec: ModelSpec, path: Path | str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load the weights at ``path`` (default: the bundled ones) for ``spec`` onto ``device``."""
+    """Load the weights at ``path`` (default: the bundled ones) for ``spec`` onto ``device``.
+
+    A model with :class:`PackagedWeights` ignores ``path``: its TorchScript files come
+    from the installed package, each checked against its pinned sha256 first."""
+    import torch
+
+    if spec.packaged is not None:
+        return _load_packaged(spec, spec.packaged, torch.device(device))
     path = Path(path) if path is not None else BUNDLED_WEIGHTS_DIR / spec.weights_file
     if path.is_dir():
         if (path / "models" / "model.ts").is_file():
@@ -320,6 +467,23 @@ def load_model(spec: ModelSpec, path: Path | str | None = None, device: torch.de
         extra={"model": spec.name, "model_version": spec.version, "path": str(path), "device": str(torch_device)},
     )
     return LoadedModel(spec=spec, network=network, path=path, device=torch_device)
+
+
+def _load_packaged(spec: ModelSpec, weights: PackagedWeights, device: torch.device) -> LoadedModel:
+    files = packaged_files(weights)
+    networks = {key: _load_torchscript(path).to(device).eval() for key, path in files.items()}
+    main = spec.weights_file if spec.weights_file in networks else next(iter(networks))
+    logger.info(
+        "model loaded",
+        extra={
+            "model": spec.name,
+            "model_version": spec.version,
+            "path": str(files[main]),
+            "device": str(device),
+            "sha256_checked": len(files),
+        },
+    )
+    return LoadedModel(spec=spec, network=networks[main], path=files[main], device=device, networks=networks)
 
 
 def _require_factory(spec: ModelSpec, path: Path) -> Callable[[], torch.nn.Module]:

@@ -85,6 +85,7 @@ def train(
     torch.use_deterministic_algorithms(True)
     rng = np.random.RandomState(seed)
     spec = PHANTOM_SPEC
+    assert spec.preprocessing is not None  # the demo model is a sliding-window one
     preprocess = spec.preprocessing()
 
     data = []

@@ -1,5 +1,11 @@
-"""One series in, one suggestion out: fetch from Orthanc, build the volume, infer, write
-the SEG back to Orthanc, describe it as an ``AnnotationSuggested`` event.
+"""One series in, one suggestion out: pick the model from the series' metadata, fetch
+from Orthanc, build the volume, infer, write the SEG back to Orthanc, describe it as an
+``AnnotationSuggested`` event.
+
+The model is chosen before any pixel is fetched (:mod:`consumers.annotation.applicability`):
+from the facts the caller passes (the completion event's modality and the ``series``
+view), or, when it has none, from Orthanc's series record (main DICOM tags only). A
+series no model applies to costs one metadata lookup, not a download.
 
 The CPU/GPU-heavy steps (decoding the DICOM files, building the volume, inference, SEG
 encoding) run in a separate worker process (:func:`process_pool`), so the event loop of
@@ -24,14 +30,22 @@ import pydicom
 
 from cohortstream.events import AnnotationSuggested, SuggestedSegment
 from cohortstream.orthanc import OrthancClient
+from cohortstream.orthanc_ids import orthanc_hash
 from cohortstream.settings import Settings
+from consumers.annotation.applicability import SeriesFacts
 from consumers.annotation.errors import AnnotationError
-from consumers.annotation.inference import infer_volume, options_from_settings
 from consumers.annotation.models import default_registry, model_path, select_model
 from consumers.annotation.seg import build_segmentation
 from consumers.annotation.volume import volume_from_datasets
 
-__all__ = ["SuggestionResult", "annotation_id_for", "process_pool", "segment_series", "suggest_series"]
+__all__ = [
+    "SuggestionResult",
+    "annotation_id_for",
+    "orthanc_series_facts",
+    "process_pool",
+    "segment_series",
+    "suggest_series",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +70,8 @@ class SegmentedSeries:
     uncertainty: float
     device: str
     inference_s: float
+    flags: tuple[str, ...] = ()
+    flag_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,26 +89,26 @@ def process_pool() -> ProcessPoolExecutor:
 
 
 def segment_series(
-    files: list[bytes], model_name: str | None, options: dict[str, object], weights: dict[str, str]
-) -> SegmentedSeries | str:
-    """In the worker process: DICOM files → volume → model → SEG bytes.
+    files: list[bytes], model_name: str, options: dict[str, object], weights: dict[str, str]
+) -> SegmentedSeries:
+    """In the worker process: DICOM files → volume → model ``model_name`` → SEG bytes.
 
-    Returns the reason as text when no model applies; raises :class:`AnnotationError`
-    (bad geometry, unreadable data) for the caller to dead-letter.
+    Raises :class:`AnnotationError` (bad geometry, unreadable data, weights refused) for
+    the caller to dead-letter.
     """
+    from consumers.annotation.inference import infer_volume
+
     datasets = [pydicom.dcmread(io.BytesIO(data)) for data in files]
     volume = volume_from_datasets(datasets)
-    first = volume.source_datasets[0]
-    selection = select_model(
-        default_registry(),
-        str(first.get("Modality", "")) or None,
-        str(first.get("BodyPartExamined", "")) or None,
-        model_name,
+    spec = default_registry().get(model_name)
+    result = infer_volume(
+        volume.array,
+        volume.spacing,
+        spec.name,
+        weights[spec.name],
+        affine=volume.affine,
+        **options,  # type: ignore[arg-type]
     )
-    if selection.model is None:
-        return selection.reason
-    spec = selection.model
-    result = infer_volume(volume.array, volume.spacing, spec.name, weights[spec.name], **options)  # type: ignore[arg-type]
     seg = build_segmentation(volume, result.labels, spec)
     buffer = io.BytesIO()
     seg.save_as(buffer, enforce_file_format=True)
@@ -118,6 +134,8 @@ def segment_series(
         uncertainty=float(result.uncertainty),
         device=result.device,
         inference_s=float(result.inference_s),
+        flags=result.flags,
+        flag_reasons=result.flag_reasons,
     )
 
 
@@ -133,6 +151,7 @@ async def suggest_series(
     study_instance_uid: str,
     series_instance_uid: str,
     patient_id: str,
+    facts: SeriesFacts | None = None,
     revision: int = 1,
     expected_instances: int = 0,
     model_name: str | None = None,
@@ -141,29 +160,38 @@ async def suggest_series(
 ) -> SuggestionResult:
     """Make (or remake, idempotently) the suggestion for one series.
 
-    Raises :class:`AnnotationError` for a series that cannot be segmented (bad geometry,
-    unreadable files) and the archive's errors when Orthanc refuses; Orthanc being down
-    is retried inside the archive (backpressure).
+    ``facts`` (modality, body part, description from the event and the views) decide the
+    model before anything is fetched; without them Orthanc's series record is asked
+    (metadata only). Raises :class:`AnnotationError` for a series that cannot be
+    segmented (bad geometry, unreadable files, weights refused) and the archive's errors
+    when Orthanc refuses; Orthanc being down is retried inside the archive (backpressure).
     """
+    if facts is None:
+        facts = await orthanc_series_facts(archive, study_instance_uid, series_instance_uid, patient_id)
+    selection = select_model(default_registry(), facts, model_name)
+    if selection.model is None:
+        log.info(
+            "series skipped: no model applies",
+            extra={"series_instance_uid": series_instance_uid, "reason": selection.reason},
+        )
+        return SuggestionResult(event=None, skipped_reason=selection.reason)
+    spec = selection.model
     files = await archive.series_instances(
         study_instance_uid, series_instance_uid, patient_id, expected=expected_instances
     )
     if not files:
         raise AnnotationError(f"Orthanc holds no instance of series {series_instance_uid}")
+    from consumers.annotation.inference import options_from_settings
+
     loop = asyncio.get_running_loop()
     outcome = await loop.run_in_executor(
         pool,
         segment_series,
         files,
-        model_name,
+        spec.name,
         options_from_settings(settings),
-        {spec.name: str(model_path(spec, settings)) for spec in default_registry()},
+        {spec.name: str(model_path(spec, settings))},
     )
-    if isinstance(outcome, str):
-        log.info(
-            "series skipped: no model applies", extra={"series_instance_uid": series_instance_uid, "reason": outcome}
-        )
-        return SuggestionResult(event=None, skipped_reason=outcome)
     await archive.store_bytes(outcome.seg_bytes, f"SEG of series {series_instance_uid}")
     event = AnnotationSuggested(
         producer="annotation-worker",
@@ -178,6 +206,8 @@ async def suggest_series(
         uncertainty=min(1.0, max(0.0, outcome.uncertainty)),
         device=outcome.device,
         inference_s=outcome.inference_s,
+        flags=list(outcome.flags),
+        flag_reasons=list(outcome.flag_reasons),
     )
     log.info(
         "suggestion made",
@@ -187,6 +217,25 @@ async def suggest_series(
             "device": outcome.device,
             "inference_s": round(outcome.inference_s, 3),
             "uncertainty": round(outcome.uncertainty, 4),
+            "flags": list(outcome.flags),
         },
     )
     return SuggestionResult(event=event, seg_bytes=outcome.seg_bytes)
+
+
+async def orthanc_series_facts(
+    archive: OrthancClient, study_instance_uid: str, series_instance_uid: str, patient_id: str
+) -> SeriesFacts:
+    """The series' facts from Orthanc's series record (``MainDicomTags``: Modality,
+    BodyPartExamined, SeriesDescription, ProtocolName), without reading an instance;
+    empty facts when Orthanc does not know the series (no model will apply)."""
+    series_id = orthanc_hash(patient_id, study_instance_uid, series_instance_uid)
+
+    async def once() -> dict[str, object]:
+        response = await archive.request("GET", f"/series/{series_id}")
+        if response.status_code != 200:
+            return {}
+        tags = response.json().get("MainDicomTags", {})
+        return dict(tags) if isinstance(tags, dict) else {}
+
+    return SeriesFacts.from_orthanc(await archive.retrying(once, "read series metadata from Orthanc"))

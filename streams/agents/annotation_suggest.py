@@ -27,6 +27,7 @@ from cohortstream.events import AnnotationRequested, DicomSeriesCompleted, Failu
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc import OrthancClient, OrthancRejectedError, SeriesIncompleteError
 from cohortstream.settings import Settings
+from consumers.annotation.applicability import SeriesFacts
 from consumers.annotation.errors import AnnotationError
 from consumers.annotation.worker import process_pool, suggest_series
 from streams.dead_letter import DeadLetterSender, decoded_events
@@ -78,6 +79,7 @@ class _Annotator:
         patient_id: str,
         revision: int,
         expected: int,
+        facts: SeriesFacts | None,
         model_name: str | None = None,
         request_id: uuid.UUID | None = None,
     ) -> None:
@@ -88,6 +90,7 @@ class _Annotator:
                 study_instance_uid=study,
                 series_instance_uid=series,
                 patient_id=patient_id,
+                facts=facts,
                 revision=revision,
                 expected_instances=expected,
                 model_name=model_name,
@@ -126,8 +129,16 @@ def register(
     @app.agent(raw_topics["dicom.series-completed"], name=COMPLETED_AGENT)
     async def suggest_completed(stream: faust.StreamT[bytes]) -> None:
         await on_completed.setup()
+        client = mongo_client(settings)
+        series_view = mongo_database(client, settings)["series"]
         try:
             async for event, message in decoded_events(stream, codec, DicomSeriesCompleted, completed_letters):
+                # Body part and description from the views; a series the views do not hold
+                # yet is looked up in Orthanc's series record instead (suggest_series).
+                doc = await series_view.find_one(
+                    {"_id": event.series_instance_uid},
+                    {"modality": 1, "body_part_examined": 1, "series_description": 1},
+                )
                 await on_completed.suggest(
                     message,
                     study=event.study_instance_uid,
@@ -135,8 +146,10 @@ def register(
                     patient_id=event.patient_id,
                     revision=event.revision,
                     expected=event.instance_count,
+                    facts=SeriesFacts.from_view(doc, modality=event.modality) if doc is not None else None,
                 )
         finally:
+            await client.close()
             await on_completed.close()
 
     @app.agent(raw_topics["annotation.requested"], name=REQUEST_AGENT)
@@ -147,7 +160,14 @@ def register(
         try:
             async for event, message in decoded_events(stream, codec, AnnotationRequested, request_letters):
                 doc = await series_view.find_one(
-                    {"_id": event.series_instance_uid}, {"patient_id": 1, "instance_count": 1}
+                    {"_id": event.series_instance_uid},
+                    {
+                        "patient_id": 1,
+                        "instance_count": 1,
+                        "modality": 1,
+                        "body_part_examined": 1,
+                        "series_description": 1,
+                    },
                 )
                 if doc is None:
                     await request_letters.send(
@@ -165,6 +185,7 @@ def register(
                     patient_id=str(doc["patient_id"]),
                     revision=event.series_revision,
                     expected=int(doc.get("instance_count") or 0),
+                    facts=SeriesFacts.from_view(doc),
                     model_name=event.model_name,
                     request_id=event.request_id,
                 )

@@ -397,7 +397,8 @@ async def test_monailabel_info_datastore_and_active_learning(api: httpx.AsyncCli
     await db["annotations"].insert_many(copy.deepcopy(docs))
 
     info = (await api.get("/info/")).json()
-    assert info["name"] == "cohortstream" and info["labels"] == ["Sphere"]
+    assert info["name"] == "cohortstream" and info["labels"] == ["Sphere", "Brain"]
+    assert info["models"]["deepbet-brain"]["labels"] == {"Brain": 1}
     assert info["models"]["phantom-sphere-unet"] == {
         "type": "segmentation",
         "labels": {"Sphere": 1},

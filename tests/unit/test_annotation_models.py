@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from cohortstream.settings import Settings
+from consumers.annotation.applicability import SeriesFacts
+from consumers.annotation.brain import BRAIN_MODEL_NAME
 from consumers.annotation.errors import ModelLoadError
 from consumers.annotation.metrics import dice
 from consumers.annotation.models import (
@@ -25,7 +27,7 @@ from consumers.annotation.models import (
 
 def test_default_registry_holds_the_demo_model_with_coded_segments() -> None:
     registry = default_registry()
-    assert registry.names == [DEFAULT_MODEL_NAME]
+    assert registry.names == [DEFAULT_MODEL_NAME, BRAIN_MODEL_NAME]
     spec = registry.get(DEFAULT_MODEL_NAME)
     assert [s.number for s in spec.segments] == [1]
     assert spec.segments[0].property_type.scheme_designator == "SCT"
@@ -41,7 +43,8 @@ def test_default_registry_holds_the_demo_model_with_coded_segments() -> None:
         ("MR", "PHANTOM", DEFAULT_MODEL_NAME, "applies"),
         ("mr", "phantom", DEFAULT_MODEL_NAME, "applies"),
         ("CT", "PHANTOM", None, "modality CT"),
-        ("MR", "HEAD", None, "BodyPartExamined HEAD"),
+        ("MR", "HEAD", BRAIN_MODEL_NAME, "BodyPartExamined HEAD"),
+        ("MR", "KNEE", None, "BodyPartExamined KNEE"),
         ("MR", None, None, "BodyPartExamined (missing)"),
         (None, None, None, "modality (missing)"),
     ],
@@ -49,17 +52,21 @@ def test_default_registry_holds_the_demo_model_with_coded_segments() -> None:
 def test_select_model_gives_a_model_or_the_reason(
     modality: str | None, body_part: str | None, chosen: str | None, reason: str
 ) -> None:
-    selection = select_model(default_registry(), modality, body_part)
+    selection = select_model(default_registry(), SeriesFacts(modality=modality, body_part_examined=body_part))
     assert (selection.model.name if selection.model else None) == chosen
     assert bool(selection) is (chosen is not None)
     assert reason in selection.reason
 
 
 def test_select_model_by_name() -> None:
-    assert select_model(default_registry(), "MR", "PHANTOM", DEFAULT_MODEL_NAME).model is PHANTOM_SPEC
-    missing = select_model(default_registry(), "MR", "PHANTOM", "other")
+    phantom = SeriesFacts(modality="MR", body_part_examined="PHANTOM")
+    assert select_model(default_registry(), phantom, DEFAULT_MODEL_NAME).model is PHANTOM_SPEC
+    missing = select_model(default_registry(), phantom, "other")
     assert missing.model is None and "no model named 'other'" in missing.reason
-    assert "no model is registered" in select_model(ModelRegistry(), "MR", "PHANTOM").reason
+    assert "no model is registered" in select_model(ModelRegistry(), phantom).reason
+    # A manual request for the brain model on a phantom is refused, not run.
+    refused = select_model(default_registry(), phantom, BRAIN_MODEL_NAME)
+    assert refused.model is None and "BodyPartExamined PHANTOM" in refused.reason
 
 
 def test_model_path_from_settings(tmp_path: Path) -> None:

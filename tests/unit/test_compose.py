@@ -34,7 +34,25 @@ def test_our_services_are_built_from_the_repo_dockerfile() -> None:
     assert OURS, "no service is built from the repository"
     assert (ROOT / "Dockerfile").is_file()
     for svc in OURS.values():
-        assert svc["build"] in (".", {"context": "."})
+        build = svc["build"]
+        assert build == "." or build["context"] == ".", build
+        assert set(build.get("args", {}) if isinstance(build, dict) else {}) <= {"EXTRAS", "TORCH_INDEX_URL"}
+
+
+def test_the_annotator_runs_on_cpu_and_requests_a_gpu_only_in_the_gpu_profile() -> None:
+    cpu, gpu = SERVICES["annotator"], SERVICES["annotator-gpu"]
+    assert "profiles" not in cpu and "deploy" not in cpu
+    assert cpu["build"]["args"] == {"EXTRAS": "annotation", "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu"}
+    assert gpu["profiles"] == ["gpu"]
+    assert gpu["build"]["args"]["EXTRAS"] == "annotation" and not gpu["build"]["args"]["TORCH_INDEX_URL"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert gpu["environment"]["COHORTSTREAM_ANNOTATION_DEVICE"] == "cuda"
+    assert cpu["command"] == gpu["command"] == ["cohortstream", "annotate", "worker"]
+    # Every other service is built without the model stack.
+    for name, svc in OURS.items():
+        if not name.startswith("annotator"):
+            assert svc["build"] == "." or "args" not in svc["build"], name
 
 
 @pytest.mark.parametrize("name", sorted(OURS))
