@@ -59,7 +59,11 @@ offsets.topic.replication.factor=1
 offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
-auto.create.topics.enable=true
+# Topics are created on purpose with their partition count (cohortstream topics create;
+# faust declares its changelogs with the table's partitions): with auto-creation, a client's
+# metadata request for a changelog faust had not declared yet created it with 1 partition,
+# and series completion then broke across several workers.
+auto.create.topics.enable=false
 delete.topic.enable=true
 group.initial.rebalance.delay.ms=0
 # dev stack: keep disk usage small

@@ -30,6 +30,16 @@ def test_the_infrastructure_uses_the_real_images() -> None:
     assert "KAFKA_PROCESS_ROLES" in SERVICES["kafka"]["environment"]  # KRaft, no ZooKeeper
 
 
+def test_kafka_never_creates_a_topic_on_a_metadata_request() -> None:
+    """With auto-creation, a client asking for a changelog's metadata before faust declared
+    it created it with one partition, and series completion broke across two workers
+    (tests/integration/test_dicom_faults.py). Compose and the local stack both turn it off."""
+    assert SERVICES["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    kafka_sh = (ROOT / "deploy" / "lib" / "kafka.sh").read_text()
+    assert "\nauto.create.topics.enable=false\n" in kafka_sh
+    assert "auto.create.topics.enable=true" not in kafka_sh
+
+
 def test_our_services_are_built_from_the_repo_dockerfile() -> None:
     assert OURS, "no service is built from the repository"
     assert (ROOT / "Dockerfile").is_file()
