@@ -290,14 +290,17 @@ class DicomViews(SubjectAwareSink):
 
     async def record_archived(self, event: DicomInstanceReceived) -> None:
         """Note that Orthanc confirmed the instance (called by the archive agent)."""
-        await self.retry(
-            lambda: self.db["instances"].update_one(
+        await self.record_archived_many([event])
+
+    async def record_archived_many(self, events: Sequence[DicomInstanceReceived]) -> None:
+        """Note that Orthanc confirmed these instances, in one write (the archive agent's
+        actors hand theirs over together: :class:`streams.group_commit.GroupCommit`)."""
+        operations = [
+            UpdateOne(
                 {"_id": event.sop_instance_uid},
-                {
-                    "$set": {"in_orthanc": True},
-                    "$setOnInsert": instance_attributes(event),
-                },
+                {"$set": {"in_orthanc": True}, "$setOnInsert": instance_attributes(event)},
                 upsert=True,
-            ),
-            "record Orthanc confirmation",
-        )
+            )
+            for event in events
+        ]
+        await self.bulk_write("instances", operations, "record Orthanc confirmation")

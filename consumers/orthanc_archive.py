@@ -77,9 +77,16 @@ class OrthancArchive:
         await self.orthanc.close()
 
     async def _store_once(self, event: DicomInstanceReceived, ids: OrthancIds) -> ArchiveResult:
-        if await self.orthanc.has_instance(ids.instance):
-            return ArchiveResult(ids, "AlreadyStored")
-        data = read_staged(event)
+        # Upload first: Orthanc answers "AlreadyStored" for an instance it holds, so asking
+        # it beforehand cost every instance a second request (the ingest profile's
+        # GET-404-then-POST). Only a staged file that is gone or changed (removed after an
+        # earlier store, when a message is replayed) makes us ask.
+        try:
+            data = read_staged(event)
+        except StagedFileError:
+            if await self.orthanc.has_instance(ids.instance):
+                return ArchiveResult(ids, "AlreadyStored")
+            raise
         body = await self.orthanc.upload(data, f"SOP instance {event.sop_instance_uid}")
         if body.get("ID") != ids.instance:
             # Orthanc derives ids from the tags it read; a mismatch means the event's

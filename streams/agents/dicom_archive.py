@@ -10,7 +10,10 @@ flight at once (Orthanc stores several instances in parallel; one at a time, the
 fell behind any sender with more than one association). Each actor acknowledges its own
 message when done; faust commits an offset only when every message before it is
 acknowledged, so a crash still replays everything that was not stored. The order in
-which instances reach Orthanc does not matter: every step is per instance.
+which instances reach Orthanc does not matter: every step is per instance. The actors'
+"archived" marks in the views go out together (:class:`streams.group_commit.GroupCommit`:
+one write for whatever the actors finished meanwhile), and each actor acknowledges only
+after the write that carried its mark.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from cohortstream.settings import Settings
 from consumers.dicom_views import DicomViews
 from consumers.orthanc_archive import OrthancArchive, StagedFileError, staged_path
 from streams.dead_letter import DeadLetterSender, decoded_events
+from streams.group_commit import GroupCommit
 from streams.topics import StreamTopics
 
 __all__ = ["AGENT_NAME", "register"]
@@ -67,6 +71,7 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
     archive = OrthancArchive(settings)
     views = DicomViews(settings)
     sinks = _SharedSinks(archive, views)
+    archived_marks: GroupCommit[DicomInstanceReceived] = GroupCommit(views.record_archived_many)
 
     @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME, concurrency=settings.archive_concurrency)
     async def archive_instances(stream: faust.StreamT[bytes]) -> None:
@@ -74,7 +79,7 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
             async for event, message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
                 try:
                     result = await archive.store(event)
-                    await views.record_archived(event)
+                    await archived_marks.submit(event)
                 except (OrthancRejectedError, StagedFileError) as exc:
                     await dead_letters.send(message, FailureStage.SINK, exc)
                     continue

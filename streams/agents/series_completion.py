@@ -7,7 +7,7 @@ restart:
 - ``dicom-seen-instances``: SOPInstanceUID -> its series and the offset of the message
   that first brought it, so a resent instance neither counts twice nor re-opens a
   completed series;
-- ``dicom-series-activity``: per series, the distinct instance count, first/last receipt,
+- ``dicom-series-activity-v2``: per series (keyed by its UID's bytes), the distinct instance count, first/last receipt,
   when the worker last saw a new instance (processing time), the last completed
   revision, whether new instances arrived since, and the offset of the last message
   counted.
@@ -100,7 +100,7 @@ def record_instance(
 
     ``seen_entry`` is the instance's entry in ``dicom-seen-instances`` (a bare series UID
     from releases before 2026-11, which recorded no offset), ``state`` its series' entry
-    in ``dicom-series-activity``, ``offset`` the message's offset in its partition. A
+    in ``dicom-series-activity-v2``, ``offset`` the message's offset in its partition. A
     replay after a crash finds either write without the other, and completes whichever is
     missing without counting the instance twice.
     """
@@ -162,13 +162,18 @@ def register(
     """Attach the series-completion agent, its tables and its timer to ``app``."""
     codec = EventCodec()
     seen = app.Table("dicom-seen-instances", default=None, partitions=settings.topic_partitions)
-    # use_partitioner: the timer updates this table outside stream iteration. Table keys
-    # go out with faust's default "raw" key serializer, i.e. the same SeriesInstanceUID
-    # bytes as the source topic's keys, so the producer's partitioner puts each key's
-    # changelog in the same partition number as its instances.
+    # use_partitioner: the timer updates this table outside stream iteration, so the
+    # producer's partitioner picks each key's changelog partition. That must be the
+    # partition of the series' instances, or the partition's next owner restores the series
+    # from a changelog partition it does not own: keys are the SeriesInstanceUID's UTF-8
+    # bytes (key_type=bytes: faust's "raw" serializer), exactly the source topic's keys. A
+    # str key went out JSON-encoded (with quotes), hashed to another partition, and series
+    # completion lost series when a second worker took over (the "-v2" table starts clean
+    # rather than mix those keys in).
     activity = app.Table(
-        "dicom-series-activity",
+        "dicom-series-activity-v2",
         default=None,
+        key_type=bytes,
         partitions=settings.topic_partitions,
         use_partitioner=True,
     )
@@ -179,10 +184,10 @@ def register(
     async def track_series(stream: faust.StreamT[bytes]) -> None:
         await _wait_for_changelog_metadata(app, activity)
         async for event, message in decoded_events(stream, codec, DicomInstanceReceived, dead_letters):
-            series = event.series_instance_uid
+            key = event.series_instance_uid.encode("utf-8")
             seen_entry, state = record_instance(
                 seen.get(event.sop_instance_uid),
-                activity.get(series),
+                activity.get(key),
                 event,
                 message.offset,
                 int(time.time() * 1000),
@@ -190,24 +195,36 @@ def register(
             if seen_entry is not None:
                 seen[event.sop_instance_uid] = seen_entry
             if state is not None:
-                activity[series] = state
+                activity[key] = state
 
     # faust's decorators are untyped; the timer keeps the function's own signature.
     every = cast(Callable[[TimerFunction], TimerFunction], app.timer(interval=max(0.2, min(5.0, quiet / 4))))
 
-    clock: dict[str, int | None] = {"resumed_ms": None}
+    clock: dict[str, int | None] = {"resumed_ms": None, "paused_since_ms": None}
 
     @every
     async def complete_quiet_series() -> None:
         now_ms = int(time.time() * 1000)
         if getattr(app, "in_recovery", False) or app.rebalancing:
             clock["resumed_ms"] = None  # tables are incomplete until recovery ends
+            paused_since = clock["paused_since_ms"] = clock["paused_since_ms"] or now_ms
+            if now_ms - paused_since > 60_000:
+                log.warning(
+                    "series completion paused by a rebalance or table recovery for over a minute",
+                    extra={"paused_s": round((now_ms - paused_since) / 1000)},
+                )
             return
         if clock["resumed_ms"] is None:
             clock["resumed_ms"] = now_ms  # the first tick with the partitions (again)
-        for series, state in list(activity.items()):
+            clock["paused_since_ms"] = None
+            log.info(
+                "series completion running with its partitions",
+                extra={"open_series": sum(1 for state in activity.values() if state and state["open"])},
+            )
+        for key, state in list(activity.items()):
             if not is_quiet(state, now_ms, quiet, clock["resumed_ms"] or 0):
                 continue
+            series = key.decode("utf-8")
             revision = state["revision"] + 1
             completed = DicomSeriesCompleted(
                 producer=AGENT_NAME,
@@ -223,10 +240,10 @@ def register(
             )
             pending = await completed_topic.send(key=series.encode("utf-8"), value=completed)
             await pending
-            latest = activity.get(series)
+            latest = activity.get(key)
             # Instances that arrived while the event was being sent keep the series open.
             still_quiet = latest is not None and latest["activity_ms"] == state["activity_ms"]
-            activity[series] = {**(latest or state), "revision": revision, "open": not still_quiet}
+            activity[key] = {**(latest or state), "revision": revision, "open": not still_quiet}
             log.info(
                 "series completed",
                 extra={

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from cohortstream.admin import ensure_topics
-from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType
+from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted, EhrRecord, EhrRecordType
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc_ids import orthanc_hash
 from cohortstream.publisher import EventPublisher
@@ -38,6 +38,7 @@ from tests.integration.test_dicom_pipeline import (
     per_series,
     views_caught_up,
 )
+from tests.kafka_probe import read_topic
 from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -249,3 +250,62 @@ async def test_kafka_restarted_between_two_associations(settings: Settings, data
     assert {d["_id"] async for d in database.instances.find({})} == sops
     series = [d["instance_count"] async for d in database.series.find({})]
     assert series == [10, 10]
+
+
+async def test_two_workers_one_killed_the_other_takes_over_and_every_series_completes_once(
+    settings: Settings, database: Any, tmp_path: Path
+) -> None:
+    """Scale-out (issue 13): two deployed workers share every lane's consumer group over
+    four partitions; one is killed with SIGKILL mid-ingestion. Its partitions go to the
+    other, which restores the series-completion tables from their changelogs: every
+    instance lands in Orthanc and the views exactly once, and every series is announced
+    as completed exactly once, with every one of its instances counted (read from the
+    completion topic). An instance's two table writes are not atomic, and a SIGKILL
+    between them once made a series count 11 of 12: the offsets in the tables now make
+    the survivor's replay exact (``streams.agents.series_completion.record_instance``).
+
+    "Exactly once" is per (series, revision), the completion's identity that consumers
+    key on: the timer announces before it marks the series closed, so a worker killed
+    between the two makes the next owner send the very same completion again."""
+    settings = settings.model_copy(update={"topic_partitions": 4, "worker_metrics_port": 0})
+    await ensure_topics(settings)
+    store = StagingStore(settings.staging_dir)
+    files = write_study(mr_study(n_series=6, slices=12, rows=16, cols=16, seed=fresh_seed()), tmp_path / "study6")
+    study = [instance_event(path, store) for path in files]
+    first_half, second_half = study[: len(study) // 2], study[len(study) // 2 :]
+    workers = DeployedWorkers(settings, tmp_path / "workers.log")
+
+    async def ready(n: int) -> bool:
+        return workers.ready_count() >= n
+
+    workers.start()  # the survivor
+    victim = workers.start()
+    try:
+        await eventually(lambda: ready(2), timeout_s=180, what="both workers' lanes ready")
+        await _publish(settings, first_half)
+
+        async def some_archived() -> bool:
+            return await _archived(database) >= 5
+
+        await eventually(some_archived, timeout_s=120, what="the workers to start archiving")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
+        await _publish(settings, second_half)
+
+        async def all_archived() -> bool:
+            return await views_caught_up(database, per_series(study))
+
+        await eventually(all_archived, timeout_s=240, what="every instance archived by the surviving worker")
+        await _assert_exactly_once(settings, database, study)
+
+        completions = [r.event for r in await read_topic(settings, "dicom.series-completed", 6, timeout_s=120)]
+        assert all(isinstance(completed, DicomSeriesCompleted) for completed in completions)
+        announced = {
+            (c.series_instance_uid, c.revision, c.instance_count)
+            for c in completions
+            if isinstance(c, DicomSeriesCompleted)
+        }
+        expected = {(series, 1, count) for series, count in per_series(study).items()}
+        assert announced == expected, "every series completes once, with all of its instances"
+    finally:
+        workers.kill_all()

@@ -3,6 +3,7 @@ the exact count of a series when a crash split an instance's two table writes.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cohortstream.events import DicomInstanceReceived
@@ -82,3 +83,21 @@ def test_a_seen_entry_from_before_offsets_were_recorded_still_means_seen() -> No
     event = example_instance(1)
     entry, state = record_instance(event.series_instance_uid, None, event, 5, 1_000)
     assert (entry, state) == (None, None)
+
+
+def test_the_activity_table_keys_its_changelog_like_the_topic_keys_its_instances(tmp_path: Path) -> None:
+    """The timer writes the activity table outside stream iteration, so the producer's
+    partitioner places each key: only the topic's own key bytes (the UID's UTF-8, "raw")
+    land in the partition of the series' instances. A str key went out JSON-encoded with
+    quotes and hashed elsewhere; the next owner of a partition then lacked its series."""
+    from cohortstream.settings import Settings
+    from streams.worker import build_lane_app
+
+    app = build_lane_app(Settings(data_dir=tmp_path, topic_partitions=12), "series-completion")
+    table = app.tables["dicom-series-activity-v2"]
+    assert table.use_partitioner
+    assert table.changelog_topic.key_serializer == "raw"
+    series = example_instance(1).series_instance_uid
+    raw_key = table.changelog_topic.prepare_key(series.encode("utf-8"), None)[0]
+    # The publisher keys each instance by these bytes, so both hash to one partition.
+    assert raw_key == series.encode("utf-8")
