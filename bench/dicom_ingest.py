@@ -803,13 +803,13 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         )
         log(f"{count} worker(s): consumer groups Stable with {count} member(s) after {group_s:.1f}s")
         warm_batch = make_batch(
-            work / f"data-warmup-w{count}",
+            work / f"data-warmup-{len(ready_notes) + 1}-w{count}",
             WARMUP_INSTANCES,
             1,
             args.rows,
             args.cols,
-            3000 + count,
-            f"BENCH-WARMUP-W{count}",
+            3000 + len(ready_notes),  # a new seed per warm-up: going back to a count must not resend
+            f"BENCH-WARMUP-{len(ready_notes) + 1}-W{count}",
             single_slices=True,
         )
         log(f"warm-up: {WARMUP_INSTANCES} instances (one per series) through the whole pipeline")

@@ -106,3 +106,11 @@ async def test_series_files_in_instance_order() -> None:
 
     async with _client(handler) as orthanc:
         assert await orthanc.series_instances("1.2", "1.2.3", "PID", expected=2, wait_s=1) == [b"one", b"two"]
+
+
+def test_httpcore_finds_sniffio_instead_of_failing_to_import_it_on_every_request() -> None:
+    """httpcore asks ``import sniffio`` inside each request; without the package every
+    Orthanc upload paid for a failed import (a sys.path walk)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("sniffio") is not None
