@@ -18,13 +18,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-)
+from pydicom.dataset import Dataset
+
+from cohortstream.mr_slices import mr_slice_dataset
 
 __all__ = ["SERIES_PROTOCOLS", "mr_study", "slice_normal", "write_study"]
 
@@ -117,25 +113,23 @@ def mr_study(
             sop_uid = _uid("instance", seed, patient_id, series_number, instance_number)
             position = first + normal * slice_thickness * i
 
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = MRImageStorage
-            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
-
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SpecificCharacterSet = "ISO_IR 100"
-            ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-            ds.SOPClassUID = MRImageStorage
-            ds.SOPInstanceUID = sop_uid
+            ds = mr_slice_dataset(
+                sop_instance_uid=sop_uid,
+                study_instance_uid=study_uid,
+                series_instance_uid=series_uid,
+                frame_of_reference_uid=frame_uid,
+                image_position=[round(float(v), 4) for v in position],
+                image_orientation=[float(v) for v in iop],
+                pixel_spacing=[round(pixel_spacing, 4), round(pixel_spacing, 4)],
+                pixels=_phantom(rows, cols, slices, i, contrast, pixel_rng),
+                image_type=["ORIGINAL", "PRIMARY", "M", "NONE"],
+                implementation_version_name=_IMPLEMENTATION_VERSION,
+            )
             ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date.strftime("%Y%m%d")
             ds.StudyTime = "090000"
             ds.SeriesTime = f"09{10 + s:02d}00"
             ds.ContentTime = f"09{10 + s:02d}{i % 60:02d}"
             ds.AccessionNumber = f"ACC{seed:06d}"
-            ds.Modality = "MR"
             ds.Manufacturer = "cohortstream synthetic"
             ds.InstitutionName = "Synthetic Research Site"
             ds.ReferringPhysicianName = ""
@@ -159,29 +153,12 @@ def mr_study(
                 ds.InversionTime = ti
             ds.EchoTrainLength = 1
             ds.MagneticFieldStrength = 3.0
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.StudyID = "1"
             ds.SeriesNumber = series_number
             ds.AcquisitionNumber = 1
             ds.InstanceNumber = instance_number
-            ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-            ds.ImageOrientationPatient = [float(v) for v in iop]
-            ds.FrameOfReferenceUID = frame_uid
-            ds.PositionReferenceIndicator = ""
             ds.SliceLocation = round(float(np.dot(position, normal)), 4)
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = rows
-            ds.Columns = cols
-            ds.PixelSpacing = [round(pixel_spacing, 4), round(pixel_spacing, 4)]
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
             ds.WindowCenter = 400
             ds.WindowWidth = 1000
-            ds.PixelData = _phantom(rows, cols, slices, i, contrast, pixel_rng).tobytes()
             datasets.append(ds)
     return datasets
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from monai.data.synthetic import create_test_image_3d
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.dataset import Dataset
 
+from cohortstream.mr_slices import mr_slice_dataset
 from cohortstream.synthetic import slice_normal
 
 __all__ = ["AXIAL", "PhantomParams", "phantom_series", "phantom_uid", "phantom_volume"]
@@ -84,7 +84,7 @@ def phantom_series(
     their file meta and can be saved as Part-10 files.
     """
     image, truth = phantom_volume(seed, shape)
-    slices, rows, cols = (int(s) for s in shape)
+    slices = int(shape[0])
     # Like a scanner: unsigned stored values, real-world value = stored * slope + intercept.
     value_rng = np.random.RandomState(seed + 7919)
     slope = float(np.round(value_rng.uniform(0.2, 2.0), 4))
@@ -104,22 +104,20 @@ def phantom_series(
         sop_uid = phantom_uid("phantom-instance", series_uid, k)
         position = origin_v + normal * slice_spacing * k
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
+        ds = mr_slice_dataset(
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            frame_of_reference_uid=frame_uid,
+            image_position=[round(float(v), 4) for v in position],
+            image_orientation=[round(v, 6) for v in iop],
+            pixel_spacing=[float(pixel_spacing[0]), float(pixel_spacing[1])],
+            pixels=stored[k],
+            image_type=["ORIGINAL", "PRIMARY", "OTHER"],
+        )
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.AccessionNumber = f"PH{seed:06d}"
-        ds.Modality = "MR"
         ds.Manufacturer = "cohortstream phantom"
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = "Sphere phantom"
@@ -140,27 +138,10 @@ def phantom_series(
         ds.EchoTrainLength = 1
         ds.SliceThickness = slice_spacing
         ds.SpacingBetweenSlices = slice_spacing
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
         ds.SeriesNumber = 1
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [round(v, 6) for v in iop]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = [float(pixel_spacing[0]), float(pixel_spacing[1])]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
         ds.RescaleSlope = slope
         ds.RescaleIntercept = intercept
         ds.RescaleType = "US"
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         datasets.append(ds)
     return datasets, truth

@@ -17,8 +17,9 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.dataset import Dataset
+
+from cohortstream.mr_slices import mr_slice_dataset
 
 __all__ = ["SeriesInfo", "lps_slices_from_nifti", "series_from_volume"]
 
@@ -95,28 +96,26 @@ def series_from_volume(
     study_uid = _uid("study", info.patient_id, info.study_key)
     series_uid = _uid("series", info.patient_id, info.study_key, info.series_key)
     frame_uid = _uid("frame", info.patient_id, info.study_key)
-    slices, rows, cols = stored.shape
+    slices = stored.shape[0]
     order = range(slices - 1, -1, -1) if descending else range(slices)
     datasets: list[Dataset] = []
     for number, k in enumerate(order, start=1):
         position = np.asarray(affine[:3, 3], dtype=float) + slice_vec * k
         sop_uid = _uid("instance", series_uid, k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["DERIVED", "PRIMARY", "OTHER"]
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
+        ds = mr_slice_dataset(
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            frame_of_reference_uid=frame_uid,
+            image_position=[round(float(v), 4) for v in position],
+            image_orientation=[round(float(v), 6) for v in (*row_dir, *col_dir)],
+            pixel_spacing=[round(row_spacing, 6), round(col_spacing, 6)],
+            pixels=stored[k],
+            image_type=["DERIVED", "PRIMARY", "OTHER"],
+        )
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240301"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "090000"
         ds.AccessionNumber = ""
-        ds.Modality = "MR"
         ds.Manufacturer = "cohortstream"
         ds.ReferringPhysicianName = ""
         ds.StudyDescription = info.study_description
@@ -138,27 +137,10 @@ def series_from_volume(
         ds.EchoTrainLength = 1
         ds.SliceThickness = round(slice_spacing, 6)
         ds.SpacingBetweenSlices = round(slice_spacing, 6)
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.StudyID = "1"
         ds.SeriesNumber = info.series_number
         ds.InstanceNumber = number
-        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = cols
-        ds.PixelSpacing = [round(row_spacing, 6), round(col_spacing, 6)]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
         ds.RescaleSlope = f"{slope:.10g}"
         ds.RescaleIntercept = f"{low:.10g}"
         ds.RescaleType = "US"
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         datasets.append(ds)
     return datasets
