@@ -22,18 +22,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from cohortstream.admin import ensure_topics
-from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.settings import Settings
 from consumers.annotation.metrics import dice
 from consumers.annotation.models import DEFAULT_MODEL_NAME, default_registry
 from consumers.annotation.phantoms import phantom_series
 from consumers.annotation.seg import build_segmentation, read_label_map
 from consumers.annotation.volume import volume_from_datasets
-from producers.dicom import DicomListener
-from streams.annotator import build_annotator_app
-from streams.worker import build_worker_app
 from tests.annotation_api_data import dataset_bytes
+from tests.annotation_stack import annotation_stack
 from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_annotation_api import api_client
 from tests.integration.test_dicom_pipeline import fresh_seed
@@ -57,19 +53,8 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def stack(settings: Settings) -> AsyncIterator[Any]:
     """Listener, view worker and annotation worker; yields the views database."""
-    await ensure_topics(settings)
-    worker, annotator = build_worker_app(settings), build_annotator_app(settings)
-    client = mongo_client(settings)
-    await worker.start()
-    await annotator.start()
-    try:
-        with DicomListener(settings):
-            yield mongo_database(client, settings)
-    finally:
-        await annotator.stop()
-        await worker.stop()
-        await client.drop_database(settings.mongo_database)
-        await client.close()
+    async with annotation_stack(settings) as database:
+        yield database
 
 
 async def _storescu(settings: Settings, directory: Path) -> None:

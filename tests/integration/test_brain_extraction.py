@@ -30,18 +30,14 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from cohortstream.admin import ensure_topics
-from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.settings import Settings
 from consumers.annotation.brain import BRAIN_MODEL_NAME, BRAIN_SPEC
 from consumers.annotation.metrics import dice
 from consumers.annotation.seg import build_segmentation, read_label_map
 from consumers.annotation.series_writer import SeriesInfo, lps_slices_from_nifti, series_from_volume
 from consumers.annotation.volume import volume_from_datasets
-from producers.dicom import DicomListener
-from streams.annotator import build_annotator_app
-from streams.worker import build_worker_app
 from tests.annotation_api_data import dataset_bytes
+from tests.annotation_stack import annotation_stack
 from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_annotation_api import api_client
 from tests.net import free_port
@@ -68,19 +64,8 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def stack(settings: Settings) -> AsyncIterator[Any]:
     """Listener, view worker and annotation worker; yields the views database."""
-    await ensure_topics(settings)
-    worker, annotator = build_worker_app(settings), build_annotator_app(settings)
-    client = mongo_client(settings)
-    await worker.start()
-    await annotator.start()
-    try:
-        with DicomListener(settings):
-            yield mongo_database(client, settings)
-    finally:
-        await annotator.stop()
-        await worker.stop()
-        await client.drop_database(settings.mongo_database)
-        await client.close()
+    async with annotation_stack(settings) as database:
+        yield database
 
 
 def _by_position(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
