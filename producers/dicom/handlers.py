@@ -109,6 +109,11 @@ class StoreContext:
     publish: PublishFn
     allowed_aets: Sequence[str] = ()
     max_associations: int = 0
+    shared_store: bool = False
+    """Other listener processes stage into the same store (``dicom_scp_processes`` > 1):
+    the same bytes may have been published by one of them a moment ago, which this
+    process cannot see, so a file it staged is never removed after a Kafka failure (the
+    staging sweeper removes orphans; a retry stages the same name again)."""
     accepting: threading.Event = field(default_factory=_set_event)
     _in_flight: int = 0
     _in_flight_cond: threading.Condition = field(default_factory=threading.Condition)
@@ -208,12 +213,14 @@ def _store(
         try:
             context.publish(instance, instance.series_instance_uid)
         except KafkaUnavailableError as exc:
-            # Certainly not sent: remove what this call staged, so nothing is half-recorded.
-            if created:
+            # Certainly not sent: remove what this call staged, so nothing is half-recorded
+            # (unless another process may have published the same bytes meanwhile).
+            removed = created and not context.shared_store
+            if removed:
                 context.store.remove(staged.sha256)
             log.error(
                 "C-STORE not published, Kafka unavailable (0xA700, sender may retry)",
-                extra={**peer, **uids, "sha256": staged.sha256, "staged_removed": created, "error": str(exc)},
+                extra={**peer, **uids, "sha256": staged.sha256, "staged_removed": removed, "error": str(exc)},
             )
             return STATUS_OUT_OF_RESOURCES
         except PublishError as exc:

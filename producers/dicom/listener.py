@@ -75,6 +75,7 @@ class DicomListener:
             publish=self._bridge.publish,
             allowed_aets=tuple(settings.dicom_scp_allowed_aets),
             max_associations=settings.dicom_scp_max_associations,
+            shared_store=settings.dicom_scp_processes > 1,
         )
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None

@@ -99,6 +99,15 @@ def test_kafka_unavailable_is_out_of_resources_and_leaves_nothing(tmp_path: Path
     assert list(context.store.iter_staged()) == []
 
 
+def test_with_several_listener_processes_a_kafka_failure_removes_no_staged_file(tmp_path: Path) -> None:
+    """Another process may have staged and published the same bytes a moment ago; only
+    the staging sweeper removes orphans then."""
+    context = _context(tmp_path, FakePublisher(KafkaUnavailableError("cannot connect")))
+    context.shared_store = True
+    assert on_c_store(_event(_testfile("CT_small.dcm"), tmp_path / "recv"), context) == STATUS_OUT_OF_RESOURCES
+    assert len(list(context.store.iter_staged())) == 1
+
+
 def test_unknown_publish_outcome_is_out_of_resources_and_keeps_the_bytes(tmp_path: Path) -> None:
     for error in (PublishTimeoutError("no ack in 30s"), PublishError("KafkaTimeoutError")):
         context = _context(tmp_path / type(error).__name__, FakePublisher(error))
