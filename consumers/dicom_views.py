@@ -102,6 +102,7 @@ def instance_attributes(event: DicomInstanceReceived) -> dict[str, Any]:
             "received_at": event.received_at,
             "calling_aet": event.calling_aet,
             "orthanc_id": ids.instance,
+            "orthanc_origin": event.orthanc_origin,
         }
     )
 
@@ -123,7 +124,12 @@ def view_updates(
                 {"_id": sop_uid},
                 {
                     "$setOnInsert": instance_attributes(same_instance[0]),
-                    "$addToSet": {"received_sha256": {"$each": list(dict.fromkeys(e.sha256 for e in same_instance))}},
+                    # An event from Orthanc's change feed has no hash of its own (nothing was
+                    # staged): it adds the marker "orthanc" instead, so the field still says
+                    # the views agent folded the instance in.
+                    "$addToSet": {
+                        "received_sha256": {"$each": list(dict.fromkeys(e.sha256 or "orthanc" for e in same_instance))}
+                    },
                 },
                 upsert=True,
             )
