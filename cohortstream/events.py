@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ORTHANC_FEED_PRODUCER",
     "AnnotationRequestReason",
     "AnnotationRequested",
     "AnnotationReviewed",
@@ -38,6 +39,11 @@ __all__ = [
 ]
 
 NAMESPACE = "org.cohortstream.events"
+
+#: ``producer`` of the events the Orthanc change feed publishes (``producers/orthanc``).
+#: The annotation view reads it: a review from the feed is a correction made outside the
+#: API (a SEG a viewer saved in Orthanc), and the API's own record of the same SEG wins.
+ORTHANC_FEED_PRODUCER = "orthanc-feed"
 
 
 def _now() -> datetime:
