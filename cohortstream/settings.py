@@ -167,6 +167,12 @@ class Settings(BaseSettings):
     orthanc_feed_poll_interval_s: float = Field(
         0.1, gt=0, le=60, description="Pause between two reads of `/changes` once the feed has caught up with Orthanc."
     )
+    orthanc_feed_skip_known: bool = Field(
+        True,
+        description="Leave out instances the DICOM views already hold (they came through our listener, whose "
+        "archive agent stored them in Orthanc): one view-store query per page instead of a second event for each. "
+        "Off: every instance is published again (harmless, the sinks are idempotent).",
+    )
     orthanc_feed_host: str = Field("127.0.0.1", description="Address of the change feed's `/healthz` and `/metrics`.")
     orthanc_feed_port: int = Field(
         8092, ge=0, le=65535, description="Port of the change feed's `/healthz` and `/metrics`; 0: off."

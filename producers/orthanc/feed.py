@@ -10,7 +10,11 @@ The loop, per page of ``GET /changes?since=<checkpoint>&limit=<page size>``:
 2. the page's ``NewInstance`` changes are read in bulk (:mod:`producers.orthanc.instances`)
    and become ``DicomInstanceReceived`` events (no staged file: ``orthanc_instance_id``);
    DICOM SEGs for series with an AI suggestion also become corrections in the review
-   history (:mod:`producers.orthanc.corrections`);
+   history (:mod:`producers.orthanc.corrections`). Instances the DICOM views already hold
+   came through our listener (its archive agent stored them in Orthanc) and are left out
+   (``orthanc_feed_skip_known``; one query per page), which only saves work: an instance
+   whose listener event is not folded in yet is published again, and the sinks are
+   idempotent by SOP Instance UID;
 3. all of them are published at once and awaited (``acks=all``), keyed by
    SeriesInstanceUID like the listener's, so series completion sees both routes of one
    series in one partition and in order;
@@ -127,6 +131,12 @@ class OrthancFeed:
             await self._mongo(lambda: self._checkpoints.reset(gap.resumed_at_seq), "move the feed's checkpoint")
         return gap.resumed_at_seq
 
+    async def _known(self, uids: list[str]) -> set[str]:
+        """The SOP Instance UIDs the DICOM views already folded in (``received_sha256``
+        is written by the views agent only): their event is in the topic already."""
+        cursor = self._db["instances"].find({"_id": {"$in": uids}, "received_sha256": {"$exists": True}}, {"_id": 1})
+        return {str(doc["_id"]) async for doc in cursor}
+
     async def publish_page(self, page: ChangePage) -> int:
         """Publish the events of one page and wait for Kafka; returns how many."""
         changes = new_instances(page)
@@ -144,11 +154,19 @@ class OrthancFeed:
             if batch.segs
             else []
         )
-        items: list[tuple[Event, str]] = [(e, e.series_instance_uid) for e in batch.events]
+        events = batch.events
+        if self._settings.orthanc_feed_skip_known and events:
+            known = await self._mongo(
+                functools.partial(self._known, [e.sop_instance_uid for e in events]), "look up known instances"
+            )
+            events = [e for e in events if e.sop_instance_uid not in known]
+            if known:
+                SKIPPED.labels("already_in_views").inc(len(batch.events) - len(events))
+        items: list[tuple[Event, str]] = [(e, e.series_instance_uid) for e in events]
         items += [(r, r.series_instance_uid) for r in reviews]
         if items:
             await self._publisher.publish_many(items)
-        EVENTS.labels("DicomInstanceReceived").inc(len(batch.events))
+        EVENTS.labels("DicomInstanceReceived").inc(len(events))
         if reviews:
             EVENTS.labels("AnnotationReviewed").inc(len(reviews))
         return len(items)

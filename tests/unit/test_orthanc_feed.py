@@ -116,10 +116,18 @@ def test_an_orthanc_instance_becomes_the_same_event_contract_without_a_staged_fi
     assert (event.sop_instance_uid, event.instance_number, event.series_instance_uid) == ("1.2.3.4.5", 7, "1.2.3.4")
     assert (event.patient_id, event.patient_sex, event.patient_age) == ("P-1", "F", "047Y")
     assert (event.study_date, event.series_number, event.modality) == (date(2026, 1, 2), 3, "MR")
-    assert (event.calling_aet, event.called_aet, event.transfer_syntax_uid) == ("MODALITY", "ORTHANC", "1.2.840.10008.1.2.1")
+    assert (event.calling_aet, event.called_aet, event.transfer_syntax_uid) == (
+        "MODALITY",
+        "ORTHANC",
+        "1.2.840.10008.1.2.1",
+    )
     assert event.received_at == datetime(2026, 11, 30, 10, 11, 12, tzinfo=UTC)
     assert (event.sha256, event.staged_uri, event.staged) == (None, None, False)
-    assert (event.orthanc_instance_id, event.orthanc_origin, event.orthanc_change_seq) == ("0a-instance", "DicomProtocol", 42)
+    assert (event.orthanc_instance_id, event.orthanc_origin, event.orthanc_change_seq) == (
+        "0a-instance",
+        "DicomProtocol",
+        42,
+    )
     assert event.size_bytes == 135_000
     codec = EventCodec()
     assert codec.decode_event(codec.encode_event(event)) == event
