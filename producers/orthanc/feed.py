@@ -23,8 +23,9 @@ The loop, per page of ``GET /changes?since=<checkpoint>&limit=<page size>``:
 A restart reads on from the checkpoint: at most one page is published twice, and every
 sink is idempotent by SOP Instance UID. When the page was the end of the log, the feed
 waits ``orthanc_feed_poll_interval_s`` before asking again. Orthanc or MongoDB away is
-backpressure (retried until back); Kafka away stops the feed with an error (the
-supervisor, stack script or compose restarts it, and it goes on from the checkpoint).
+backpressure (retried until back); Kafka not acknowledging stops the feed with an error
+and exit status 1 (compose restarts it; locally ``deploy/stack.sh start feed``), and it
+goes on from the checkpoint.
 """
 
 from __future__ import annotations

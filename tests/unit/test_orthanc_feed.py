@@ -239,3 +239,20 @@ def test_status_reports_lag_and_gap() -> None:
     assert status.as_json()["gap"]["remedy"] == "cohortstream orthanc reconcile"
     status.moved(100, 100, None)
     assert status.lag_changes == 0 and status.lag_seconds == 0
+
+
+async def test_the_status_app_answers_health_and_metrics() -> None:
+    import httpx
+
+    from producers.orthanc.status import create_status_app
+
+    status = FeedStatus()
+    transport = httpx.ASGITransport(app=create_status_app(status))
+    async with httpx.AsyncClient(transport=transport, base_url="http://feed") as client:
+        assert (await client.get("/healthz")).status_code == 503  # nothing read yet
+        status.moved(5, 7, "20261130T101010")
+        health = await client.get("/healthz")
+        assert health.status_code == 200 and health.json()["lag_changes"] == 2
+        metrics = (await client.get("/metrics")).text
+        assert "cohortstream_orthanc_feed_lag_changes 2.0" in metrics
+        assert "cohortstream_orthanc_feed_checkpoint_seq 5.0" in metrics
