@@ -152,7 +152,9 @@ async def store_stow(orthanc: httpx.AsyncClient, paths: list[Path]) -> None:
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
     )
     assert response.status_code == 200, response.text
-    assert "FailedSOPSequence" not in response.text and "00081198" not in response.text, response.text
+    answer = response.json()
+    assert not answer.get("00081198", {}).get("Value"), response.text  # Failed SOP Sequence: empty
+    assert len(answer["00081199"]["Value"]) == len(paths), response.text  # Referenced SOP Sequence
 
 
 async def store_storescu(settings: Settings, directory: Path) -> None:
@@ -220,7 +222,7 @@ async def test_instances_stored_straight_into_orthanc_by_three_routes_reach_view
     await eventually(lambda: views_hold(db, counts), timeout_s=120, what="the views to hold every instance")
     assert {d["_id"] async for d in db.instances.find({})} == sop_uids(by_dicom + by_stow + by_rest)
     origins = {d["patient_id"].split("-")[1]: d.get("orthanc_origin") async for d in db.instances.find({})}
-    assert origins == {"DIMSE": "DicomProtocol", "STOW": "RestApi", "REST": "RestApi"}
+    assert origins == {"DIMSE": "DicomProtocol", "STOW": "Plugins", "REST": "RestApi"}
     dimse = await db.instances.find_one({"patient_id": {"$regex": "^FEED-DIMSE"}})
     assert dimse["calling_aet"] == "STORESCU"
 
