@@ -8,7 +8,9 @@ free: another benchmark may hold dicom_ingest's), then ``cohortstream worker`` w
 three DICOM lanes and ``cohortstream orthanc feed``, on a topic prefix and database unique
 to the run.
 
-For each association count (``--associations``, 1,4): N generated MR slices go straight
+First, before the worker and the feed start, N slices per association count straight to
+Orthanc: its storage rate with the machine to itself. Then, for each association count
+(``--associations``, 1,4): another N generated MR slices go straight
 to Orthanc's DICOM port (dcmtk ``TCP_NODELAY=1 storescu -R +sd +r``, K processes at once),
 while the benchmark watches:
 
@@ -241,6 +243,17 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     )
     if result.returncode != 0:
         raise BenchError(f"topics create failed: {result.stdout}{result.stderr}")
+    baselines = [
+        make_phase(work / f"alone-{k}", args.instances, args.slices, args.rows, args.cols, 6000 + i, k)
+        for i, k in enumerate(args.associations)
+    ]
+    orthanc_aet = stack.env.get("COHORTSTREAM_ORTHANC_AET", "ORTHANC")
+    orthanc_port = int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"])
+    alone_rates: dict[int, float] = {}
+    for base in baselines:  # Orthanc with the cores to itself: no worker, no feed yet
+        start_m, end_m = await storescu_parallel(orthanc_aet, orthanc_port, base.parts, work / "storescu.log")
+        alone_rates[base.associations] = len(base.sops) / (end_m - start_m)
+        log(f"Orthanc alone, {base.associations} association(s): {alone_rates[base.associations]:.0f} inst/s")
     lanes = ("dicom-archive", "dicom-views", "series-completion")
     worker = Child(
         "worker",
@@ -271,9 +284,9 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     auth = (stack.env["COHORTSTREAM_ORTHANC_USERNAME"], stack.env["COHORTSTREAM_ORTHANC_PASSWORD"])
     mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"])
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]
-    orthanc_aet = stack.env.get("COHORTSTREAM_ORTHANC_AET", "ORTHANC")
-    orthanc_port = int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"])
-    lines: list[str] = []
+    lines: list[str] = [
+        f"Orthanc alone (no worker, no feed), {k} association(s): {rate:.0f} inst/s" for k, rate in alone_rates.items()
+    ]
     failed = False
     async with httpx.AsyncClient(base_url=stack.env["COHORTSTREAM_ORTHANC_URL"], auth=auth, timeout=30) as orthanc:
         for phase in phases:

@@ -256,3 +256,21 @@ async def test_the_status_app_answers_health_and_metrics() -> None:
         metrics = (await client.get("/metrics")).text
         assert "cohortstream_orthanc_feed_lag_changes 2.0" in metrics
         assert "cohortstream_orthanc_feed_checkpoint_seq 5.0" in metrics
+
+
+def test_a_sibling_s_event_reads_only_its_instance_level_values_again() -> None:
+    from producers.orthanc.instances import event_from_attributes, orthanc_attributes, sibling_attributes
+
+    series = orthanc_attributes(_instance(), SERIES_TAGS)
+    other = _instance(SopClassUid="1.2.840.10008.5.1.4.1.1.4.1")
+    other["MainDicomTags"] = {"SOPInstanceUID": "1.2.3.4.6", "InstanceNumber": " 8"}
+    other["ID"] = "0b-instance"
+    fast = event_from_attributes(other, sibling_attributes(other, series))
+    assert fast == event_from_orthanc(other, SERIES_TAGS).model_copy(
+        update={"event_id": fast.event_id, "emitted_at": fast.emitted_at}
+    )
+    assert (fast.sop_instance_uid, fast.instance_number, fast.sop_class_uid) == (
+        "1.2.3.4.6",
+        8,
+        "1.2.840.10008.5.1.4.1.1.4.1",
+    )
