@@ -176,13 +176,18 @@ class OrthancFeed:
         """Follow the log until ``stop`` is set."""
         position = await self.start_position()
         loop = asyncio.get_running_loop()
-        last_check = loop.time()
+        last_check = last_gap_refresh = loop.time()
         size = self._settings.orthanc_feed_page_size
         while not stop.is_set():
             body = await self._orthanc.retrying(
                 functools.partial(self._orthanc.changes, position, size), "read Orthanc's change log"
             )
             page = parse_page(body, position)
+            if self.status.gap and loop.time() - last_gap_refresh > _EMPTY_CHECK_S:
+                # A reconciliation (another process) clears the gap in the store.
+                last_gap_refresh = loop.time()
+                stored = await self._mongo(self._checkpoints.load, "read the feed's checkpoint")
+                self.status.set_gap(stored.gap if stored else None)
             quiet_for = loop.time() - last_check
             if (page.changes and page.changes[0].seq > position + 1) or (
                 not page.changes and quiet_for > _EMPTY_CHECK_S
