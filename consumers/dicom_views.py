@@ -119,10 +119,15 @@ def view_updates(
     """
     updates: dict[str, list[UpdateOne]] = {"instances": [], "series": [], "studies": [], "patients": []}
     for sop_uid, same_instance in _group(events, lambda e: e.sop_instance_uid).items():
+        # An event from Orthanc's change feed says Orthanc holds the instance: the views
+        # note it here, in the batch, rather than in one write per instance from the
+        # archive agent (:meth:`DicomViews.record_archived`).
+        archived = {"$set": {"in_orthanc": True}} if any(not e.staged for e in same_instance) else {}
         updates["instances"].append(
             UpdateOne(
                 {"_id": sop_uid},
                 {
+                    **archived,
                     "$setOnInsert": instance_attributes(same_instance[0]),
                     # An event from Orthanc's change feed has no hash of its own (nothing was
                     # staged): it adds the marker "orthanc" instead, so the field still says
@@ -295,7 +300,13 @@ class DicomViews(SubjectAwareSink):
             )
 
     async def record_archived(self, event: DicomInstanceReceived) -> None:
-        """Note that Orthanc confirmed the instance (called by the archive agent)."""
+        """Note that Orthanc confirmed the instance (called by the archive agent).
+
+        Nothing to do for an event from Orthanc's change feed: the views agent sets
+        ``in_orthanc`` in its batch (:func:`view_updates`), which saves one write per
+        instance when Orthanc receives at full speed."""
+        if not event.staged:
+            return
         await self.retry(
             lambda: self.db["instances"].update_one(
                 {"_id": event.sop_instance_uid},

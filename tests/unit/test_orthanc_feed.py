@@ -274,3 +274,12 @@ def test_a_sibling_s_event_reads_only_its_instance_level_values_again() -> None:
         8,
         "1.2.840.10008.5.1.4.1.1.4.1",
     )
+
+
+def test_the_views_mark_an_instance_from_the_feed_as_in_orthanc_in_their_batch() -> None:
+    from consumers.dicom_views import view_updates
+
+    event = event_from_orthanc(_instance(), SERIES_TAGS)
+    (update,) = view_updates([event], lambda ids: "")["instances"]
+    assert update._doc["$set"] == {"in_orthanc": True}
+    assert update._doc["$addToSet"]["received_sha256"] == {"$each": ["orthanc"]}
