@@ -282,10 +282,11 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("api", help="serve the review API and the MONAI Label subset on COHORTSTREAM_API_HOST/PORT")
     p.set_defaults(func=_cmd_api)
 
-    from cohortstream import cli_annotate, cli_api_keys, cli_subjects
+    from cohortstream import cli_annotate, cli_api_keys, cli_orthanc, cli_subjects
 
     cli_subjects.add_commands(commands)
     cli_annotate.add_commands(commands)
+    cli_orthanc.add_commands(commands)
     __import__("cohortstream.cli_export", fromlist=["add_commands"]).add_commands(commands)
     cli_api_keys.add_commands(commands)
     return parser
@@ -293,7 +294,9 @@ def _parser() -> argparse.ArgumentParser:
 
 #: The long-running service commands, as (command, action) paths: their logging stays as
 #: the settings say, libraries' INFO included.
-SERVICE_COMMANDS = frozenset({("worker",), ("dicom-scp",), ("api",), ("redcap", "webhook"), ("annotate", "worker")})
+SERVICE_COMMANDS = frozenset(
+    {("worker",), ("dicom-scp",), ("api",), ("redcap", "webhook"), ("annotate", "worker"), ("orthanc", "feed")}
+)
 
 
 def _is_service(args: argparse.Namespace) -> bool:

@@ -14,9 +14,10 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ORTHANC_FEED_PRODUCER",
     "AnnotationRequestReason",
     "AnnotationRequested",
     "AnnotationReviewed",
@@ -38,6 +39,11 @@ __all__ = [
 ]
 
 NAMESPACE = "org.cohortstream.events"
+
+#: ``producer`` of the events the Orthanc change feed publishes (``producers/orthanc``).
+#: The annotation view reads it: a review from the feed is a correction made outside the
+#: API (a SEG a viewer saved in Orthanc), and the API's own record of the same SEG wins.
+ORTHANC_FEED_PRODUCER = "orthanc-feed"
 
 
 def _now() -> datetime:
@@ -91,9 +97,28 @@ class DicomInstanceReceived(Event):
     modality: str
     body_part_examined: str | None = None
     size_bytes: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    staged_uri: str
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    staged_uri: str | None = None
     received_at: AwareDatetime
+    orthanc_instance_id: str | None = None
+    orthanc_origin: str | None = None
+    orthanc_change_seq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _staged_or_archived(self) -> Self:
+        # Two routes, one contract: the listener's claim check (a staged file and its
+        # hash, both or neither), or an instance Orthanc already holds (its id). An event
+        # with neither could be neither stored nor found by the archive agent.
+        if (self.sha256 is None) != (self.staged_uri is None):
+            raise ValueError("sha256 and staged_uri come together (a staged file and its hash)")
+        if self.staged_uri is None and self.orthanc_instance_id is None:
+            raise ValueError("an event without a staged file must name the Orthanc instance (orthanc_instance_id)")
+        return self
+
+    @property
+    def staged(self) -> bool:
+        """Whether the bytes wait in the staging store (listener) rather than already in Orthanc (change feed)."""
+        return self.staged_uri is not None
 
 
 class DicomSeriesCompleted(Event):

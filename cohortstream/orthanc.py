@@ -187,6 +187,48 @@ class OrthancClient:
             raise OrthancRejectedError(f"Orthanc POST /tools/find: HTTP {response.status_code} {response.text[:200]}")
         return list(response.json())
 
+    async def _json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        response = await self.request(method, url, **kwargs)
+        if response.status_code != 200:
+            raise OrthancRejectedError(f"Orthanc {what}: HTTP {response.status_code} {response.text[:200]}")
+        return response.json()
+
+    async def changes(self, since: int, limit: int) -> dict[str, Any]:
+        """One page of Orthanc's change log after ``since`` (``/changes``: ``Changes``, each
+        with ``Seq``, ``ChangeType``, ``ID``, ``ResourceType``, ``Date``; ``Done``; ``Last``),
+        one attempt."""
+        body = await self._json("GET", "/changes", "GET /changes", params={"since": since, "limit": limit})
+        return dict(body)
+
+    async def last_change(self) -> dict[str, Any]:
+        """The newest change only (``/changes?last``), one attempt; ``Last`` is its sequence number."""
+        return dict(await self._json("GET", "/changes", "GET /changes?last", params={"last": ""}))
+
+    async def bulk_content(self, ids: list[str], *, metadata: bool = False) -> list[dict[str, Any]]:
+        """What ``GET /{level}/{id}`` says about each resource, in one request
+        (``/tools/bulk-content``, Orthanc ≥ 1.9.4; ``metadata`` adds each one's
+        ``Metadata``: ``SopClassUid``, ``TransferSyntax``, ``RemoteAET``, ``Origin``,
+        ``ReceptionDate`` …), one attempt. Resources Orthanc does not hold are left out."""
+        if not ids:
+            return []
+        body = await self._json(
+            "POST", "/tools/bulk-content", "POST /tools/bulk-content", json={"Resources": ids, "Metadata": metadata}
+        )
+        return [dict(item) for item in body]
+
+    async def instance_tags(self, instance_id: str) -> dict[str, Any]:
+        """Every tag of one instance, by keyword (``/instances/{id}/tags?simplify``), one attempt."""
+        return dict(
+            await self._json("GET", f"/instances/{instance_id}/tags", "GET instance tags", params={"simplify": ""})
+        )
+
+    async def instance_ids(self, since: int, limit: int) -> list[str]:
+        """A page of the ids of every instance Orthanc holds (``/instances?since=&limit=``), one attempt."""
+        return [
+            str(i)
+            for i in await self._json("GET", "/instances", "GET /instances", params={"since": since, "limit": limit})
+        ]
+
     # --- retried ---------------------------------------------------------------------
     async def retrying(self, operation: Callable[[], Awaitable[T]], what: str) -> T:
         """Run ``operation`` with the sinks' retry policy: :class:`OrthancUnavailableError`

@@ -151,6 +151,33 @@ class Settings(BaseSettings):
     orthanc_dicom_port: int = Field(4242, ge=1, le=65535, description="Orthanc's DICOM port.")
     orthanc_timeout_s: float = Field(60.0, gt=0, description="Timeout of one Orthanc HTTP request.")
 
+    # --- Orthanc change feed (instances that reach Orthanc by any route) -------------------
+    orthanc_feed_start: Literal["backfill", "now"] = Field(
+        "backfill",
+        description="Where the change feed begins when it has no checkpoint yet: `backfill` publishes every change "
+        "Orthanc still keeps (then run `cohortstream orthanc reconcile` for what its change log no longer holds), "
+        "`now` only what arrives from now on.",
+    )
+    orthanc_feed_page_size: int = Field(
+        1000,
+        ge=1,
+        le=10000,
+        description="Changes read from Orthanc's `/changes` per request (and published per batch).",
+    )
+    orthanc_feed_poll_interval_s: float = Field(
+        0.1, gt=0, le=60, description="Pause between two reads of `/changes` once the feed has caught up with Orthanc."
+    )
+    orthanc_feed_skip_known: bool = Field(
+        True,
+        description="Leave out instances the DICOM views already hold (they came through our listener, whose "
+        "archive agent stored them in Orthanc): one view-store query per page instead of a second event for each. "
+        "Off: every instance is published again (harmless, the sinks are idempotent).",
+    )
+    orthanc_feed_host: str = Field("127.0.0.1", description="Address of the change feed's `/healthz` and `/metrics`.")
+    orthanc_feed_port: int = Field(
+        8092, ge=0, le=65535, description="Port of the change feed's `/healthz` and `/metrics`; 0: off."
+    )
+
     # --- DICOM listener (C-STORE SCP) ---------------------------------------------------
     dicom_scp_aet: str = Field(
         "COHORTSTREAM", min_length=1, max_length=16, description="AE title of our C-STORE listener."

@@ -2,7 +2,8 @@
 
 One document per suggestion (``_id`` = annotation id). The suggestion and every review
 are kept in ``history`` (added with ``$addToSet`` on entries keyed by their event id, so
-a replay adds nothing), never overwritten; the top-level ``status``/``reviewer``/``reason``
+a replay adds nothing), never overwritten (one exception: a correction the Orthanc change
+feed recorded, ``outside_api``, gives way to the API's record of the same SEG); the top-level ``status``/``reviewer``/``reason``
 show the latest review by review time. Reviews and suggestions travel on different
 topics, so either may arrive first: the suggestion sets ``status`` only when the
 document is new, and a review replaces the status only when it is not older than the
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
-from cohortstream.events import AnnotationReviewed, AnnotationSuggested, ReviewDecision
+from cohortstream.events import ORTHANC_FEED_PRODUCER, AnnotationReviewed, AnnotationSuggested, ReviewDecision
 from consumers.mongo_sink import IndexSpec, MongoSink
 from consumers.statistics import counters_for_annotations, refresh_counters
 
@@ -66,11 +67,82 @@ def suggestion_update(event: AnnotationSuggested) -> UpdateOne:
     )
 
 
+def _outside_api_updates(event: AnnotationReviewed, status: str, key: str) -> list[UpdateOne]:
+    """A correction the Orthanc change feed found (a SEG saved outside the API).
+
+    The same SEG may also come through the API's ``/correct`` (which stores it in Orthanc,
+    where the feed sees it): the API's review, with its reviewer and reason, is the record
+    then. So this one is written only where no history entry names the SEG yet (status
+    first, while that condition still holds), never creates the document (the feed only
+    reports SEGs for suggestions in the view), and the API's review removes it
+    (:func:`review_updates`).
+    """
+    seg = event.corrected_seg_sop_instance_uid
+    not_recorded = {"_id": key, "history.seg_sop_instance_uid": {"$ne": seg}}
+    return [
+        UpdateOne(
+            {
+                **not_recorded,
+                "$or": [
+                    {"reviewed_at": {"$exists": False}},
+                    {"reviewed_at": None},
+                    {"reviewed_at": {"$lte": event.reviewed_at}},
+                ],
+            },
+            {
+                "$set": {
+                    "status": status,
+                    "reviewed_at": event.reviewed_at,
+                    "reviewer": event.reviewer,
+                    "reason": event.reason,
+                    "corrected_seg_sop_instance_uid": seg,
+                }
+            },
+        ),
+        UpdateOne(
+            not_recorded,
+            {
+                "$push": {
+                    "history": {
+                        "event_id": str(event.event_id),
+                        "status": status,
+                        "at": event.reviewed_at,
+                        "by": event.reviewer,
+                        "reason": event.reason,
+                        "seg_sop_instance_uid": seg,
+                        "outside_api": True,
+                    }
+                }
+            },
+        ),
+    ]
+
+
 def review_updates(event: AnnotationReviewed) -> list[UpdateOne]:
-    """Append the review to the history, then show it if it is the latest."""
+    """Append the review to the history, then show it if it is the latest.
+
+    A review from the Orthanc change feed (``producer`` = ``orthanc-feed``: a SEG saved in
+    Orthanc outside the API) is a correction made outside the API, marked
+    ``outside_api`` in the history; the API's own review of the same SEG replaces it.
+    """
     status = _STATUS[event.decision]
     key = str(event.annotation_id)
+    if event.producer == ORTHANC_FEED_PRODUCER and event.corrected_seg_sop_instance_uid:
+        return _outside_api_updates(event, status, key)
+    replaces_outside: list[UpdateOne] = []
+    if event.corrected_seg_sop_instance_uid:
+        replaces_outside.append(
+            UpdateOne(
+                {"_id": key},
+                {
+                    "$pull": {
+                        "history": {"seg_sop_instance_uid": event.corrected_seg_sop_instance_uid, "outside_api": True}
+                    }
+                },
+            )
+        )
     return [
+        *replaces_outside,
         UpdateOne(
             {"_id": key},
             {

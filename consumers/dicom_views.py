@@ -102,6 +102,7 @@ def instance_attributes(event: DicomInstanceReceived) -> dict[str, Any]:
             "received_at": event.received_at,
             "calling_aet": event.calling_aet,
             "orthanc_id": ids.instance,
+            "orthanc_origin": event.orthanc_origin,
         }
     )
 
@@ -118,12 +119,22 @@ def view_updates(
     """
     updates: dict[str, list[UpdateOne]] = {"instances": [], "series": [], "studies": [], "patients": []}
     for sop_uid, same_instance in _group(events, lambda e: e.sop_instance_uid).items():
+        # An event from Orthanc's change feed says Orthanc holds the instance: the views
+        # note it here, in the batch, rather than in one write per instance from the
+        # archive agent (:meth:`DicomViews.record_archived`).
+        archived = {"$set": {"in_orthanc": True}} if any(not e.staged for e in same_instance) else {}
         updates["instances"].append(
             UpdateOne(
                 {"_id": sop_uid},
                 {
+                    **archived,
                     "$setOnInsert": instance_attributes(same_instance[0]),
-                    "$addToSet": {"received_sha256": {"$each": list(dict.fromkeys(e.sha256 for e in same_instance))}},
+                    # An event from Orthanc's change feed has no hash of its own (nothing was
+                    # staged): it adds the marker "orthanc" instead, so the field still says
+                    # the views agent folded the instance in.
+                    "$addToSet": {
+                        "received_sha256": {"$each": list(dict.fromkeys(e.sha256 or "orthanc" for e in same_instance))}
+                    },
                 },
                 upsert=True,
             )
@@ -294,7 +305,11 @@ class DicomViews(SubjectAwareSink):
 
     async def record_archived_many(self, events: Sequence[DicomInstanceReceived]) -> None:
         """Note that Orthanc confirmed these instances, in one write (the archive agent's
-        actors hand theirs over together: :class:`streams.group_commit.GroupCommit`)."""
+        actors hand theirs over together: :class:`streams.group_commit.GroupCommit`).
+
+        Events from Orthanc's change feed need nothing: the views agent sets
+        ``in_orthanc`` in its batch (:func:`view_updates`), which saves one write per
+        instance when Orthanc receives at full speed."""
         operations = [
             UpdateOne(
                 {"_id": event.sop_instance_uid},
@@ -302,5 +317,7 @@ class DicomViews(SubjectAwareSink):
                 upsert=True,
             )
             for event in events
+            if event.staged
         ]
-        await self.bulk_write("instances", operations, "record Orthanc confirmation")
+        if operations:
+            await self.bulk_write("instances", operations, "record Orthanc confirmation")

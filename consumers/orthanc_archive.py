@@ -50,7 +50,15 @@ def staged_path(uri: str) -> Path:
 
 
 def read_staged(event: DicomInstanceReceived) -> bytes:
-    """The staged bytes of ``event``, checked against its sha256."""
+    """The staged bytes of ``event``, checked against its sha256.
+
+    An event from Orthanc's change feed stages nothing: if Orthanc no longer holds its
+    instance (deleted since), there is nothing to store it from."""
+    if event.staged_uri is None or event.sha256 is None:
+        raise StagedFileError(
+            f"SOP instance {event.sop_instance_uid} came from Orthanc ({event.orthanc_instance_id}), which no longer "
+            "holds it, and nothing was staged"
+        )
     path = staged_path(event.staged_uri)
     try:
         data = path.read_bytes()
@@ -99,4 +107,9 @@ class OrthancArchive:
     async def store(self, event: DicomInstanceReceived) -> ArchiveResult:
         """Make sure Orthanc holds the instance; retries while Orthanc is unavailable."""
         ids = orthanc_ids(event.patient_id, event.study_instance_uid, event.series_instance_uid, event.sop_instance_uid)
+        if not event.staged:
+            # From Orthanc's change feed: Orthanc announced it holds the instance, so there
+            # is nothing to store and no need to ask again (one GET per instance less on an
+            # Orthanc that is receiving at full speed).
+            return ArchiveResult(ids, "AlreadyStored")
         return await self.orthanc.retrying(lambda: self._store_once(event, ids), "store instance in Orthanc")

@@ -30,6 +30,8 @@ REPO_ROOT="$(cd "$DEPLOY_DIR/.." && pwd -P)"
 . "$DEPLOY_DIR/lib/redcap.sh"
 # shellcheck source=lib/api.sh
 . "$DEPLOY_DIR/lib/api.sh"
+# shellcheck source=lib/feed.sh
+. "$DEPLOY_DIR/lib/feed.sh"
 
 STARTED_SERVICES=()
 
@@ -89,6 +91,8 @@ env_lines() {
         printf 'COHORTSTREAM_REDCAP_WEBHOOK_PORT=%s\n' "$REDCAP_WEBHOOK_PORT" ;;
       api)
         printf 'COHORTSTREAM_API_PORT=%s\n' "$API_PORT" ;;
+      feed)
+        printf 'COHORTSTREAM_ORTHANC_FEED_PORT=%s\n' "$FEED_PORT" ;;
     esac
   done
 }

@@ -19,9 +19,10 @@ DICOM_SCP_PORT="${COHORTSTREAM_STACK_DICOM_SCP_PORT:-11112}"
 DICOM_SCP_AET="${COHORTSTREAM_STACK_DICOM_SCP_AET:-COHORTSTREAM}"
 REDCAP_WEBHOOK_PORT="${COHORTSTREAM_STACK_REDCAP_PORT:-8091}"
 API_PORT="${COHORTSTREAM_STACK_API_PORT:-8090}"
+FEED_PORT="${COHORTSTREAM_STACK_FEED_PORT:-8092}"
 WORKER_METRICS_PORT="${COHORTSTREAM_STACK_WORKER_METRICS_PORT:-9470}"  # one port per lane: 9470-9476
 ANNOTATOR_METRICS_PORT="${COHORTSTREAM_STACK_ANNOTATOR_METRICS_PORT:-9465}"
-SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc worker annotator listener redcap api}"
+SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc worker annotator listener redcap api feed}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
@@ -29,9 +30,9 @@ HEALTH_TIMEOUT_MONGO="${COHORTSTREAM_STACK_MONGO_TIMEOUT:-60}"
 HEALTH_TIMEOUT_ORTHANC="${COHORTSTREAM_STACK_ORTHANC_TIMEOUT:-60}"
 STOP_TIMEOUT="${COHORTSTREAM_STACK_STOP_TIMEOUT:-20}"
 
-ALL_SERVICES="kafka mongo orthanc worker annotator listener redcap api"
+ALL_SERVICES="kafka mongo orthanc worker annotator listener redcap api feed"
 # Started only after the infrastructure is healthy and stack.env is written.
-APP_SERVICES="worker annotator listener redcap api"
+APP_SERVICES="worker annotator listener redcap api feed"
 
 # The state dir is embedded in every service's command line; down/status use
 # it to make sure a pid from a pid file still belongs to *this* stack before

@@ -92,7 +92,8 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
                     )
                     await dead_letters.send(message, FailureStage.OTHER, exc)
                     continue
-                staged_path(event.staged_uri).unlink(missing_ok=True)
+                if event.staged_uri is not None:  # None: from Orthanc's change feed, nothing staged
+                    staged_path(event.staged_uri).unlink(missing_ok=True)
                 log.info(
                     "instance archived",
                     extra={

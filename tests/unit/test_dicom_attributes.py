@@ -191,6 +191,9 @@ def test_dataset_fields_are_derived_from_the_event_model() -> None:
         "sha256",
         "staged_uri",
         "received_at",
+        "orthanc_instance_id",
+        "orthanc_origin",
+        "orthanc_change_seq",
     }
     assert set(DATASET_FIELDS) | rest == set(DicomInstanceReceived.model_fields)
     assert not set(DATASET_FIELDS) & rest
