@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from api.auth import ADMIN, RESEARCHER
+from api.auth import BROWSER_ANNOTATOR, BROWSER_RESEARCHER
 from api.datastore import SeriesDatastore
 from api.errors import ApiError
 from api.services import ApiServices, get_services
@@ -134,8 +134,8 @@ def _models_info() -> dict[str, Any]:
     }
 
 
-@router.get("/info/", summary="MONAI Label app info", dependencies=[RESEARCHER])
-@router.get("/info", include_in_schema=False, dependencies=[RESEARCHER])
+@router.get("/info/", summary="MONAI Label app info", dependencies=[BROWSER_RESEARCHER])
+@router.get("/info", include_in_schema=False, dependencies=[BROWSER_RESEARCHER])
 async def info(services: Services) -> dict[str, Any]:
     """What a MONAI Label client shows: models, labels, strategies, datastore summary."""
     models = await asyncio.to_thread(_models_info)  # the first call imports torch
@@ -165,9 +165,11 @@ def _db(services: ApiServices) -> Any:
 
 
 @router.get(
-    "/datastore/", summary="MONAI Label datastore: stats or every image with its labels", dependencies=[RESEARCHER]
+    "/datastore/",
+    summary="MONAI Label datastore: stats or every image with its labels",
+    dependencies=[BROWSER_RESEARCHER],
 )
-@router.get("/datastore", include_in_schema=False, dependencies=[RESEARCHER])
+@router.get("/datastore", include_in_schema=False, dependencies=[BROWSER_RESEARCHER])
 async def datastore(services: Services, output: DatastoreOutput | None = None) -> dict[str, Any]:
     """``stats`` (default) or ``all``, in MONAI Label's shapes."""
     if output is DatastoreOutput.train:
@@ -187,7 +189,7 @@ async def datastore(services: Services, output: DatastoreOutput | None = None) -
 @router.post(
     "/activelearning/{strategy}",
     summary="MONAI Label active learning: the next series to annotate",
-    dependencies=[ADMIN],
+    dependencies=[BROWSER_ANNOTATOR],
 )
 async def activelearning(
     services: Services, strategy: str, params: Annotated[dict[str, Any] | None, Body()] = None
@@ -231,7 +233,9 @@ def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
     return Response(body, media_type=f"multipart/form-data; boundary={boundary}")
 
 
-@router.post("/infer/{model}", summary="MONAI Label inference on a series in the archive", dependencies=[ADMIN])
+@router.post(
+    "/infer/{model}", summary="MONAI Label inference on a series in the archive", dependencies=[BROWSER_ANNOTATOR]
+)
 async def infer(
     services: Services,
     model: str,
