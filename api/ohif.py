@@ -27,7 +27,7 @@ from api.errors import ApiError
 from api.services import ApiServices, get_services
 from cohortstream.settings import Settings
 
-__all__ = ["OHIF_VERSION", "SERVER_URL_COOKIE", "ohif_dir", "resolve", "router", "study_url"]
+__all__ = ["OHIF_VERSION", "SERVER_URL_COOKIE", "ohif_dir", "resolve", "router"]
 
 router = APIRouter(tags=["viewer"], include_in_schema=False)
 Services = Annotated[ApiServices, Depends(get_services)]
@@ -47,11 +47,6 @@ def ohif_dir(settings: Settings) -> Path:
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cohortstream"
     )
     return Path(cache) / "ohif" / OHIF_VERSION / "ohif"
-
-
-def study_url(study_instance_uid: str) -> str:
-    """The viewer's page of a study (relative to the API), with the MONAI Label mode."""
-    return f"/ohif/monai-label?StudyInstanceUIDs={quote(study_instance_uid, safe='')}"
 
 
 def resolve(root: Path, path: str) -> Path:
