@@ -82,8 +82,10 @@ async def ohif(request: Request, services: Services, path: str) -> Response:
     file = resolve(root, path)
     if file.name == "index.html":
         response = FileResponse(file, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
-        # Read by the viewer's JavaScript, so not HttpOnly; it holds no secret.
-        response.set_cookie(SERVER_URL_COOKIE, str(request.base_url), path="/", samesite="strict")
+        # Read by the viewer's JavaScript (it unescape()s the value), so not HttpOnly; no
+        # secret in it. Percent-encoded: a raw URL would be sent quoted, which the viewer
+        # cannot parse.
+        response.set_cookie(SERVER_URL_COOKIE, quote(str(request.base_url), safe=""), path="/", samesite="strict")
         return response
     media_type = _TYPES.get(file.suffix) or mimetypes.guess_type(file.name)[0] or "application/octet-stream"
     return FileResponse(file, media_type=media_type, headers={"Cache-Control": "public, max-age=3600"})

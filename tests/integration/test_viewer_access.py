@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pydicom
@@ -187,8 +188,15 @@ async def test_storing_needs_the_annotator_role_and_the_session_is_only_for_view
         stored = await browser.post("/proxy/dicom/stow/studies", content=body, headers=headers)
         assert stored.status_code == 200, stored.text
         assert stored.json()["00081199"]["Value"][0]["00081155"]["Value"][0] == str(datasets[0].SOPInstanceUID)
+        # OHIF's store segmentation posts to its wadoRoot: the same STOW-RS.
+        body, content_type = _stow_body(datasets[1])
+        via_wado = await browser.post(
+            "/proxy/dicom/wado/studies", content=body, headers={**headers, "Content-Type": content_type}
+        )
+        assert via_wado.status_code == 200, via_wado.text
     async with OrthancClient(settings) as archive:
         assert await archive.lookup(str(datasets[0].SOPInstanceUID))
+        assert await archive.lookup(str(datasets[1].SOPInstanceUID))
 
 
 async def test_revoking_the_key_ends_its_sessions(app: Any, settings: Settings) -> None:
@@ -213,7 +221,8 @@ async def test_ohif_is_served_with_the_server_url_cookie_and_an_index_fallback(a
         await _login(browser, await create_key(settings, Role.RESEARCHER, "viewer"))
         index = await browser.get("/ohif/")
         assert index.status_code == 200 and "<title>OHIF</title>" in index.text
-        assert browser.cookies[SERVER_URL_COOKIE].strip('"') == "http://api/"
+        assert index.headers["set-cookie"].startswith(f"{SERVER_URL_COOKIE}=http%3A%2F%2Fapi%2F;"), "unquoted"
+        assert unquote(browser.cookies[SERVER_URL_COOKIE]) == "http://api/"
         route = await browser.get("/ohif/monai-label", params={"StudyInstanceUIDs": "1.2"})
         assert route.text == index.text, "viewer routes fall back to index.html"
         config = await browser.get("/ohif/app-config.js")
