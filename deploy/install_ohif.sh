@@ -5,8 +5,9 @@
 #
 #   $CACHE/ohif/monailabel-0.8.5/ohif/       the build (source maps left out)
 #   $CACHE/ohif/monailabel-0.8.5/licenses/   MONAI Label's LICENSE (Apache-2.0), the
-#                                            extension's and mode's LICENSE files, and the
-#                                            build's third-party notices (*.LICENSE.txt)
+#                                            extension's and mode's LICENSE files (MIT),
+#                                            the build's third-party notices (*.LICENSE.txt)
+#                                            and OHIF-NOTICE (OHIF itself: MIT)
 #   $CACHE/ohif/monailabel-0.8.5/SOURCE      where the files came from (wheel name, sha256)
 #
 # Idempotent: does nothing when the build is already in the cache. `make up` runs it.
@@ -51,6 +52,14 @@ with zipfile.ZipFile(wheel) as z:
         dest.write_bytes(notice.read_bytes())
 PY
 [[ -f "$work/out/ohif/index.html" ]] || { echo "install_ohif: $wheel has no OHIF build" >&2; exit 1; }
+# The wheel carries no licence file of OHIF itself: say where it is.
+cat > "$work/out/licenses/OHIF-NOTICE" <<'NOTICE'
+The viewer in ../ohif/ is a build of the OHIF Viewer 3.10.0-beta.5 (Open Health Imaging
+Foundation, https://github.com/OHIF/Viewers), MIT License, with the MONAI Label extension
+and mode (MIT, see ohif-monai-label-*-LICENSE), as shipped in the monailabel 0.8.5 wheel
+(Apache-2.0, see monailabel-LICENSE). Third-party notices kept by the build's bundler are
+in third-party/. OHIF's licence text: https://github.com/OHIF/Viewers/blob/master/LICENSE
+NOTICE
 printf 'monailabel %s wheel %s sha256 %s\nfiles: monailabel/endpoints/static/ohif/ without *.map\n' \
   "$VERSION" "$(basename "$wheel")" "$(sha256sum "$wheel" | cut -d' ' -f1)" > "$work/out/SOURCE"
 mkdir -p "$(dirname "$DEST")"
