@@ -28,6 +28,11 @@ COPY export ./export
 RUN if [ -n "$EXTRAS" ] && [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch; fi \
     && pip install ".${EXTRAS:+[$EXTRAS]}"
 
+# The OHIF viewer the API serves at /ohif/: the files of the pinned monailabel wheel only.
+COPY deploy/install_ohif.sh ./deploy/install_ohif.sh
+RUN COHORTSTREAM_CACHE_DIR=/opt/cohortstream/cache deploy/install_ohif.sh
+ENV COHORTSTREAM_OHIF_DIR=/opt/cohortstream/cache/ohif/monailabel-0.8.5/ohif
+
 USER cohortstream
 ENTRYPOINT []
 CMD ["cohortstream", "--help"]

@@ -9,7 +9,7 @@ PYTHON ?= python3.11
 VENV := .venv
 UV := $(CACHE_DIR)/tools/bin/uv
 
-.PHONY: help install tools up down status logs test test-unit test-integration settings-table lint clean
+.PHONY: help install tools ohif up down status logs test test-unit test-integration settings-table lint clean
 
 help:
 	@echo "make up      install and start the local stack and the cohortstream worker, print where to look"
@@ -42,7 +42,11 @@ tools:
 WORKERS ?= 1
 LISTENERS ?= 1
 
-up: install tools
+# The OHIF viewer the API serves at /ohif/ (files of the pinned monailabel wheel, cached).
+ohif:
+	deploy/install_ohif.sh
+
+up: install tools ohif
 	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) deploy/stack.sh up
 
 down:

@@ -18,6 +18,7 @@ from typing import Any
 
 from api.pagination import Cursor, SortOrder, after_filter, page, sort_spec
 from api.reviews import AnnotationStatus
+from api.viewer_links import ohif_study_url
 from cohortstream.mongo import AsyncDatabase
 
 __all__ = ["AnnotationFilters", "AnnotationPage", "AnnotationStore", "public_document"]
@@ -55,9 +56,12 @@ class AnnotationPage:
 
 
 def public_document(doc: Mapping[str, Any], *, with_history: bool = True) -> dict[str, Any]:
-    """An ``annotations`` document as the API shows it: ``annotation_id`` instead of ``_id``."""
+    """An ``annotations`` document as the API shows it: ``annotation_id`` instead of ``_id``,
+    and ``viewer_url``, the study in the OHIF viewer (a path on this API)."""
     out = {k: v for k, v in doc.items() if k != "_id" and (with_history or k != "history")}
     out.setdefault("annotation_id", str(doc["_id"]))
+    if doc.get("study_instance_uid"):
+        out["viewer_url"] = ohif_study_url(str(doc["study_instance_uid"]))
     if with_history:
         out.setdefault("history", [])
     return out

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from api.annotation_store import AnnotationFilters, AnnotationPage, public_document
-from api.auth import ADMIN, RESEARCHER, Principal
+from api.auth import ADMIN, ANNOTATOR, RESEARCHER, Principal
 from api.errors import ApiError
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.reviews import AnnotationStatus, ReviewConflict, check_expected_status, review_event
@@ -154,6 +154,7 @@ def _check_status(doc: dict[str, Any], expected: AnnotationStatus | None) -> Non
 
 
 Admin = Annotated[Principal, ADMIN]
+Annotator = Annotated[Principal, ANNOTATOR]
 
 
 async def _publish_review(
@@ -226,7 +227,7 @@ async def _store_in_orthanc(services: ApiServices, data: bytes, what: str) -> st
 @router.post("/{annotation_id}/correct", status_code=202, summary="Replace a suggestion by a corrected DICOM SEG")
 async def correct(
     services: Services,
-    principal: Admin,
+    principal: Annotator,
     annotation_id: AnnotationId,
     file: Annotated[UploadFile, File(description="The corrected segmentation, a DICOM SEG Part-10 file.")],
     reviewer: Annotated[str | None, Form()] = None,
@@ -235,7 +236,7 @@ async def correct(
 ) -> JSONResponse:
     """Check the SEG, store it in Orthanc, publish ``AnnotationReviewed(decision=CORRECTED)``.
 
-    Admin key; ``reviewer`` defaults to the key's name.
+    Annotator or admin key; ``reviewer`` defaults to the key's name.
     If Kafka fails after Orthanc stored the SEG, the answer is 503 and a retry is safe
     (Orthanc keeps one copy of a SOP instance).
     """

@@ -18,8 +18,20 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from api import annotations as annotation_routes
-from api import cohorts, dashboard, exports, health, metrics, monailabel, statistics, subjects
-from api.auth import Authenticator, install_auth_handlers, key_store_lookup
+from api import (
+    cohorts,
+    dashboard,
+    dicomweb_proxy,
+    exports,
+    health,
+    login,
+    metrics,
+    monailabel,
+    ohif,
+    statistics,
+    subjects,
+)
+from api.auth import Authenticator, install_auth_handlers, key_store_lookup, session_store_lookup
 from api.errors import install_error_handlers
 from api.services import ApiServices
 from cohortstream import __version__
@@ -50,7 +62,9 @@ def create_api(
 
     app = FastAPI(title="cohortstream API", version=__version__, lifespan=lifespan)
     app.state.services = services
-    app.state.authenticator = Authenticator(key_store_lookup(app), cache_ttl_s=settings.api_key_cache_ttl_s)
+    app.state.authenticator = Authenticator(
+        key_store_lookup(app), cache_ttl_s=settings.api_key_cache_ttl_s, session_lookup=session_store_lookup(app)
+    )
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
     app.add_middleware(metrics.RequestMetrics, histogram=metrics.request_histogram(app.state.metrics_registry))
     install_error_handlers(app)
@@ -65,6 +79,9 @@ def create_api(
     app.include_router(monailabel.router)
     app.include_router(dashboard.router)
     app.include_router(exports.router)
+    app.include_router(login.router)
+    app.include_router(dicomweb_proxy.router)
+    app.include_router(ohif.router)
     return app
 
 

@@ -1,9 +1,10 @@
 """Access control of the API: who may call what.
 
-Two roles: ``researcher`` (read-only: subjects, cohorts, statistics, annotations, MONAI
-Label reads, metrics) and ``admin`` (everything a researcher may, plus reviewing
-annotations, running inference and active learning, triggering syncs). Every endpoint
-except ``/healthz`` and ``/readyz`` requires a credential.
+Three roles: ``researcher`` (read-only: subjects, cohorts, statistics, annotations,
+MONAI Label reads, the viewer, metrics), ``annotator`` (a researcher who may also run
+inference, active learning and save corrections: what annotating in the viewer needs)
+and ``admin`` (everything, also accepting/rejecting suggestions, exports, syncs). Every
+endpoint except ``/healthz``, ``/readyz`` and the login page requires a credential.
 
 Routers declare what they need with the dependencies below, e.g.
 ``@router.get("/subjects", dependencies=[RESEARCHER])`` or, to know who calls,
@@ -13,6 +14,12 @@ Credentials are API keys (:mod:`api.keys`, created with ``cohortstream api-keys 
 sent as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. A missing, malformed,
 unknown or revoked key answers **401** with ``WWW-Authenticate: Bearer``; a valid key
 whose role is too low answers **403**. Both use the API's error shape.
+
+Browsers cannot send that header from the OHIF viewer, so the viewer's routes (``/ohif/``,
+the DICOMweb proxy, the MONAI Label routes) also accept the session cookie of
+:mod:`api.sessions`, made at ``/login`` from a key (dependencies ``BROWSER_*``). The
+cookie is HttpOnly and SameSite=Strict (another site cannot make the browser send it);
+other routes ignore it, so the dashboard and scripts keep using the header only.
 
 Verified keys are cached in memory for ``COHORTSTREAM_API_KEY_CACHE_TTL_S`` seconds
 (default 30) so a request does not rerun the slow hash: a revoked key keeps working in
@@ -26,7 +33,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -35,24 +42,34 @@ from pymongo.errors import PyMongoError
 from api.errors import ApiError, error_response
 from api.keys import KeyFormatError, KeyStore, parse_key, verify_secret
 from api.principals import Principal, Role
+from api.sessions import COOKIE as SESSION_COOKIE
+from api.sessions import SessionStore
 
 __all__ = [
     "ADMIN",
+    "ANNOTATOR",
+    "BROWSER_ANNOTATOR",
+    "BROWSER_RESEARCHER",
     "RESEARCHER",
+    "SESSION_COOKIE",
     "AuthError",
     "Authenticator",
     "Principal",
     "Role",
     "authenticated",
+    "browser_authenticated",
     "install_auth_handlers",
     "key_store_lookup",
     "require",
+    "session_store_lookup",
 ]
 
 log = logging.getLogger(__name__)
 
 KeyLookup = Callable[[str], Awaitable[dict[str, Any] | None]]
 """Finds the stored document of an unrevoked key by its id (None: unknown or revoked)."""
+SessionLookup = Callable[[str], Awaitable[str | None]]
+"""Finds the key id of an unexpired browser session by its token (None: unknown or expired)."""
 
 _CACHE_MAX = 1024
 
@@ -92,9 +109,15 @@ class Authenticator:
     """Verifies presented keys against the store, with a short cache of successes."""
 
     def __init__(
-        self, lookup: KeyLookup, *, cache_ttl_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self,
+        lookup: KeyLookup,
+        *,
+        cache_ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        session_lookup: SessionLookup | None = None,
     ) -> None:
         self._lookup = lookup
+        self._session_lookup = session_lookup
         self._ttl = cache_ttl_s
         self._clock = clock
         self._cache: dict[bytes, tuple[Principal, float]] = {}
@@ -150,6 +173,27 @@ class Authenticator:
         self._remember(fingerprint, principal)
         return principal
 
+    async def authenticate_session(self, token: str) -> Principal:
+        """The principal of a browser session's key; :class:`AuthError` (401) when the
+        session is unknown or expired, or its key was revoked."""
+        fingerprint = b"session:" + hashlib.sha256(token.encode()).digest()
+        cached = self._cached(fingerprint)
+        if cached is not None:
+            return cached
+        if self._session_lookup is None:
+            raise _unauthorized("Authorization: sessions are not enabled")
+        try:
+            key_id = await self._session_lookup(token)
+            doc = await self._lookup(key_id) if key_id is not None else None
+        except PyMongoError as exc:
+            log.error("cannot read the sessions", extra={"error": type(exc).__name__})
+            raise CredentialStoreUnavailable() from exc
+        principal = _principal_of(doc) if doc is not None else None
+        if principal is None:
+            raise _unauthorized("Authorization: session expired or its key revoked; log in again at /login")
+        self._remember(fingerprint, principal)
+        return principal
+
 
 def _principal_of(doc: dict[str, Any]) -> Principal | None:
     try:
@@ -170,6 +214,18 @@ def key_store_lookup(request_app: FastAPI) -> KeyLookup:
     return lookup
 
 
+def session_store_lookup(request_app: FastAPI) -> SessionLookup:
+    """The session lookup of the application's own database."""
+
+    async def lookup(token: str) -> str | None:
+        services = request_app.state.services
+        if services.db is None:
+            raise CredentialStoreUnavailable()
+        return await SessionStore(services.db).key_id(token)
+
+    return lookup
+
+
 async def authenticated(request: Request) -> Principal:
     """FastAPI dependency: the authenticated caller (any role), or 401."""
     authenticator: Authenticator = request.app.state.authenticator
@@ -178,10 +234,27 @@ async def authenticated(request: Request) -> Principal:
     return principal
 
 
-def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency function that answers 403 unless the caller's role allows ``role``."""
+async def browser_authenticated(request: Request) -> Principal:
+    """FastAPI dependency: the caller by its key header or, without one, by the session
+    cookie of ``/login`` (the viewer's routes only)."""
+    if request.headers.get("authorization") or request.headers.get("x-api-key"):
+        return await authenticated(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise _unauthorized("Authorization: an API key or a session is required (log in at /login)")
+    authenticator: Authenticator = request.app.state.authenticator
+    principal = await authenticator.authenticate_session(token)
+    request.state.principal = principal
+    return principal
 
-    async def dependency(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+
+def require(role: Role, *, browser: bool = False) -> Callable[..., Awaitable[Principal]]:
+    """A dependency function that answers 403 unless the caller's role allows ``role``;
+    ``browser``: the session cookie is accepted too."""
+    identify = browser_authenticated if browser else authenticated
+
+    # A default, not Annotated[...]: string annotations cannot see the local ``identify``.
+    async def dependency(principal: Principal = Depends(identify)) -> Principal:  # noqa: B008
         if not principal.role.allows(role):
             log.info(
                 "role too low", extra={"key_id": principal.key_id, "role": principal.role.value, "needed": role.value}
@@ -189,7 +262,7 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
             raise AuthError(403, f"this needs the {role.value} role; the key has {principal.role.value}")
         return principal
 
-    dependency.__name__ = f"require_{role.value}"
+    dependency.__name__ = f"require_{role.value}{'_browser' if browser else ''}"
     return dependency
 
 
@@ -205,5 +278,11 @@ def install_auth_handlers(app: FastAPI) -> None:
 
 RESEARCHER: Any = Depends(require(Role.RESEARCHER))
 """Dependency: any valid key (researcher or admin); returns the :class:`Principal`."""
+ANNOTATOR: Any = Depends(require(Role.ANNOTATOR))
+"""Dependency: an annotator or admin key; returns the :class:`Principal`."""
 ADMIN: Any = Depends(require(Role.ADMIN))
 """Dependency: an admin key; returns the :class:`Principal`."""
+BROWSER_RESEARCHER: Any = Depends(require(Role.RESEARCHER, browser=True))
+"""Dependency: any valid key or browser session (the viewer's read routes)."""
+BROWSER_ANNOTATOR: Any = Depends(require(Role.ANNOTATOR, browser=True))
+"""Dependency: an annotator or admin key or session (inference and saves from the viewer)."""

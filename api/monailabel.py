@@ -21,15 +21,22 @@ Supported
   published, so the result enters the review queue like any automatic suggestion.
   ``json`` answers the result parameters (``label_names``, ``latencies``, plus
   ``annotation_id``, ``seg_sop_instance_uid``, ``uncertainty``, ``segments`` …);
-  ``image`` and ``dicom_seg`` answer the DICOM SEG (``application/dicom``); ``all`` (and
-  no ``output``) answers ``multipart/form-data`` with a ``params`` part and the SEG as
-  ``image`` part, as MONAI Label does.
+  ``image`` answers the label map as a raw uint8 **NRRD** on the series' grid, slices
+  ascending along the normal (what OHIF's MONAI Label panel copies into its labelmap,
+  :mod:`consumers.annotation.nrrd`); ``dicom_seg`` answers the DICOM SEG
+  (``application/dicom``); ``all`` (and no ``output``) answers ``multipart/form-data``
+  with a ``params`` part and an ``image`` part, the SEG, or the NRRD when ``params`` has
+  ``"result_extension": ".nrrd"`` (as the viewer sends), as MONAI Label does.
 - ``POST /activelearning/{strategy}`` (JSON body such as ``{"client_id": ...}``,
   accepted and ignored): ``uncertainty`` — the series of the pending suggestion with the
   highest uncertainty (answer carries ``weight`` = that uncertainty and its
   ``annotation_id``); ``random`` — a random series without a final label; ``first`` —
   the unlabeled series with the smallest UID. Answer ``{"id": <SeriesInstanceUID>,
-  **image info}``, or ``{}`` when nothing is left, like MONAI Label.
+  **image info, StudyInstanceUID, SeriesInstanceUID, Modality, StudyDate, StudyTime,
+  PatientID, RetrieveURL}`` (the DICOM-named fields OHIF's "Next Sample" shows and opens;
+  dates, time and PatientID as Orthanc holds the study, RetrieveURL through
+  ``/proxy/dicom/wado``), or ``{}`` when nothing is left, like MONAI Label.
+- ``GET /train/`` — ``{"status": "NOT_RUNNING"}``: nothing trains here (the viewer asks).
 - ``GET /datastore/?output=stats|all`` — ``stats``: ``{total, completed, label_tags}``;
   ``all``: ``{name, description, images_dir, labels_dir, objects: {image id: {image:
   {ext, info}, labels: {tag: {ext, info}}}}}``. Tags: ``original`` (the latest
@@ -37,25 +44,28 @@ Supported
 
 Differs from MONAI Label
 ------------------------
-- No training (``/train``), scoring (``/scoring``), sessions, batch inference, model
+- No training (``POST /train``), scoring (``/scoring``), sessions, batch inference, model
   download, ``/datastore/label`` uploads, image upload (``PUT /datastore``) or
   ``output=train``: they answer 404 or 422. Corrections are submitted through
   ``POST /annotations/{id}/correct`` (a DICOM SEG), which records who corrected what.
 - ``/infer`` takes only ``image`` ids already in the archive (no ``file``/``label``
-  upload, no ``session_id``), ignores ``params`` (no interactive clicks: the models are
-  fully automatic), and its ``image`` result is a DICOM SEG, not a NIfTI/NRRD file.
+  upload, no ``session_id``) and reads only ``result_extension`` from ``params`` (no
+  interactive clicks: the models are fully automatic); NRRD is the only image format
+  (no NIfTI), always uint8 and uncompressed.
 - Inference is not instantaneous: the request waits for the model (at most
   ``INFER_TIMEOUT_S``) and may answer 503 when Orthanc or Kafka is unavailable; errors
   are the API's JSON ``{"error", "field"}``, not FastAPI's ``{"detail"}``.
 - Authentication is the API's own (:mod:`api.auth`), not MONAI Label's RBAC: ``GET``s
-  need a researcher key, ``/infer`` and ``/activelearning`` an admin key, sent as
-  ``Authorization: Bearer <key>`` (MONAI Label clients send a bearer token when given one).
+  need a researcher key, ``/infer`` and ``/activelearning`` an annotator or admin key,
+  sent as ``Authorization: Bearer <key>`` (MONAI Label clients send a bearer token when
+  given one) or, from the OHIF viewer, the ``/login`` session cookie.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import time
@@ -64,10 +74,11 @@ from concurrent.futures.process import BrokenProcessPool
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, File, Form, UploadFile
+import pydicom
+from fastapi import APIRouter, Body, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from api.auth import ADMIN, RESEARCHER
+from api.auth import BROWSER_ANNOTATOR, BROWSER_RESEARCHER
 from api.datastore import SeriesDatastore
 from api.errors import ApiError
 from api.services import ApiServices, get_services
@@ -134,8 +145,8 @@ def _models_info() -> dict[str, Any]:
     }
 
 
-@router.get("/info/", summary="MONAI Label app info", dependencies=[RESEARCHER])
-@router.get("/info", include_in_schema=False, dependencies=[RESEARCHER])
+@router.get("/info/", summary="MONAI Label app info", dependencies=[BROWSER_RESEARCHER])
+@router.get("/info", include_in_schema=False, dependencies=[BROWSER_RESEARCHER])
 async def info(services: Services) -> dict[str, Any]:
     """What a MONAI Label client shows: models, labels, strategies, datastore summary."""
     models = await asyncio.to_thread(_models_info)  # the first call imports torch
@@ -165,9 +176,11 @@ def _db(services: ApiServices) -> Any:
 
 
 @router.get(
-    "/datastore/", summary="MONAI Label datastore: stats or every image with its labels", dependencies=[RESEARCHER]
+    "/datastore/",
+    summary="MONAI Label datastore: stats or every image with its labels",
+    dependencies=[BROWSER_RESEARCHER],
 )
-@router.get("/datastore", include_in_schema=False, dependencies=[RESEARCHER])
+@router.get("/datastore", include_in_schema=False, dependencies=[BROWSER_RESEARCHER])
 async def datastore(services: Services, output: DatastoreOutput | None = None) -> dict[str, Any]:
     """``stats`` (default) or ``all``, in MONAI Label's shapes."""
     if output is DatastoreOutput.train:
@@ -187,10 +200,10 @@ async def datastore(services: Services, output: DatastoreOutput | None = None) -
 @router.post(
     "/activelearning/{strategy}",
     summary="MONAI Label active learning: the next series to annotate",
-    dependencies=[ADMIN],
+    dependencies=[BROWSER_ANNOTATOR],
 )
 async def activelearning(
-    services: Services, strategy: str, params: Annotated[dict[str, Any] | None, Body()] = None
+    request: Request, services: Services, strategy: str, params: Annotated[dict[str, Any] | None, Body()] = None
 ) -> dict[str, Any]:
     """``{"id": SeriesInstanceUID, ...}`` by ``strategy``; ``{}`` when none is left."""
     if strategy not in STRATEGIES:
@@ -202,36 +215,75 @@ async def activelearning(
             return {}
         series_uid = str(pending["series_instance_uid"])
         info = await store.image_info(series_uid)
-        return {
+        answer = {
             "id": series_uid,
             **info,
-            "study_instance_uid": pending.get("study_instance_uid"),
+            "study_instance_uid": pending.get("study_instance_uid") or info.get("study_instance_uid"),
             "weight": pending.get("uncertainty"),
             "annotation_id": str(pending.get("annotation_id", pending["_id"])),
         }
-    if strategy == "random":
-        series = await store.random_unlabeled()
     else:
-        series = await store.first_unlabeled()
-    if series is None:
-        return {}
-    return {"id": str(series["_id"]), **await store.image_info(str(series["_id"]))}
+        series = await (store.random_unlabeled() if strategy == "random" else store.first_unlabeled())
+        if series is None:
+            return {}
+        answer = {"id": str(series["_id"]), **await store.image_info(str(series["_id"]))}
+    return {**answer, **await _dicom_fields(request, services, answer["id"], answer.get("study_instance_uid"))}
 
 
-def _multipart(params: dict[str, Any], filename: str, data: bytes) -> Response:
+async def _dicom_fields(
+    request: Request, services: ApiServices, series_uid: str, study_uid: str | None
+) -> dict[str, Any]:
+    """What OHIF's "Next Sample" dialog shows and opens, in DICOM's names: the study's
+    StudyDate, StudyTime and PatientID from Orthanc (the views keep no StudyTime) and a
+    RetrieveURL through this API's DICOMweb proxy."""
+    fields: dict[str, Any] = {"SeriesInstanceUID": series_uid, "StudyInstanceUID": study_uid}
+    view = await services.store.series(series_uid)
+    fields["Modality"] = (view or {}).get("modality")
+    tags: dict[str, Any] = {}
+    if study_uid:
+        try:
+            found = await services.archive.find("Study", {"StudyInstanceUID": study_uid}, Expand=True)
+        except (OrthancUnavailableError, OrthancRejectedError) as exc:
+            log.warning(
+                "study tags not read from Orthanc", extra={"series_instance_uid": series_uid, "error": str(exc)}
+            )
+            found = []
+        if found:
+            tags = {**found[0].get("PatientMainDicomTags", {}), **found[0].get("MainDicomTags", {})}
+        fields["RetrieveURL"] = (
+            f"{str(request.base_url).rstrip('/')}/proxy/dicom/wado/studies/{study_uid}/series/{series_uid}"
+        )
+    else:
+        fields["RetrieveURL"] = None
+    fields["StudyDate"] = tags.get("StudyDate")
+    fields["StudyTime"] = tags.get("StudyTime")
+    fields["PatientID"] = tags.get("PatientID") or (view or {}).get("patient_id")
+    return fields
+
+
+@router.get("/train/", summary="MONAI Label training status: never running", dependencies=[BROWSER_RESEARCHER])
+@router.get("/train", include_in_schema=False, dependencies=[BROWSER_RESEARCHER])
+async def train_status() -> dict[str, Any]:
+    """cohortstream does not train; the viewer polls this before offering training."""
+    return {"status": "NOT_RUNNING", "details": "cohortstream does not train models"}
+
+
+def _multipart(params: dict[str, Any], filename: str, data: bytes, media_type: str = "application/dicom") -> Response:
     """MONAI Label's ``all`` answer: a ``params`` JSON part and the result file."""
     boundary = uuid.uuid4().hex
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="params"\r\nContent-Type: application/json\r\n\r\n'
         f"{json.dumps(params, default=str)}\r\n"
         f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-        "Content-Type: application/dicom\r\n\r\n"
+        f"Content-Type: {media_type}\r\n\r\n"
     ).encode()
     body = head + data + f"\r\n--{boundary}--\r\n".encode()
     return Response(body, media_type=f"multipart/form-data; boundary={boundary}")
 
 
-@router.post("/infer/{model}", summary="MONAI Label inference on a series in the archive", dependencies=[ADMIN])
+@router.post(
+    "/infer/{model}", summary="MONAI Label inference on a series in the archive", dependencies=[BROWSER_ANNOTATOR]
+)
 async def infer(
     services: Services,
     model: str,
@@ -253,9 +305,11 @@ async def infer(
     if not image:
         raise ApiError(422, "image: the SeriesInstanceUID to segment is required", "image")
     try:
-        json.loads(params or "{}")
+        options = json.loads(params or "{}")
     except ValueError as exc:
         raise ApiError(422, "params is not JSON", "params") from exc
+    extension = str(options.get("result_extension") or "") if isinstance(options, dict) else ""
+    as_nrrd = output is InferOutput.image or (output in (None, InferOutput.all) and extension.startswith(".nrrd"))
     series = await services.store.series(image)
     if series is None or not series.get("study_instance_uid") or not series.get("patient_id"):
         raise ApiError(404, f"no series {image} in the archive's views", "image")
@@ -289,14 +343,48 @@ async def infer(
     )
     if output is InferOutput.json:
         return JSONResponse(answer)
+    if as_nrrd:
+        nrrd = await _label_nrrd(services, series, image, result.seg_bytes)
+        name = f"{event.seg_sop_instance_uid}.nrrd"
+        if output is InferOutput.image:
+            return Response(
+                nrrd,
+                media_type="application/octet-stream",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
+        return _multipart(answer, name, nrrd, "application/octet-stream")
     filename = f"{event.seg_sop_instance_uid}.dcm"
-    if output in (InferOutput.image, InferOutput.dicom_seg):
+    if output is InferOutput.dicom_seg:
         return Response(
             result.seg_bytes,
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
     return _multipart(answer, filename, result.seg_bytes)
+
+
+async def _label_nrrd(services: ApiServices, series: dict[str, Any], series_uid: str, seg_bytes: bytes) -> bytes:
+    """The SEG as the raw uint8 NRRD the viewer copies (:mod:`consumers.annotation.nrrd`):
+    the source instances' headers are read again from Orthanc for their geometry."""
+    from consumers.annotation.errors import GeometryError
+    from consumers.annotation.nrrd import seg_as_nrrd
+
+    try:
+        files = await services.archive.series_instances(
+            str(series["study_instance_uid"]), series_uid, str(series["patient_id"])
+        )
+    except OrthancUnavailableError as exc:
+        raise ApiError(503, "DICOM archive unavailable, retry later") from exc
+
+    def convert() -> bytes:
+        sources = [pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True) for f in files]
+        sources = [ds for ds in sources if str(ds.get("SeriesInstanceUID", "")) == series_uid]
+        return seg_as_nrrd(pydicom.dcmread(io.BytesIO(seg_bytes)), sources)
+
+    try:
+        return await asyncio.to_thread(convert)
+    except GeometryError as exc:
+        raise ApiError(422, f"series {series_uid} has no regular grid for an NRRD answer: {exc}", "image") from exc
 
 
 async def _suggest(services: ApiServices, model: str, series_uid: str, series: dict[str, Any]) -> SuggestionResult:

@@ -13,14 +13,21 @@ __all__ = ["Principal", "Role"]
 
 
 class Role(StrEnum):
-    """What a key may do; ``admin`` includes everything ``researcher`` may."""
+    """What a key may do. Ordered: ``annotator`` may do what ``researcher`` may, plus run
+    inference and save corrections (the viewer's work); ``admin`` may do everything
+    (also accept/reject, exports, syncs). The annotator role exists so people who only
+    annotate in the viewer do not need an admin key."""
 
     RESEARCHER = "researcher"
+    ANNOTATOR = "annotator"
     ADMIN = "admin"
 
     def allows(self, needed: Role) -> bool:
         """Whether this role may do what ``needed`` may."""
-        return self is Role.ADMIN or needed is Role.RESEARCHER
+        return _RANK[self] >= _RANK[needed]
+
+
+_RANK = {Role.RESEARCHER: 0, Role.ANNOTATOR: 1, Role.ADMIN: 2}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from api.viewer_links import ohif_study_url
+
 __all__ = [
     "AnnotationBrief",
     "CohortAnswer",
@@ -68,6 +70,7 @@ class AnnotationBrief(BaseModel):
     seg_sop_instance_uid: str | None = None
     suggested_at: datetime | None = None
     reviewed_at: datetime | None = None
+    viewer_url: str | None = Field(None, description="The study in the OHIF viewer (a path on this API).")
 
 
 class ImagingSeries(BaseModel):
@@ -81,6 +84,7 @@ class ImagingSeries(BaseModel):
     last_received_at: datetime | None = None
     orthanc_id: str | None = None
     orthanc_url: str | None = Field(None, description="The series in Orthanc's REST API.")
+    viewer_url: str | None = Field(None, description="Its study in the OHIF viewer (a path on this API).")
     annotations: list[AnnotationBrief] = Field(default_factory=list)
 
 
@@ -93,7 +97,10 @@ class ImagingStudy(BaseModel):
     instance_count: int | None = None
     orthanc_id: str | None = None
     orthanc_url: str | None = Field(None, description="The study in Orthanc's REST API.")
-    viewer_url: str | None = Field(None, description="The study in Orthanc Explorer.")
+    viewer_url: str | None = Field(
+        None, description="The study in the OHIF viewer with the MONAI Label panel (a path on this API)."
+    )
+    explorer_url: str | None = Field(None, description="The study in Orthanc Explorer.")
     series: list[ImagingSeries] = Field(default_factory=list)
 
 
@@ -195,14 +202,17 @@ def _pick(model: type[BaseModel], doc: dict[str, Any], **more: Any) -> dict[str,
 
 def _series(doc: dict[str, Any], orthanc_url: str, annotations: dict[str, list[dict[str, Any]]]) -> ImagingSeries:
     oid = doc.get("orthanc_id")
+    study_uid = doc.get("study_instance_uid")
+    viewer = ohif_study_url(str(study_uid)) if study_uid else None
     return ImagingSeries(
         **_pick(
             ImagingSeries,
             doc,
             series_instance_uid=str(doc["_id"]),
             orthanc_url=f"{orthanc_url}/series/{oid}" if oid else None,
+            viewer_url=viewer,
             annotations=[
-                AnnotationBrief(**_pick(AnnotationBrief, a, annotation_id=str(a["_id"])))
+                AnnotationBrief(**_pick(AnnotationBrief, a, annotation_id=str(a["_id"]), viewer_url=viewer))
                 for a in annotations.get(str(doc["_id"]), [])
             ],
         )
@@ -217,6 +227,8 @@ def _study(doc: dict[str, Any], orthanc_url: str, annotations: dict[str, list[di
             {k: v for k, v in doc.items() if k != "series"},
             study_instance_uid=str(doc["_id"]),
             orthanc_url=f"{orthanc_url}/studies/{oid}" if oid else None,
+            viewer_url=ohif_study_url(str(doc["_id"])),
+            explorer_url=doc.get("viewer_url"),  # the view stores Orthanc Explorer's link
             series=[_series(s, orthanc_url, annotations) for s in doc.get("series_detail", [])],
         )
     )

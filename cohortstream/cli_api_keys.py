@@ -81,7 +81,10 @@ def add_commands(commands: Any) -> None:
     a = keys.add_parser("create", help="create a key and print it once (only its hash is stored)")
     a.add_argument("--name", required=True, help="who or what uses the key (recorded as reviewer by default)")
     a.add_argument(
-        "--role", required=True, choices=["researcher", "admin"], help="researcher: read-only; admin: also reviews"
+        "--role",
+        required=True,
+        choices=["researcher", "annotator", "admin"],
+        help="researcher: read-only; annotator: also runs inference and saves corrections; admin: everything",
     )
     a.set_defaults(func=_cmd_create)
     a = keys.add_parser("list", help="every key as JSON lines, without secrets")

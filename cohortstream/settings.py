@@ -333,6 +333,18 @@ class Settings(BaseSettings):
         description="How long the API trusts a verified API key before checking it again: a revoked key "
         "keeps working in a running API for at most this long (0: check every request).",
     )
+    api_session_ttl_s: float = Field(
+        8 * 3600.0,
+        gt=0,
+        description="Lifetime of a browser session made at `/login` (the viewer's cookie); the key's "
+        "revocation ends its sessions at once.",
+    )
+    ohif_dir: Path | None = Field(
+        None,
+        description="The OHIF viewer build the API serves at `/ohif/`; unset: "
+        "`$COHORTSTREAM_CACHE_DIR/ohif/monailabel-0.8.5/ohif` (or `~/.cache/cohortstream/...`), where "
+        "`deploy/install_ohif.sh` (run by `make up`) puts it.",
+    )
     api_readiness_timeout_s: float = Field(
         5.0,
         gt=0,

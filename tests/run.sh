@@ -23,6 +23,8 @@ PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider -rs)
 # The tools the tests drive (dcmtk, dicom3tools, dcm2niix, chromium), with apt when
 # missing: the same script `make up` runs for the CLI's own tools.
 deploy/install_tools.sh test
+# The OHIF build the viewer test drives (cached; the same script `make up` runs).
+deploy/install_ohif.sh
 
 echo "== unit tests (no services)"
 "${PYTEST[@]}" tests/unit

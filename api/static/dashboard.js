@@ -214,6 +214,35 @@ async function loadMatrix(modalityHint) {
     (more ? " (the first " + MATRIX_MAX + "; the counts above cover everyone)" : "") + ".";
 }
 
+// The review queue (GET /annotations/queue), each row linking to its study in OHIF
+// (viewer_url, a path on this API; the viewer uses its own /login session).
+const QUEUE_ROWS = 20;
+async function loadQueue() {
+  const answer = await (await api("/annotations/queue?limit=" + QUEUE_ROWS)).json();
+  const node = $("review-queue");
+  node.replaceChildren();
+  const head = el("tr");
+  for (const h of ["model", "series", "uncertainty", "status", "viewer"]) head.append(el("th", h));
+  node.append(head);
+  for (const item of answer.items) {
+    const tr = el("tr");
+    tr.append(el("td", item.model_name), el("td", item.series_instance_uid),
+              el("td", item.uncertainty === null || item.uncertainty === undefined ? "" : item.uncertainty.toFixed(3)),
+              el("td", item.status));
+    const cell = el("td");
+    if (item.viewer_url && item.viewer_url.startsWith("/ohif/")) {
+      cell.append(el("a", "open in OHIF", { href: item.viewer_url, target: "_blank", rel: "noopener" }));
+    }
+    tr.append(cell);
+    node.append(tr);
+  }
+  if (!answer.items.length) {
+    const empty = el("tr");
+    empty.append(el("td", "nothing to review", { colspan: "5" }));
+    node.append(empty);
+  }
+}
+
 async function load() {
   $("login").hidden = true;
   $("dashboard").hidden = false;
@@ -223,6 +252,7 @@ async function load() {
   try {
     const stats = await (await api("/statistics")).json();
     render(stats);
+    await loadQueue();
     await loadMatrix(Object.keys(stats.patients_by_modality));
     setStatus("Loaded " + new Date().toLocaleTimeString());
     document.body.dataset.loaded = "true";

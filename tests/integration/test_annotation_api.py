@@ -423,6 +423,19 @@ async def test_monailabel_info_datastore_and_active_learning(api: httpx.AsyncCli
 
     nxt = (await api.post("/activelearning/uncertainty", json={"client_id": "ohif"})).json()
     assert (nxt["id"], nxt["weight"], nxt["annotation_id"]) == (series[1], 0.7, docs[1]["_id"])
+    # What OHIF's Next Sample dialog reads (the study is not in this test's Orthanc: no date).
+    assert {
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "StudyDate",
+        "StudyTime",
+        "PatientID",
+        "RetrieveURL",
+    } <= set(nxt)
+    assert (nxt["SeriesInstanceUID"], nxt["Modality"]) == (series[1], "MR")
+    assert nxt["RetrieveURL"] == f"http://api/proxy/dicom/wado/studies/{nxt['StudyInstanceUID']}/series/{series[1]}"
+    assert (await api.get("/train/")).json()["status"] == "NOT_RUNNING"
     first = (await api.post("/activelearning/first")).json()
     assert first["id"] == series[0]
     drawn = {(await api.post("/activelearning/random")).json()["id"] for _ in range(12)}
@@ -461,6 +474,16 @@ async def test_monailabel_infer_runs_the_model_on_a_series_in_orthanc(
     assert 0 <= params["uncertainty"] <= 1 and params["model"] == "phantom-sphere-unet"
     assert await _orthanc_lookup(settings, params["seg_sop_instance_uid"])
 
+    nrrd = await api.post("/infer/phantom-sphere-unet", params={"image": series_uid, "output": "image"})
+    assert nrrd.status_code == 200 and nrrd.content.startswith(b"NRRD0004\n"), nrrd.text[:200]
+    head, _, voxels = nrrd.content.partition(b"\n\n")
+    assert b"sizes: 48 48 24\n" in head and b"type: uint8\n" in head and len(voxels) == 24 * 48 * 48
+    assert set(voxels) == {0, 1}, "label values of the Sphere segment"
+    viewer = await api.post(
+        "/infer/phantom-sphere-unet", params={"image": series_uid}, data={"params": '{"result_extension": ".nrrd"}'}
+    )
+    assert viewer.headers["content-type"].startswith("multipart/form-data") and b"NRRD0004" in viewer.content
+
     seg_file = await api.post("/infer/phantom-sphere-unet", params={"image": series_uid, "output": "dicom_seg"})
     assert seg_file.status_code == 200 and seg_file.headers["content-type"] == "application/dicom"
     seg = pydicom.dcmread(io.BytesIO(seg_file.content))
@@ -478,7 +501,7 @@ async def test_monailabel_infer_runs_the_model_on_a_series_in_orthanc(
     assert str(in_part.SOPInstanceUID) == params["seg_sop_instance_uid"]
     assert json.loads(parts["params"].get_content())["annotation_id"] == params["annotation_id"]
 
-    reads = await read_topic(settings, "annotation.suggested", 3, timeout_s=30)
+    reads = await read_topic(settings, "annotation.suggested", 5, timeout_s=30)
     suggested = [r.event for r in reads]
     assert all(isinstance(e, AnnotationSuggested) and e.series_instance_uid == series_uid for e in suggested)
     assert {str(e.annotation_id) for e in suggested} == {params["annotation_id"]}

@@ -296,8 +296,11 @@ async def test_one_subject_shows_every_modality_by_id_or_identifier(
         2,
     )
     (study,) = patient["studies"]
-    assert study["orthanc_url"].endswith(f"/studies/{study['orthanc_id']}") and "explorer" in study["viewer_url"]
+    assert study["orthanc_url"].endswith(f"/studies/{study['orthanc_id']}") and "explorer" in study["explorer_url"]
+    ohif = f"/ohif/monai-label?StudyInstanceUIDs={quote(study['study_instance_uid'], safe='')}"
+    assert study["viewer_url"] == ohif
     (series,) = study["series"]
+    assert series["viewer_url"] == ohif and all(a["viewer_url"] == ohif for a in series["annotations"])
     assert series["instance_count"] == 2 and series["orthanc_url"].endswith(f"/series/{series['orthanc_id']}")
     assert [(a["annotation_id"], a["status"]) for a in series["annotations"]] == [(facts["annotation_id"], "accepted")]
     (questionnaire,) = detail["questionnaires"]

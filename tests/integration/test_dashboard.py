@@ -113,6 +113,7 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
         query = {"modalities": ["MR"], "labs": [{"code": "50912", "min": 1.2}]}
         answer = (await client.post("/cohorts/query", json=query)).json()
         export = await client.post("/cohorts/export", params={"format": "csv"}, json=query)
+        queue = (await client.get("/annotations/queue")).json()["items"]
         page_html = await client.get("/dashboard", headers={"Authorization": ""})
         plotly_js = await client.get("/dashboard/static/plotly.min.js", headers={"Authorization": ""})
     assert page_html.status_code == 200, "the page itself holds no data and needs no key"
@@ -173,6 +174,13 @@ async def test_the_dashboard_shows_the_statistics_and_builds_a_cohort(
             (model,) = stats["annotations_by_model"]
             assert await _rows(page, "#table-annotations") == [
                 [model["model"], *(str(model["counts"][s]) for s in ("suggested", "accepted", "corrected", "rejected"))]
+            ]
+            # The review queue links each suggestion to its study in OHIF.
+            assert queue and all(q["viewer_url"].startswith("/ohif/monai-label?StudyInstanceUIDs=") for q in queue)
+            links = page.locator("#review-queue a")
+            await expect(links).to_have_count(len(queue))
+            assert [await links.nth(i).get_attribute("href") for i in range(len(queue))] == [
+                q["viewer_url"] for q in queue
             ]
             assert await _rows(page, "#table-modality") == [
                 [m, str(stats["series_by_modality"][m]), str(stats["patients_by_modality"][m])]

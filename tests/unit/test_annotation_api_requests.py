@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from api.app import create_api
-from api.auth import Principal, Role, authenticated
+from api.auth import Principal, Role, authenticated, browser_authenticated
 from cohortstream.settings import Settings
 
 ANNOTATION = "0b0e2f1c-0000-4000-8000-000000000001"
@@ -25,6 +25,7 @@ ANNOTATION = "0b0e2f1c-0000-4000-8000-000000000001"
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = create_api(Settings())
     app.dependency_overrides[authenticated] = lambda: Principal("tester", Role.ADMIN)
+    app.dependency_overrides[browser_authenticated] = app.dependency_overrides[authenticated]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
         yield client
 

@@ -127,13 +127,20 @@ PROTECTED = [
     ("POST", "/activelearning/uncertainty"),
     ("POST", "/infer/phantom-sphere-unet"),
     ("GET", "/metrics"),
+    ("GET", "/proxy/dicom/qido/studies"),
+    ("GET", "/proxy/dicom/wado/studies/1.2/metadata"),
+    ("POST", "/proxy/dicom/stow/studies"),
+    ("GET", "/ohif/app-config.js"),
+]
+ANNOTATOR_WORK = [
+    ("POST", "/annotations/x/correct"),
+    ("POST", "/activelearning/uncertainty"),
+    ("POST", "/infer/phantom-sphere-unet"),
+    ("POST", "/proxy/dicom/stow/studies"),
 ]
 ADMIN_ONLY = [
     ("POST", "/annotations/x/accept"),
     ("POST", "/annotations/x/reject"),
-    ("POST", "/annotations/x/correct"),
-    ("POST", "/activelearning/uncertainty"),
-    ("POST", "/infer/phantom-sphere-unet"),
 ]
 
 
@@ -152,14 +159,35 @@ async def test_every_endpoint_but_health_needs_a_key(client: httpx.AsyncClient, 
         assert response.headers["WWW-Authenticate"] == "Bearer" and body["field"] == "Authorization"
 
 
-@pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
+@pytest.mark.parametrize(("method", "path"), ADMIN_ONLY + ANNOTATOR_WORK)
 async def test_a_researcher_key_cannot_review_infer_or_pick_work(
     client: httpx.AsyncClient, keys: Keys, method: str, path: str
 ) -> None:
     key = keys.add("reader", Role.RESEARCHER)
+    needed = "admin" if (method, path) in ADMIN_ONLY else "annotator"
     for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
         body = _is_error(await client.request(method, path, headers=headers), 403)
-        assert "admin" in body["error"]
+        assert needed in body["error"]
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
+async def test_an_annotator_key_cannot_accept_or_reject(
+    client: httpx.AsyncClient, keys: Keys, method: str, path: str
+) -> None:
+    key = keys.add("annotator", Role.ANNOTATOR)
+    assert "admin" in _is_error(await client.request(method, path, headers={"X-API-Key": key}), 403)["error"]
+
+
+async def test_an_annotator_key_gets_past_authorization_of_corrections(client: httpx.AsyncClient, keys: Keys) -> None:
+    key = keys.add("annotator", Role.ANNOTATOR)
+    response = await client.post("/annotations/x/correct", headers={"Authorization": f"Bearer {key}"})
+    assert response.status_code == 422, response.text
+
+
+def test_roles_are_ordered() -> None:
+    assert [r.value for r in Role] == ["researcher", "annotator", "admin"]
+    assert Role.ADMIN.allows(Role.ANNOTATOR) and Role.ANNOTATOR.allows(Role.RESEARCHER)
+    assert not Role.ANNOTATOR.allows(Role.ADMIN) and not Role.RESEARCHER.allows(Role.ANNOTATOR)
 
 
 async def test_an_admin_key_gets_past_authorization(client: httpx.AsyncClient, keys: Keys) -> None:
