@@ -136,8 +136,9 @@ async def store_rest(orthanc: httpx.AsyncClient, paths: list[Path]) -> None:
         assert response.status_code == 200, response.text
 
 
-async def store_stow(orthanc: httpx.AsyncClient, paths: list[Path]) -> None:
-    """DICOMweb STOW-RS: one multipart/related request with every file."""
+async def store_stow(client: httpx.AsyncClient, paths: list[Path], route: str = "/dicom-web/studies") -> None:
+    """DICOMweb STOW-RS: one multipart/related request with every file (to Orthanc, or to
+    the API's DICOMweb proxy with ``route``)."""
     boundary = f"cohortstream-{uuid.uuid4().hex}"
     body = (
         b"".join(
@@ -146,8 +147,8 @@ async def store_stow(orthanc: httpx.AsyncClient, paths: list[Path]) -> None:
         )
         + f"--{boundary}--\r\n".encode()
     )
-    response = await orthanc.post(
-        "/dicom-web/studies",
+    response = await client.post(
+        route,
         content=body,
         headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
     )
@@ -415,7 +416,7 @@ def _manual_seg(paths: list[Path]) -> pydicom.Dataset:
     return seg
 
 
-async def test_a_seg_saved_in_orthanc_outside_the_api_is_a_correction_in_the_review_history(
+async def test_a_seg_saved_from_the_viewer_through_the_proxy_is_a_correction_in_the_review_history(
     settings: Settings, db: Any, worker: Any, orthanc: httpx.AsyncClient, feed: Feed, tmp_path: Path
 ) -> None:
     paths = study_files(tmp_path, "study", patient_id=f"FEED-SEG-{fresh_seed()}", slices=5)
@@ -444,7 +445,17 @@ async def test_a_seg_saved_in_orthanc_outside_the_api_is_a_correction_in_the_rev
     seg = _manual_seg(paths)
     seg_file = tmp_path / "seg.dcm"
     seg.save_as(seg_file)
-    await store_stow(orthanc, [seg_file])  # as a viewer saves its work
+    # As the OHIF viewer saves its work: STOW-RS to its DICOMweb source, the API's proxy,
+    # in an annotator's browser session (issue 16); Orthanc's change feed does the rest.
+    api = create_api(settings)
+    annotator_key = (await KeyStore(db).create("viewer", Role.ANNOTATOR)).key
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://api", timeout=60) as browser,
+    ):
+        login = await browser.post("/login", data={"key": annotator_key, "next": "/ohif/"})
+        assert login.status_code == 303, login.text
+        await store_stow(browser, [seg_file], "/proxy/dicom/wado/studies")
     content_at = datetime.strptime(f"{seg.ContentDate}{str(seg.ContentTime)[:6]}", "%Y%m%d%H%M%S").replace(tzinfo=UTC)
 
     async def corrected() -> dict[str, Any] | None:
