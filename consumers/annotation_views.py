@@ -67,6 +67,41 @@ def suggestion_update(event: AnnotationSuggested) -> UpdateOne:
     )
 
 
+def _if_latest(event: AnnotationReviewed) -> dict[str, Any]:
+    """Match only while no later review is shown: reviews may arrive out of order."""
+    return {
+        "$or": [
+            {"reviewed_at": {"$exists": False}},
+            {"reviewed_at": None},
+            {"reviewed_at": {"$lte": event.reviewed_at}},
+        ]
+    }
+
+
+def _shown_review(event: AnnotationReviewed, status: str) -> dict[str, Any]:
+    """The fields that show a review as the suggestion's current state."""
+    return {
+        "$set": {
+            "status": status,
+            "reviewed_at": event.reviewed_at,
+            "reviewer": event.reviewer,
+            "reason": event.reason,
+            "corrected_seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
+        }
+    }
+
+
+def _history_entry(event: AnnotationReviewed, status: str) -> dict[str, Any]:
+    return {
+        "event_id": str(event.event_id),
+        "status": status,
+        "at": event.reviewed_at,
+        "by": event.reviewer,
+        "reason": event.reason,
+        "seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
+    }
+
+
 def _outside_api_updates(event: AnnotationReviewed, status: str, key: str) -> list[UpdateOne]:
     """A correction the Orthanc change feed found (a SEG saved outside the API).
 
@@ -80,41 +115,8 @@ def _outside_api_updates(event: AnnotationReviewed, status: str, key: str) -> li
     seg = event.corrected_seg_sop_instance_uid
     not_recorded = {"_id": key, "history.seg_sop_instance_uid": {"$ne": seg}}
     return [
-        UpdateOne(
-            {
-                **not_recorded,
-                "$or": [
-                    {"reviewed_at": {"$exists": False}},
-                    {"reviewed_at": None},
-                    {"reviewed_at": {"$lte": event.reviewed_at}},
-                ],
-            },
-            {
-                "$set": {
-                    "status": status,
-                    "reviewed_at": event.reviewed_at,
-                    "reviewer": event.reviewer,
-                    "reason": event.reason,
-                    "corrected_seg_sop_instance_uid": seg,
-                }
-            },
-        ),
-        UpdateOne(
-            not_recorded,
-            {
-                "$push": {
-                    "history": {
-                        "event_id": str(event.event_id),
-                        "status": status,
-                        "at": event.reviewed_at,
-                        "by": event.reviewer,
-                        "reason": event.reason,
-                        "seg_sop_instance_uid": seg,
-                        "outside_api": True,
-                    }
-                }
-            },
-        ),
+        UpdateOne({**not_recorded, **_if_latest(event)}, _shown_review(event, status)),
+        UpdateOne(not_recorded, {"$push": {"history": {**_history_entry(event, status), "outside_api": True}}}),
     ]
 
 
@@ -151,38 +153,11 @@ def review_updates(event: AnnotationReviewed) -> list[UpdateOne]:
                     "study_instance_uid": event.study_instance_uid,
                     "series_instance_uid": event.series_instance_uid,
                 },
-                "$addToSet": {
-                    "history": {
-                        "event_id": str(event.event_id),
-                        "status": status,
-                        "at": event.reviewed_at,
-                        "by": event.reviewer,
-                        "reason": event.reason,
-                        "seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
-                    }
-                },
+                "$addToSet": {"history": _history_entry(event, status)},
             },
             upsert=True,
         ),
-        UpdateOne(
-            {
-                "_id": key,
-                "$or": [
-                    {"reviewed_at": {"$exists": False}},
-                    {"reviewed_at": None},
-                    {"reviewed_at": {"$lte": event.reviewed_at}},
-                ],
-            },
-            {
-                "$set": {
-                    "status": status,
-                    "reviewed_at": event.reviewed_at,
-                    "reviewer": event.reviewer,
-                    "reason": event.reason,
-                    "corrected_seg_sop_instance_uid": event.corrected_seg_sop_instance_uid,
-                }
-            },
-        ),
+        UpdateOne({"_id": key, **_if_latest(event)}, _shown_review(event, status)),
     ]
 
 

@@ -22,22 +22,19 @@ import io
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_api
 from api.keys import KeyStore
 from api.principals import Role
 from cohortstream.settings import Settings
+from tests.api_server import running_api
 from tests.integration.test_api_data import N, _fill, _sid
 from tests.integration.test_api_data import settings as settings
-from tests.net import free_port
 from tests.polling import eventually
 
 playwright_api = pytest.importorskip(
@@ -65,16 +62,8 @@ def chromium() -> str:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[str]:
     """The real application under uvicorn on a free port, in a thread with its own loop."""
-    app = create_api(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="dashboard-api", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running_api(settings, "dashboard-api") as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,16 +22,13 @@ Skipped, with the reason, when Playwright, Chromium or the OHIF build (``make up
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from api.app import create_api
 from api.keys import KeyStore
 from api.ohif import ohif_dir
 from api.principals import Role
@@ -40,8 +37,8 @@ from cohortstream.admin import ensure_topics
 from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings
 from tests.annotation_api_data import dataset_bytes
+from tests.api_server import running_api
 from tests.integration.test_dashboard import _artefact_dir, _chromium
-from tests.net import free_port
 from tests.polling import eventually
 
 playwright_api = pytest.importorskip(
@@ -95,16 +92,8 @@ def viewer_build(settings: Settings) -> Path:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[str]:
     """The real application under uvicorn on a free port, in a thread with its own loop."""
-    app = create_api(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="ohif-api", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with running_api(settings, "ohif-api") as url:
+        yield url
 
 
 @pytest.fixture
