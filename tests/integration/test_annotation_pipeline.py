@@ -33,21 +33,13 @@ from tests.annotation_stack import annotation_stack
 from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_annotation_api import api_client
 from tests.integration.test_dicom_pipeline import fresh_seed
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 from tests.polling import eventually
 
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "series_quiet_period_s": 2.0,
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": free_port(),
-            "annotation_device": "cpu",
-        }
-    )
+    return listener_settings(stack_settings, tmp_path, series_quiet_period_s=2.0, annotation_device="cpu")
 
 
 @pytest.fixture

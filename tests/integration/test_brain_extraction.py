@@ -40,7 +40,7 @@ from tests.annotation_api_data import dataset_bytes
 from tests.annotation_stack import annotation_stack
 from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_annotation_api import api_client
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 from tests.polling import eventually
 
 nilearn_datasets = pytest.importorskip("nilearn.datasets", reason="nilearn (dev extra) ships the MNI152 template")
@@ -49,15 +49,8 @@ DCIODVFY = shutil.which("dciodvfy")
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "series_quiet_period_s": 2.0,
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": free_port(),
-            "annotation_device": "cpu",
-            "annotation_cpu_threads": 2,
-        }
+    return listener_settings(
+        stack_settings, tmp_path, series_quiet_period_s=2.0, annotation_device="cpu", annotation_cpu_threads=2
     )
 
 

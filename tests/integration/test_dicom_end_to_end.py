@@ -37,7 +37,7 @@ from tests.integration.test_dicom_pipeline import (
     fresh_seed,
     instance_event,
 )
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 from tests.polling import eventually
 
 STORESCU = "/usr/bin/storescu"
@@ -53,14 +53,7 @@ PYDICOM_FILES = (
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "series_quiet_period_s": 2.0,
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": free_port(),
-        }
-    )
+    return listener_settings(stack_settings, tmp_path, series_quiet_period_s=2.0)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from producers.dicom import (
     STATUS_SUCCESS,
     DicomListener,
 )
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 
 STORESCU = "/usr/bin/storescu"
 ECHOSCU = "/usr/bin/echoscu"
@@ -68,15 +68,7 @@ pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is no
 
 
 def _settings(base: Settings, tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "dicom_scp_port": free_port(),
-        "dicom_scp_aet": AET,
-        "staging_dir": tmp_path / "staging",
-        "quarantine_dir": tmp_path / "quarantine",
-        "dicom_scp_publish_timeout_s": 20.0,
-    }
-    values.update(overrides)
-    return base.model_copy(update=values)
+    return listener_settings(base, tmp_path, **{"dicom_scp_aet": AET, "dicom_scp_publish_timeout_s": 20.0, **overrides})
 
 
 @pytest.fixture

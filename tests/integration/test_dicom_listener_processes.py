@@ -27,20 +27,13 @@ from producers.dicom.listener import READY_MARKER
 from producers.dicom.processes import READY_LINE
 from tests.dcmtk import start_storescu
 from tests.kafka_probe import read_topic
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 from tests.polling import eventually
 
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "dicom_scp_port": free_port(),
-            "dicom_scp_processes": 2,
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-        }
-    )
+    return listener_settings(stack_settings, tmp_path, dicom_scp_processes=2)
 
 
 @pytest.fixture

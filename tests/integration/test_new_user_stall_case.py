@@ -35,7 +35,7 @@ from producers.dicom import DicomListener
 from tests.dcmtk import STORESCU, start_storescu
 from tests.deployed_worker import DeployedWorkers
 from tests.integration.test_dicom_pipeline import fresh_seed
-from tests.net import free_port
+from tests.listener_settings import listener_settings
 from tests.polling import eventually
 
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
@@ -43,16 +43,13 @@ pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is no
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": free_port(),
-            "dicom_scp_publish_timeout_s": 20.0,
-            "series_quiet_period_s": 2.0,
-            "sink_retry_max_delay_s": 1.0,
-            "consumer_stall_after_s": 5.0,
-        }
+    return listener_settings(
+        stack_settings,
+        tmp_path,
+        dicom_scp_publish_timeout_s=20.0,
+        series_quiet_period_s=2.0,
+        sink_retry_max_delay_s=1.0,
+        consumer_stall_after_s=5.0,
     )
 
 

@@ -54,6 +54,7 @@ from streams.worker import build_worker_app
 from tests.dcmtk import STORESCU, start_storescu
 from tests.integration.test_dicom_pipeline import fresh_seed
 from tests.kafka_probe import read_topic
+from tests.listener_settings import listener_settings
 from tests.net import free_port
 from tests.polling import eventually
 
@@ -62,16 +63,13 @@ pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is no
 
 @pytest.fixture
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
-    return stack_settings.model_copy(
-        update={
-            "series_quiet_period_s": 2.0,
-            "staging_dir": tmp_path / "staging",
-            "quarantine_dir": tmp_path / "quarantine",
-            "dicom_scp_port": free_port(),
-            "orthanc_feed_port": 0,
-            "orthanc_feed_poll_interval_s": 0.1,
-            "sink_retry_max_delay_s": 1.0,
-        }
+    return listener_settings(
+        stack_settings,
+        tmp_path,
+        series_quiet_period_s=2.0,
+        orthanc_feed_port=0,
+        orthanc_feed_poll_interval_s=0.1,
+        sink_retry_max_delay_s=1.0,
     )
 
 
