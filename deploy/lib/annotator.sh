@@ -3,18 +3,16 @@
 # group, started after the services it needs are healthy. It uses the GPU when torch
 # sees one and the CPU otherwise. It runs from the repo's virtual environment.
 
-ANNOTATOR_CLI="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}/bin/cohortstream"
-
 annotator_install() {
-  [[ -x "$ANNOTATOR_CLI" ]] || die "annotator: $ANNOTATOR_CLI not found; run 'make install' first (or use 'make up')"
+  require_stack_cli annotator
 }
 
 annotator_start() {
   local d; d="$(svc_dir annotator)"
   mkdir -p "$d/data"
-  "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log annotator)" 2>&1 || return 1
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log annotator)" 2>&1 || return 1
   spawn annotator env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_ANNOTATOR_METRICS_PORT="$ANNOTATOR_METRICS_PORT" \
-    "$ANNOTATOR_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
 }
 
 # Ready = the app printed streams/app.py READY_MARKER since the latest start marker (at any log level).

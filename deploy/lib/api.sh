@@ -3,16 +3,14 @@
 # endpoints, and later the retrieval API and dashboard. Started after the services it
 # needs are healthy and the settings file is written; it runs from the repo's venv.
 
-API_CLI="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}/bin/cohortstream"
-
 api_install() {
-  [[ -x "$API_CLI" ]] || die "api: $API_CLI not found; run 'make install' first (or use 'make up')"
+  require_stack_cli api
 }
 
 api_start() {
   require_free_ports api "$API_PORT" || return 1
   spawn api env COHORTSTREAM_API_HOST=127.0.0.1 COHORTSTREAM_API_PORT="$API_PORT" \
-    "$API_CLI" --env-file "$STATE_DIR/stack.env" api
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" api
 }
 
 # Healthy = the API answers its health check.

@@ -46,6 +46,17 @@ STATE_DIR="$(cd "$STATE_DIR" && pwd -P)"
 log()  { printf 'stack: %s\n' "$*" >&2; }
 die()  { printf 'stack: %s\n' "$*" >&2; exit 1; }
 
+# Our own services (worker, annotator, listener, REDCap endpoint, API, Orthanc feed) run
+# the repo's CLI from its virtual environment (or COHORTSTREAM_STACK_VENV's).
+STACK_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
+STACK_CLI="$STACK_VENV/bin/cohortstream"
+
+# The install step of each of our services: the CLI must be there.
+require_stack_cli() {
+  [[ -x "$STACK_CLI" ]] || die "$1: $STACK_CLI not found; run 'make install' first (or use 'make up')"
+  log "$1: using $STACK_CLI"
+}
+
 # ---------------------------------------------------------------------------
 # Per-service paths
 # ---------------------------------------------------------------------------

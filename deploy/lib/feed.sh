@@ -5,22 +5,18 @@
 # store and Orthanc are healthy and the settings file is written; its checkpoint lives in
 # the view store, so a restart goes on where it stopped. It runs from the repo's venv.
 
-FEED_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
-FEED_CLI="$FEED_VENV/bin/cohortstream"
-
 feed_install() {
-  [[ -x "$FEED_CLI" ]] || die "feed: $FEED_CLI not found; run 'make install' first (or use 'make up')"
-  log "feed: using $FEED_CLI"
+  require_stack_cli feed
 }
 
 feed_start() {
   require_free_ports feed "$FEED_PORT" || return 1
   # It publishes on the catalogue's topics: create them first (idempotent).
-  "$FEED_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log feed)" 2>&1 || return 1
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log feed)" 2>&1 || return 1
   spawn feed env \
     COHORTSTREAM_ORTHANC_FEED_HOST=127.0.0.1 \
     COHORTSTREAM_ORTHANC_FEED_PORT="$FEED_PORT" \
-    "$FEED_CLI" --env-file "$STATE_DIR/stack.env" orthanc feed
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" orthanc feed
 }
 
 # Healthy = /healthz answers 200: the feed read Orthanc's log and holds a checkpoint

@@ -7,22 +7,18 @@
 # COHORTSTREAM_STACK_LISTENERS=N (`make up LISTENERS=N`) runs N listener processes on the
 # port (SO_REUSEPORT).
 
-LISTENER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
-LISTENER_CLI="$LISTENER_VENV/bin/cohortstream"
-
 listener_staging_dir() { printf '%s/listener/staging' "$STATE_DIR"; }
 listener_quarantine_dir() { printf '%s/listener/quarantine' "$STATE_DIR"; }
 
 listener_install() {
-  [[ -x "$LISTENER_CLI" ]] || die "listener: $LISTENER_CLI not found; run 'make install' first (or use 'make up')"
-  log "listener: using $LISTENER_CLI"
+  require_stack_cli listener
 }
 
 listener_start() {
   mkdir -p "$(listener_staging_dir)" "$(listener_quarantine_dir)"
   require_free_ports listener "$DICOM_SCP_PORT" || return 1
   # Topics are created explicitly (idempotent; the worker may have done it already).
-  "$LISTENER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log listener)" 2>&1 || return 1
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log listener)" 2>&1 || return 1
   spawn listener env \
     COHORTSTREAM_DICOM_SCP_HOST=127.0.0.1 \
     COHORTSTREAM_DICOM_SCP_PORT="$DICOM_SCP_PORT" \
@@ -30,7 +26,7 @@ listener_start() {
     COHORTSTREAM_STAGING_DIR="$(listener_staging_dir)" \
     COHORTSTREAM_QUARANTINE_DIR="$(listener_quarantine_dir)" \
     COHORTSTREAM_DICOM_SCP_PROCESSES="${COHORTSTREAM_STACK_LISTENERS:-1}" \
-    "$LISTENER_CLI" --env-file "$STATE_DIR/stack.env" dicom-scp
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" dicom-scp
 }
 
 # Healthy = answers a real C-ECHO (dcmtk's echoscu when installed, else pynetdicom).
@@ -39,7 +35,7 @@ listener_health_once() {
     /usr/bin/echoscu -to 2 -ta 2 -td 2 -aet STACKCHECK -aec "$DICOM_SCP_AET" 127.0.0.1 "$DICOM_SCP_PORT" \
       >/dev/null 2>&1
   else
-    "$LISTENER_VENV/bin/python" - "$DICOM_SCP_AET" "$DICOM_SCP_PORT" >/dev/null 2>&1 <<'PY'
+    "$STACK_VENV/bin/python" - "$DICOM_SCP_AET" "$DICOM_SCP_PORT" >/dev/null 2>&1 <<'PY'
 import sys
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification

@@ -4,21 +4,17 @@
 # projects in COHORTSTREAM_REDCAP_PROJECTS (export it before `make up`; without it every
 # trigger is refused with 403, which is the safe default). It runs from the repo's venv.
 
-REDCAP_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
-REDCAP_CLI="$REDCAP_VENV/bin/cohortstream"
-
 redcap_install() {
-  [[ -x "$REDCAP_CLI" ]] || die "redcap: $REDCAP_CLI not found; run 'make install' first (or use 'make up')"
-  log "redcap: using $REDCAP_CLI"
+  require_stack_cli redcap
 }
 
 redcap_start() {
   require_free_ports redcap "$REDCAP_WEBHOOK_PORT" || return 1
-  "$REDCAP_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log redcap)" 2>&1 || return 1
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log redcap)" 2>&1 || return 1
   spawn redcap env \
     COHORTSTREAM_REDCAP_WEBHOOK_HOST=127.0.0.1 \
     COHORTSTREAM_REDCAP_WEBHOOK_PORT="$REDCAP_WEBHOOK_PORT" \
-    "$REDCAP_CLI" --env-file "$STATE_DIR/stack.env" redcap webhook
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" redcap webhook
 }
 
 # Healthy = the endpoint answers its health check.

@@ -4,12 +4,8 @@
 # healthy and the settings file is written. It runs from the repo's
 # virtual environment, which `make install` creates.
 
-WORKER_VENV="${COHORTSTREAM_STACK_VENV:-$REPO_ROOT/.venv}"
-WORKER_CLI="$WORKER_VENV/bin/cohortstream"
-
 worker_install() {
-  [[ -x "$WORKER_CLI" ]] || die "worker: $WORKER_CLI not found; run 'make install' first (or use 'make up')"
-  log "worker: using $WORKER_CLI"
+  require_stack_cli worker
 }
 
 worker_start() {
@@ -17,10 +13,10 @@ worker_start() {
   mkdir -p "$d/data"
   # Topics are created explicitly (partitions, replication, min ISR from settings)
   # before anything consumes from them.
-  "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
   spawn worker env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_WORKER_METRICS_PORT="$WORKER_METRICS_PORT" \
     COHORTSTREAM_WORKER_REPLICAS="${COHORTSTREAM_STACK_WORKERS:-1}" \
-    "$WORKER_CLI" --env-file "$STATE_DIR/stack.env" worker
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" worker
 }
 
 # Ready = the supervisor saw every lane report faust's Ready since the latest start marker
