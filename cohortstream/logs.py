@@ -71,7 +71,7 @@ def configure_logging(settings: Settings, *, quiet_libraries: bool = False) -> N
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)-7s %(name)s: %(message)s"))
     if quiet_libraries:
         handler.addFilter(LibraryQuietFilter())
     root = logging.getLogger()
@@ -126,7 +126,7 @@ def logging_dict_config(settings: Settings) -> dict[str, Any]:
     formatter: dict[str, Any] = (
         {"()": f"{__name__}.JsonFormatter"}
         if settings.log_format == "json"
-        else {"format": "%(asctime)s %(levelname)-7s %(name)s: %(message)s"}
+        else {"format": "%(asctime)s %(process)d %(levelname)-7s %(name)s: %(message)s"}
     )
     return {
         "version": 1,

@@ -7,13 +7,14 @@ import logging
 from typing import Any
 
 import faust
-from faust.types import ConsumerT
+from faust.types import ConsumerT, TransportT
 
 from cohortstream.backoff import sinks_paused
 from cohortstream.logs import logging_dict_config
 from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.codec import register_codec
+from streams.kafka_transport import Transport
 
 __all__ = ["READY_MARKER", "CohortStreamApp", "create_app", "run_app"]
 
@@ -36,6 +37,11 @@ class CohortStreamApp(faust.App):
     instead would be wrong: it acknowledges a message whose stream is closed — faust's
     ``Stream.__aiter__`` acks in a ``finally`` — and would commit it unapplied.)
     """
+
+    def _new_transport(self) -> TransportT:
+        # Uncommitted partitions are read from their beginning after a rebalance too
+        # (streams/kafka_transport.py).
+        return Transport(self.conf.broker_consumer, self)
 
     async def _consumer_wait_empty(self, consumer: ConsumerT, logger: Any) -> None:
         if not self.conf.stream_wait_empty:

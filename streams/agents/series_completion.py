@@ -23,7 +23,9 @@ The timer emits ``DicomSeriesCompleted`` for each open series whose last new ins
 was processed ``series_quiet_period_s`` ago, then marks it closed. It emits *before*
 marking, so a crash in between repeats the event (same revision) rather than losing it;
 consumers key on (series, revision). Late instances re-open a series and the next
-completion carries revision + 1.
+completion carries revision + 1. Each state records its instance-topic partition, and
+the timer announces only series of partitions this process owns now
+(:func:`is_owned`): after a rebalance, the previous owner's in-memory copy is stale.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from streams.topics import StreamTopics
 
 TimerFunction = Callable[[], Awaitable[None]]
 
-__all__ = ["AGENT_NAME", "is_quiet", "observe", "record_instance", "register"]
+__all__ = ["AGENT_NAME", "is_owned", "is_quiet", "observe", "record_instance", "register"]
 
 AGENT_NAME = "series-completion"
 log = logging.getLogger(__name__)
@@ -60,13 +62,15 @@ def _utc(ms: int) -> datetime:
 
 
 def observe(
-    state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: int, offset: int = -1
+    state: dict[str, Any] | None, event: DicomInstanceReceived, now_ms: int, offset: int = -1, partition: int = -1
 ) -> dict[str, Any]:
-    """The series state after one new (never seen) instance, brought by the message at ``offset``."""
+    """The series state after one new (never seen) instance, brought by the message at
+    ``offset`` in ``partition`` of the instance topic."""
     received = _ms(event.received_at)
     if state is None:
         return {
             "offset": offset,
+            "partition": partition,
             "study_instance_uid": event.study_instance_uid,
             "patient_id": event.patient_id,
             "modality": event.modality,
@@ -80,6 +84,7 @@ def observe(
     return {
         **state,
         "offset": offset,
+        "partition": partition,
         "instance_count": state["instance_count"] + 1,
         "first_received_ms": min(state["first_received_ms"], received),
         "last_received_ms": max(state["last_received_ms"], received),
@@ -94,13 +99,14 @@ def record_instance(
     event: DicomInstanceReceived,
     offset: int,
     now_ms: int,
+    partition: int = -1,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """What one ``DicomInstanceReceived`` message changes: ``(seen entry, series state)``
     to write, ``None`` for what stays as it is.
 
     ``seen_entry`` is the instance's entry in ``dicom-seen-instances`` (a bare series UID
     from releases before 2026-11, which recorded no offset), ``state`` its series' entry
-    in ``dicom-series-activity-v2``, ``offset`` the message's offset in its partition. A
+    in ``dicom-series-activity-v2``, ``offset`` the message's offset in its ``partition``. A
     replay after a crash finds either write without the other, and completes whichever is
     missing without counting the instance twice.
     """
@@ -108,11 +114,27 @@ def record_instance(
     entry = {"series": event.series_instance_uid, "offset": offset}
     if seen_entry is None:
         # New, or its seen entry was lost in a crash after the series counted it.
-        return entry, None if counted else observe(state, event, now_ms, offset)
+        return entry, None if counted else observe(state, event, now_ms, offset, partition)
     if isinstance(seen_entry, str) or seen_entry.get("offset") != offset:
         return None, None  # a resent copy: an earlier message brought this instance
     # This very message, read again after a crash: count it unless that was written too.
-    return None, None if counted else observe(state, event, now_ms, offset)
+    return None, None if counted else observe(state, event, now_ms, offset, partition)
+
+
+def is_owned(state: dict[str, Any] | None, owned_partitions: set[int]) -> bool:
+    """Whether this process owns the instance-topic partition of the series in ``state``.
+
+    faust's in-memory table keeps what this process wrote itself after a rebalance gave
+    that partition to another worker (it prunes only what it restored from the
+    changelog). The timer must not announce such a stale copy: a worker that had counted
+    4 of a series' 12 instances before the partition moved completed it with 4 while the
+    new owner was still reading (the two-worker SIGKILL test). States from before the
+    partition was recorded count as owned, as they did before.
+    """
+    if not state:
+        return False
+    partition = state.get("partition", -1)
+    return partition < 0 or partition in owned_partitions
 
 
 def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float, resumed_ms: int = 0) -> bool:
@@ -178,6 +200,7 @@ def register(
         use_partitioner=True,
     )
     completed_topic = typed_topics["dicom.series-completed"]
+    source_topic = raw_topics["dicom.instance-received"].get_topic_name()
     quiet = settings.series_quiet_period_s
 
     @app.agent(raw_topics["dicom.instance-received"], name=AGENT_NAME)
@@ -191,6 +214,7 @@ def register(
                 event,
                 message.offset,
                 int(time.time() * 1000),
+                message.partition,
             )
             if seen_entry is not None:
                 seen[event.sop_instance_uid] = seen_entry
@@ -221,8 +245,9 @@ def register(
                 "series completion running with its partitions",
                 extra={"open_series": sum(1 for state in activity.values() if state and state["open"])},
             )
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == source_topic}
         for key, state in list(activity.items()):
-            if not is_quiet(state, now_ms, quiet, clock["resumed_ms"] or 0):
+            if not (is_owned(state, owned) and is_quiet(state, now_ms, quiet, clock["resumed_ms"] or 0)):
                 continue
             series = key.decode("utf-8")
             revision = state["revision"] + 1

@@ -252,13 +252,6 @@ async def test_kafka_restarted_between_two_associations(settings: Settings, data
     assert series == [10, 10]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 13): passed in 4 of 6 runs (3 local, 1 clean-clone CI), failed in 2 clean-clone CI "
-    "runs: the survivor completed the series restored from the changelogs but not the series whose instances "
-    "arrived while the dead worker's partitions were unowned; every instance still reached Orthanc and the views "
-    "exactly once",
-)
 async def test_two_workers_one_killed_the_other_takes_over_and_every_series_completes_once(
     settings: Settings, database: Any, tmp_path: Path
 ) -> None:
@@ -270,6 +263,9 @@ async def test_two_workers_one_killed_the_other_takes_over_and_every_series_comp
     completion topic). An instance's two table writes are not atomic, and a SIGKILL
     between them once made a series count 11 of 12: the offsets in the tables now make
     the survivor's replay exact (``streams.agents.series_completion.record_instance``).
+    And a worker whose partition moved away mid-series kept its in-memory copy of the
+    series and once announced it with 4 of 12 instances: only a partition's owner
+    announces now (``is_owned``).
 
     "Exactly once" is per (series, revision), the completion's identity that consumers
     key on: the timer announces before it marks the series closed, so a worker killed

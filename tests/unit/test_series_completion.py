@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cohortstream.events import DicomInstanceReceived
-from streams.agents.series_completion import is_quiet, record_instance
+from streams.agents.series_completion import is_owned, is_quiet, record_instance
 from tests.examples import example_instance
 
 
@@ -29,6 +29,20 @@ def test_the_clock_restarts_when_a_process_takes_the_partition_over() -> None:
     restored = _state(10_000)
     assert not is_quiet(restored, now_ms=60_000, quiet_period_s=2.0, resumed_ms=59_000)
     assert is_quiet(restored, now_ms=61_000, quiet_period_s=2.0, resumed_ms=59_000)
+
+
+def test_only_the_partitions_owner_announces_a_series() -> None:
+    """A worker that counted part of a series before a rebalance moved its partition keeps
+    that state in memory; it must not announce it (it did, with 4 of 12 instances, while
+    the new owner was still reading the rest)."""
+    first = example_instance(1)
+    _, state = record_instance(None, None, first, offset=7, now_ms=1_000, partition=1)
+    assert state is not None and state["partition"] == 1
+    assert is_owned(state, {0, 1})
+    assert not is_owned(state, {2, 3}), "the partition went to another worker"
+    legacy = {k: v for k, v in state.items() if k != "partition"}
+    assert is_owned(legacy, set()), "a state from before partitions were recorded behaves as before"
+    assert not is_owned(None, {0, 1, 2, 3})
 
 
 def _replay(
