@@ -61,6 +61,19 @@ def _cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_kafka_acls(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.kafka_acls import acl_plan, apply_acls
+
+    plan = acl_plan(settings)
+    if args.apply:
+        asyncio.run(apply_acls(settings, plan))
+        print(f"{len(plan)} ACLs present on {settings.kafka_bootstrap}")
+        return 0
+    for acl in plan:
+        print(acl.describe())
+    return 0
+
+
 def _cmd_events_decode(settings: Settings, args: argparse.Namespace) -> int:
     from cohortstream.codec import EventCodec
 
@@ -207,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("topics", help="list the topic catalogue, or create missing topics")
     p.add_argument("action", choices=["list", "create"])
     p.set_defaults(func=_cmd_topics)
+
+    p = commands.add_parser(
+        "kafka-acls", help="list the Kafka ACLs each role needs (docs/security.md), or create them with --apply"
+    )
+    p.add_argument("--apply", action="store_true", help="create them on the broker (needs the super user's settings)")
+    p.set_defaults(func=_cmd_kafka_acls)
 
     p = commands.add_parser("events", help="work with encoded events")
     events = p.add_subparsers(dest="events_command", metavar="ACTION", required=True)

@@ -72,7 +72,16 @@ env_lines() {
   for s in $SERVICES; do
     case "$s" in
       kafka)
-        printf 'COHORTSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:%s\n' "$KAFKA_PORT" ;;
+        printf 'COHORTSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:%s\n' "$KAFKA_PORT"
+        if is_secure; then
+          # The stack's own CLI use (topics, ACLs, loads by hand, tests) is the super user;
+          # each service connects as its role instead (kafka_client_env).
+          printf 'COHORTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_USERNAME=admin\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_PASSWORD_FILE=%s\n' "$(stack_secret kafka-admin)"
+          printf 'COHORTSTREAM_KAFKA_SSL_CAFILE=%s/ca.pem\n' "$(tls_dir)"
+        fi ;;
       mongo)
         printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT" ;;
       orthanc)
@@ -180,6 +189,20 @@ start_and_wait() {
   done
 }
 
+# secure_setup : in secure mode, once Kafka is healthy: the catalogue's topics and every
+# role's ACLs (idempotent), created by the super user of stack.env.
+secure_setup() {
+  is_secure || return 0
+  if [[ " $SERVICES " == *" kafka "* ]]; then
+    [[ -x "$STACK_CLI" ]] || die "secure mode: $STACK_CLI not found (run 'make install')"
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log kafka)" 2>&1 \
+      || { stop_started; die "secure mode: creating topics failed (see $(svc_log kafka))"; }
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" kafka-acls --apply >>"$(svc_log kafka)" 2>&1 \
+      || { stop_started; die "secure mode: creating Kafka ACLs failed (see $(svc_log kafka))"; }
+    log "kafka: SASL_SSL with SCRAM users and ACLs (docs/security.md)"
+  fi
+}
+
 cmd_up() {
   local s t0=$SECONDS infra=() apps=()
   validate_services
@@ -196,6 +219,7 @@ cmd_up() {
   # time to a usable stack; our own services need them and stack.env first.
   start_and_wait "${infra[@]}"
   write_env_file
+  secure_setup
   ((${#apps[@]} == 0)) || start_and_wait "${apps[@]}"
   trap - INT TERM
   log "up done in $((SECONDS - t0))s"
