@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cohortstream import __version__
 from cohortstream.errors import CohortStreamError
+from cohortstream.redact import mask_url_credentials
 from cohortstream.settings import Settings, env_var_name, settings_markdown_table, unknown_env_vars
 
 __all__ = ["main"]
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cohortstream: invalid settings: {problems}", file=sys.stderr)
         return 2
     except CohortStreamError as exc:
-        print(f"cohortstream: {exc}", file=sys.stderr)
+        print(f"cohortstream: {mask_url_credentials(str(exc))}", file=sys.stderr)
         return 2
     from cohortstream.logs import configure_logging
 
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(settings, args))
     except CohortStreamError as exc:
-        print(f"cohortstream: {exc}", file=sys.stderr)
+        print(f"cohortstream: {mask_url_credentials(str(exc))}", file=sys.stderr)
         return 1
 
 
