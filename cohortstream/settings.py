@@ -632,11 +632,17 @@ class _SecretFilesSource(PydanticBaseSettingsSource):
         values: dict[str, Any] = {}
         for name in secret_field_names():
             variable = file_env_var_name(name)
-            path = os.environ.get(variable) or self._dotenv_vars.get(variable.lower())
+            in_environment = os.environ.get(variable)
+            if in_environment is not None:  # set, even empty (no file: what a parent passes down)
+                if in_environment and os.environ.get(env_var_name(name)):
+                    raise ConfigurationError(f"set {env_var_name(name)} or {variable}, not both")
+                path = in_environment
+            elif os.environ.get(env_var_name(name)):
+                continue  # the environment's value outranks a file named in the env file
+            else:
+                path = self._dotenv_vars.get(variable.lower()) or ""
             if not path:
                 continue
-            if os.environ.get(env_var_name(name)):
-                raise ConfigurationError(f"set {env_var_name(name)} or {variable}, not both")
             try:
                 text = Path(path).read_text(encoding="utf-8")
             except OSError as exc:
@@ -666,6 +672,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         else:
             text = str(value)
         env[env_var_name(name)] = text
+    # The child gets each secret's value above: a *_FILE variable it would inherit from
+    # this process must not name a second source (refused as ambiguous).
+    env.update({file_env_var_name(name): "" for name in secret_field_names()})
     return env
 
 

@@ -83,7 +83,12 @@ env_lines() {
           printf 'COHORTSTREAM_KAFKA_SSL_CAFILE=%s/ca.pem\n' "$(tls_dir)"
         fi ;;
       mongo)
-        printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT" ;;
+        if is_secure; then
+          printf 'COHORTSTREAM_MONGO_URL_FILE=%s\n' "$(mongo_app_url_file)"
+          printf 'COHORTSTREAM_MONGO_DATABASE=%s\n' "$MONGO_DATABASE"
+        else
+          printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT"
+        fi ;;
       orthanc)
         orthanc_credentials
         printf 'COHORTSTREAM_ORTHANC_URL=http://127.0.0.1:%s\n' "$ORTHANC_HTTP_PORT"
@@ -200,6 +205,10 @@ secure_setup() {
     "$STACK_CLI" --env-file "$STATE_DIR/stack.env" kafka-acls --apply >>"$(svc_log kafka)" 2>&1 \
       || { stop_started; die "secure mode: creating Kafka ACLs failed (see $(svc_log kafka))"; }
     log "kafka: SASL_SSL with SCRAM users and ACLs (docs/security.md)"
+  fi
+  if [[ " $SERVICES " == *" mongo "* ]]; then
+    mongo_secure_setup || { stop_started; die "secure mode: creating MongoDB users failed (see $(svc_log mongo))"; }
+    log "mongo: authentication on; the services connect as '$MONGO_APP_USER' (readWrite on $MONGO_DATABASE)"
   fi
 }
 

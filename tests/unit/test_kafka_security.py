@@ -165,3 +165,20 @@ def test_every_role_has_acls_and_the_stack_creates_its_user() -> None:
     assert set(line.split("=", 1)[1].strip('"').split()) == set(ROLES)
     for role in ROLES:
         assert _by_role(role), role
+
+
+def test_a_child_process_gets_the_value_and_ignores_an_inherited_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's supervisor and the listener's process group pass settings down as values
+    (settings_environment); the parent's *_FILE and the env file's must not clash with them."""
+    from cohortstream.settings import settings_environment
+
+    (tmp_path / "admin").write_text("admin-pw")
+    env_file = tmp_path / "stack.env"
+    env_file.write_text(f"COHORTSTREAM_KAFKA_SASL_PASSWORD_FILE={tmp_path / 'admin'}\n")
+    monkeypatch.setenv("COHORTSTREAM_KAFKA_SASL_PASSWORD_FILE", str(tmp_path / "admin"))
+    parent = Settings.load(env_file, kafka_sasl_password="worker-pw")
+    for key, value in settings_environment(parent).items():
+        monkeypatch.setenv(key, value)
+    assert Settings.load(env_file).kafka_sasl_password.get_secret_value() == "worker-pw"
