@@ -23,13 +23,19 @@ MASK = "***"
 # scheme://user:password@host  (the password may hold anything but '@', '/' and whitespace)
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<password>[^@/\s]+)@")
 
+# ?secret=... in a logged request line (REDCap's trigger URL): masked even when it is a wrong guess,
+# which may be a near-miss of the real one.
+_QUERY_SECRET = re.compile(r"(?P<name>[?&](?:secret|token|api_key|password)=)[^&\s\"']+", re.IGNORECASE)
+
 #: Shorter values are not masked as text: they would blank out ordinary words.
 _MIN_SECRET_LENGTH = 6
 
 
 def mask_url_credentials(text: str) -> str:
-    """``mongodb://app:s3cret@host/`` → ``mongodb://app:***@host/`` wherever it appears in ``text``."""
-    return _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    """``mongodb://app:s3cret@host/`` → ``mongodb://app:***@host/`` (and ``?secret=x`` → ``?secret=***``)
+    wherever it appears in ``text``."""
+    text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['name']}{MASK}", text)
 
 
 def settings_secrets(settings: Settings) -> list[str]:

@@ -23,6 +23,8 @@ URL = "mongodb://cohortstream:Pa55-word!x@mongo:27017/?authSource=admin"
         ("to mongodb+srv://u:p%40ss@h/db now", "to mongodb+srv://u:***@h/db now"),
         ("https://redcap.example.org/api/", "https://redcap.example.org/api/"),
         ("mongodb://127.0.0.1:27017/", "mongodb://127.0.0.1:27017/"),
+        ('"POST /redcap/trigger?secret=a-guess HTTP/1.1" 403', '"POST /redcap/trigger?secret=*** HTTP/1.1" 403'),
+        ("/x?a=1&token=abc&b=2", "/x?a=1&token=***&b=2"),
     ],
 )
 def test_connection_strings_lose_their_password(text: str, expected: str) -> None:
