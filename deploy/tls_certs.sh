@@ -71,6 +71,7 @@ if [[ ! -s "$OUT/kafka.p12" ]]; then
   pw="$(<"$OUT/kafka-keystore.password")"
   openssl pkcs12 -export -name kafka -inkey "$OUT/kafka.key" -in "$OUT/kafka.pem" -certfile "$OUT/ca.pem" \
     -passout "pass:$pw" -out "$OUT/kafka.p12"
+  rm -f "$OUT/kafka.truststore.p12"
   if command -v keytool >/dev/null; then
     # A truststore holding only the CA (keytool marks it a trusted entry, which Java needs).
     rm -f "$OUT/kafka.truststore.p12"
@@ -81,5 +82,5 @@ if [[ ! -s "$OUT/kafka.p12" ]]; then
       -passout "pass:$pw" -out "$OUT/kafka.truststore.p12"
   fi
 fi
-chmod 600 "$OUT"/*
+chmod 600 "$OUT"/*  # deploy/compose_secrets.sh then opens them to the containers' users
 echo "tls_certs: TLS material in $OUT" >&2

@@ -38,8 +38,8 @@ kafka_tool() {
 }
 
 # The Kafka users of secure mode: the broker's super user and one user per role
-# (cohortstream/kafka_acls.py ROLES), created by the storage format (--add-scram).
-KAFKA_ROLES="listener redcap-webhook ehr-loader orthanc-feed api worker annotator"
+# (deploy/kafka/roles = cohortstream/kafka_acls.py ROLES), created by the storage format (--add-scram).
+KAFKA_ROLES="$(tr '\n' ' ' <"$DEPLOY_DIR/kafka/roles")"
 
 # Secure mode keeps its own data dir: SCRAM users exist only in a store formatted with them.
 kafka_data_dir() {
