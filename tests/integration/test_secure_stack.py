@@ -1,9 +1,13 @@
-"""No secret reaches a log (docs/security.md): the whole stack in secure mode, started by
-``deploy/stack.sh`` on free ports, with secrets of its own (Kafka and MongoDB passwords,
-the keystore password, Orthanc's password) and secrets this test sets (REDCap token and
-trigger secret, BIDS pseudonym key, an API key), at DEBUG log level. The test drives every
-service through its secure link — DICOM TLS, HTTPS with the API key, the REDCap trigger
-with its secret, wrong credentials too — then greps every log for every secret."""
+"""The local stack in secure mode (``make up SECURE=1``; docs/security.md), started by
+``deploy/stack.sh`` on free ports at DEBUG log level, with secrets of its own (Kafka and
+MongoDB passwords, the keystore password, Orthanc's password) and secrets the test sets
+(REDCap token and trigger secret, BIDS pseudonym key, an API key).
+
+* MongoDB (secantusd-rs ``--auth``) refuses anonymous clients and wrong passwords, and the
+  application's user may write its own database only.
+* No secret reaches a log: the test drives every service through its secure link —
+  DICOM TLS, HTTPS with the API key, the REDCap trigger with its secret, wrong
+  credentials too — stops the stack, then greps every log for every secret."""
 
 from __future__ import annotations
 
@@ -13,11 +17,14 @@ import secrets
 import ssl
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from pymongo import MongoClient
+from pymongo.errors import OperationFailure
 
 from cohortstream.synthetic import mr_study, write_study
 from tests.net import free_port
@@ -65,22 +72,69 @@ def _stack_secrets(state_dir: Path) -> dict[str, str]:
     return found
 
 
-@pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
-def test_no_secret_appears_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> None:
-    state_dir = tmp_path_factory.mktemp("secret-stack")
+@dataclass
+class SecureStack:
+    state_dir: Path
+    env: dict[str, str]
+    test_secrets: dict[str, str]
+    outputs: list[str] = field(default_factory=list)
+
+    def down(self) -> None:
+        down = subprocess.run([STACK, "down"], env=self.env, capture_output=True, text=True, timeout=180)
+        self.outputs += [down.stdout, down.stderr]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+    state_dir = tmp_path_factory.mktemp("secure-stack")
     test_secrets = {name: f"{name}-{secrets.token_urlsafe(18)}" for name in ("trigger", "pseudonym", "token")}
     env = _stack_env(state_dir, test_secrets)
     up = subprocess.run([STACK, "up"], env=env, capture_output=True, text=True, timeout=400)
-    outputs = [up.stdout, up.stderr]
+    running = SecureStack(state_dir, env, test_secrets, [up.stdout, up.stderr])
     try:
         assert up.returncode == 0, up.stderr[-4000:]
+        yield running
+    finally:
+        running.down()
+
+
+def test_mongodb_requires_authentication_and_the_app_user_has_one_database(stack: SecureStack) -> None:
+    port = stack.env["COHORTSTREAM_STACK_MONGO_PORT"]
+    anonymous = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=10000)
+    wrong = MongoClient(
+        f"mongodb://cohortstream:not-the-password@127.0.0.1:{port}/?authSource=admin", serverSelectionTimeoutMS=10000
+    )
+    app = MongoClient(
+        (stack.state_dir / "secrets" / "mongo-app-url").read_text().strip(), serverSelectionTimeoutMS=10000
+    )
+    try:
+        with pytest.raises(OperationFailure, match="requires authentication"):
+            anonymous.cohortstream.probe.insert_one({"x": 1})
+        with pytest.raises(OperationFailure, match="requires authentication"):
+            anonymous.cohortstream.instances.find_one()
+        with pytest.raises(OperationFailure, match="(?i)authentication failed"):
+            wrong.cohortstream.probe.find_one()
+        assert app.cohortstream.probe.insert_one({"x": 1}).acknowledged
+        with pytest.raises(OperationFailure, match="not authorized"):
+            app.elsewhere.probe.insert_one({"x": 1})
+        with pytest.raises(OperationFailure, match="not authorized"):
+            app.admin.command("createUser", "intruder", pwd="x" * 12, roles=["root"])
+    finally:
+        for client in (anonymous, wrong, app):
+            client.close()
+
+
+@pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
+def test_no_secret_appears_in_any_log(stack: SecureStack, tmp_path: Path) -> None:
+    state_dir, env, test_secrets, outputs = stack.state_dir, stack.env, stack.test_secrets, stack.outputs
+    try:
         generated = _stack_secrets(state_dir)
         assert len(generated["orthanc"]) >= 16, "Orthanc's password was not found in its credentials file"
         tls = state_dir / "tls"
         stack_env = str(state_dir / "stack.env")
 
         # DICOM over TLS with the sender's certificate, through to the views.
-        study = tmp_path_factory.mktemp("study")
+        study = tmp_path / "study"
         write_study(mr_study(n_series=1, slices=4, rows=16, cols=16, seed=4242, patient_id="SECRET-LOG"), study)
         sent = subprocess.run(
             [STORESCU, "-R", "+sd", "+r", "+tls", str(tls / "dicom-sender.key"), str(tls / "dicom-sender.pem"),
@@ -131,8 +185,7 @@ def test_no_secret_appears_in_any_log(tmp_path_factory: pytest.TempPathFactory) 
         assert wrong.returncode != 0
         outputs += [wrong.stdout, wrong.stderr]
     finally:
-        down = subprocess.run([STACK, "down"], env=env, capture_output=True, text=True, timeout=180)
-        outputs += [down.stdout, down.stderr]
+        stack.down()  # the logs are complete once every process has stopped
 
     logs = {str(p.relative_to(state_dir)): p.read_text(errors="replace") for p in state_dir.rglob("*.log")}
     logs["stack.sh and CLI output"] = "\n".join(outputs)
