@@ -25,7 +25,9 @@ def client_context(
         if certfile is not None:
             context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"cannot load TLS files (CA {cafile}, certificate {certfile}): {exc}") from exc
+        raise ConfigurationError(
+            f"cannot load TLS files (CA {cafile}, certificate {certfile}, key {keyfile}): {exc}"
+        ) from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = check_hostname
     return context
@@ -39,7 +41,9 @@ def server_context(certfile: Path, keyfile: Path, cafile: Path | None = None) ->
         if cafile is not None:
             context.load_verify_locations(cafile=str(cafile))
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigurationError(f"cannot load TLS files (certificate {certfile}, CA {cafile}): {exc}") from exc
+        raise ConfigurationError(
+            f"cannot load TLS files (certificate {certfile}, key {keyfile}, CA {cafile}): {exc}"
+        ) from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED if cafile is not None else ssl.CERT_NONE
     return context
