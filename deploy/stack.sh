@@ -241,6 +241,13 @@ cmd_up() {
     printf 'Orthanc Explorer: %s/app/explorer.html   DICOMweb: %s/dicom-web/   (user/password: COHORTSTREAM_ORTHANC_* in stack.env)\n' \
       "$(orthanc_url)" "$(orthanc_url)"
   fi
+  if is_secure; then
+    printf 'secure mode (docs/security.md): TLS files in %s, passwords in %s\n' "$(tls_dir)" "$(secrets_dir)"
+    if [[ " $SERVICES " == *" listener "* ]]; then
+      printf 'DICOM TLS: /usr/bin/storescu +tls %s/dicom-sender.key %s/dicom-sender.pem +cf %s/ca.pem -aec %s 127.0.0.1 %s FILES\n' \
+        "$(tls_dir)" "$(tls_dir)" "$(tls_dir)" "$DICOM_SCP_AET" "$DICOM_SCP_TLS_PORT"
+    fi
+  fi
   if [[ " $SERVICES " == *" api "* ]]; then
     printf 'API keys: .venv/bin/cohortstream --env-file %s api-keys create --name NAME --role admin|researcher  (prints the key once; send it as Authorization: Bearer <key>)\n' \
       "$STATE_DIR/stack.env"
