@@ -39,12 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--app-user", required=True)
     parser.add_argument("--app-password-file", type=Path, required=True)
     parser.add_argument("--database", required=True)
+    parser.add_argument("--tls-ca", type=Path, default=None, help="connect with TLS, verifying the server with this CA")
     args = parser.parse_args(argv)
     root_pw = args.root_password_file.read_text().strip()
     app_pw = args.app_password_file.read_text().strip()
     address = f"{args.host}:{args.port}"
+    tls = {"tls": True, "tlsCAFile": str(args.tls_ca)} if args.tls_ca else {}
 
-    anonymous: MongoClient = MongoClient(f"mongodb://{address}/", serverSelectionTimeoutMS=10_000)
+    anonymous: MongoClient = MongoClient(f"mongodb://{address}/", serverSelectionTimeoutMS=10_000, **tls)
     try:
         _create(anonymous, "root", root_pw, [{"role": "root", "db": "admin"}])
     except OperationFailure:
@@ -52,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         anonymous.close()
     root: MongoClient = MongoClient(
-        f"mongodb://{address}/", username="root", password=root_pw, authSource="admin", serverSelectionTimeoutMS=10_000
+        f"mongodb://{address}/",
+        username="root",
+        password=root_pw,
+        authSource="admin",
+        serverSelectionTimeoutMS=10_000,
+        **tls,
     )
     try:
         _create(root, args.app_user, app_pw, [{"role": "readWrite", "db": args.database}])

@@ -35,7 +35,7 @@ mongo_install() {
   mv "$SECANTUS_HOME.tmp" "$SECANTUS_HOME"
 }
 
-# Secure mode: SCRAM-SHA-256 authentication (--auth) in a data dir of its own; the users
+# Secure mode: TLS (the stack's CA) and SCRAM-SHA-256 authentication (--auth) in a data dir of its own; the users
 # (root, and the application's with readWrite on its database only) are made by
 # mongo_secure_setup once the server answers.
 MONGO_APP_USER=cohortstream
@@ -49,7 +49,10 @@ mongo_start() {
   local extra=()
   require_free_ports mongo "$MONGO_PORT" || return 1
   mkdir -p "$(mongo_data_dir)"
-  if is_secure; then extra=(--auth); fi
+  if is_secure; then
+    ensure_tls
+    extra=(--auth --tls-cert-file "$(tls_dir)/mongo.pem" --tls-key-file "$(tls_dir)/mongo.key")
+  fi
   spawn mongo "$SECANTUS_BIN" \
     --host 127.0.0.1 \
     --port "$MONGO_PORT" \
@@ -61,20 +64,23 @@ mongo_start() {
 # The application's connection string, in a file (mode 600) that stack.env names.
 mongo_app_url_file() {
   local f; f="$(secrets_dir)/mongo-app-url"
-  (umask 077 && printf 'mongodb://%s:%s@127.0.0.1:%s/?authSource=admin\n' \
-    "$MONGO_APP_USER" "$(<"$(stack_secret mongo-app)")" "$MONGO_PORT" >"$f")
+  (umask 077 && printf 'mongodb://%s:%s@127.0.0.1:%s/?authSource=admin&tls=true&tlsCAFile=%s\n' \
+    "$MONGO_APP_USER" "$(<"$(stack_secret mongo-app)")" "$MONGO_PORT" "$(tls_dir)/ca.pem" >"$f")
   printf '%s' "$f"
 }
 
 mongo_secure_setup() {
   "$STACK_VENV/bin/python" "$DEPLOY_DIR/mongo_users.py" --port "$MONGO_PORT" \
     --root-password-file "$(stack_secret mongo-root)" --app-user "$MONGO_APP_USER" \
-    --app-password-file "$(stack_secret mongo-app)" --database "$MONGO_DATABASE" >>"$(svc_log mongo)" 2>&1
+    --app-password-file "$(stack_secret mongo-app)" --database "$MONGO_DATABASE" --tls-ca "$(tls_dir)/ca.pem" \
+    >>"$(svc_log mongo)" 2>&1
 }
 
 # Ready = a real OP_MSG {ping: 1} round trip answers ok: 1.
 mongo_health_once() {
-  python3 "$DEPLOY_DIR/wait_mongo.py" --port "$MONGO_PORT" --timeout 0 >/dev/null 2>&1
+  local extra=()
+  if is_secure; then extra=(--tls-ca "$(tls_dir)/ca.pem"); fi
+  python3 "$DEPLOY_DIR/wait_mongo.py" --port "$MONGO_PORT" --timeout 0 "${extra[@]}" >/dev/null 2>&1
 }
 
 mongo_port_desc() { printf '%s' "$MONGO_PORT"; }

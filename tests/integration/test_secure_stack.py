@@ -3,8 +3,8 @@
 MongoDB passwords, the keystore password, Orthanc's password) and secrets the test sets
 (REDCap token and trigger secret, BIDS pseudonym key, an API key).
 
-* MongoDB (secantusd-rs ``--auth``) refuses anonymous clients and wrong passwords, and the
-  application's user may write its own database only.
+* MongoDB (secantusd-rs ``--auth`` with TLS) refuses clients without TLS, anonymous clients
+  and wrong passwords, and the application's user may write its own database only.
 * No secret reaches a log: the test drives every service through its secure link —
   DICOM TLS, HTTPS with the API key, the REDCap trigger with its secret, wrong
   credentials too — stops the stack, then greps every log for every secret."""
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 from pymongo import MongoClient
-from pymongo.errors import OperationFailure
+from pymongo.errors import OperationFailure, PyMongoError
 
 from cohortstream.synthetic import mr_study, write_study
 from tests.net import free_port
@@ -98,11 +98,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
         running.down()
 
 
-def test_mongodb_requires_authentication_and_the_app_user_has_one_database(stack: SecureStack) -> None:
+def test_mongodb_requires_tls_and_authentication_and_the_app_user_has_one_database(stack: SecureStack) -> None:
     port = stack.env["COHORTSTREAM_STACK_MONGO_PORT"]
-    anonymous = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=10000)
+    tls = {"tls": True, "tlsCAFile": str(stack.state_dir / "tls" / "ca.pem")}
+    plain = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=3000)
+    with pytest.raises(PyMongoError):
+        plain.admin.command("ping")  # no TLS: no answer
+    plain.close()
+    anonymous = MongoClient(f"mongodb://127.0.0.1:{port}/", serverSelectionTimeoutMS=10000, **tls)
     wrong = MongoClient(
-        f"mongodb://cohortstream:not-the-password@127.0.0.1:{port}/?authSource=admin", serverSelectionTimeoutMS=10000
+        f"mongodb://cohortstream:not-the-password@127.0.0.1:{port}/?authSource=admin",
+        serverSelectionTimeoutMS=10000,
+        **tls,
     )
     app = MongoClient(
         (stack.state_dir / "secrets" / "mongo-app-url").read_text().strip(), serverSelectionTimeoutMS=10000
