@@ -181,3 +181,14 @@ def test_a_child_process_gets_the_value_and_ignores_an_inherited_file(
     for key, value in settings_environment(parent).items():
         monkeypatch.setenv(key, value)
     assert Settings.load(env_file).kafka_sasl_password.get_secret_value() == "worker-pw"
+
+
+def test_the_cli_lists_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
+    from cohortstream.cli import main
+
+    assert main(["kafka-acls"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(acl_plan(Settings()))
+    assert any(
+        line.split() == ["User:listener", "WRITE", "topic:cohortstream.dicom.instance-received"] for line in lines
+    )
