@@ -41,13 +41,17 @@ tools:
 # LISTENERS=N: N DICOM listener processes share the listener's port (SO_REUSEPORT).
 WORKERS ?= 1
 LISTENERS ?= 1
+# SECURE=1: Kafka SASL_SSL + ACLs, MongoDB authentication, DICOM TLS, the API over HTTPS
+# (docs/security.md); TLS files and passwords are made once in the state dir.
+SECURE ?= 0
 
 # The OHIF viewer the API serves at /ohif/ (files of the pinned monailabel wheel, cached).
 ohif:
 	deploy/install_ohif.sh
 
 up: install tools ohif
-	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) deploy/stack.sh up
+	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) COHORTSTREAM_STACK_SECURE=$(SECURE) \
+	  deploy/stack.sh up
 
 down:
 	deploy/stack.sh down

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -34,12 +35,13 @@ from api import (
 from api.auth import Authenticator, install_auth_handlers, key_store_lookup, session_store_lookup
 from api.errors import install_error_handlers
 from api.services import ApiServices
+from api.transport_security import StrictTransportSecurity, uvicorn_tls_options
 from cohortstream import __version__
 from cohortstream.orthanc import OrthancClient
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 
-__all__ = ["create_api", "serve_api"]
+__all__ = ["create_api", "serve_api", "uvicorn_options"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ def create_api(
     )
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
     app.add_middleware(metrics.RequestMetrics, histogram=metrics.request_histogram(app.state.metrics_registry))
+    if settings.api_tls:
+        app.add_middleware(StrictTransportSecurity, max_age_s=settings.api_hsts_max_age_s)
     install_error_handlers(app)
     install_auth_handlers(app)
 
@@ -86,9 +90,21 @@ def create_api(
 
 
 def serve_api(settings: Settings) -> int:
-    """Serve the API with uvicorn on ``api_host:api_port`` until stopped."""
+    """Serve the API with uvicorn on ``api_host:api_port`` until stopped (HTTPS when the
+    TLS certificate and key are set)."""
     import uvicorn
 
     # log_config=None keeps the logging that cohortstream.cli configured.
-    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_config=None)
+    uvicorn.run(**uvicorn_options(settings))
     return 0
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """What ``serve_api`` hands uvicorn: the app, the address, TLS (tests serve the same way)."""
+    return {
+        "app": create_api(settings),
+        "host": settings.api_host,
+        "port": settings.api_port,
+        "log_config": None,
+        **uvicorn_tls_options(settings),
+    }

@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.lanes import lane_groups, lane_topics
 from cohortstream.settings import Settings
 from cohortstream.topics import TOPICS
@@ -69,11 +70,13 @@ async def read_offsets(settings: Settings, groups: list[str] | None = None, *, t
         client_id=f"{settings.kafka_client_id}-offsets",
         enable_auto_commit=False,
         request_timeout_ms=int(timeout_s * 1000),
+        **aiokafka_security(settings),
     )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-offsets-admin",
         request_timeout_ms=int(timeout_s * 1000),
+        **aiokafka_security(settings),
     )
     try:
         async with asyncio.timeout(timeout_s):

@@ -75,7 +75,9 @@ from typing import Any
 import httpx
 from pymongo.errors import PyMongoError
 
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.mongo import client_for_url
+from cohortstream.settings import Settings
 from cohortstream.synthetic import mr_study, write_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,24 +281,27 @@ def wait_listener(listener: Child, aet: str, port: int, timeout_s: float, proces
 
 
 async def wait_consumer_groups(
-    bootstrap: str, groups: list[str], workers: list[Child], timeout_s: float, members: int = 1
+    kafka: Settings, groups: list[str], workers: list[Child], timeout_s: float, members: int = 1
 ) -> float:
     """Wait until each of the workers' consumer groups (one per lane) is Stable with
     ``members`` members (one per worker process)."""
     waited = 0.0
     for group in groups:
-        waited += await wait_consumer_group(bootstrap, group, workers, max(1.0, timeout_s - waited), members)
+        waited += await wait_consumer_group(kafka, group, workers, max(1.0, timeout_s - waited), members)
     return waited
 
 
 async def wait_consumer_group(
-    bootstrap: str, group: str, workers: list[Child], timeout_s: float, members: int = 1
+    kafka: Settings, group: str, workers: list[Child], timeout_s: float, members: int = 1
 ) -> float:
     """Wait until the workers' consumer group is Stable with ``members`` members; returns seconds."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     start = time.monotonic()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="cohortstream-bench")
+    # The stack's Kafka settings (its stack.env): plaintext, or SASL_SSL in secure mode.
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=kafka.kafka_bootstrap_servers, client_id="cohortstream-bench", **aiokafka_security(kafka)
+    )
     await admin.start()
     state = "unknown"
     try:
@@ -792,7 +797,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         # The worker runs one consumer group per lane (cohortstream/lanes.py); the DICOM
         # path needs these three.
         group_s = await wait_consumer_groups(
-            stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"],
+            Settings.load(stack.state_dir / "stack.env"),
             [
                 f"{settings_env['COHORTSTREAM_APP_ID']}-{lane}"
                 for lane in ("dicom-archive", "dicom-views", "series-completion")

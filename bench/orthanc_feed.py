@@ -67,8 +67,10 @@ from bench.dicom_ingest import (
 )
 from cohortstream.codec import EventCodec
 from cohortstream.events import DicomInstanceReceived, DicomSeriesCompleted
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.mongo import client_for_url
 from cohortstream.orthanc_ids import orthanc_ids
+from cohortstream.settings import Settings
 from cohortstream.synthetic import mr_study, write_study
 
 CHANGES_POLL_S = 0.02
@@ -148,16 +150,17 @@ async def watch_views(instances: Any, phase: Phase, done: asyncio.Event) -> None
         await asyncio.sleep(VIEWS_POLL_S)  # poll interval
 
 
-async def watch_topics(bootstrap: str, prefix: str, phase: Phase, done: asyncio.Event) -> None:
+async def watch_topics(kafka: Settings, prefix: str, phase: Phase, done: asyncio.Event) -> None:
     codec = EventCodec()
     wanted_series = set(phase.series.values())
     consumer = AIOKafkaConsumer(
         f"{prefix}dicom.instance-received",
         f"{prefix}dicom.series-completed",
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=kafka.kafka_bootstrap_servers,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        **aiokafka_security(kafka),
     )
     await consumer.start()
     try:
@@ -265,8 +268,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     children.update(worker=worker, feed=feed)
     worker.start()
     feed.start()
-    bootstrap = stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"]
-    await wait_consumer_groups(bootstrap, [f"feedbench-{run_id}-{lane}" for lane in lanes], [worker], 180)
+    kafka = Settings.load(stack.state_dir / "stack.env")
+    await wait_consumer_groups(kafka, [f"feedbench-{run_id}-{lane}" for lane in lanes], [worker], 180)
     async with httpx.AsyncClient(timeout=5) as client:
         deadline = time.monotonic() + 120
         while True:
@@ -295,7 +298,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             watchers = [
                 asyncio.create_task(watch_changes(orthanc, phase, since, done)),
                 asyncio.create_task(watch_views(instances, phase, done)),
-                asyncio.create_task(watch_topics(bootstrap, prefix, phase, done)),
+                asyncio.create_task(watch_topics(kafka, prefix, phase, done)),
             ]
             log(f"{phase.associations} association(s): {len(phase.sops)} instances straight to Orthanc")
             start_m, end_m = await storescu_parallel(orthanc_aet, orthanc_port, phase.parts, work / "storescu.log")

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from cohortstream.errors import CohortStreamError
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.settings import Settings
 from cohortstream.topics import TOPICS
 
@@ -20,7 +21,9 @@ __all__ = ["ensure_topics"]
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every catalogue topic that does not exist yet; return the names created."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers, client_id=f"{settings.kafka_client_id}-admin"
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-admin",
+        **aiokafka_security(settings),
     )
     try:
         await admin.start()

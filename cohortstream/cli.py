@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from cohortstream import __version__
 from cohortstream.errors import CohortStreamError
+from cohortstream.redact import mask_url_credentials
 from cohortstream.settings import Settings, env_var_name, settings_markdown_table, unknown_env_vars
 
 __all__ = ["main"]
@@ -58,6 +59,19 @@ def _cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     for name in created:
         print(f"created {name}")
     print(f"{len(TOPICS)} topics present ({len(created)} created)")
+    return 0
+
+
+def _cmd_kafka_acls(settings: Settings, args: argparse.Namespace) -> int:
+    from cohortstream.kafka_acls import acl_plan, apply_acls
+
+    plan = acl_plan(settings)
+    if args.apply:
+        asyncio.run(apply_acls(settings, plan))
+        print(f"{len(plan)} ACLs present on {settings.kafka_bootstrap}")
+        return 0
+    for acl in plan:
+        print(acl.describe())
     return 0
 
 
@@ -208,6 +222,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "create"])
     p.set_defaults(func=_cmd_topics)
 
+    p = commands.add_parser(
+        "kafka-acls", help="list the Kafka ACLs each role needs (docs/security.md), or create them with --apply"
+    )
+    p.add_argument("--apply", action="store_true", help="create them on the broker (needs the super user's settings)")
+    p.set_defaults(func=_cmd_kafka_acls)
+
     p = commands.add_parser("events", help="work with encoded events")
     events = p.add_subparsers(dest="events_command", metavar="ACTION", required=True)
     d = events.add_parser("decode", help="decode one single-object-encoded message value to JSON")
@@ -317,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cohortstream: invalid settings: {problems}", file=sys.stderr)
         return 2
     except CohortStreamError as exc:
-        print(f"cohortstream: {exc}", file=sys.stderr)
+        print(f"cohortstream: {mask_url_credentials(str(exc))}", file=sys.stderr)
         return 2
     from cohortstream.logs import configure_logging
 
@@ -329,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(settings, args))
     except CohortStreamError as exc:
-        print(f"cohortstream: {exc}", file=sys.stderr)
+        print(f"cohortstream: {mask_url_credentials(str(exc))}", file=sys.stderr)
         return 1
 
 

@@ -12,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from cohortstream.redact import RedactCredentials, settings_secrets
 from cohortstream.settings import Settings
 
 __all__ = [
@@ -47,7 +48,8 @@ class JsonFormatter(logging.Formatter):
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 payload[key] = value
         if record.exc_info:
-            payload["exc"] = self.formatException(record.exc_info)
+            # exc_text when set: RedactCredentials has already masked it
+            payload["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(payload, default=str)
 
 
@@ -74,6 +76,7 @@ def configure_logging(settings: Settings, *, quiet_libraries: bool = False) -> N
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)-7s %(name)s: %(message)s"))
     if quiet_libraries:
         handler.addFilter(LibraryQuietFilter())
+    handler.addFilter(RedactCredentials(settings_secrets(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
@@ -132,8 +135,14 @@ def logging_dict_config(settings: Settings) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"redact": {"()": RedactCredentials, "secrets": settings_secrets(settings)}},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+                "filters": ["redact"],
+            }
         },
         "root": {"handlers": ["stderr"], "level": settings.log_level},
     }

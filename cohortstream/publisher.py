@@ -21,6 +21,7 @@ from aiokafka.structs import RecordMetadata
 from cohortstream.codec import EventCodec
 from cohortstream.errors import CohortStreamError
 from cohortstream.events import Event
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.settings import Settings
 from cohortstream.topics import topic_for_event
 
@@ -49,6 +50,7 @@ class EventPublisher:
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self._settings.kafka_request_timeout_s * 1000),
+            **aiokafka_security(self._settings),
         )
         try:
             await producer.start()

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from cohortstream.errors import ConfigurationError
 
@@ -27,6 +33,8 @@ __all__ = [
     "Settings",
     "SubjectLinkRule",
     "env_var_name",
+    "file_env_var_name",
+    "secret_field_names",
     "settings_environment",
     "settings_markdown_table",
     "unknown_env_vars",
@@ -120,6 +128,31 @@ class Settings(BaseSettings):
     kafka_request_timeout_s: float = Field(
         30.0, gt=0, description="How long a producer waits for the broker's acknowledgement."
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every Kafka client of this process talks to the broker: `PLAINTEXT` (local default), "
+        "`SSL` (TLS, with a client certificate when `kafka_ssl_certfile` is set) or `SASL_SSL` (TLS plus a "
+        "SCRAM user, production; see docs/security.md).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism with `SASL_SSL`."
+    )
+    kafka_sasl_username: str = Field(
+        "", description="Kafka user of this process with `SASL_SSL` (its ACLs decide what it may read and write)."
+    )
+    kafka_sasl_password: SecretStr = Field(
+        SecretStr(""), description="Password of `kafka_sasl_username` (or `COHORTSTREAM_KAFKA_SASL_PASSWORD_FILE`)."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="PEM file of the CA that signed the broker's certificate; unset: the system's CAs."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (mutual TLS), with `kafka_ssl_keyfile`; unset: none sent."
+    )
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of `kafka_ssl_certfile`.")
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that the broker's certificate names the host in `kafka_bootstrap`."
+    )
 
     # --- Stream processing (faust) -------------------------------------------------------
     app_id: str = Field(
@@ -204,6 +237,21 @@ class Settings(BaseSettings):
     )
     dicom_scp_publish_timeout_s: float = Field(
         30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."
+    )
+    dicom_scp_plaintext: bool = Field(
+        True,
+        description="Serve plain DICOM on `dicom_scp_port`; off: only the TLS port answers (turn it off in production "
+        "once every sender speaks TLS).",
+    )
+    dicom_scp_tls_port: int = Field(
+        0, ge=0, le=65535, description="Port of the listener's DICOM TLS server (needs the cert and key); 0: no TLS."
+    )
+    dicom_scp_tls_certfile: Path | None = Field(None, description="PEM certificate chain of the DICOM TLS server.")
+    dicom_scp_tls_keyfile: Path | None = Field(None, description="PEM private key of the DICOM TLS server.")
+    dicom_scp_tls_cafile: Path | None = Field(
+        None,
+        description="PEM CA bundle: when set, a DICOM TLS caller must present a certificate it signed (mutual TLS, "
+        "the IHE ATNA secure node profile); unset: any caller the AE title list accepts.",
     )
     staging_dir: Path = Field(
         Path(".stack/staging"),
@@ -326,6 +374,13 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="Address the retrieval/review API (`cohortstream api`) binds to.")
     api_port: int = Field(
         8090, ge=1, le=65535, description="Port of the retrieval/review API (also the MONAI Label server URL for OHIF)."
+    )
+    api_tls_certfile: Path | None = Field(
+        None, description="PEM certificate chain: set with `api_tls_keyfile`, the API serves HTTPS only and sends HSTS."
+    )
+    api_tls_keyfile: Path | None = Field(None, description="PEM private key of `api_tls_certfile`.")
+    api_hsts_max_age_s: int = Field(
+        31536000, ge=0, description="`max-age` of the `Strict-Transport-Security` header sent over HTTPS."
     )
     api_key_cache_ttl_s: float = Field(
         30.0,
@@ -477,6 +532,34 @@ class Settings(BaseSettings):
             raise ValueError(f"orthanc_url {value!r} must start with http:// or https://")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _tls_pairs_are_complete(self) -> Settings:
+        pairs = (
+            ("kafka_ssl_certfile", "kafka_ssl_keyfile"),
+            ("dicom_scp_tls_certfile", "dicom_scp_tls_keyfile"),
+            ("api_tls_certfile", "api_tls_keyfile"),
+        )
+        for cert, key in pairs:
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{env_var_name(cert)} and {env_var_name(key)} must be set together")
+        if self.dicom_scp_tls_port and self.dicom_scp_tls_certfile is None:
+            raise ValueError(
+                "COHORTSTREAM_DICOM_SCP_TLS_PORT is set but COHORTSTREAM_DICOM_SCP_TLS_CERTFILE/_KEYFILE are not"
+            )
+        if not self.dicom_scp_plaintext and not self.dicom_scp_tls_port:
+            raise ValueError(
+                "COHORTSTREAM_DICOM_SCP_PLAINTEXT is off and COHORTSTREAM_DICOM_SCP_TLS_PORT is 0: the listener "
+                "would serve nothing"
+            )
+        if self.kafka_security_protocol == "SASL_SSL" and not self.kafka_sasl_username:
+            raise ValueError("COHORTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs COHORTSTREAM_KAFKA_SASL_USERNAME")
+        return self
+
+    @property
+    def api_tls(self) -> bool:
+        """Whether the API serves HTTPS."""
+        return self.api_tls_certfile is not None
+
     @property
     def kafka_bootstrap_servers(self) -> list[str]:
         """The bootstrap servers as a list, the form aiokafka and faust take."""
@@ -485,6 +568,19 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic name such as ``dicom.instance-received``."""
         return f"{self.topic_prefix}{name}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Explicit values, then the environment, then ``COHORTSTREAM_<SECRET>_FILE`` files, then the env file."""
+        files = _SecretFilesSource(settings_cls, dotenv_settings)
+        return init_settings, env_settings, files, dotenv_settings, file_secret_settings
 
     @classmethod
     def load(cls, env_file: Path | str | None = None, **overrides: Any) -> Settings:
@@ -496,6 +592,64 @@ class Settings(BaseSettings):
         if env_file is not None and not Path(env_file).is_file():
             raise ConfigurationError(f"env file {env_file} does not exist")
         return cls(_env_file=env_file, **overrides)
+
+
+def secret_field_names() -> tuple[str, ...]:
+    """Settings that may hold a secret: every ``SecretStr`` field and ``redcap_projects``
+    (its API tokens). Each can also be read from a file (:func:`file_env_var_name`)."""
+    names = [name for name, field in Settings.model_fields.items() if field.annotation is SecretStr]
+    return (*names, "redcap_projects")
+
+
+def file_env_var_name(field_name: str) -> str:
+    """The variable naming a file that holds ``field_name``'s value (Docker/Kubernetes secrets)."""
+    return f"{env_var_name(field_name)}_FILE"
+
+
+class _SecretFilesSource(PydanticBaseSettingsSource):
+    """Secrets read from files: ``COHORTSTREAM_<NAME>_FILE=/run/secrets/x`` sets ``<name>``
+    to the file's content (one trailing newline dropped), so a secret never has to sit in
+    an environment variable or a command line, where ``ps`` and crash dumps show it.
+
+    The variable may be in the environment or in the env file; setting both the value
+    and its file is refused as ambiguous.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._dotenv_vars: dict[str, str | None] = {}
+        if isinstance(dotenv, DotEnvSettingsSource):
+            # The env file's *_FILE lines are ours: take them out of the dotenv source, which
+            # would otherwise reject them as unknown settings (extra="forbid").
+            wanted = {file_env_var_name(name).lower() for name in secret_field_names()}
+            self._dotenv_vars = {k: v for k, v in dotenv.env_vars.items() if k.lower() in wanted}
+            dotenv.env_vars = {k: v for k, v in dotenv.env_vars.items() if k.lower() not in wanted}
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in secret_field_names():
+            variable = file_env_var_name(name)
+            in_environment = os.environ.get(variable)
+            if in_environment is not None:  # set, even empty (no file: what a parent passes down)
+                if in_environment and os.environ.get(env_var_name(name)):
+                    raise ConfigurationError(f"set {env_var_name(name)} or {variable}, not both")
+                path = in_environment
+            elif os.environ.get(env_var_name(name)):
+                continue  # the environment's value outranks a file named in the env file
+            else:
+                path = self._dotenv_vars.get(variable.lower()) or ""
+            if not path:
+                continue
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+            text = text[:-1] if text.endswith("\n") else text
+            values[name] = json.loads(text) if name == "redcap_projects" else text
+        return values
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -518,6 +672,9 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         else:
             text = str(value)
         env[env_var_name(name)] = text
+    # The child gets each secret's value above: a *_FILE variable it would inherit from
+    # this process must not name a second source (refused as ambiguous).
+    env.update({file_env_var_name(name): "" for name in secret_field_names()})
     return env
 
 
@@ -548,6 +705,7 @@ def unknown_env_vars(environ: Mapping[str, str] | None = None) -> list[str]:
     almost always a typo."""
     environ = os.environ if environ is None else environ
     known = {env_var_name(name) for name in Settings.model_fields}
+    known |= {file_env_var_name(name) for name in secret_field_names()}
     return sorted(
         key
         for key in environ

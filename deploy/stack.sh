@@ -72,9 +72,23 @@ env_lines() {
   for s in $SERVICES; do
     case "$s" in
       kafka)
-        printf 'COHORTSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:%s\n' "$KAFKA_PORT" ;;
+        printf 'COHORTSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:%s\n' "$KAFKA_PORT"
+        if is_secure; then
+          # The stack's own CLI use (topics, ACLs, loads by hand, tests) is the super user;
+          # each service connects as its role instead (kafka_client_env).
+          printf 'COHORTSTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_USERNAME=admin\n'
+          printf 'COHORTSTREAM_KAFKA_SASL_PASSWORD_FILE=%s\n' "$(stack_secret kafka-admin)"
+          printf 'COHORTSTREAM_KAFKA_SSL_CAFILE=%s/ca.pem\n' "$(tls_dir)"
+        fi ;;
       mongo)
-        printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT" ;;
+        if is_secure; then
+          printf 'COHORTSTREAM_MONGO_URL_FILE=%s\n' "$(mongo_app_url_file)"
+          printf 'COHORTSTREAM_MONGO_DATABASE=%s\n' "$MONGO_DATABASE"
+        else
+          printf 'COHORTSTREAM_MONGO_URL=mongodb://127.0.0.1:%s/\n' "$MONGO_PORT"
+        fi ;;
       orthanc)
         orthanc_credentials
         printf 'COHORTSTREAM_ORTHANC_URL=http://127.0.0.1:%s\n' "$ORTHANC_HTTP_PORT"
@@ -180,6 +194,24 @@ start_and_wait() {
   done
 }
 
+# secure_setup : in secure mode, once Kafka is healthy: the catalogue's topics and every
+# role's ACLs (idempotent), created by the super user of stack.env.
+secure_setup() {
+  is_secure || return 0
+  if [[ " $SERVICES " == *" kafka "* ]]; then
+    [[ -x "$STACK_CLI" ]] || die "secure mode: $STACK_CLI not found (run 'make install')"
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log kafka)" 2>&1 \
+      || { stop_started; die "secure mode: creating topics failed (see $(svc_log kafka))"; }
+    "$STACK_CLI" --env-file "$STATE_DIR/stack.env" kafka-acls --apply >>"$(svc_log kafka)" 2>&1 \
+      || { stop_started; die "secure mode: creating Kafka ACLs failed (see $(svc_log kafka))"; }
+    log "kafka: SASL_SSL with SCRAM users and ACLs (docs/security.md)"
+  fi
+  if [[ " $SERVICES " == *" mongo "* ]]; then
+    mongo_secure_setup || { stop_started; die "secure mode: creating MongoDB users failed (see $(svc_log mongo))"; }
+    log "mongo: authentication on; the services connect as '$MONGO_APP_USER' (readWrite on $MONGO_DATABASE)"
+  fi
+}
+
 cmd_up() {
   local s t0=$SECONDS infra=() apps=()
   validate_services
@@ -196,6 +228,7 @@ cmd_up() {
   # time to a usable stack; our own services need them and stack.env first.
   start_and_wait "${infra[@]}"
   write_env_file
+  secure_setup
   ((${#apps[@]} == 0)) || start_and_wait "${apps[@]}"
   trap - INT TERM
   log "up done in $((SECONDS - t0))s"
@@ -207,6 +240,13 @@ cmd_up() {
   if [[ " $SERVICES " == *" orthanc "* ]]; then
     printf 'Orthanc Explorer: %s/app/explorer.html   DICOMweb: %s/dicom-web/   (user/password: COHORTSTREAM_ORTHANC_* in stack.env)\n' \
       "$(orthanc_url)" "$(orthanc_url)"
+  fi
+  if is_secure; then
+    printf 'secure mode (docs/security.md): TLS files in %s, passwords in %s\n' "$(tls_dir)" "$(secrets_dir)"
+    if [[ " $SERVICES " == *" listener "* ]]; then
+      printf 'DICOM TLS: /usr/bin/storescu +tls %s/dicom-sender.key %s/dicom-sender.pem +cf %s/ca.pem -aec %s 127.0.0.1 %s FILES\n' \
+        "$(tls_dir)" "$(tls_dir)" "$(tls_dir)" "$DICOM_SCP_AET" "$DICOM_SCP_TLS_PORT"
+    fi
   fi
   if [[ " $SERVICES " == *" api "* ]]; then
     printf 'API keys: .venv/bin/cohortstream --env-file %s api-keys create --name NAME --role admin|researcher  (prints the key once; send it as Authorization: Bearer <key>)\n' \

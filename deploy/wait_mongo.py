@@ -6,7 +6,8 @@ the project's virtualenv exists.  Sends an OP_MSG (opcode 2013) with a single
 kind-0 section holding the BSON document ``{ping: 1, $db: "admin"}`` and
 decodes just enough of the BSON reply to read the ``ok`` field.
 
-Usage: wait_mongo.py [--host 127.0.0.1] [--port 27017] [--timeout 60]
+Usage: wait_mongo.py [--host 127.0.0.1] [--port 27017] [--timeout 60] [--tls-ca CA.pem]
+(``--tls-ca``: the server speaks TLS, its certificate is checked against that CA.)
 Exit status 0 when the server is healthy, 1 on timeout.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -80,11 +82,12 @@ def _read_ok(doc: bytes) -> float | None:
     return None
 
 
-def ping(host: str, port: int, timeout: float = 5.0) -> bool:
+def ping(host: str, port: int, timeout: float = 5.0, tls_ca: str | None = None) -> bool:
     doc = _bson_ping()
     payload = struct.pack("<I", 0) + b"\x00" + doc  # flagBits, section kind 0
     header = struct.pack("<iiii", 16 + len(payload), 1, 0, OP_MSG)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = ssl.create_default_context(cafile=tls_ca).wrap_socket(raw, server_hostname=host) if tls_ca else raw
         sock.sendall(header + payload)
         length, _req, _resp_to, opcode = struct.unpack("<iiii", _recv_exact(sock, 16))
         body = _recv_exact(sock, length - 16)
@@ -101,13 +104,14 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=27017)
     ap.add_argument("--timeout", type=float, default=60.0, help="total seconds to keep retrying")
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--tls-ca", default=None, help="CA file: connect with TLS and verify the server")
     args = ap.parse_args()
 
     deadline = time.monotonic() + args.timeout
     last_err = "no attempt made"
     while True:
         try:
-            if ping(args.host, args.port):
+            if ping(args.host, args.port, tls_ca=args.tls_ca):
                 print(f"mongo wire ping ok on {args.host}:{args.port}")
                 return 0
             last_err = "server replied without ok: 1"

@@ -10,6 +10,7 @@ import faust
 from faust.types import ConsumerT, TransportT
 
 from cohortstream.backoff import sinks_paused
+from cohortstream.kafka_security import kafka_security
 from cohortstream.logs import logging_dict_config
 from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
@@ -74,6 +75,21 @@ def _release_in_flight(consumer: ConsumerT) -> None:
         )
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of the process's Kafka security (:mod:`cohortstream.kafka_security`)."""
+    security = kafka_security(settings)
+    if security.protocol == "SASL_SSL":
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password,
+            ssl_context=security.ssl_context,
+            mechanism=security.sasl_mechanism,
+        )
+    if security.protocol == "SSL":
+        return faust.SSLCredentials(security.ssl_context)
+    return None
+
+
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     """A faust app wired to the configured broker, with the Avro codec registered.
 
@@ -86,6 +102,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         app_id or settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers],
         broker_client_id=settings.kafka_client_id,
+        broker_credentials=broker_credentials(settings),
         store=settings.table_store,
         datadir=str(settings.data_dir),
         autodiscover=False,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
 
-from api.app import create_api
+from api.app import uvicorn_options
 from cohortstream.settings import Settings
 from tests.net import free_port
 
@@ -17,15 +18,20 @@ __all__ = ["running_api"]
 
 @contextmanager
 def running_api(settings: Settings, name: str = "test-api") -> Iterator[str]:
-    """Serve ``create_api(settings)`` in a thread with its own loop; yield its base URL."""
+    """Serve the API as ``cohortstream api`` does (HTTPS when ``settings`` has a certificate) in a
+    thread with its own loop; yield its base URL."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_api(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
+    options = uvicorn_options(settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port}))
+    server = uvicorn.Server(uvicorn.Config(**options, lifespan="on"))
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:  # bounded wait for the bound socket (lifespan done)
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API did not start (see the log)")
+        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'https' if settings.api_tls else 'http'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=60)

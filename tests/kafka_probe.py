@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 
 from cohortstream.codec import EventCodec
 from cohortstream.events import Event
+from cohortstream.kafka_security import aiokafka_security
 from cohortstream.settings import Settings
 
 __all__ = ["Read", "read_topic"]
@@ -40,6 +41,7 @@ async def read_topic(
         auto_offset_reset="earliest",
         group_id=f"probe-{uuid.uuid4().hex[:8]}",
         enable_auto_commit=False,
+        **aiokafka_security(settings),
     )
     await consumer.start()
     codec = EventCodec()

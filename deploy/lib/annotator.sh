@@ -11,7 +11,9 @@ annotator_start() {
   local d; d="$(svc_dir annotator)"
   mkdir -p "$d/data"
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log annotator)" 2>&1 || return 1
-  spawn annotator env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_ANNOTATOR_METRICS_PORT="$ANNOTATOR_METRICS_PORT" \
+  local kenv=()
+  mapfile -t kenv < <(kafka_client_env annotator)
+  spawn annotator env "${kenv[@]}" COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_ANNOTATOR_METRICS_PORT="$ANNOTATOR_METRICS_PORT" \
     "$STACK_CLI" --env-file "$STATE_DIR/stack.env" annotate worker
 }
 

@@ -23,6 +23,11 @@ FEED_PORT="${COHORTSTREAM_STACK_FEED_PORT:-8092}"
 WORKER_METRICS_PORT="${COHORTSTREAM_STACK_WORKER_METRICS_PORT:-9470}"  # one port per lane: 9470-9476
 ANNOTATOR_METRICS_PORT="${COHORTSTREAM_STACK_ANNOTATOR_METRICS_PORT:-9465}"
 SERVICES="${COHORTSTREAM_STACK_SERVICES:-kafka mongo orthanc worker annotator listener redcap api feed}"
+# Secure mode (make up SECURE=1): Kafka SASL_SSL + ACLs, MongoDB with SCRAM users, DICOM TLS
+# on the listener, the API over HTTPS. TLS material and passwords are made once per state
+# dir (deploy/tls_certs.sh, stack_secret) and live only there. See docs/security.md.
+SECURE="${COHORTSTREAM_STACK_SECURE:-0}"
+DICOM_SCP_TLS_PORT="${COHORTSTREAM_STACK_DICOM_SCP_TLS_PORT:-2762}"
 
 # Bounded waits (seconds).
 HEALTH_TIMEOUT_KAFKA="${COHORTSTREAM_STACK_KAFKA_TIMEOUT:-90}"
@@ -187,6 +192,36 @@ require_free_ports() {
 # files_hash FILE... -> sha256 over the contents of the given files.
 files_hash() {
   cat "$@" | sha256sum | cut -d' ' -f1
+}
+
+# is_secure -> true in secure mode.
+is_secure() { [[ "$SECURE" == 1 ]]; }
+
+tls_dir() { printf '%s/tls' "$STATE_DIR"; }
+secrets_dir() { printf '%s/secrets' "$STATE_DIR"; }
+
+# ensure_tls : the CA and certificates of this state dir (made once).
+ensure_tls() {
+  [[ -s "$(tls_dir)/kafka.p12" ]] || "$DEPLOY_DIR/tls_certs.sh" "$(tls_dir)" >/dev/null 2>&1 \
+    || die "deploy/tls_certs.sh $(tls_dir) failed"
+}
+
+# stack_secret NAME -> prints the path of a file holding a random secret for NAME (made
+# once, mode 600). Services get the path (COHORTSTREAM_*_FILE), never the value.
+stack_secret() {
+  local f; f="$(secrets_dir)/$1"
+  if [[ ! -s "$f" ]]; then
+    (umask 077 && mkdir -p "$(secrets_dir)" && random_secret >"$f.tmp" && mv "$f.tmp" "$f")
+  fi
+  printf '%s' "$f"
+}
+
+# kafka_client_env ROLE -> env assignments (one a line) that make a service connect to Kafka
+# as ROLE; nothing outside secure mode. The role's ACLs (cohortstream/kafka_acls.py) decide
+# what it may do.
+kafka_client_env() {
+  is_secure || return 0
+  printf 'COHORTSTREAM_KAFKA_SASL_USERNAME=%s\nCOHORTSTREAM_KAFKA_SASL_PASSWORD_FILE=%s\n' "$1" "$(stack_secret "kafka-$1")"
 }
 
 random_secret() {

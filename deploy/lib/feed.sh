@@ -13,7 +13,9 @@ feed_start() {
   require_free_ports feed "$FEED_PORT" || return 1
   # It publishes on the catalogue's topics: create them first (idempotent).
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log feed)" 2>&1 || return 1
-  spawn feed env \
+  local kenv=()
+  mapfile -t kenv < <(kafka_client_env orthanc-feed)
+  spawn feed env "${kenv[@]}" \
     COHORTSTREAM_ORTHANC_FEED_HOST=127.0.0.1 \
     COHORTSTREAM_ORTHANC_FEED_PORT="$FEED_PORT" \
     "$STACK_CLI" --env-file "$STATE_DIR/stack.env" orthanc feed

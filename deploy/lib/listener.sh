@@ -19,7 +19,17 @@ listener_start() {
   require_free_ports listener "$DICOM_SCP_PORT" || return 1
   # Topics are created explicitly (idempotent; the worker may have done it already).
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log listener)" 2>&1 || return 1
-  spawn listener env \
+  local kenv=()
+  mapfile -t kenv < <(kafka_client_env listener)
+  if is_secure; then
+    # DICOM TLS only, callers must show a certificate of the stack's CA (deploy/tls_certs.sh
+    # makes one for senders: dicom-sender.pem/.key).
+    require_free_ports listener "$DICOM_SCP_TLS_PORT" || return 1
+    kenv+=(COHORTSTREAM_DICOM_SCP_PLAINTEXT=false "COHORTSTREAM_DICOM_SCP_TLS_PORT=$DICOM_SCP_TLS_PORT"
+      "COHORTSTREAM_DICOM_SCP_TLS_CERTFILE=$(tls_dir)/dicom.pem" "COHORTSTREAM_DICOM_SCP_TLS_KEYFILE=$(tls_dir)/dicom.key"
+      "COHORTSTREAM_DICOM_SCP_TLS_CAFILE=$(tls_dir)/ca.pem")
+  fi
+  spawn listener env "${kenv[@]}" \
     COHORTSTREAM_DICOM_SCP_HOST=127.0.0.1 \
     COHORTSTREAM_DICOM_SCP_PORT="$DICOM_SCP_PORT" \
     COHORTSTREAM_DICOM_SCP_AET="$DICOM_SCP_AET" \
@@ -31,6 +41,11 @@ listener_start() {
 
 # Healthy = answers a real C-ECHO (dcmtk's echoscu when installed, else pynetdicom).
 listener_health_once() {
+  if is_secure; then
+    /usr/bin/echoscu -to 2 -ta 2 -td 2 +tls "$(tls_dir)/dicom-sender.key" "$(tls_dir)/dicom-sender.pem" \
+      +cf "$(tls_dir)/ca.pem" -aet STACKCHECK -aec "$DICOM_SCP_AET" 127.0.0.1 "$DICOM_SCP_TLS_PORT" >/dev/null 2>&1
+    return
+  fi
   if [[ -x /usr/bin/echoscu ]]; then
     /usr/bin/echoscu -to 2 -ta 2 -td 2 -aet STACKCHECK -aec "$DICOM_SCP_AET" 127.0.0.1 "$DICOM_SCP_PORT" \
       >/dev/null 2>&1
@@ -51,6 +66,10 @@ PY
   fi
 }
 
-listener_port_desc() { printf '%s (AET %s)' "$DICOM_SCP_PORT" "$DICOM_SCP_AET"; }
-listener_url() { printf 'dicom://%s@127.0.0.1:%s' "$DICOM_SCP_AET" "$DICOM_SCP_PORT"; }
+listener_port_desc() {
+  if is_secure; then printf 'TLS %s (AET %s)' "$DICOM_SCP_TLS_PORT" "$DICOM_SCP_AET"; else printf '%s (AET %s)' "$DICOM_SCP_PORT" "$DICOM_SCP_AET"; fi
+}
+listener_url() {
+  if is_secure; then printf 'dicom-tls://%s@127.0.0.1:%s' "$DICOM_SCP_AET" "$DICOM_SCP_TLS_PORT"; else printf 'dicom://%s@127.0.0.1:%s' "$DICOM_SCP_AET" "$DICOM_SCP_PORT"; fi
+}
 listener_timeout() { printf '%s' "${COHORTSTREAM_STACK_LISTENER_TIMEOUT:-60}"; }

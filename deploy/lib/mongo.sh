@@ -35,20 +35,52 @@ mongo_install() {
   mv "$SECANTUS_HOME.tmp" "$SECANTUS_HOME"
 }
 
+# Secure mode: TLS (the stack's CA) and SCRAM-SHA-256 authentication (--auth) in a data dir of its own; the users
+# (root, and the application's with readWrite on its database only) are made by
+# mongo_secure_setup once the server answers.
+MONGO_APP_USER=cohortstream
+MONGO_DATABASE=cohortstream
+
+mongo_data_dir() {
+  if is_secure; then printf '%s/data-secure' "$(svc_dir mongo)"; else printf '%s/data' "$(svc_dir mongo)"; fi
+}
+
 mongo_start() {
-  local d; d="$(svc_dir mongo)"
+  local extra=()
   require_free_ports mongo "$MONGO_PORT" || return 1
-  mkdir -p "$d/data"
+  mkdir -p "$(mongo_data_dir)"
+  if is_secure; then
+    ensure_tls
+    extra=(--auth --tls-cert-file "$(tls_dir)/mongo.pem" --tls-key-file "$(tls_dir)/mongo.key")
+  fi
   spawn mongo "$SECANTUS_BIN" \
     --host 127.0.0.1 \
     --port "$MONGO_PORT" \
-    --storage-path "$d/data" \
-    --cache-size "$MONGO_CACHE_SIZE"
+    --storage-path "$(mongo_data_dir)" \
+    --cache-size "$MONGO_CACHE_SIZE" \
+    "${extra[@]}"
+}
+
+# The application's connection string, in a file (mode 600) that stack.env names.
+mongo_app_url_file() {
+  local f; f="$(secrets_dir)/mongo-app-url"
+  (umask 077 && printf 'mongodb://%s:%s@127.0.0.1:%s/?authSource=admin&tls=true&tlsCAFile=%s\n' \
+    "$MONGO_APP_USER" "$(<"$(stack_secret mongo-app)")" "$MONGO_PORT" "$(tls_dir)/ca.pem" >"$f")
+  printf '%s' "$f"
+}
+
+mongo_secure_setup() {
+  "$STACK_VENV/bin/python" "$DEPLOY_DIR/mongo_users.py" --port "$MONGO_PORT" \
+    --root-password-file "$(stack_secret mongo-root)" --app-user "$MONGO_APP_USER" \
+    --app-password-file "$(stack_secret mongo-app)" --database "$MONGO_DATABASE" --tls-ca "$(tls_dir)/ca.pem" \
+    >>"$(svc_log mongo)" 2>&1
 }
 
 # Ready = a real OP_MSG {ping: 1} round trip answers ok: 1.
 mongo_health_once() {
-  python3 "$DEPLOY_DIR/wait_mongo.py" --port "$MONGO_PORT" --timeout 0 >/dev/null 2>&1
+  local extra=()
+  if is_secure; then extra=(--tls-ca "$(tls_dir)/ca.pem"); fi
+  python3 "$DEPLOY_DIR/wait_mongo.py" --port "$MONGO_PORT" --timeout 0 "${extra[@]}" >/dev/null 2>&1
 }
 
 mongo_port_desc() { printf '%s' "$MONGO_PORT"; }

@@ -11,7 +11,9 @@ redcap_install() {
 redcap_start() {
   require_free_ports redcap "$REDCAP_WEBHOOK_PORT" || return 1
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log redcap)" 2>&1 || return 1
-  spawn redcap env \
+  local kenv=()
+  mapfile -t kenv < <(kafka_client_env redcap-webhook)
+  spawn redcap env "${kenv[@]}" \
     COHORTSTREAM_REDCAP_WEBHOOK_HOST=127.0.0.1 \
     COHORTSTREAM_REDCAP_WEBHOOK_PORT="$REDCAP_WEBHOOK_PORT" \
     "$STACK_CLI" --env-file "$STATE_DIR/stack.env" redcap webhook

@@ -14,7 +14,9 @@ worker_start() {
   # Topics are created explicitly (partitions, replication, min ISR from settings)
   # before anything consumes from them.
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log worker)" 2>&1 || return 1
-  spawn worker env COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_WORKER_METRICS_PORT="$WORKER_METRICS_PORT" \
+  local kenv=()
+  mapfile -t kenv < <(kafka_client_env worker)
+  spawn worker env "${kenv[@]}" COHORTSTREAM_DATA_DIR="$d/data" COHORTSTREAM_WORKER_METRICS_PORT="$WORKER_METRICS_PORT" \
     COHORTSTREAM_WORKER_REPLICAS="${COHORTSTREAM_STACK_WORKERS:-1}" \
     "$STACK_CLI" --env-file "$STATE_DIR/stack.env" worker
 }

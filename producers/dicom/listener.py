@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -29,6 +30,7 @@ from cohortstream.errors import CohortStreamError
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
+from cohortstream.tls import server_context
 from producers.dicom.handlers import StoreContext, on_accepted, on_c_echo, on_c_store, on_conn_open, on_rejected
 from producers.dicom.kafka_bridge import KafkaBridge
 
@@ -79,6 +81,7 @@ class DicomListener:
         )
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None
+        self._tls_server: ThreadedAssociationServer | None = None
         self.kafka_connected_at_start = False
 
     def _build_ae(self) -> AE:
@@ -96,11 +99,29 @@ class DicomListener:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound host and port."""
-        if self._server is None:
+        """The bound host and port of the plain DICOM server (of the TLS one when plain DICOM is off)."""
+        server = self._server or self._tls_server
+        if server is None:
             raise RuntimeError("listener is not started")
-        host, port = self._server.server_address[:2]
+        host, port = server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """The bound host and port of the DICOM TLS server; None without TLS."""
+        if self._tls_server is None:
+            return None
+        host, port = self._tls_server.server_address[:2]
+        return str(host), int(port)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        settings = self._settings
+        if not settings.dicom_scp_tls_port:
+            return None
+        assert settings.dicom_scp_tls_certfile is not None and settings.dicom_scp_tls_keyfile is not None
+        return server_context(
+            settings.dicom_scp_tls_certfile, settings.dicom_scp_tls_keyfile, settings.dicom_scp_tls_cafile
+        )
 
     def start(self) -> None:
         settings = self._settings
@@ -117,6 +138,7 @@ class DicomListener:
                 "COHORTSTREAM_DICOM_SCP_ALLOWED_AETS is empty: every calling AE title is accepted. "
                 "This is for development only; set the allow-list in production."
             )
+        tls_context = self._tls_context()  # before Kafka: a bad certificate path fails fast
         self.kafka_connected_at_start = self._bridge.start()
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, on_c_store, [self.context]),
@@ -125,20 +147,29 @@ class DicomListener:
             (evt.EVT_ACCEPTED, on_accepted, [self.context]),
             (evt.EVT_CONN_OPEN, on_conn_open),
         ]
+        port = settings.dicom_scp_port
         try:
-            self._server = self._start_server(handlers)
+            if settings.dicom_scp_plaintext:
+                self._server = self._start_server(handlers, port)
+            if tls_context is not None:
+                port = settings.dicom_scp_tls_port
+                self._tls_server = self._start_server(handlers, port, tls_context)
         except OSError as exc:
+            for server in (self._server, self._tls_server):
+                if server is not None:
+                    server.shutdown()
+            self._server = self._tls_server = None
             self._bridge.stop()
-            raise CohortStreamError(
-                f"cannot listen on {settings.dicom_scp_host}:{settings.dicom_scp_port}: {exc}"
-            ) from exc
+            raise CohortStreamError(f"cannot listen on {settings.dicom_scp_host}:{port}: {exc}") from exc
         host, port = self.address
         log.info(
             "DICOM listener ready",
             extra={
                 "aet": settings.dicom_scp_aet,
                 "host": host,
-                "port": port,
+                "port": port if self._server is not None else None,
+                "tls_port": self.tls_address[1] if self.tls_address else None,
+                "tls_client_certificates": settings.dicom_scp_tls_cafile is not None,
                 "allowed_aets": list(settings.dicom_scp_allowed_aets),
                 "max_associations": settings.dicom_scp_max_associations,
                 "staging_dir": str(self.store.root),
@@ -148,14 +179,20 @@ class DicomListener:
         )
         print(READY_MARKER, flush=True)
 
-    def _start_server(self, handlers: list[EventHandlerType]) -> ThreadedAssociationServer:
-        address = (self._settings.dicom_scp_host, self._settings.dicom_scp_port)
+    def _start_server(
+        self, handlers: list[EventHandlerType], port: int, tls: ssl.SSLContext | None = None
+    ) -> ThreadedAssociationServer:
+        """One association server on ``port``: plain DICOM, or DICOM TLS with ``tls``
+        (pynetdicom wraps each accepted socket; the same handlers and AE title checks run)."""
+        address = (self._settings.dicom_scp_host, port)
         if self._settings.dicom_scp_processes == 1:
-            server = self._ae.start_server(address, block=False, evt_handlers=handlers)
+            server = self._ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls)
             assert server is not None  # block=False returns the server
             return server
         # What AE.start_server(block=False) does, with the SO_REUSEPORT server class.
-        server = self._ae.make_server(address, evt_handlers=handlers, server_class=SharedPortAssociationServer)
+        server = self._ae.make_server(
+            address, evt_handlers=handlers, server_class=SharedPortAssociationServer, ssl_context=tls
+        )
         name = f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
         self._ae._servers.append(server)  # as start_server does: server.shutdown() removes it
@@ -164,8 +201,9 @@ class DicomListener:
     def stop(self, drain_timeout_s: float | None = None) -> None:
         if drain_timeout_s is None:
             drain_timeout_s = self._settings.dicom_scp_publish_timeout_s + 5.0
-        if self._server is not None:
-            self._server.shutdown()  # no new associations
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.shutdown()  # no new associations
         self.context.accepting.clear()
         if not self.context.wait_idle(drain_timeout_s):
             log.warning(
@@ -174,7 +212,7 @@ class DicomListener:
             )
         for assoc in list(self._ae.active_associations):
             assoc.abort()
-        self._server = None
+        self._server = self._tls_server = None
         self._bridge.stop()
         log.info("DICOM listener stopped")
 
