@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from api import annotations as annotation_routes
 from api import (
+    audit,
     cohorts,
     dashboard,
     dicomweb_proxy,
@@ -66,6 +67,7 @@ def create_api(
         key_store_lookup(app), cache_ttl_s=settings.api_key_cache_ttl_s, session_lookup=session_store_lookup(app)
     )
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.add_middleware(audit.AuditMiddleware)  # inside the metrics: a refused audit is timed as its 503
     app.add_middleware(metrics.RequestMetrics, histogram=metrics.request_histogram(app.state.metrics_registry))
     install_error_handlers(app)
     install_auth_handlers(app)
@@ -82,6 +84,7 @@ def create_api(
     app.include_router(login.router)
     app.include_router(dicomweb_proxy.router)
     app.include_router(ohif.router)
+    app.include_router(audit.router)
     return app
 
 

@@ -351,6 +351,50 @@ class Settings(BaseSettings):
         description="Longest wait for each dependency (Kafka, MongoDB, Orthanc) in `/readyz` and `/metrics`.",
     )
 
+    # --- audit trail and abuse limits (docs/audit.md) ------------------------------------
+    audit_max_subject_ids: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="Most subject ids one audit event lists; a larger access records the count and "
+        "`subject_ids_truncated`.",
+    )
+    api_auth_failures_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Failed API-key attempts allowed per source address in a sliding minute; more answer 429 "
+        "with `Retry-After` until the window has room again.",
+    )
+    api_max_query_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest body of a JSON request to the API (cohort query and export, reviews, BIDS export jobs); "
+        "larger answers 413.",
+    )
+    api_max_seg_upload_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of a corrected-SEG upload or a DICOMweb STOW through the proxy; larger answers 413.",
+    )
+    api_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body (API and REDCap trigger endpoint); a client "
+        "that stalls (slow-loris) gets 408 and its connection is closed.",
+    )
+    redcap_trigger_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest Data Entry Trigger body the REDCap endpoint reads (REDCap sends a few hundred bytes); "
+        "larger answers 413.",
+    )
+    dicom_scp_max_object_bytes: int = Field(
+        2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Largest DICOM object the listener accepts; a larger one is refused with C-STORE status "
+        "0xA700 (out of resources), deleted and logged.",
+    )
+
     # --- BIDS export ---------------------------------------------------------------------
     bids_pseudonym_key: SecretStr = Field(
         SecretStr(""),
