@@ -379,8 +379,8 @@ class Settings(BaseSettings):
     api_body_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="Longest wait for the next piece of a request body (API and REDCap trigger endpoint); a client "
-        "that stalls (slow-loris) gets 408 and its connection is closed.",
+        description="Longest time a client may take to send a whole request body (API and REDCap trigger endpoint); "
+        "a client that trickles it (slow-loris) gets 408 and its connection is closed.",
     )
     redcap_trigger_max_bytes: int = Field(
         64 * 1024,
