@@ -14,9 +14,10 @@ ignored). The export is a streaming response: the subject ids are computed first
 set of short strings, as for ``/cohorts/query``), then the rows are built and sent in
 chunks of :data:`EXPORT_CHUNK` subjects (one ``$in`` on the ``subject_facets`` read model
 per chunk, which holds each subject's row), so a cohort of any size never sits in memory
-as rows. Columns: ``subject_id``, ``identifiers`` and
-``sources`` and ``modalities`` (``;``-separated in CSV), ``sex``, ``age_years``,
-``study_count``, ``series_count``, ``questionnaire_count``, ``has_ehr``.
+as rows. Columns: ``subject_id``, ``sources`` and ``modalities`` (``;``-separated in
+CSV), ``sex``, ``age_years``, ``study_count``, ``series_count``, ``questionnaire_count``,
+``has_ehr``. The source identifiers (``identifiers`` of ``GET /subjects``: PatientIDs,
+REDCap record ids, EHR subject ids) are not exported: nothing identifying leaves in a file.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ router = APIRouter(prefix="/cohorts", tags=["cohorts"], dependencies=_GUARD)
 Services = Annotated[ApiServices, Depends(get_services)]
 
 EXPORT_CHUNK = 1000
-EXPORT_COLUMNS = ("subject_id", *SUMMARY_FIELDS)
+EXPORT_COLUMNS = ("subject_id", *(f for f in SUMMARY_FIELDS if f != "identifiers"))
+"""The export's columns: the summary row without ``identifiers`` (PatientIDs, REDCap
+record ids, EHR subject ids are direct identifiers; an export leaves the system, the
+subject id stays the key to ask the API or the registry)."""
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 

@@ -447,6 +447,11 @@ class Settings(BaseSettings):
         description="REDCap fields never written to `phenotype/` (besides the record id, link-rule fields and fields the "
         "data dictionary flags as identifiers), as JSON.",
     )
+    bids_keep_free_text: bool = Field(
+        False,
+        description="Keep free-text REDCap fields (notes, unvalidated text) in `phenotype/`, flagged 'free text: review "
+        "before sharing' in the sidecar; off: they are left out and the export report lists them.",
+    )
     bids_dataset_name: str = Field(
         "cohortstream cohort export", description="`Name` in the export's dataset_description.json."
     )
