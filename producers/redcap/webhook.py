@@ -2,6 +2,8 @@
 
 For each trigger, in this order:
 
+0. **413** for a body larger than ``redcap_trigger_max_bytes``, **408** for one not
+   complete within ``api_body_timeout_s`` (:mod:`cohortstream.http_limits`).
 1. **403** unless the caller's address is in ``redcap_allowed_networks`` (when set) and the
    URL carries ``?secret=`` equal to ``redcap_trigger_secret`` (when set). Checked before
    the body is read.
