@@ -380,7 +380,8 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="Longest time a client may take to send a whole request body (API and REDCap trigger endpoint); "
-        "a client that trickles it (slow-loris) gets 408 and its connection is closed.",
+        "a client that trickles it (slow-loris) gets 408 and its connection is closed. It covers SEG uploads too: "
+        "raise it when large uploads come over slow links.",
     )
     redcap_trigger_max_bytes: int = Field(
         64 * 1024,
