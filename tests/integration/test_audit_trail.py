@@ -46,6 +46,7 @@ from consumers.dicom_views import DicomViews
 from tests.annotation_api_data import dataset_bytes
 from tests.examples import example_instance
 from tests.integration.test_annotation_api import annotation, create_key
+from tests.integration.test_viewer_access import _stow_body
 from tests.polling import eventually
 
 COHORT_QUERY = {"modalities": ["MR"]}
@@ -98,6 +99,7 @@ async def study(settings: Settings, db: Any) -> dict[str, Any]:
         "subject_id": subject_id_for([SubjectIdentifier.dicom(patient_id).key]),
         "study_uid": str(ds.StudyInstanceUID),
         "annotation_id": str(doc["_id"]),
+        "dataset": ds,
     }
 
 
@@ -178,6 +180,13 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
     async with _client(app, admin) as client:
         accepted = await client.post(f"/annotations/{study['annotation_id']}/accept", json={})
         assert accepted.status_code == 202, accepted.text
+        rejected = await client.post(f"/annotations/{study['annotation_id']}/reject", json={"reason": "second look"})
+        assert rejected.status_code == 202, rejected.text
+        stow, content_type = _stow_body(study["dataset"])
+        stored = await client.post(
+            f"/proxy/dicom/stow/studies/{study['study_uid']}", content=stow, headers={"Content-Type": content_type}
+        )
+        assert stored.status_code == 200, stored.text
         job = await client.post("/exports/bids", json={"name": "audited", "subjects": [subject]})
         assert job.status_code == 202, job.text
 
@@ -203,12 +212,13 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
         "cohorts.export",
         "dicomweb.read",
         "annotations.review",
+        "dicomweb.store",
         "exports.bids",
     }
 
     async def all_kept() -> list[dict[str, Any]] | None:
         docs = await _trail(db)
-        return docs if {d["action"] for d in docs} >= wanted and len(docs) >= 11 else None
+        return docs if {d["action"] for d in docs} >= wanted and len(docs) >= 13 else None
 
     await eventually(all_kept, timeout_s=90, what="the audit lane to keep every access")
 
@@ -225,7 +235,8 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
     for action in ("subjects.list", "subjects.read", "subjects.timeline", "cohorts.query", "cohorts.export"):
         assert (action, researcher_id) in actions, action
     assert ("dicomweb.read", researcher_id) in actions
-    assert ("annotations.review", admin_id) in actions
+    assert ("annotations.review", admin_id) in actions and ("dicomweb.store", admin_id) in actions
+    assert len([d for d in by_subject if d["action"] == "annotations.review"]) == 2, "accept and reject"
     assert ("exports.bids", admin_id) in actions
     assert ("exports.bids", f"cli:{getpass.getuser()}") in actions
     # What a key did: the researcher's records only, the search among them with no subject count.
