@@ -36,17 +36,19 @@ import asyncio
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from api.annotation_store import AnnotationFilters, AnnotationPage, public_document
+from api.audit import audit_hash, audit_subjects, audited
 from api.auth import ADMIN, ANNOTATOR, RESEARCHER, Principal
 from api.errors import ApiError
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.reviews import AnnotationStatus, ReviewConflict, check_expected_status, review_event
 from api.seg_upload import MAX_SEG_BYTES, SegUploadError, check_segmentation
 from api.services import ApiServices, get_services
+from cohortstream.audit import subjects_of_series
 from cohortstream.events import AnnotationReviewed, ReviewDecision
 from cohortstream.orthanc import OrthancRejectedError, OrthancUnavailableError
 from cohortstream.publisher import PublishError
@@ -183,19 +185,39 @@ async def _publish_review(
     )
 
 
-@router.post("/{annotation_id}/accept", status_code=202, summary="Accept a suggestion as it is")
-async def accept(services: Services, principal: Admin, annotation_id: AnnotationId, body: AcceptBody) -> JSONResponse:
+async def _audit_review(request: Request, services: ApiServices, doc: dict[str, Any]) -> None:
+    audit_subjects(request, await subjects_of_series(services.require_db(), [str(doc["series_instance_uid"])]))
+
+
+@router.post(
+    "/{annotation_id}/accept",
+    status_code=202,
+    summary="Accept a suggestion as it is",
+    dependencies=[audited("annotations.review")],
+)
+async def accept(
+    request: Request, services: Services, principal: Admin, annotation_id: AnnotationId, body: AcceptBody
+) -> JSONResponse:
     """Publish ``AnnotationReviewed(decision=ACCEPTED)`` (admin key; reviewer defaults to its name)."""
     doc = await _annotation(services, annotation_id)
+    await _audit_review(request, services, doc)
     _check_status(doc, body.expected_status)
     event = review_event(doc, ReviewDecision.ACCEPTED, body.reviewer or principal.name, reason=body.reason)
     return await _publish_review(services, event, principal)
 
 
-@router.post("/{annotation_id}/reject", status_code=202, summary="Reject a suggestion (reason required)")
-async def reject(services: Services, principal: Admin, annotation_id: AnnotationId, body: RejectBody) -> JSONResponse:
+@router.post(
+    "/{annotation_id}/reject",
+    status_code=202,
+    summary="Reject a suggestion (reason required)",
+    dependencies=[audited("annotations.review")],
+)
+async def reject(
+    request: Request, services: Services, principal: Admin, annotation_id: AnnotationId, body: RejectBody
+) -> JSONResponse:
     """Publish ``AnnotationReviewed(decision=REJECTED)`` with the reviewer's reason (admin key)."""
     doc = await _annotation(services, annotation_id)
+    await _audit_review(request, services, doc)
     _check_status(doc, body.expected_status)
     event = review_event(doc, ReviewDecision.REJECTED, body.reviewer or principal.name, reason=body.reason)
     return await _publish_review(services, event, principal)
@@ -224,8 +246,14 @@ async def _store_in_orthanc(services: ApiServices, data: bytes, what: str) -> st
         raise ApiError(422, "the DICOM archive refused the file", "file") from exc
 
 
-@router.post("/{annotation_id}/correct", status_code=202, summary="Replace a suggestion by a corrected DICOM SEG")
+@router.post(
+    "/{annotation_id}/correct",
+    status_code=202,
+    summary="Replace a suggestion by a corrected DICOM SEG",
+    dependencies=[audited("annotations.review", hash_body=False)],
+)
 async def correct(
+    request: Request,
     services: Services,
     principal: Annotator,
     annotation_id: AnnotationId,
@@ -243,8 +271,10 @@ async def correct(
     reviewer_name = _form_text(reviewer, "reviewer", required=False, max_length=256) or principal.name
     reason_text = _form_text(reason, "reason", required=False, max_length=4000)
     doc = await _annotation(services, annotation_id)
+    await _audit_review(request, services, doc)
     _check_status(doc, expected_status)
     data = await file.read(MAX_SEG_BYTES + 1)
+    audit_hash(request, data)
     series_uid = str(doc["series_instance_uid"])
 
     async def in_series(uids: frozenset[str]) -> bool:

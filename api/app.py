@@ -11,15 +11,17 @@ uvicorn on ``api_host:api_port`` (``cohortstream api``).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from starlette.types import Scope
 
 from api import annotations as annotation_routes
 from api import (
+    audit,
     cohorts,
     dashboard,
     dicomweb_proxy,
@@ -34,9 +36,11 @@ from api import (
 )
 from api.auth import Authenticator, install_auth_handlers, key_store_lookup, session_store_lookup
 from api.errors import install_error_handlers
+from api.rate_limit import FailureLimiter
 from api.services import ApiServices
 from api.transport_security import StrictTransportSecurity, uvicorn_tls_options
 from cohortstream import __version__
+from cohortstream.http_limits import BodyLimits
 from cohortstream.orthanc import OrthancClient
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
@@ -65,9 +69,14 @@ def create_api(
     app = FastAPI(title="cohortstream API", version=__version__, lifespan=lifespan)
     app.state.services = services
     app.state.authenticator = Authenticator(
-        key_store_lookup(app), cache_ttl_s=settings.api_key_cache_ttl_s, session_lookup=session_store_lookup(app)
+        key_store_lookup(app),
+        cache_ttl_s=settings.api_key_cache_ttl_s,
+        session_lookup=session_store_lookup(app),
+        limiter=FailureLimiter(settings.api_auth_failures_per_minute),
     )
     app.state.metrics_registry = CollectorRegistry(auto_describe=True)
+    app.add_middleware(audit.AuditMiddleware)  # inside the metrics: a refused audit is timed as its 503
+    app.add_middleware(BodyLimits, limit_for=body_limit(settings), timeout_s=settings.api_body_timeout_s, service="api")
     app.add_middleware(metrics.RequestMetrics, histogram=metrics.request_histogram(app.state.metrics_registry))
     if settings.api_tls:
         app.add_middleware(StrictTransportSecurity, max_age_s=settings.api_hsts_max_age_s)
@@ -86,7 +95,26 @@ def create_api(
     app.include_router(login.router)
     app.include_router(dicomweb_proxy.router)
     app.include_router(ohif.router)
+    app.include_router(audit.router)
     return app
+
+
+_UPLOAD_ROUTES = ("/proxy/dicom/", "/infer/", "/datastore")
+"""Routes whose bodies are DICOM (a STOW-RS, an image or label for MONAI Label), besides
+``/annotations/{id}/correct``: the SEG upload limit applies to them."""
+
+
+def body_limit(settings: Settings) -> Callable[[Scope], int]:
+    """The largest body of a request: the SEG upload limit for DICOM uploads, the query
+    limit for every JSON body (cohort query and export, reviews, export jobs)."""
+
+    def limit_for(scope: Scope) -> int:
+        path = str(scope.get("path", ""))
+        if path.endswith("/correct") or path.startswith(_UPLOAD_ROUTES):
+            return settings.api_max_seg_upload_bytes
+        return settings.api_max_query_bytes
+
+    return limit_for
 
 
 def serve_api(settings: Settings) -> int:

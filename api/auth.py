@@ -21,6 +21,10 @@ the DICOMweb proxy, the MONAI Label routes) also accept the session cookie of
 cookie is HttpOnly and SameSite=Strict (another site cannot make the browser send it);
 other routes ignore it, so the dashboard and scripts keep using the header only.
 
+Failed key attempts are counted per source address (:mod:`api.rate_limit`): past
+``COHORTSTREAM_API_AUTH_FAILURES_PER_MINUTE`` an address gets **429** with ``Retry-After``
+for unverified keys, before any lookup or hash.
+
 Verified keys are cached in memory for ``COHORTSTREAM_API_KEY_CACHE_TTL_S`` seconds
 (default 30) so a request does not rerun the slow hash: a revoked key keeps working in
 an API process for at most that long. Failures are never cached.
@@ -42,6 +46,7 @@ from pymongo.errors import PyMongoError
 from api.errors import ApiError, error_response
 from api.keys import KeyFormatError, KeyStore, parse_key, verify_secret
 from api.principals import Principal, Role
+from api.rate_limit import FailureLimiter
 from api.sessions import COOKIE as SESSION_COOKIE
 from api.sessions import SessionStore
 
@@ -56,12 +61,14 @@ __all__ = [
     "Authenticator",
     "Principal",
     "Role",
+    "TooManyAttemptsError",
     "authenticated",
     "browser_authenticated",
     "install_auth_handlers",
     "key_store_lookup",
     "require",
     "session_store_lookup",
+    "source_address",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,6 +87,14 @@ class AuthError(ApiError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(status, message, "Authorization" if status == 401 else None)
         self.headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+
+
+class TooManyAttemptsError(AuthError):
+    """429: this source address failed too many key attempts; ``Retry-After`` says when to retry."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(429, f"too many failed API-key attempts from this address; retry in {retry_after_s} s")
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class CredentialStoreUnavailable(ApiError):
@@ -115,8 +130,10 @@ class Authenticator:
         cache_ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         session_lookup: SessionLookup | None = None,
+        limiter: FailureLimiter | None = None,
     ) -> None:
         self._lookup = lookup
+        self._limiter = limiter
         self._session_lookup = session_lookup
         self._ttl = cache_ttl_s
         self._clock = clock
@@ -147,8 +164,24 @@ class Authenticator:
         """Drop the cache (revocation takes effect at once in this process)."""
         self._cache.clear()
 
-    async def authenticate(self, credential: str | None) -> Principal:
-        """The principal of ``credential``; :class:`AuthError` (401) when it is not a valid key."""
+    def _check_source(self, source: str | None) -> None:
+        if self._limiter is None or source is None:
+            return
+        wait = self._limiter.admit(source)
+        if wait is None:
+            return
+        if self._limiter.first_refusal(source):
+            log.warning("API key attempts rate-limited", extra={"source": source, "retry_after_s": wait})
+        raise TooManyAttemptsError(wait)
+
+    def _failed(self, source: str | None, reason: str, key_id: str | None = None) -> AuthError:
+        # The attempt was counted when it was admitted (_check_source).
+        log.warning("API key refused", extra={"key_id": key_id, "source": source, "reason": reason})
+        return _unauthorized(f"Authorization: {reason}")
+
+    async def authenticate(self, credential: str | None, source: str | None = None) -> Principal:
+        """The principal of ``credential``; :class:`AuthError` (401) when it is not a valid key,
+        :class:`TooManyAttemptsError` (429) when ``source`` failed too often."""
         if credential is None:
             raise _unauthorized("Authorization: an API key is required (Authorization: Bearer <key>)")
         # The cache is keyed by a fast digest of the whole key, so a wrong secret with a
@@ -157,19 +190,23 @@ class Authenticator:
         cached = self._cached(fingerprint)
         if cached is not None:
             return cached
+        self._check_source(source)
         try:
             parsed = parse_key(credential)
         except KeyFormatError as exc:
-            raise _unauthorized("Authorization: not a cohortstream API key") from exc
+            raise self._failed(source, "not a cohortstream API key") from exc
         try:
             doc = await self._lookup(parsed.key_id)
         except PyMongoError as exc:
             log.error("cannot read the API keys", extra={"key_id": parsed.key_id, "error": type(exc).__name__})
+            if self._limiter is not None and source is not None:
+                self._limiter.forgive(source)  # not the caller's failure
             raise CredentialStoreUnavailable() from exc
         principal = _principal_of(doc) if doc is not None else None
         if principal is None or not await asyncio.to_thread(verify_secret, parsed.secret, str(doc.get("hash", ""))):  # type: ignore[union-attr]
-            log.warning("API key refused", extra={"key_id": parsed.key_id})
-            raise _unauthorized("Authorization: unknown or revoked API key")
+            raise self._failed(source, "unknown or revoked API key", parsed.key_id)
+        if self._limiter is not None and source is not None:
+            self._limiter.forgive(source)
         self._remember(fingerprint, principal)
         return principal
 
@@ -229,9 +266,15 @@ def session_store_lookup(request_app: FastAPI) -> SessionLookup:
 async def authenticated(request: Request) -> Principal:
     """FastAPI dependency: the authenticated caller (any role), or 401."""
     authenticator: Authenticator = request.app.state.authenticator
-    principal = await authenticator.authenticate(presented_credential(request))
+    principal = await authenticator.authenticate(presented_credential(request), source_address(request))
     request.state.principal = principal
     return principal
+
+
+def source_address(request: Request) -> str | None:
+    """The caller's IP address (the peer of the connection; behind a proxy, run uvicorn
+    with ``--proxy-headers`` so it is the client's)."""
+    return request.client.host if request.client else None
 
 
 async def browser_authenticated(request: Request) -> Principal:

@@ -14,9 +14,10 @@ ignored). The export is a streaming response: the subject ids are computed first
 set of short strings, as for ``/cohorts/query``), then the rows are built and sent in
 chunks of :data:`EXPORT_CHUNK` subjects (one ``$in`` on the ``subject_facets`` read model
 per chunk, which holds each subject's row), so a cohort of any size never sits in memory
-as rows. Columns: ``subject_id``, ``identifiers`` and
-``sources`` and ``modalities`` (``;``-separated in CSV), ``sex``, ``age_years``,
-``study_count``, ``series_count``, ``questionnaire_count``, ``has_ehr``.
+as rows. Columns: ``subject_id``, ``sources`` and ``modalities`` (``;``-separated in
+CSV), ``sex``, ``age_years``, ``study_count``, ``series_count``, ``questionnaire_count``,
+``has_ehr``. The source identifiers (``identifiers`` of ``GET /subjects``: PatientIDs,
+REDCap record ids, EHR subject ids) are not exported: nothing identifying leaves in a file.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from api import auth
+from api.audit import audit_subjects, audited
 from api.errors import ApiError
 from api.services import ApiServices, get_services
 from api.subject_models import CohortAnswer
@@ -50,7 +52,10 @@ router = APIRouter(prefix="/cohorts", tags=["cohorts"], dependencies=_GUARD)
 Services = Annotated[ApiServices, Depends(get_services)]
 
 EXPORT_CHUNK = 1000
-EXPORT_COLUMNS = ("subject_id", *SUMMARY_FIELDS)
+EXPORT_COLUMNS = ("subject_id", *(f for f in SUMMARY_FIELDS if f != "identifiers"))
+"""The export's columns: the summary row without ``identifiers`` (PatientIDs, REDCap
+record ids, EHR subject ids are direct identifiers; an export leaves the system, the
+subject id stays the key to ask the API or the registry)."""
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 
@@ -60,12 +65,18 @@ def _db(services: ApiServices) -> Any:
     return services.db
 
 
-@router.post("/query", summary="Subjects meeting every criterion", response_model=CohortAnswer)
-async def query_cohort(services: Services, query: CohortQuery) -> CohortAnswer:
+@router.post(
+    "/query",
+    summary="Subjects meeting every criterion",
+    response_model=CohortAnswer,
+    dependencies=[audited("cohorts.query")],
+)
+async def query_cohort(request: Request, services: Services, query: CohortQuery) -> CohortAnswer:
     """Answer the query from the subject sets the view sinks keep (one indexed find for
     every criterion, intersected in memory, see :mod:`cohortstream.cohort_query`);
     subject ids sorted."""
     result = await run_cohort_query(_db(services), query)
+    audit_subjects(request, result.subject_ids)
     log.info("cohort query answered", extra={"count": result.count, "criteria": len(result.per_criterion)})
     return CohortAnswer(count=result.count, subject_ids=result.subject_ids, per_criterion=result.per_criterion)
 
@@ -105,8 +116,10 @@ async def _rows(db: Any, subject_ids: list[str], fmt: str) -> AsyncIterator[byte
     summary="Stream the matching subjects as CSV or NDJSON",
     response_class=StreamingResponse,
     responses={200: {"content": {_MEDIA["csv"]: {}, _MEDIA["ndjson"]: {}}}},
+    dependencies=[audited("cohorts.export")],
 )
 async def export_cohort(
+    request: Request,
     services: Services,
     query: CohortQuery,
     format: Annotated[Literal["csv", "ndjson"], Query(description="csv (with a header line) or ndjson.")] = "csv",
@@ -114,6 +127,7 @@ async def export_cohort(
     """One row per subject, streamed in chunks; ``X-Cohort-Count`` says how many rows follow."""
     db = _db(services)
     result = await run_cohort_query(db, query)
+    audit_subjects(request, result.subject_ids)
     log.info("cohort export started", extra={"count": result.count, "format": format})
     return StreamingResponse(
         _rows(db, result.subject_ids, format),

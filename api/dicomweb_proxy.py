@@ -26,9 +26,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
+from api.audit import audit_subjects, audited
 from api.auth import BROWSER_ANNOTATOR, BROWSER_RESEARCHER, Principal
 from api.errors import ApiError
 from api.services import ApiServices, get_services
+from cohortstream.audit import subjects_of_studies
 
 __all__ = ["DicomWebService", "router", "upstream_path"]
 
@@ -58,7 +60,17 @@ def upstream_path(path: str) -> str:
     return "/dicom-web/" + "/".join(parts)
 
 
+def study_in_path(path: str) -> str | None:
+    """The StudyInstanceUID a DICOMweb path names (``studies/{uid}/...``), None for a search."""
+    parts = [p for p in path.split("/") if p]
+    return parts[1] if len(parts) >= 2 and parts[0] == "studies" else None
+
+
 async def _forward(request: Request, services: ApiServices, path: str) -> StreamingResponse:
+    study = study_in_path(path)
+    # A study's data is audited with its subject; a search's answer cannot be known before
+    # it streams, so its audit records the query's hash and no subject count.
+    audit_subjects(request, await subjects_of_studies(services.require_db(), [study]) if study else None)
     client: httpx.AsyncClient = services.archive.client
     headers = {name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers}
     headers["accept-encoding"] = "identity"
@@ -90,7 +102,11 @@ async def _forward(request: Request, services: ApiServices, path: str) -> Stream
     )
 
 
-@router.get("/{service}/{path:path}", summary="DICOMweb read (QIDO-RS, WADO-RS) from the archive")
+@router.get(
+    "/{service}/{path:path}",
+    summary="DICOMweb read (QIDO-RS, WADO-RS) from the archive",
+    dependencies=[audited("dicomweb.read")],
+)
 async def read(
     request: Request,
     services: Services,
@@ -102,7 +118,11 @@ async def read(
     return await _forward(request, services, path)
 
 
-@router.post("/{service}/{path:path}", summary="DICOMweb store (STOW-RS) or query POST to the archive")
+@router.post(
+    "/{service}/{path:path}",
+    summary="DICOMweb store (STOW-RS) or query POST to the archive",
+    dependencies=[audited("dicomweb.store", hash_body=False)],
+)
 async def write(
     request: Request,
     services: Services,

@@ -19,14 +19,18 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.background import BackgroundTask
 
+from api.audit import audit_subjects, audited
 from api.auth import ADMIN, Principal
 from api.errors import ApiError
 from api.services import ApiServices, get_services
-from cohortstream.cohort_query import CohortQuery
+from cohortstream.cohort_query import CohortQuery, run_cohort_query
+from cohortstream.subject_view import SubjectNotFoundError, resolve_subject_id
+from cohortstream.subjects import SubjectIdentifierError
 
 __all__ = ["BidsExportRequest", "router"]
 
@@ -61,6 +65,22 @@ class BidsExportRequest(BaseModel):
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _selected_subjects(services: ApiServices, request: BidsExportRequest) -> list[str]:
+    """The subject ids the export will write, resolved before it starts so the audit names them."""
+    db = services.require_db()
+    if request.subjects:
+        ids = set()
+        for text in request.subjects:
+            try:
+                ids.add(await resolve_subject_id(db, text))
+            except SubjectIdentifierError as exc:
+                raise ApiError(422, str(exc), "subjects") from exc
+            except SubjectNotFoundError as exc:
+                raise ApiError(404, "no such subject", "subjects") from exc
+        return sorted(ids)
+    return (await run_cohort_query(db, request.query or CohortQuery())).subject_ids
 
 
 async def _run(services: ApiServices, job_id: str, request: BidsExportRequest) -> None:
@@ -117,14 +137,26 @@ async def _run(services: ApiServices, job_id: str, request: BidsExportRequest) -
     log.info("BIDS export job finished", extra={"job_id": job_id, "status": result["status"]})
 
 
-@router.post("/bids", status_code=202, summary="Start a BIDS export of the cohort (or a subset) as a background job")
+@router.post(
+    "/bids",
+    status_code=202,
+    summary="Start a BIDS export of the cohort (or a subset) as a background job",
+    dependencies=[audited("exports.bids")],
+)
 async def start_bids_export(
-    services: Services, principal: Annotated[Principal, ADMIN], request: BidsExportRequest
+    http_request: Request, services: Services, principal: Annotated[Principal, ADMIN], request: BidsExportRequest
 ) -> JSONResponse:
     jobs = services.require_db()["export_jobs"]
     current = _RUNNING.get(request.name)
     if current is not None and not current.done():
         raise ApiError(409, f"an export named {request.name!r} is running", "name")
+    # The job exports exactly the subjects the audit event names: the selection is resolved
+    # here, and the job starts only after the answer's audit was acknowledged (below).
+    selected = await _selected_subjects(services, request)
+    audit_subjects(http_request, selected)
+    selection = request.model_dump(mode="json", exclude={"name"})
+    if selected:
+        request = request.model_copy(update={"query": None, "subjects": selected})
     job_id = str(uuid.uuid4())
     job = {
         "_id": job_id,
@@ -132,7 +164,7 @@ async def start_bids_export(
         "name": request.name,
         "status": "running",
         "requested_by": principal.name,
-        "selection": request.model_dump(mode="json", exclude={"name"}),
+        "selection": selection,
         "progress": None,
         "started_at": _now(),
         "updated_at": _now(),
@@ -140,9 +172,19 @@ async def start_bids_export(
         "outdir": str(services.settings.bids_export_root / request.name),
     }
     await jobs.insert_one(job)
-    _RUNNING[request.name] = asyncio.create_task(_run(services, job_id, request))
-    log.info("BIDS export job started", extra={"job_id": job_id, "export_name": request.name})
-    return JSONResponse({"job_id": job_id, "status": "running", "outdir": job["outdir"]}, status_code=202)
+    started = request
+
+    async def start_job() -> None:
+        _RUNNING[started.name] = asyncio.create_task(_run(services, job_id, started))
+        log.info("BIDS export job started", extra={"job_id": job_id, "export_name": started.name})
+
+    # A background task runs after the answer was sent, so after its audit was acknowledged:
+    # when the audit trail is unavailable the answer is 503 and the export never starts.
+    return JSONResponse(
+        {"job_id": job_id, "status": "running", "outdir": job["outdir"]},
+        status_code=202,
+        background=BackgroundTask(start_job),
+    )
 
 
 @router.get("/{job_id}", summary="Status, progress and report of an export job")

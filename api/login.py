@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.auth import SESSION_COOKIE, Authenticator, AuthError
+from api.auth import SESSION_COOKIE, Authenticator, AuthError, TooManyAttemptsError, source_address
 from api.services import ApiServices, get_services
 from api.sessions import SessionStore
 
@@ -82,7 +82,11 @@ async def login(
     """Check the key, open a session, set its cookie, redirect to ``next``."""
     authenticator: Authenticator = request.app.state.authenticator
     try:
-        principal = await authenticator.authenticate(key.strip() or None)
+        principal = await authenticator.authenticate(key.strip() or None, source_address(request))
+    except TooManyAttemptsError as exc:
+        refused = _page(next, "Too many failed attempts from this address; wait a minute.", status=429)
+        refused.headers.update(exc.headers)
+        return refused
     except AuthError:
         return _page(next, "That key is unknown, revoked or mistyped.", status=401)
     assert principal.key_id is not None  # principals made from stored keys have one

@@ -73,6 +73,10 @@ class ApiServices:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
+    async def ensure_publisher(self) -> None:
+        """Start the publisher if it is not (yet) connected; :class:`PublishError` if Kafka is down."""
+        await self._ensure_publisher()
+
     async def _ensure_publisher(self) -> None:
         async with self._publisher_lock:
             if not self._publisher_started:

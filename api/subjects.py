@@ -32,9 +32,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from api import auth
+from api.audit import audit_subjects, audited
 from api.errors import ApiError
 from api.pagination import MAX_LIMIT, Cursor, CursorError, SortOrder
 from api.services import ApiServices, get_services
@@ -71,8 +72,9 @@ async def resolve(services: ApiServices, subject: str) -> str:
         raise ApiError(404, "no such subject", "subject") from exc
 
 
-@router.get("", summary="List subjects", response_model=SubjectPage)
+@router.get("", summary="List subjects", response_model=SubjectPage, dependencies=[audited("subjects.list")])
 async def list_subjects(
+    request: Request,
     services: Services,
     modality: Annotated[str | None, Query(min_length=1, max_length=16, description="DICOM modality, e.g. MR.")] = None,
     has_questionnaire: Annotated[
@@ -94,12 +96,19 @@ async def list_subjects(
     filters = SubjectFilters(modality=modality, has_questionnaire=has_questionnaire, sex=sex, source=source)
     rows, last = await page_of_summaries(db, filters, limit, after)
     items = [SubjectSummary(**s) for s in rows]
+    audit_subjects(request, (item.subject_id for item in items))
     next_cursor = Cursor(SortOrder.ID, last).encode() if last is not None else None
     return SubjectPage(items=items, next_cursor=next_cursor, limit=limit)
 
 
-@router.get("/{subject:path}/timeline", summary="A subject's EHR timeline", response_model=TimelinePage)
+@router.get(
+    "/{subject:path}/timeline",
+    summary="A subject's EHR timeline",
+    response_model=TimelinePage,
+    dependencies=[audited("subjects.timeline")],
+)
 async def timeline(
+    request: Request,
     services: Services,
     subject: SubjectRef,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"At most {MAX_LIMIT} entries.")] = 100,
@@ -116,6 +125,7 @@ async def timeline(
     if after is not None and after.tzinfo is None:
         raise ApiError(422, "after: give a time zone (e.g. 2024-05-01T00:00:00Z)", "after")
     subject_id = await resolve(services, subject)
+    audit_subjects(request, [subject_id])
     docs = await ehr_timeline(_db(services), subject_id, limit=limit + 1, after=after)
     items = docs[:limit]
     dated_more = len(docs) > limit and items and items[-1].get("effective_at") is not None
@@ -127,8 +137,13 @@ async def timeline(
     )
 
 
-@router.get("/{subject:path}", summary="One subject across every modality", response_model=SubjectDetail)
-async def get_subject(services: Services, subject: SubjectRef) -> SubjectDetail:
+@router.get(
+    "/{subject:path}",
+    summary="One subject across every modality",
+    response_model=SubjectDetail,
+    dependencies=[audited("subjects.read")],
+)
+async def get_subject(request: Request, services: Services, subject: SubjectRef) -> SubjectDetail:
     """Imaging with Orthanc and viewer links and each series' AI suggestions, questionnaires
     and the EHR summary (demographics, diagnoses, latest lab per code)."""
     db = _db(services)
@@ -138,6 +153,7 @@ async def get_subject(services: Services, subject: SubjectRef) -> SubjectDetail:
         raise ApiError(422, str(exc), "subject") from exc
     except SubjectNotFoundError as exc:  # unknown, or merged away between the reads
         raise ApiError(404, "no such subject", "subject") from exc
+    audit_subjects(request, [str(view["subject_id"])])
     series_uids = [s["_id"] for p in view["imaging"] for st in p["study_detail"] for s in st["series_detail"]]
     annotations: dict[str, list[dict[str, Any]]] = {}
     if series_uids:

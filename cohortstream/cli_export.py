@@ -19,6 +19,23 @@ def _query(path: str | None) -> Any:
     return None if path is None else read_cohort_query(path)
 
 
+async def _audited_selection(settings: Settings, args: argparse.Namespace, query: Any) -> list[str]:
+    """Resolve the subjects to export and record the export in the audit trail, before any
+    file is written (no acknowledgement: the command fails and exports nothing)."""
+    from cohortstream.cli_audit import audit_cli_export
+    from cohortstream.cohort_query import CohortQuery, run_cohort_query
+    from cohortstream.mongo import open_database
+    from cohortstream.subject_view import resolve_subject_id
+
+    async with open_database(settings) as db:
+        if args.subjects:
+            ids = sorted({await resolve_subject_id(db, text) for text in args.subjects})
+        else:
+            ids = (await run_cohort_query(db, query or CohortQuery())).subject_ids
+    await audit_cli_export(settings, action="exports.bids", command="cohortstream export bids", subject_ids=ids)
+    return ids
+
+
 def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:
     from export.bids import export_bids
 
@@ -43,10 +60,16 @@ def _cmd_bids(settings: Settings, args: argparse.Namespace) -> int:
                 bar.n = bar.total
             bar.set_postfix_str(stage, refresh=True)
 
+    query = _query(args.cohort)
+    selected = asyncio.run(_audited_selection(settings, args, query))
     try:
         report = asyncio.run(
             export_bids(
-                settings, args.outdir, query=_query(args.cohort), subjects=args.subjects or None, progress=progress
+                settings,
+                args.outdir,
+                query=None if selected else query,
+                subjects=selected or None,
+                progress=progress,
             )
         )
     finally:

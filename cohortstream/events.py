@@ -18,10 +18,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validato
 
 __all__ = [
     "ORTHANC_FEED_PRODUCER",
+    "AccessAudited",
     "AnnotationRequestReason",
     "AnnotationRequested",
     "AnnotationReviewed",
     "AnnotationSuggested",
+    "AuditOutcome",
     "DeadLetter",
     "DicomInstanceReceived",
     "DicomSeriesCompleted",
@@ -311,6 +313,34 @@ class DeadLetter(Event):
     attempts: int = Field(ge=0)
 
 
+class AuditOutcome(StrEnum):
+    """How an audited access ended (from the HTTP status for the API)."""
+
+    SUCCESS = "SUCCESS"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID = "INVALID"
+    FAILED = "FAILED"
+
+
+class AccessAudited(Event):
+    """See ``avro_schemas/access_audited.avsc``: one record of the audit trail."""
+
+    avro_name: ClassVar[str] = f"{NAMESPACE}.AccessAudited"
+
+    actor_id: str = Field(min_length=1)
+    actor_name: str
+    actor_role: str | None = None
+    action: str = Field(min_length=1)
+    endpoint: str
+    query_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    subject_ids: list[str] = Field(default_factory=list)
+    subject_count: int | None = Field(default=None, ge=0)
+    subject_ids_truncated: bool = False
+    outcome: AuditOutcome
+    status: int | None = None
+    source_address: str | None = None
+
+
 _MODELS: dict[str, type[Event]] = {
     model.avro_name: model
     for model in (
@@ -322,6 +352,7 @@ _MODELS: dict[str, type[Event]] = {
         AnnotationSuggested,
         AnnotationReviewed,
         DeadLetter,
+        AccessAudited,
     )
 }
 

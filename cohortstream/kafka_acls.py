@@ -10,8 +10,8 @@ stays false). :func:`acl_plan` lists what each role needs and no more:
   topics (prefix ``<app_id>-<lane>-``, created by faust on start);
 * the annotator consumes series-completed and annotation requests and produces
   suggestions in ``<app_id>-annotator``;
-* the API produces review and annotation-request events and only *describes* topics and
-  groups to report lag.
+* the API produces review, annotation-request and audit events (the CLI's exports record
+  their audit events as ``api`` too) and only *describes* topics and groups to report lag.
 
 The broker's super user (``admin``) creates the catalogue's topics and applies the plan
 (``cohortstream kafka acls --apply``). Role names are also the SCRAM user names.
@@ -71,7 +71,7 @@ PRODUCES: dict[str, tuple[str, ...]] = {
     "redcap-webhook": ("redcap.record-changed",),
     "ehr-loader": ("ehr.record", "dead-letter"),
     "orthanc-feed": ("dicom.instance-received",),
-    "api": ("annotation.requested", "annotation.reviewed"),
+    "api": ("annotation.requested", "annotation.reviewed", "audit.access"),
     "worker": ("dicom.series-completed", "dead-letter"),
     "annotator": ("annotation.suggested", "dead-letter"),
 }

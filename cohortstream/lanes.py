@@ -28,6 +28,7 @@ LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "ehr-views": ("ehr-views",),
         "annotation-views": ("annotation-suggestion-views", "annotation-review-views"),
         "dead-letters": ("dead-letter-archive",),
+        "audit": ("audit-trail",),
     }
 )
 """Lane name → the agent names (the ``AGENT_NAME`` of :mod:`streams.agents` modules) it runs."""
@@ -41,6 +42,7 @@ LANE_TOPICS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "ehr-views": ("ehr.record",),
         "annotation-views": ("annotation.suggested", "annotation.reviewed"),
         "dead-letters": ("dead-letter",),
+        "audit": ("audit.access",),
     }
 )
 """Lane name → the catalogue topics (logical names) its agents consume: a lane that never

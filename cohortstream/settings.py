@@ -406,6 +406,51 @@ class Settings(BaseSettings):
         description="Longest wait for each dependency (Kafka, MongoDB, Orthanc) in `/readyz` and `/metrics`.",
     )
 
+    # --- audit trail and abuse limits (docs/audit.md) ------------------------------------
+    audit_max_subject_ids: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="Most subject ids one audit event lists; a larger access records the count and "
+        "`subject_ids_truncated`.",
+    )
+    api_auth_failures_per_minute: int = Field(
+        20,
+        ge=1,
+        description="Failed API-key attempts allowed per source address in a sliding minute; more answer 429 "
+        "with `Retry-After` until the window has room again.",
+    )
+    api_max_query_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest body of a JSON request to the API (cohort query and export, reviews, BIDS export jobs); "
+        "larger answers 413.",
+    )
+    api_max_seg_upload_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of a corrected-SEG upload or a DICOMweb STOW through the proxy; larger answers 413.",
+    )
+    api_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time a client may take to send a whole request body (API and REDCap trigger endpoint); "
+        "a client that trickles it (slow-loris) gets 408 and its connection is closed. It covers SEG uploads too: "
+        "raise it when large uploads come over slow links.",
+    )
+    redcap_trigger_max_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest Data Entry Trigger body the REDCap endpoint reads (REDCap sends a few hundred bytes); "
+        "larger answers 413.",
+    )
+    dicom_scp_max_object_bytes: int = Field(
+        2 * 1024 * 1024 * 1024,
+        ge=1024,
+        description="Largest DICOM object the listener accepts; a larger one is refused with C-STORE status "
+        "0xA700 (out of resources), deleted and logged.",
+    )
+
     # --- BIDS export ---------------------------------------------------------------------
     bids_pseudonym_key: SecretStr = Field(
         SecretStr(""),
@@ -457,6 +502,11 @@ class Settings(BaseSettings):
         ],
         description="REDCap fields never written to `phenotype/` (besides the record id, link-rule fields and fields the "
         "data dictionary flags as identifiers), as JSON.",
+    )
+    bids_keep_free_text: bool = Field(
+        False,
+        description="Keep free-text REDCap fields (notes, unvalidated text) in `phenotype/`, flagged 'free text: review "
+        "before sharing' in the sidecar; off: they are left out and the export report lists them.",
     )
     bids_dataset_name: str = Field(
         "cohortstream cohort export", description="`Name` in the export's dataset_description.json."

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cohortstream.events import (
+    AccessAudited,
     AnnotationRequested,
     AnnotationReviewed,
     AnnotationSuggested,
@@ -47,6 +48,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("annotation.suggested", AnnotationSuggested, "series_instance_uid"),
     TopicSpec("annotation.reviewed", AnnotationReviewed, "series_instance_uid"),
     TopicSpec("dead-letter", DeadLetter, "original key"),
+    TopicSpec("audit.access", AccessAudited, "actor_id"),
 )
 
 

@@ -9,6 +9,8 @@ api_install() {
 
 api_start() {
   require_free_ports api "$API_PORT" || return 1
+  # The API produces too (audit events, reviews): its topics exist before it serves.
+  "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log api)" 2>&1 || return 1
   local kenv=()
   mapfile -t kenv < <(kafka_client_env api)
   if is_secure; then

@@ -384,7 +384,14 @@ class _Exporter:
             )
         drop = set(self.settings.bids_phenotype_drop_fields)
         drop |= {r.redcap_field for r in self.settings.subject_link_rules if r.redcap_field}
-        tables = instrument_tables(questionnaires, dictionary, drop, self.shift_iso)
+        tables = instrument_tables(
+            questionnaires,
+            dictionary,
+            drop,
+            self.shift_iso,
+            keep_free_text=self.settings.bids_keep_free_text,
+            warnings=self.report.warnings,
+        )
         ehr = [(s.label, doc) for s in subjects for doc in s.selected.demographics.ehr_subjects]
         tables += [t for t in (labs_table(ehr), diagnosis_table(ehr)) if t is not None]
         dataset_files.write_phenotype(w, tables)

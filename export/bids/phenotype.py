@@ -8,18 +8,29 @@ What never goes out: the record id field, fields that link subjects (the link ru
 ``redcap_field``), fields the dictionary flags as identifiers, the configured drop list,
 and the REDCap record id itself (rows are keyed by the pseudonymous ``participant_id``).
 Dates are shifted like every other date of the subject.
+
+Free text is left out by default: a notes field, or a text field without a structured
+validation (number, integer, date, time), as the dictionary says; without the dictionary,
+any field with a text answer that is neither a number, a date nor a labelled choice.
+People type names, addresses and phone numbers into such fields, and no scrubber finds
+them reliably. The export report lists each field left out;
+``COHORTSTREAM_BIDS_KEEP_FREE_TEXT=true`` keeps them, flagged in the sidecar
+("free text: review before sharing").
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Dictionary", "PhenotypeTable", "diagnosis_table", "instrument_tables", "labs_table"]
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+_STRUCTURED_VALIDATIONS = ("date", "datetime", "time", "integer", "number")
+FREE_TEXT_FLAG = " (free text: review before sharing)"
 _NOT_COLUMN = re.compile(r"[^A-Za-z0-9_]+")
 DateShift = Callable[[str, str], str]
 
@@ -32,6 +43,8 @@ class Dictionary:
     choices: dict[str, dict[str, str]] = field(default_factory=dict)
     identifiers: frozenset[str] = frozenset()
     dates: frozenset[str] = frozenset()
+    free_text: frozenset[str] = frozenset()
+    """Notes fields, and text fields without a structured validation."""
     units: dict[str, str] = field(default_factory=dict)
     record_id_field: str | None = None
 
@@ -52,6 +65,18 @@ class Dictionary:
                 r["field_name"]
                 for r in rows
                 if (r.get("text_validation_type_or_show_slider_number") or "").startswith(("date", "datetime"))
+            ),
+            free_text=frozenset(
+                r["field_name"]
+                for r in rows
+                if r.get("field_type") == "notes"
+                or (
+                    r.get("field_type") == "text"
+                    and not (r.get("text_validation_type_or_show_slider_number") or "").startswith(
+                        _STRUCTURED_VALIDATIONS
+                    )
+                    and r["field_name"] != rows[0]["field_name"]
+                )
             ),
             units={r["field_name"]: r["field_note"] for r in rows if (r.get("field_note") or "").strip()},
             record_id_field=rows[0]["field_name"] if rows else None,
@@ -85,9 +110,25 @@ def instrument_tables(
     dictionary: Dictionary,
     drop_fields: Iterable[str],
     shift: DateShift,
+    *,
+    keep_free_text: bool = False,
+    warnings: list[str] | None = None,
 ) -> list[PhenotypeTable]:
-    """``questionnaires``: (participant_id, subject_id, questionnaire view document)."""
+    """``questionnaires``: (participant_id, subject_id, questionnaire view document).
+    Free-text fields are left out (each one noted in ``warnings``) unless ``keep_free_text``."""
     dropped = set(drop_fields) | set(dictionary.identifiers)
+    free_text = free_text_fields(questionnaires, dictionary) - dropped
+    if keep_free_text:
+        flagged = free_text
+    else:
+        flagged = set()
+        dropped |= free_text
+        if warnings is not None:
+            warnings += [
+                f"REDCap field {name!r} left out of phenotype/: free text (COHORTSTREAM_BIDS_KEEP_FREE_TEXT=true "
+                "keeps it, flagged for review)"
+                for name in sorted(free_text)
+            ]
     if dictionary.record_id_field:
         dropped.add(dictionary.record_id_field)
     dropped.add("record_id")
@@ -108,9 +149,24 @@ def instrument_tables(
                 )
             )
             tables.append(
-                _instrument_table(_column(name), instrument, _first_per_participant(items), dictionary, dropped, shift)
+                _instrument_table(
+                    _column(name), instrument, _first_per_participant(items), dictionary, dropped, shift, flagged
+                )
             )
     return tables
+
+
+def free_text_fields(questionnaires: Sequence[tuple[str, str, dict[str, Any]]], dictionary: Dictionary) -> set[str]:
+    """The fields of ``questionnaires`` that hold free text (see the module docstring)."""
+    found = set(dictionary.free_text)
+    for _, _, doc in questionnaires:
+        labels = doc.get("labels") or {}
+        for name, value in (doc.get("values") or {}).items():
+            if name in dictionary.labels or name in labels or name.endswith("_complete"):
+                continue  # the dictionary knows it (free_text says which), or a labelled choice
+            if isinstance(value, str) and value.strip() and not _ISO_DATE.match(value) and not _NUMBER.match(value):
+                found.add(name)
+    return found
 
 
 def _first_per_participant(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -128,6 +184,7 @@ def _instrument_table(
     dictionary: Dictionary,
     dropped: set[str],
     shift: DateShift,
+    flagged: Set[str] = frozenset(),
 ) -> PhenotypeTable:
     fields: list[str] = []
     seen_labels: dict[str, dict[str, str]] = {}
@@ -179,6 +236,8 @@ def _instrument_table(
             entry["Description"] += " (levels derived from the answers seen; the data dictionary was not read)"
         if name in dictionary.units:
             entry["Units"] = dictionary.units[name]
+        if name in flagged:
+            entry["Description"] += FREE_TEXT_FLAG
         if name in dictionary.dates or any(
             isinstance(r.get(_column(name)), str) and _ISO_DATE.match(r[_column(name)]) for r in rows
         ):

@@ -6,6 +6,11 @@ Registered the pynetdicom way, with their dependencies as handler arguments
 
 For every C-STORE (design decisions 2 and 3), :func:`on_c_store`:
 
+0. refuses an object larger than ``dicom_scp_max_object_bytes`` with **0xA700** (out of
+   resources) and an Error Comment naming the size and the limit, and deletes it: pynetdicom
+   has already written it to a temporary file (the association's PDUs are not inspected
+   on the way), so the limit bounds what is staged, published and archived, not what a
+   sender may transfer;
 1. reads the attributes of the file pynetdicom received to disk
    (:func:`cohortstream.dicom_attributes.read_instance_attributes`: structural check,
    then ``dcmread(stop_before_pixels=True)``); unreadable data is quarantined and
@@ -31,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from pydicom.dataset import Dataset
 
 from cohortstream.dicom_attributes import UnreadableInstanceError, instance_event, read_instance_attributes
 from cohortstream.events import DicomInstanceReceived
@@ -109,6 +116,8 @@ class StoreContext:
     publish: PublishFn
     allowed_aets: Sequence[str] = ()
     max_associations: int = 0
+    max_object_bytes: int = 0
+    """Largest object accepted (bytes); 0: no limit."""
     shared_store: bool = False
     """Other listener processes stage into the same store (``dicom_scp_processes`` > 1):
     the same bytes may have been published by one of them a moment ago, which this
@@ -146,7 +155,28 @@ def _peer(event: Any) -> dict[str, Any]:
     }
 
 
-def on_c_store(event: Any, context: StoreContext) -> int:
+def _too_large(event: Any, context: StoreContext, peer: dict[str, Any], request_uid: str) -> Dataset | None:
+    """The refusal of an object above the size limit (the file is deleted), None if it fits."""
+    if context.max_object_bytes <= 0:
+        return None
+    path = Path(event.dataset_path)
+    size = path.stat().st_size
+    if size <= context.max_object_bytes:
+        return None
+    with suppress(OSError):
+        path.unlink()
+    comment = f"object too large: {size} bytes, limit {context.max_object_bytes}"
+    log.warning(
+        "C-STORE refused: object too large (0xA700)",
+        extra={**peer, "sop_instance_uid": request_uid, "size_bytes": size, "limit_bytes": context.max_object_bytes},
+    )
+    status = Dataset()
+    status.Status = STATUS_OUT_OF_RESOURCES
+    status.ErrorComment = comment  # LO: at most 64 characters, which this is
+    return status
+
+
+def on_c_store(event: Any, context: StoreContext) -> int | Dataset:
     """Handle one C-STORE: quarantine, or stage + publish, and answer the status."""
     received_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -160,6 +190,9 @@ def on_c_store(event: Any, context: StoreContext) -> int:
             )
             return STATUS_OUT_OF_RESOURCES
         try:
+            refusal = _too_large(event, context, peer, request_uid)
+            if refusal is not None:
+                return refusal
             return _store(event, context, peer, request_uid, received_at, started)
         except Exception:  # a bug: answer a failure, never success, and keep serving
             log.exception("C-STORE failed unexpectedly (0xC211)", extra={**peer, "sop_instance_uid": request_uid})

@@ -78,6 +78,7 @@ class DicomListener:
             allowed_aets=tuple(settings.dicom_scp_allowed_aets),
             max_associations=settings.dicom_scp_max_associations,
             shared_store=settings.dicom_scp_processes > 1,
+            max_object_bytes=settings.dicom_scp_max_object_bytes,
         )
         self._ae = self._build_ae()
         self._server: ThreadedAssociationServer | None = None

@@ -2,6 +2,8 @@
 
 For each trigger, in this order:
 
+0. **413** for a body larger than ``redcap_trigger_max_bytes``, **408** for one not
+   complete within ``api_body_timeout_s`` (:mod:`cohortstream.http_limits`).
 1. **403** unless the caller's address is in ``redcap_allowed_networks`` (when set) and the
    URL carries ``?secret=`` equal to ``redcap_trigger_secret`` (when set). Checked before
    the body is read.
@@ -33,7 +35,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
+from cohortstream.http_limits import BodyLimits
 from cohortstream.publisher import EventPublisher, PublishError
 from cohortstream.settings import RedcapProject, Settings
 from producers.redcap.api import RedcapApiClient
@@ -98,6 +102,13 @@ def create_trigger_app(settings: Settings, publisher: EventPublisher, api_client
         openapi_url=None,
     )
 
+    app.add_middleware(
+        BodyLimits,
+        limit_for=lambda scope: settings.redcap_trigger_max_bytes,
+        timeout_s=settings.api_body_timeout_s,
+        service="redcap-trigger",
+    )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error handling a REDCap trigger", exc_info=exc, extra={"path": request.url.path})
@@ -116,7 +127,11 @@ def create_trigger_app(settings: Settings, publisher: EventPublisher, api_client
             log.warning("REDCap trigger refused", extra={"reason": exc.reason, "client": client_host})
             return _error(403, "forbidden")
 
-        form = await request.form()
+        try:
+            form = await request.form()
+        except ClientDisconnect:  # gone, or refused by the body limits (413/408 already sent)
+            log.warning("REDCap trigger body not received", extra={"client": client_host})
+            return _error(400, "request body not received")
         fields = {name: value for name, value in form.items() if isinstance(value, str)}
         try:
             det = DataEntryTrigger.from_form(fields)

@@ -9,6 +9,7 @@ import faust
 from cohortstream.settings import Settings
 from streams.agents import (
     annotation_views,
+    audit_trail,
     dead_letters,
     dicom_archive,
     dicom_views,
@@ -40,6 +41,8 @@ def register_all(app: faust.App, settings: Settings, agents: Collection[str] | N
 
     if wanted(dead_letters.AGENT_NAME):
         dead_letters.register(app, typed, settings)
+    if wanted(audit_trail.AGENT_NAME):
+        audit_trail.register(app, raw, sender(audit_trail.AGENT_NAME), settings)
     if wanted(dicom_archive.AGENT_NAME):
         dicom_archive.register(app, raw, sender(dicom_archive.AGENT_NAME), settings)
     if wanted(dicom_views.AGENT_NAME):

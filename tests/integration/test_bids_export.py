@@ -7,15 +7,22 @@ FLAIR; then T1w, T2w and a 4D "task-rest bold" series) and an accepted AI segmen
 of its first T1w; subject B has one study whose third series is a "DTI" series no rule
 maps; subject C has one T1w and no EHR; subject D has questionnaires only. Every direct
 identifier put in (names, PatientIDs, birth dates, REDCap record ids, EHR subject ids)
-is then searched for in every file of the export, NIfTI headers and JSON included.
+is then searched for in every file of the export, NIfTI headers and JSON included, and
+so are the original study, lab and REDCap dates (they must be shifted), every DICOM UID
+of the source studies and the SEG (they must be replaced or left out) and the free text
+put into the DICOM headers and a REDCap notes field (dropped by default). The cohort
+CSV and NDJSON exports of the API get the same search.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import gzip
 import hashlib
+import io
 import json
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -23,6 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nibabel as nib
 import numpy as np
 import pytest
@@ -84,12 +92,22 @@ PEOPLE = [
 ]
 
 
+#: Free text a technician or a coordinator may type: must never leave in an export.
+FREE_TEXT_DICOM = "Came with daughter Ilsebill, lives at Quendelweg 7"
+FREE_TEXT_REDCAP = "Neighbour Fridolin drove her; phone number on the paper form"
+#: The dates put in (study, lab and REDCap dates): an export holds them shifted only.
+ORIGINAL_DATES = [date(2021, 3, 4), date(2022, 3, 8), date(2021, 5, 1), date(2020, 7, 9)]
+REDCAP_DATES = ["2024-03-01", "2024-04-02"]
+LAB_DATES = ["2021-01-01", "2021-01-02"]
+
+
 def _personalise(datasets: list[Dataset], person: tuple[Any, ...], study_date: date) -> list[Dataset]:
     pid, name, birth, *_ = person
     for ds in datasets:
         ds.PatientID, ds.PatientName, ds.PatientBirthDate = pid, name, birth
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = study_date.strftime("%Y%m%d")
         ds.OtherPatientIDs = f"{pid}-ALT"
+        ds.ImageComments = ds.StudyComments = FREE_TEXT_DICOM
     return datasets
 
 
@@ -148,6 +166,7 @@ def _redcap_events() -> list[RedcapRecordChanged]:
                     "sex": sex,
                     "dob": f"{birth[:4]}-{birth[4:6]}-{birth[6:]}",
                     "visit_date": "2024-03-01",
+                    "coordinator_notes": FREE_TEXT_REDCAP,
                 },
                 labels={"sex": label},
             )
@@ -252,10 +271,12 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
     await archive.setup()
     events = []
     t1_first: list[Dataset] = []
+    uids: set[str] = set()
     try:
         for index, (_person, datasets) in enumerate(_studies()):
             if index == 0:
                 t1_first = [ds for ds in datasets if int(ds.SeriesNumber) == 1]
+            uids |= _uids_of(datasets)
             for path in write_study(datasets, tmp_path / f"study{index}"):
                 await archive.store_bytes(path.read_bytes(), f"test instance of study {index}")
                 staged = store.stage_file(path)
@@ -278,6 +299,7 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
         seg = build_segmentation(volume, labels, spec)
         seg_path = tmp_path / "seg.dcm"
         seg.save_as(seg_path)
+        uids |= _uids_of([seg])
         await archive.store_bytes(seg_path.read_bytes(), "test SEG")
     finally:
         await archive.close()
@@ -321,7 +343,35 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
             )
         ],
     )
-    return {"labels": labels, "t1_series": volume.reference.series_instance_uid, "volume": volume}
+    return {"labels": labels, "t1_series": volume.reference.series_instance_uid, "volume": volume, "uids": uids}
+
+
+def _uids_of(datasets: list[Dataset]) -> set[str]:
+    """Every instance-identifying UID the data sets carry (not the standard's class and
+    transfer syntax UIDs, which are the same for everyone)."""
+    names = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID")
+    return {str(ds[name].value) for ds in datasets for name in names if name in ds}
+
+
+def _dates_put_in() -> list[str]:
+    """The original dates, in every spelling an export might use."""
+    spelled = [d.strftime(fmt) for d in ORIGINAL_DATES for fmt in ("%Y%m%d", "%Y-%m-%d")]
+    return spelled + REDCAP_DATES + LAB_DATES
+
+
+def assert_nothing_identifying(files: dict[str, bytes], uids: set[str]) -> None:
+    """No direct identifier, original date, source UID or free text in any file (names included)."""
+    searched = {
+        "identifier": _identifiers(),
+        "original date": _dates_put_in(),
+        "DICOM UID": sorted(uids),
+        "free text": [FREE_TEXT_DICOM, FREE_TEXT_REDCAP, "Quendelweg", "Fridolin"],
+    }
+    for kind, needles in searched.items():
+        for needle_text in needles:
+            needle = needle_text.encode().lower()
+            hits = [name for name, data in files.items() if needle in data.lower() or needle in name.lower().encode()]
+            assert not hits, f"{kind} {needle_text!r} found in {hits}"
 
 
 def _identifiers() -> list[str]:
@@ -400,12 +450,21 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     assert found_voxels == expected_ras
     assert (out / dseg[0].replace(".nii.gz", ".tsv")).read_text().startswith("index\tname\n0\tbackground\n1\t")
 
-    # No direct identifier anywhere: names of files, contents, decompressed NIfTI, JSON.
+    # No direct identifier, original date, source UID or free text anywhere: names of
+    # files, contents, decompressed NIfTI, JSON.
     files = _files(out)
-    for identifier in _identifiers():
-        needle = identifier.encode().lower()
-        hits = [name for name, data in files.items() if needle in data.lower() or needle in name.lower().encode()]
-        assert not hits, f"identifier {identifier!r} found in {hits}"
+    assert len(cohort["uids"]) > 100
+    assert_nothing_identifying(files, cohort["uids"])
+    # The dates are shifted, not dropped: the REDCap visit date is still a date, and the
+    # sidecar says it was shifted; the free-text field is gone, and the sidecar says why.
+    rows = [line.split("\t") for line in (out / "phenotype" / "demographics.tsv").read_text().splitlines()]
+    visit = [row[rows[0].index("visit_date")] for row in rows[1:]]
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) and v != REDCAP_DATES[0] for v in visit), visit
+    demographics_sidecar = json.loads((out / "phenotype" / "demographics.json").read_text())
+    assert "date shifted" in demographics_sidecar["visit_date"]["Description"]
+    assert "coordinator_notes" not in rows[0] and "coordinator_notes" not in demographics_sidecar
+    assert any("coordinator_notes" in w and "free text" in w for w in report.warnings), report.warnings
+
     for name, data in files.items():
         if name.endswith(".nii"):
             header = nib.Nifti1Image.from_bytes(data).header
@@ -445,11 +504,13 @@ async def test_bids_export_as_an_api_job_with_progress_admin_only(
     settings: Settings, database: Any, tmp_path: Path
 ) -> None:
     from api.auth import Role
+    from cohortstream.admin import ensure_topics
     from tests.integration.test_annotation_api import api_client, create_key
     from tests.polling import eventually
 
     await _load_cohort(settings, tmp_path)
     settings = settings.model_copy(update={"bids_export_root": tmp_path / "exports"})
+    await ensure_topics(settings)  # the job's start is audited on the audit topic
     researcher = await create_key(settings, Role.RESEARCHER, name="reader")
     async with api_client(settings, key=researcher) as api:
         refused = await api.post("/exports/bids", json={"name": "all"})
@@ -474,3 +535,37 @@ async def test_bids_export_as_an_api_job_with_progress_admin_only(
     out = tmp_path / "exports" / "all"
     assert Path(job["outdir"]) == out
     validate_bids(out)
+
+
+async def test_the_cohort_csv_and_ndjson_exports_hold_nothing_identifying_either(
+    settings: Settings, database: Any, tmp_path: Path
+) -> None:
+    """The same cohort, the same search, on the API's cohort export (the other exports
+    that leave the system with personal data)."""
+    from api.app import create_api
+    from api.auth import Role
+    from cohortstream.admin import ensure_topics
+    from tests.integration.test_annotation_api import create_key
+
+    cohort = await _load_cohort(settings, tmp_path)
+    await ensure_topics(settings)
+    key = await create_key(settings, Role.RESEARCHER, "exporter")
+    app = create_api(settings)
+    files: dict[str, bytes] = {}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers={"X-API-Key": key}, timeout=120
+        ) as client,
+    ):
+        for fmt in ("csv", "ndjson"):
+            response = await client.post(f"/cohorts/export?format={fmt}", json={})
+            assert response.status_code == 200, response.text
+            files[f"cohort.{fmt}"] = response.content
+    rows = list(csv.DictReader(io.StringIO(files["cohort.csv"].decode())))
+    assert len(rows) == 4 and all(re.fullmatch(r"S[0-9A-F]{15}", row["subject_id"]) for row in rows)
+    assert {"sources", "modalities", "sex", "age_years"} <= set(rows[0]), "the research columns stay"
+    assert [json.loads(line)["subject_id"] for line in files["cohort.ndjson"].splitlines()] == [
+        row["subject_id"] for row in rows
+    ]
+    assert_nothing_identifying(files, cohort["uids"])

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -394,3 +395,44 @@ async def test_too_many_associations_are_rejected_and_logged(
     [record] = [r for r in caplog.records if r.getMessage() == "association rejected"]
     assert record.calling_aet == "SECOND"  # type: ignore[attr-defined]
     assert "too many associations" in record.reason  # type: ignore[attr-defined]
+
+
+async def test_an_object_above_the_size_limit_is_refused_with_a_clear_status_and_logged(
+    stack_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """dcmtk's storescu and pynetdicom both get 0xA700 with an Error Comment naming the
+    size; nothing is staged or published, and a small object on the same listener still
+    goes through."""
+    settings = _settings(stack_settings, tmp_path, dicom_scp_max_object_bytes=64 * 1024)
+    await ensure_topics(settings)
+    caplog.set_level(logging.INFO)
+    big = write_study(mr_study(n_series=1, slices=1, rows=256, cols=256, seed=11), tmp_path / "big")[0]
+    small = write_study(mr_study(n_series=1, slices=1, rows=16, cols=16, seed=12), tmp_path / "small")[0]
+    assert big.stat().st_size > 64 * 1024 > small.stat().st_size
+    with DicomListener(settings) as listener:
+        port = listener.address[1]
+        status, comment = await asyncio.to_thread(_send_with_comment, port, big)
+        assert status == STATUS_OUT_OF_RESOURCES
+        assert re.fullmatch(r"object too large: \d+ bytes, limit 65536", comment), comment
+        dcmtk = await _dcmtk_store(port, big, "MODALITY", "-v")
+        assert dcmtk.returncode != 0, "storescu reports the failure in its exit status"
+        assert "Received Store Response (Refused: OutOfResources)" in dcmtk.stderr, dcmtk.stderr
+        assert await asyncio.to_thread(_send_raw, port, small) == 0x0000
+        events = await _events(settings, 1)
+        assert [e.sop_instance_uid for e in events] == [_sop_uid(small)], "only the small one was published"
+        assert len(list(listener.store.iter_staged())) == 1, "the refused object was not staged"
+    refusals = [r for r in caplog.records if "object too large" in r.getMessage()]
+    assert len(refusals) == 2 and all(r.levelno == logging.WARNING for r in refusals)
+
+
+def _send_with_comment(port: int, path: Path) -> tuple[int, str]:
+    ae = AE(ae_title="PYNETDICOM")
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=AET)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status), str(status.get("ErrorComment", ""))
+    finally:
+        assoc.release()

@@ -16,6 +16,7 @@ import pytest
 from pydantic import SecretStr
 
 import export.bids.dataset as dataset
+from cohortstream import cli_export
 from cohortstream.cli import main
 from cohortstream.cohort_query import CohortQuery
 from cohortstream.settings import Settings
@@ -119,6 +120,11 @@ def test_cli_exits_non_zero_with_the_one_line_reason(
 ) -> None:
     monkeypatch.setenv("COHORTSTREAM_BIDS_DCM2NIIX", MISSING)
     monkeypatch.setenv("COHORTSTREAM_BIDS_PSEUDONYM_KEY", "k" * 32)
+
+    async def audited_selection(*args: object) -> list[str]:
+        return []  # no MongoDB or Kafka here; tests/integration/test_audit_trail.py runs the real audit
+
+    monkeypatch.setattr(cli_export, "_audited_selection", audited_selection)
     assert main(["export", "bids", str(tmp_path / "out")]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # no report: nothing was exported

@@ -144,8 +144,20 @@ def test_dictionary_from_metadata_rows() -> None:
             "text_validation_type_or_show_slider_number": "date_ymd",
         },
     ]
+    rows += [
+        {"field_name": "notes", "form_name": "d", "field_type": "notes", "field_label": "Notes"},
+        {"field_name": "comment", "form_name": "d", "field_type": "text", "field_label": "Comment"},
+        {
+            "field_name": "weight",
+            "form_name": "d",
+            "field_type": "text",
+            "field_label": "Weight",
+            "text_validation_type_or_show_slider_number": "number_1dp",
+        },
+    ]
     d = Dictionary.from_metadata(rows)
     assert d.record_id_field == "record_id" and d.identifiers == {"name"} and d.dates == {"visit"}
+    assert d.free_text == {"name", "notes", "comment"}, "notes, and text without a structured validation"
     assert d.choices["sex"] == {"1": "Male", "2": "Female"} and d.labels["sex"] == "Sex"
 
 
@@ -185,3 +197,23 @@ def test_labs_diagnoses_and_participants() -> None:
         "pb", Demographics(ehr_subjects=[{"age_years": 40}], questionnaires=[{"labels": {"sex": "Male"}}])
     )
     assert row == {"participant_id": "sub-pb", "age": 40, "sex": "M"}
+
+
+def test_free_text_is_left_out_and_reported_by_default_or_kept_flagged() -> None:
+    questionnaires = [
+        ("pa", "S1", _q("baseline", {"score": "21", "when": "2024-03-01", "remark": "lives at Elm Row 7"}, {})),
+        ("pb", "S2", _q("baseline", {"score": "18", "colour": "b", "remark": ""}, {"colour": "Blue"})),
+    ]
+    warnings: list[str] = []
+    (table,) = instrument_tables(questionnaires, Dictionary(), [], lambda s, v: v, warnings=warnings)
+    assert "remark" not in table.columns and "remark" not in table.sidecar
+    assert {"score", "when", "colour"} <= set(table.columns), "numbers, dates and labelled choices stay"
+    assert len(warnings) == 1 and "'remark'" in warnings[0] and "free text" in warnings[0]
+    (kept,) = instrument_tables(questionnaires, Dictionary(), [], lambda s, v: v, keep_free_text=True)
+    assert "remark" in kept.columns and kept.sidecar["remark"]["Description"].endswith(
+        "(free text: review before sharing)"
+    )
+    # The dictionary decides for the fields it knows: a validated text field is not free text.
+    known = Dictionary(labels={"remark": "Remark", "score": "Score"}, free_text=frozenset({"remark"}))
+    (table,) = instrument_tables(questionnaires, known, [], lambda s, v: v)
+    assert "remark" not in table.columns and "score" in table.columns

@@ -156,6 +156,7 @@ def test_the_api_describes_but_never_reads_topics() -> None:
     assert {a[1] for a in acls if a[3] is Operation.WRITE} == {
         "cohortstream.annotation.requested",
         "cohortstream.annotation.reviewed",
+        "cohortstream.audit.access",
     }
 
 
