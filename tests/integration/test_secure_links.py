@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from aiokafka.errors import KafkaError
 from cohortstream.admin import ensure_topics
 from cohortstream.kafka_acls import acl_plan, apply_acls
 from cohortstream.kafka_security import aiokafka_security
-from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.settings import Settings, settings_environment
 from cohortstream.synthetic import mr_study, write_study
 from producers.dicom import DicomListener
@@ -73,16 +72,6 @@ async def settings(stack_settings: Settings, secure_kafka: SecureKafka, tmp_path
     return admin
 
 
-@pytest.fixture
-async def views(settings: Settings) -> AsyncIterator[Any]:
-    client = mongo_client(settings)
-    try:
-        yield mongo_database(client, settings)
-    finally:
-        await client.drop_database(settings.mongo_database)
-        await client.close()
-
-
 def _worker(settings: Settings, log_path: Path, *lanes: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, **settings_environment(settings), "COHORTSTREAM_LOG_FORMAT": "console"}
     env.pop("COHORTSTREAM_ENV_FILE", None)
@@ -105,7 +94,7 @@ async def _storescu(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_the_dicom_path_runs_through_tls_and_the_secure_broker(
-    settings: Settings, secure_kafka: SecureKafka, views: Any, tmp_path: Path
+    settings: Settings, secure_kafka: SecureKafka, db: Any, tmp_path: Path
 ) -> None:
     tls = secure_kafka.tls_dir
     study = write_study(
@@ -141,9 +130,7 @@ async def test_the_dicom_path_runs_through_tls_and_the_secure_broker(
             assert anonymous.returncode != 0
 
             async def archived() -> bool:
-                count = await views.instances.count_documents(
-                    {"in_orthanc": True, "received_sha256": {"$exists": True}}
-                )
+                count = await db.instances.count_documents({"in_orthanc": True, "received_sha256": {"$exists": True}})
                 return count == len(study)
 
             await eventually(archived, timeout_s=120, what="every instance in Orthanc and the views, via SASL_SSL")
