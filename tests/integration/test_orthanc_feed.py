@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from tests.kafka_probe import read_topic
 from tests.listener_settings import listener_settings
 from tests.net import free_port
 from tests.polling import eventually
+from tests.private_orthanc import PrivateOrthanc, start_private_orthanc, stop_private_orthanc
 
 pytestmark = pytest.mark.skipif(not Path(STORESCU).exists(), reason="dcmtk is not installed (tests/run.sh installs it)")
 
@@ -379,6 +380,70 @@ async def test_a_checkpoint_out_of_orthanc_s_log_is_reported_and_reconcile_publi
         assert (again.published, again.already_in_views) == (0, len(lost))
     finally:
         await feed.stop()
+
+
+@pytest.fixture
+def private_orthanc(tmp_path: Path) -> Iterator[PrivateOrthanc]:
+    state_dir = tmp_path / "private-orthanc"
+    try:
+        yield start_private_orthanc(state_dir)
+    finally:
+        stop_private_orthanc(state_dir)
+
+
+async def test_a_first_start_backfills_from_change_zero_and_a_full_reconcile_clears_a_gap(
+    settings: Settings, db: Any, private_orthanc: PrivateOrthanc, tmp_path: Path
+) -> None:
+    """Against an archive of the test's own (the shared one fills up as the suite runs):
+    a feed that never ran, with ``orthanc_feed_start=backfill``, publishes everything
+    Orthanc already holds, from its first change. Then changes fall out of Orthanc's log
+    while the feed is stopped: the feed reports the gap, and a *full* reconciliation (no
+    study given) publishes exactly the instances the views lack and clears the gap, which
+    the running feed then stops reporting."""
+    own = private_orthanc.settings(settings).model_copy(update={"orthanc_feed_start": "backfill"})
+    await ensure_topics(own)
+    worker = build_worker_app(own)
+    await worker.start()
+    feed = Feed(own)
+    auth = (own.orthanc_username, own.orthanc_password.get_secret_value())
+    try:
+        async with httpx.AsyncClient(base_url=own.orthanc_url, auth=auth, timeout=60) as orthanc:
+            before = study_files(tmp_path, "before", patient_id=f"FEED-ZERO-{fresh_seed()}", n_series=2, slices=5)
+            await store_rest(orthanc, before)
+            assert await CheckpointStore(db).load() is None, "a first start"
+            feed.start()
+            await eventually(lambda: views_hold(db, series_counts(before)), timeout_s=120, what="the backfill")
+            await feed.stop()
+
+            lost = study_files(tmp_path, "lost", patient_id=f"FEED-GAP-{fresh_seed()}", slices=6)
+            await store_rest(orthanc, lost)
+            assert (await orthanc.delete("/changes")).status_code == 200  # the log forgets them
+            later = study_files(tmp_path, "later", patient_id=f"FEED-AFTER-{fresh_seed()}", slices=4)
+            await store_rest(orthanc, later)
+            feed.start()
+            await eventually(lambda: views_hold(db, series_counts(later)), timeout_s=120, what="the later study")
+            assert feed.status.gap is not None, "the gap is reported"
+            assert await db.instances.count_documents({"patient_id": {"$regex": "^FEED-GAP"}}) == 0
+
+            report = await reconcile(own)  # every instance in Orthanc
+            total = len(before) + len(lost) + len(later)
+            assert (report.in_orthanc, report.published, report.already_in_views) == (
+                total,
+                len(lost),
+                len(before) + len(later),
+            )
+            await eventually(lambda: views_hold(db, series_counts(lost)), timeout_s=120, what="the reconciled study")
+            checkpoint = await CheckpointStore(db).load()
+            assert checkpoint is not None and checkpoint.gap is None
+
+            async def gap_cleared() -> bool:
+                return feed.status.gap is None
+
+            await eventually(gap_cleared, timeout_s=30, what="the running feed to stop reporting the gap")
+        assert await db.instances.count_documents({}) == total
+    finally:
+        await feed.stop()
+        await worker.stop()
 
 
 def _manual_seg(paths: list[Path]) -> pydicom.Dataset:
