@@ -28,6 +28,13 @@ LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "ehr-views": ("ehr-views",),
         "annotation-views": ("annotation-suggestion-views", "annotation-review-views"),
         "dead-letters": ("dead-letter-archive",),
+        "features": (
+            "features-ehr",
+            "features-redcap",
+            "features-dicom",
+            "features-suggestions",
+            "features-reviews",
+        ),
     }
 )
 """Lane name → the agent names (the ``AGENT_NAME`` of :mod:`streams.agents` modules) it runs."""
@@ -41,6 +48,13 @@ LANE_TOPICS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "ehr-views": ("ehr.record",),
         "annotation-views": ("annotation.suggested", "annotation.reviewed"),
         "dead-letters": ("dead-letter",),
+        "features": (
+            "ehr.record",
+            "redcap.record-changed",
+            "dicom.instance-received",
+            "annotation.suggested",
+            "annotation.reviewed",
+        ),
     }
 )
 """Lane name → the catalogue topics (logical names) its agents consume: a lane that never
