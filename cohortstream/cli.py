@@ -289,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_orthanc.add_commands(commands)
     __import__("cohortstream.cli_export", fromlist=["add_commands"]).add_commands(commands)
     cli_api_keys.add_commands(commands)
+    __import__("cohortstream.cli_features", fromlist=["add_commands"]).add_commands(commands)
     return parser
 
 

@@ -27,6 +27,7 @@ from cohortstream.features.spec import FeatureSpec, MeasurementSpec, Questionnai
 __all__ = [
     "BLOCKS",
     "ColumnInfo",
+    "DictionaryBuilder",
     "data_dictionary",
     "diagnosis_column",
     "lab_column",
@@ -102,25 +103,31 @@ def _entry(
     }
 
 
-def _lab_units(documents: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    seen: dict[str, Counter[str]] = {}
-    for doc in documents:
-        for code, unit in (doc.get("lab_units") or {}).items():
-            seen.setdefault(code, Counter())[unit] += 1
-    # The most common unit of a code (ties: in text order).
-    return {code: min(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0] for code, counts in seen.items()}
+class DictionaryBuilder:
+    """Collects, batch by batch, what the data dictionary needs from the documents: each lab
+    code's units and the questionnaire columns with their types (so a large matrix can be
+    streamed in two passes instead of held in memory)."""
 
+    def __init__(self) -> None:
+        self._units: dict[str, Counter[str]] = {}
+        self._q_types: dict[str, str] = {}
 
-def _questionnaire_dtypes(documents: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    dtypes: dict[str, str] = {}
-    for doc in documents:
-        for name, value in (doc.get("features") or {}).items():
-            if not name.startswith("q_") or value is None:
-                continue
-            kind = "string" if isinstance(value, str) else "float64"
-            if dtypes.get(name) != "string":
-                dtypes[name] = kind
-    return dtypes
+    def add(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        for doc in documents:
+            for code, unit in (doc.get("lab_units") or {}).items():
+                self._units.setdefault(code, Counter())[unit] += 1
+            for name, value in (doc.get("features") or {}).items():
+                if not name.startswith("q_") or value is None:
+                    continue
+                if self._q_types.get(name) != "string":
+                    self._q_types[name] = "string" if isinstance(value, str) else "float64"
+
+    def lab_units(self) -> dict[str, str]:
+        """The most common unit of each code (ties: in text order)."""
+        return {code: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for code, c in self._units.items()}
+
+    def columns(self, spec: FeatureSpec) -> list[ColumnInfo]:
+        return _columns(spec, self.lab_units(), self._q_types)
 
 
 def data_dictionary(spec: FeatureSpec, documents: Iterable[Mapping[str, Any]]) -> list[ColumnInfo]:
@@ -130,7 +137,12 @@ def data_dictionary(spec: FeatureSpec, documents: Iterable[Mapping[str, Any]]) -
     fields unless the spec lists them), so they come from the documents; a field that
     holds a code anywhere is a ``string`` column.
     """
-    docs = list(documents)
+    builder = DictionaryBuilder()
+    builder.add(documents)
+    return builder.columns(spec)
+
+
+def _columns(spec: FeatureSpec, units: Mapping[str, str], q_types: Mapping[str, str]) -> list[ColumnInfo]:
     columns: list[ColumnInfo] = [
         _entry("subject_id", "identity", "subject registry", "identifier", "string", "pseudonymous subject id")
     ]
@@ -142,7 +154,6 @@ def data_dictionary(spec: FeatureSpec, documents: Iterable[Mapping[str, Any]]) -
             _entry("sex", "demographics", "EHR gender, else DICOM PatientSex", "value", "string", "sex (M, F, O)")
         )
     if spec.labs is not None and spec.labs.codes is not None:
-        units = _lab_units(docs)
         for code in spec.labs.codes:
             unit = units.get(code)
             for stat in spec.labs.statistics:
@@ -170,7 +181,6 @@ def data_dictionary(spec: FeatureSpec, documents: Iterable[Mapping[str, Any]]) -
                     f"1 when a diagnosis code starts with {prefix}",
                 )
             )
-    q_types = _questionnaire_dtypes(docs)
     for q in spec.questionnaires:
         stem = questionnaire_stem(q)
         names = (

@@ -14,7 +14,7 @@ from typing import Any
 
 from cohortstream.features.columns import ColumnInfo
 
-__all__ = ["arrow_schema", "csv_chunks", "parquet_chunks", "row_values", "to_arrow"]
+__all__ = ["CsvStream", "ParquetStream", "arrow_schema", "csv_chunks", "parquet_chunks", "row_values", "to_arrow"]
 
 _ARROW_TYPES = {"string": "string", "float64": "float64", "Int64": "int64"}
 
@@ -78,19 +78,47 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def parquet_chunks(batches: Iterable[Sequence[Mapping[str, Any]]], columns: Sequence[ColumnInfo]) -> Iterator[bytes]:
-    """Parquet bytes, one row group per batch of documents, yielded as they are written."""
-    import pyarrow.parquet as pq
+class ParquetStream:
+    """Parquet written batch by batch (one row group each); :meth:`write` and :meth:`close`
+    return the bytes produced so far, so a response can stream them."""
 
-    sink = _Sink()
-    schema = arrow_schema(columns)
-    with pq.ParquetWriter(sink, schema) as writer:
-        for batch in batches:
-            writer.write_table(to_arrow(batch, columns))
-            if data := sink.take():
-                yield data
-    if data := sink.take():
-        yield data
+    def __init__(self, columns: Sequence[ColumnInfo]) -> None:
+        import pyarrow.parquet as pq
+
+        self._columns = columns
+        self._sink = _Sink()
+        self._writer = pq.ParquetWriter(self._sink, arrow_schema(columns))
+
+    def write(self, batch: Sequence[Mapping[str, Any]]) -> bytes:
+        if batch:
+            self._writer.write_table(to_arrow(batch, self._columns))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        self._writer.close()
+        return self._sink.take()
+
+
+class CsvStream:
+    """CSV (or TSV with ``delimiter="\\t"``, ``missing="n/a"`` for BIDS), header first."""
+
+    def __init__(self, columns: Sequence[ColumnInfo], *, delimiter: str = ",", missing: str = "") -> None:
+        self._columns = columns
+        self._missing = missing
+        self._out = io.StringIO()
+        self._writer = csv.writer(self._out, delimiter=delimiter, lineterminator="\n")
+        self._writer.writerow([c["name"] for c in columns])
+
+    def write(self, batch: Sequence[Mapping[str, Any]]) -> bytes:
+        for doc in batch:
+            self._writer.writerow([_text(v, self._missing) for v in row_values(doc, self._columns)])
+        data = self._out.getvalue().encode("utf-8")
+        self._out.seek(0)
+        self._out.truncate()
+        return data
+
+    def close(self) -> bytes:
+        return self.write([])
 
 
 def _text(value: Any, missing: str) -> str:
@@ -101,6 +129,15 @@ def _text(value: Any, missing: str) -> str:
     return str(value)
 
 
+def parquet_chunks(batches: Iterable[Sequence[Mapping[str, Any]]], columns: Sequence[ColumnInfo]) -> Iterator[bytes]:
+    """Parquet bytes of all batches, as they are written."""
+    stream = ParquetStream(columns)
+    for batch in batches:
+        if data := stream.write(batch):
+            yield data
+    yield stream.close()
+
+
 def csv_chunks(
     batches: Iterable[Sequence[Mapping[str, Any]]],
     columns: Sequence[ColumnInfo],
@@ -108,15 +145,10 @@ def csv_chunks(
     delimiter: str = ",",
     missing: str = "",
 ) -> Iterator[bytes]:
-    """CSV (or TSV with ``delimiter="\\t"``, ``missing="n/a"`` for BIDS), header first."""
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
-    writer.writerow([c["name"] for c in columns])
+    """CSV bytes of all batches, header first."""
+    stream = CsvStream(columns, delimiter=delimiter, missing=missing)
     for batch in batches:
-        for doc in batch:
-            writer.writerow([_text(v, missing) for v in row_values(doc, columns)])
-        yield out.getvalue().encode("utf-8")
-        out.seek(0)
-        out.truncate()
-    if rest := out.getvalue():
-        yield rest.encode("utf-8")
+        if data := stream.write(batch):
+            yield data
+    if data := stream.close():
+        yield data

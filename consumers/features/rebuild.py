@@ -105,8 +105,31 @@ def build_documents(
     return documents
 
 
+async def _partitions(settings: Settings) -> list[Any]:
+    """The partitions of the replayed topics that exist (a topic never created holds nothing)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.structs import TopicPartition
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-features-rebuild-admin",
+        request_timeout_ms=int(settings.kafka_request_timeout_s * 1000),
+    )
+    await admin.start()
+    try:
+        described = await admin.describe_topics([settings.topic(name) for name in REPLAY_TOPICS])
+    finally:
+        await admin.close()
+    return [
+        TopicPartition(d["topic"], p["partition"])
+        for d in described
+        if d.get("error_code") == 0
+        for p in sorted(d.get("partitions", []), key=lambda p: p["partition"])
+    ]
+
+
 async def _replay(settings: Settings, on_batch: Callable[[list[Event]], None], report: RebuildReport) -> None:
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -119,12 +142,9 @@ async def _replay(settings: Settings, on_batch: Callable[[list[Event]], None], r
     )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster's metadata, so the partitions below are known
-        partitions = [
-            TopicPartition(settings.topic(name), p)
-            for name in REPLAY_TOPICS
-            for p in sorted(consumer.partitions_for_topic(settings.topic(name)) or ())
-        ]
+        partitions = await _partitions(settings)
+        if not partitions:
+            return
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
