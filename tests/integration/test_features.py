@@ -276,6 +276,9 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
     assert rebuilt == streamed
     await rebuild_features(settings)
     assert _stable(await _documents(database)) == rebuilt
+    # From the lane's folded inputs instead of the log: the same documents.
+    from_inputs = await rebuild_features(settings, from_inputs=True)
+    assert from_inputs.subjects == SUBJECTS and _stable(await _documents(database)) == rebuilt
 
     # A changed spec: the rebuild recomputes everything with it.
     changed = tmp_path / "changed.yaml"
