@@ -232,6 +232,7 @@ async def _steady(settings: Settings, db: Any, args: argparse.Namespace) -> None
         started = time.perf_counter()
         tick = 0.1
         per_tick = max(1, int(args.rate * tick))
+        next_probe = started
         row = 0
         while time.perf_counter() - started < args.duration:
             t = time.perf_counter()
@@ -256,7 +257,8 @@ async def _steady(settings: Settings, db: Any, args: argparse.Namespace) -> None
             await publisher.publish_many(batch)
             sent += len(batch)
             # Probes: their subject's document must come to cover their emitted_at.
-            if int((t - started) * args.probes) != int((time.perf_counter() - started) * args.probes):
+            if time.perf_counter() >= next_probe:
+                next_probe += 1.0 / args.probes
                 event = batch[-1][0]
                 assert isinstance(event, EhrRecord)
                 if event.subject_id not in outstanding:

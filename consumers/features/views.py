@@ -186,9 +186,15 @@ class FeatureViews(MongoSink):
             written = 0
             for start in range(0, len(due), _FLUSH_CHUNK):
                 chunk = due[start : start + _FLUSH_CHUNK]
-                written += await self._flush(chunk)
-                for key in chunk:
-                    self._dirty.pop(key, None)
+                # Taken before the flush: an event folded while it runs schedules its key
+                # again (popping afterwards would drop that event's recomputation).
+                taken = {key: self._dirty.pop(key) for key in chunk if key in self._dirty}
+                try:
+                    written += await self._flush(chunk)
+                except BaseException:
+                    for key, at in taken.items():
+                        self._dirty[key] = min(at, self._dirty.get(key, at))
+                    raise
             if rechecks:
                 await self._recheck_links(rechecks)
             return written
