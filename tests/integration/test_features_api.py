@@ -248,3 +248,45 @@ async def test_dashboard_shows_feature_coverage_and_distributions(filled: tuple[
             assert not errors, errors
         finally:
             await browser.close()
+
+
+async def test_an_event_folded_during_its_subjects_flush_is_not_lost(settings: Settings, db: Any) -> None:
+    """The features sink against the real MongoDB-wire server: a row that arrives while its
+    subject is being recomputed is recomputed again, not dropped from the schedule."""
+    from datetime import UTC, datetime
+
+    from cohortstream.events import EhrRecordType
+
+    def row(n: int) -> EhrRecord:
+        return EhrRecord(
+            producer="test",
+            source="mimic-iv",
+            source_file="f",
+            source_row_id=f"r{n}",
+            subject_id="1",
+            record_type=EhrRecordType.LAB,
+            effective_at=datetime(2024, 1, n, tzinfo=UTC),
+            code="50912",
+            value_number=float(n),
+        )
+
+    class Interleaving(FeatureViews):
+        async def _flush(self, doc_ids: Sequence[str]) -> int:
+            if not getattr(self, "_interleaved", False):
+                self._interleaved = True
+                await self.apply([row(2)])  # as the agent would, while this flush runs
+            return await super()._flush(doc_ids)
+
+    sink = Interleaving(settings)
+    await sink.setup()
+    try:
+        await sink.apply([row(1)])
+        await sink.flush_due(everything=True)
+        assert sink.pending() == 1, "the row folded during the flush must stay scheduled"
+        await sink.flush_due(everything=True)
+        assert sink.pending() == 0
+    finally:
+        await sink.close()
+    [doc] = await db.features.find({}).to_list()
+    assert doc["features"]["lab_50912_count"] == 2 and doc["features"]["lab_50912_last"] == 2.0
+    assert await db.feature_inputs.count_documents({"pending": True}) == 0
