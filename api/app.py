@@ -26,6 +26,7 @@ from api import (
     dashboard,
     dicomweb_proxy,
     exports,
+    features,
     health,
     login,
     metrics,
@@ -85,6 +86,7 @@ def create_api(
 
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(features.router)  # before subjects: /subjects/{subject:path} would take /features
     app.include_router(subjects.router)
     app.include_router(cohorts.router)
     app.include_router(statistics.router)

@@ -302,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("api", help="serve the review API and the MONAI Label subset on COHORTSTREAM_API_HOST/PORT")
     p.set_defaults(func=_cmd_api)
 
-    from cohortstream import cli_annotate, cli_api_keys, cli_audit, cli_orthanc, cli_subjects
+    from cohortstream import cli_annotate, cli_api_keys, cli_audit, cli_features, cli_orthanc, cli_subjects
 
     cli_subjects.add_commands(commands)
     cli_annotate.add_commands(commands)
@@ -310,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     __import__("cohortstream.cli_export", fromlist=["add_commands"]).add_commands(commands)
     cli_api_keys.add_commands(commands)
     cli_audit.add_commands(commands)
+    cli_features.add_commands(commands)
     return parser
 
 

@@ -29,6 +29,13 @@ LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "annotation-views": ("annotation-suggestion-views", "annotation-review-views"),
         "dead-letters": ("dead-letter-archive",),
         "audit": ("audit-trail",),
+        "features": (
+            "features-ehr",
+            "features-redcap",
+            "features-dicom",
+            "features-suggestions",
+            "features-reviews",
+        ),
     }
 )
 """Lane name → the agent names (the ``AGENT_NAME`` of :mod:`streams.agents` modules) it runs."""
@@ -43,6 +50,13 @@ LANE_TOPICS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
         "annotation-views": ("annotation.suggested", "annotation.reviewed"),
         "dead-letters": ("dead-letter",),
         "audit": ("audit.access",),
+        "features": (
+            "ehr.record",
+            "redcap.record-changed",
+            "dicom.instance-received",
+            "annotation.suggested",
+            "annotation.reviewed",
+        ),
     }
 )
 """Lane name → the catalogue topics (logical names) its agents consume: a lane that never

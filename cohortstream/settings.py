@@ -525,6 +525,26 @@ class Settings(BaseSettings):
     bids_dcm2niix: str = Field("dcm2niix", description="The dcm2niix executable used to convert series to NIfTI.")
     bids_dcm2niix_timeout_s: float = Field(600.0, gt=0, description="Longest run of dcm2niix for one series.")
 
+    # --- Features (issue 18) ----------------------------------------------------------------
+    features_spec_file: str = Field(
+        "",
+        description="The feature spec (YAML or JSON, schema in docs/features.md); empty: the packaged default. "
+        "After changing it run `cohortstream features rebuild`.",
+    )
+    features_delay_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        description="Longest wait from a subject's first unprocessed event to its updated feature document: events "
+        "arriving within it are folded into one recomputation (the debounce).",
+    )
+    features_link_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="After writing a subject's features, check its registry links once more this much later and "
+        "recompute if a link made meanwhile changed the subject (the view lanes link in parallel).",
+    )
+
     # --- Logging -----------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Minimum level of log records.")
     log_format: Literal["json", "console"] = Field(

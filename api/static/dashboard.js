@@ -243,6 +243,41 @@ async function loadQueue() {
   }
 }
 
+// Feature coverage and one distribution plot per chosen feature (GET /features/summary).
+async function loadFeatures(chosen) {
+  const params = new URLSearchParams();
+  for (const name of chosen || []) params.append("feature", name);
+  const summary = await (await api("/features/summary" + (params.size ? "?" + params : ""))).json();
+  table($("feature-coverage"), ["block", "subjects", "share"],
+        Object.entries(summary.coverage).map(([block, c]) =>
+          [block, c.subjects, (100 * c.share).toFixed(1) + " %"]));
+  const select = $("feature-choice");
+  if (!select.options.length) {
+    for (const name of summary.columns) select.append(el("option", name, { value: name }));
+  }
+  for (const option of select.options) option.selected = option.value in summary.distributions;
+  const plots = $("feature-plots");
+  plots.replaceChildren();
+  for (const [name, dist] of Object.entries(summary.distributions)) {
+    const id = "feature-plot-" + name;
+    const box = el("div", null, { "data-feature": name });
+    box.append(el("h3", name + " (n=" + dist.n + ", missing " + dist.missing + ")"), el("div", null, { id, class: "plot" }));
+    plots.append(box);
+    if (dist.kind === "numeric") {
+      const centres = dist.counts.map((_, i) => (dist.edges[i] + dist.edges[i + 1]) / 2);
+      plot(id, [{ type: "bar", name, x: centres, y: dist.counts }], { bargap: 0.05 });
+    } else {
+      plot(id, [bar(name, dist.counts)]);
+    }
+  }
+}
+
+async function plotChosenFeatures(event) {
+  event.preventDefault();
+  const chosen = [...$("feature-choice").selectedOptions].map((o) => o.value);
+  try { await loadFeatures(chosen); } catch (err) { setStatus("Could not load features: " + err.message); }
+}
+
 async function load() {
   $("login").hidden = true;
   $("dashboard").hidden = false;
@@ -254,6 +289,7 @@ async function load() {
     render(stats);
     await loadQueue();
     await loadMatrix(Object.keys(stats.patients_by_modality));
+    await loadFeatures(null);
     setStatus("Loaded " + new Date().toLocaleTimeString());
     document.body.dataset.loaded = "true";
   } catch (err) {
@@ -336,6 +372,7 @@ document.addEventListener("DOMContentLoaded", () => {
     showLogin("Key forgotten.");
   });
   $("refresh").addEventListener("click", load);
+  $("feature-form").addEventListener("submit", plotChosenFeatures);
   $("cohort-form").addEventListener("submit", runQuery);
   $("download-csv").addEventListener("click", downloadCsv);
   if (storedKey()) load(); else showLogin();

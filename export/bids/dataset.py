@@ -44,6 +44,7 @@ from export.bids import dataset_files, naming
 from export.bids.dataset_files import BIDS_VERSION
 from export.bids.derivatives import dseg_nifti, label_rows
 from export.bids.errors import BidsExportError, ConversionError, Dcm2niixNotFoundError
+from export.bids.features import features_table
 from export.bids.fetching import OrthancFetcher
 from export.bids.imaging import convert_series, read_datasets, require_dcm2niix, series_attributes
 from export.bids.labels import DateShifter, pseudonym
@@ -394,6 +395,9 @@ class _Exporter:
         )
         ehr = [(s.label, doc) for s in subjects for doc in s.selected.demographics.ehr_subjects]
         tables += [t for t in (labs_table(ehr), diagnosis_table(ehr)) if t is not None]
+        features = await features_table(self.selection.db, [(s.label, s.subject_id) for s in subjects])
+        if features is not None:
+            tables.append(features)
         dataset_files.write_phenotype(w, tables)
 
     # --- run -------------------------------------------------------------------------

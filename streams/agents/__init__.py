@@ -14,6 +14,7 @@ from streams.agents import (
     dicom_archive,
     dicom_views,
     ehr_views,
+    features,
     redcap_views,
     series_completion,
 )
@@ -60,3 +61,6 @@ def register_all(app: faust.App, settings: Settings, agents: Collection[str] | N
             {name: sender(name) for name in (annotation_views.SUGGESTION_AGENT, annotation_views.REVIEW_AGENT)},
             settings,
         )
+    wanted_features = [name for name in features.AGENTS if wanted(name)]
+    if wanted_features:
+        features.register(app, raw, {name: sender(name) for name in wanted_features}, settings, wanted_features)

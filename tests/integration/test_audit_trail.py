@@ -43,6 +43,7 @@ from cohortstream.settings import Settings, settings_environment
 from cohortstream.subjects import SubjectIdentifier, subject_id_for
 from consumers.audit_trail import COLLECTION, AuditTrail
 from consumers.dicom_views import DicomViews
+from consumers.features.views import FeatureViews
 from tests.annotation_api_data import dataset_bytes
 from tests.examples import example_instance
 from tests.integration.test_annotation_api import annotation, create_key
@@ -92,6 +93,13 @@ async def study(settings: Settings, db: Any) -> dict[str, Any]:
         await views.apply([event])
     finally:
         await views.close()
+    features = FeatureViews(settings)  # the features lane's sink: the subject gets its vector
+    await features.setup()
+    try:
+        await features.apply([event])
+        await features.flush_due(everything=True)
+    finally:
+        await features.close()
     doc = annotation(study=str(ds.StudyInstanceUID), series=str(ds.SeriesInstanceUID))
     await db["annotations"].insert_one(dict(doc))
     return {
@@ -169,6 +177,9 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
         for fmt in ("csv", "ndjson"):
             exported = await client.post(f"/cohorts/export?format={fmt}", json=COHORT_QUERY)
             assert exported.status_code == 200 and subject in exported.text
+        assert (await client.get(f"/subjects/{subject}/features")).status_code == 200
+        matrix = await client.post("/cohorts/features?format=csv", json=COHORT_QUERY)
+        assert matrix.status_code == 200 and subject in matrix.text, matrix.text
         wado = await client.get(
             f"/proxy/dicom/wado/studies/{study['study_uid']}/metadata", headers={"Accept": "application/dicom+json"}
         )
@@ -202,6 +213,7 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
     monkeypatch.setenv("COHORTSTREAM_BIDS_PSEUDONYM_KEY", "k" * 32)
     cli_out = tmp_path / "cli-bids"
     assert await asyncio.to_thread(main, ["export", "bids", str(cli_out), "--subjects", subject]) == 0
+    assert await asyncio.to_thread(main, ["features", "export", str(tmp_path / "features.parquet")]) == 0
     capsys.readouterr()
 
     wanted = {
@@ -214,11 +226,13 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
         "annotations.review",
         "dicomweb.store",
         "exports.bids",
+        "features.read",
+        "exports.features",
     }
 
     async def all_kept() -> list[dict[str, Any]] | None:
         docs = await _trail(db)
-        return docs if {d["action"] for d in docs} >= wanted and len(docs) >= 13 else None
+        return docs if {d["action"] for d in docs} >= wanted and len(docs) >= 16 else None
 
     await eventually(all_kept, timeout_s=90, what="the audit lane to keep every access")
 
@@ -239,6 +253,8 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
     assert len([d for d in by_subject if d["action"] == "annotations.review"]) == 2, "accept and reject"
     assert ("exports.bids", admin_id) in actions
     assert ("exports.bids", f"cli:{getpass.getuser()}") in actions
+    assert ("features.read", researcher_id) in actions and ("exports.features", researcher_id) in actions
+    assert ("exports.features", f"cli:{getpass.getuser()}") in actions
     # What a key did: the researcher's records only, the search among them with no subject count.
     assert {d["actor_id"] for d in by_key} == {researcher_id}
     searches = [d for d in by_key if d["action"] == "dicomweb.read" and d["subject_count"] is None]
@@ -252,7 +268,7 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
     assert query["source_address"] == "192.0.2.7" and query["actor_name"] == "reader"
     read = next(d for d in by_subject if d["action"] == "subjects.timeline")
     assert read["endpoint"] == "GET /subjects/{subject:path}/timeline", "the route, never the identifier in the URL"
-    cli = next(d for d in by_subject if d["actor_id"].startswith("cli:"))
+    cli = next(d for d in by_subject if d["actor_id"].startswith("cli:") and d["action"] == "exports.bids")
     assert cli["source_address"].startswith("local:") and cli["subject_ids"] == [subject]
     assert not [d for d in await _trail(db) if d["status"] == 404], "an unknown subject served nothing"
 
@@ -269,7 +285,7 @@ async def test_every_access_path_leaves_its_record_and_the_trail_answers_who_and
         == 0
     )
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [line["action"] for line in lines] == ["exports.bids"]
+    assert [line["action"] for line in lines] == ["exports.features", "exports.bids"], "newest first"
 
 
 async def test_the_trail_is_insert_only_and_a_replay_adds_nothing(settings: Settings, db: Any) -> None:

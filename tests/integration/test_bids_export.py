@@ -50,6 +50,7 @@ from cohortstream.events import (
     ReviewDecision,
     SuggestedSegment,
 )
+from cohortstream.features.spec import default_spec as default_feature_spec
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings, SubjectLinkRule
@@ -61,6 +62,7 @@ from consumers.annotation.volume import volume_from_datasets
 from consumers.annotation_views import ReviewViews, SuggestionViews
 from consumers.dicom_views import DicomViews
 from consumers.ehr_views import EhrViews
+from consumers.features.views import FeatureViews
 from consumers.redcap_views import RedcapViews
 from export.bids import export_bids
 from export.bids.mapping import DEFAULT_RULES
@@ -257,10 +259,23 @@ async def database(settings: Settings) -> AsyncIterator[Any]:
     await client.close()
 
 
-async def _apply(sink: Any, events: list[Any]) -> None:
+async def _apply(sink: Any, events: list[Any], applied: list[Any] | None = None) -> None:
     await sink.setup()
     try:
         await sink.apply(events)
+    finally:
+        await sink.close()
+    if applied is not None:
+        applied.extend(events)
+
+
+async def _build_features(settings: Settings, events: list[Any]) -> None:
+    """The features lane's sink over the same events, flushed at once (phenotype/features.tsv)."""
+    sink = FeatureViews(settings)
+    await sink.setup()
+    try:
+        await sink.apply(events)
+        await sink.flush_due(everything=True)
     finally:
         await sink.close()
 
@@ -303,9 +318,10 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
         await archive.store_bytes(seg_path.read_bytes(), "test SEG")
     finally:
         await archive.close()
-    await _apply(DicomViews(settings), events)
-    await _apply(RedcapViews(settings), _redcap_events())
-    await _apply(EhrViews(settings), _ehr_events())
+    applied: list[Any] = []
+    await _apply(DicomViews(settings), events, applied)
+    await _apply(RedcapViews(settings), _redcap_events(), applied)
+    await _apply(EhrViews(settings), _ehr_events(), applied)
     annotation_id = uuid.uuid4()
     await _apply(
         SuggestionViews(settings),
@@ -328,6 +344,7 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
                 ],
             )
         ],
+        applied,
     )
     await _apply(
         ReviewViews(settings),
@@ -342,7 +359,15 @@ async def _load_cohort(settings: Settings, tmp_path: Path) -> dict[str, Any]:
                 reviewed_at=datetime.now(UTC) + timedelta(seconds=1),
             )
         ],
+        applied,
     )
+    # Features: the packaged spec, measuring this model's segment.
+    feature_spec = default_feature_spec().model_dump(mode="json")
+    feature_spec["imaging"]["measurements"] = [
+        {"name": "brain_volume", "model": spec.name, "segment": spec.segments[0].label}
+    ]
+    (tmp_path / "features.json").write_text(json.dumps(feature_spec))
+    await _build_features(settings.model_copy(update={"features_spec_file": str(tmp_path / "features.json")}), applied)
     return {"labels": labels, "t1_series": volume.reference.series_instance_uid, "volume": volume, "uids": uids}
 
 
@@ -427,6 +452,15 @@ async def test_bids_export_validates_holds_no_identifiers_and_is_incremental(
     demographics = (out / "phenotype" / "demographics.tsv").read_text().splitlines()[0].split("\t")
     assert "mrn" not in demographics and "dob" not in demographics and "ehr_id" not in demographics
     assert "visit_date" in demographics and "sex" in demographics
+    # The feature matrix as a phenotype table: one row per participant, every column described.
+    features = (out / "phenotype" / "features.tsv").read_text().splitlines()
+    header = features[0].split("\t")
+    assert header[:3] == ["participant_id", "age", "sex"] and "subject_id" not in header and len(features) == 4
+    assert {line.split("\t")[0] for line in features[1:]} == set(report.participants)
+    features_sidecar = json.loads((out / "phenotype" / "features.json").read_text())
+    assert set(header) <= set(features_sidecar) and features_sidecar["img_brain_volume_ml"]["Units"] == "mL"
+    accepted = [line.split("\t") for line in features[1:]]
+    assert sorted(row[header.index("img_brain_volume_status")] for row in accepted).count("accepted") == 1
     moca_sidecar = json.loads((out / "phenotype" / "moca_followup_1_arm_1.json").read_text())
     assert moca_sidecar["moca_smoker"]["Levels"] == {"0": "No", "1": "Yes"}
     description = json.loads((out / "dataset_description.json").read_text())
@@ -537,11 +571,12 @@ async def test_bids_export_as_an_api_job_with_progress_admin_only(
     validate_bids(out)
 
 
-async def test_the_cohort_csv_and_ndjson_exports_hold_nothing_identifying_either(
+async def test_the_cohort_and_feature_exports_hold_nothing_identifying_either(
     settings: Settings, database: Any, tmp_path: Path
 ) -> None:
-    """The same cohort, the same search, on the API's cohort export (the other exports
-    that leave the system with personal data)."""
+    """The same cohort, the same search, on the API's cohort export (CSV, NDJSON) and its
+    feature matrix (CSV, Parquet): the other exports that leave the system with personal
+    data."""
     from api.app import create_api
     from api.auth import Role
     from cohortstream.admin import ensure_topics
@@ -562,10 +597,16 @@ async def test_the_cohort_csv_and_ndjson_exports_hold_nothing_identifying_either
             response = await client.post(f"/cohorts/export?format={fmt}", json={})
             assert response.status_code == 200, response.text
             files[f"cohort.{fmt}"] = response.content
+        for fmt in ("csv", "parquet"):
+            response = await client.post(f"/cohorts/features?format={fmt}", json={})
+            assert response.status_code == 200, response.text
+            files[f"features.{fmt}"] = response.content
     rows = list(csv.DictReader(io.StringIO(files["cohort.csv"].decode())))
     assert len(rows) == 4 and all(re.fullmatch(r"S[0-9A-F]{15}", row["subject_id"]) for row in rows)
     assert {"sources", "modalities", "sex", "age_years"} <= set(rows[0]), "the research columns stay"
     assert [json.loads(line)["subject_id"] for line in files["cohort.ndjson"].splitlines()] == [
         row["subject_id"] for row in rows
     ]
+    features = list(csv.DictReader(io.StringIO(files["features.csv"].decode())))
+    assert len(features) == 4 and {row["subject_id"] for row in features} == {row["subject_id"] for row in rows}
     assert_nothing_identifying(files, cohort["uids"])

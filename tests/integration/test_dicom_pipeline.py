@@ -215,7 +215,7 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_partition_keeps_flow
 
     await eventually(good_one_viewed, timeout_s=90, what="the message after the poison")
 
-    readers = {"dicom-archive", "dicom-views", "series-completion"}
+    readers = {"dicom-archive", "dicom-views", "series-completion", "features-dicom"}
 
     async def poison_archived() -> list[dict[str, Any]] | None:
         letters = await database.dead_letters.find({"source.offset": poison.offset}).to_list(None)
