@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from api.annotation_store import AnnotationFilters, AnnotationPage, public_document
-from api.audit import audit_hash, audit_subjects, audited
+from api.audit import audit_before_acting, audit_hash, audit_subjects, audited
 from api.auth import ADMIN, ANNOTATOR, RESEARCHER, Principal
 from api.errors import ApiError
 from api.pagination import DEFAULT_LIMIT, MAX_LIMIT, Cursor, CursorError, SortOrder
@@ -203,6 +203,7 @@ async def accept(
     await _audit_review(request, services, doc)
     _check_status(doc, body.expected_status)
     event = review_event(doc, ReviewDecision.ACCEPTED, body.reviewer or principal.name, reason=body.reason)
+    await audit_before_acting(request, 202)
     return await _publish_review(services, event, principal)
 
 
@@ -220,6 +221,7 @@ async def reject(
     await _audit_review(request, services, doc)
     _check_status(doc, body.expected_status)
     event = review_event(doc, ReviewDecision.REJECTED, body.reviewer or principal.name, reason=body.reason)
+    await audit_before_acting(request, 202)
     return await _publish_review(services, event, principal)
 
 
@@ -286,6 +288,7 @@ async def correct(
         raise ApiError(422, str(exc), exc.field) from exc
     if seg.sop_instance_uid == doc.get("seg_sop_instance_uid"):
         raise ApiError(422, "the file is the suggested SEG itself; accept the suggestion instead", "file")
+    await audit_before_acting(request, 202)  # recorded before the SEG is stored or the review published
     orthanc_id = await _store_in_orthanc(services, data, f"corrected SEG of series {series_uid}")
     log.info(
         "corrected SEG stored",

@@ -45,7 +45,7 @@ from cohortstream.audit import (
 from cohortstream.subject_view import SubjectNotFoundError, resolve_subject_id
 from cohortstream.subjects import SubjectIdentifierError
 
-__all__ = ["PRODUCER", "AuditContext", "AuditMiddleware", "audit_subjects", "audited", "router"]
+__all__ = ["PRODUCER", "AuditContext", "AuditMiddleware", "audit_before_acting", "audit_subjects", "audited", "router"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class AuditContext:
     subject_ids: list[str] | None = field(default_factory=list)
     """Subjects whose data the answer holds; None: cannot be known before serving (a search)."""
     reached: bool = False
+    recorded_status: int | None = None
+    """Set by :func:`audit_before_acting`: the event already recorded for this status."""
     """The route got as far as naming the subjects (:func:`audit_subjects`): an answer that
     fails after that (a 409, an archive's 503) is audited too; one that fails before it
     (a 422 body, an unknown subject) looked at no one's data and is not."""
@@ -95,6 +97,23 @@ def audit_subjects(request: Request, subject_ids: Iterable[str] | None) -> None:
         raise RuntimeError(f"{request.url.path}: audit_subjects() on a route without audited()")
     context.subject_ids = None if subject_ids is None else sorted(set(subject_ids))
     context.reached = True
+
+
+async def audit_before_acting(request: Request, status: int) -> None:
+    """Record the access now, as answered with ``status``, before the route changes
+    anything (a review published as an event, a SEG stored in Orthanc): otherwise a review
+    could take effect and only its audit fail. No acknowledgement: **503** and nothing was
+    done. The middleware does not record the same answer again; should the route then
+    answer otherwise (the review's own publish failed), that outcome is recorded too."""
+    context: AuditContext | None = getattr(request.state, _STATE_KEY, None)
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if context is None or principal is None:
+        raise RuntimeError(f"{request.url.path}: audit_before_acting() on a route without audited() or a principal")
+    try:
+        await _record_access(request.scope, context, principal, status)
+    except AuditUnavailableError as exc:
+        raise ApiError(503, "audit trail unavailable; nothing was done, retry later") from exc
+    context.recorded_status = status
 
 
 def audit_hash(request: Request, data: bytes) -> None:
@@ -138,9 +157,10 @@ class AuditMiddleware:
                     and principal is not None
                     and status not in NOT_AUDITED_STATUSES
                     and (status < 400 or context.reached)
+                    and status != context.recorded_status
                 ):
                     try:
-                        await self._record(scope, context, principal, status)
+                        await _record_access(scope, context, principal, status)
                     except AuditUnavailableError as exc:
                         raise _AuditRefused() from exc
             await send(message)
@@ -154,32 +174,34 @@ class AuditMiddleware:
             response.headers["Retry-After"] = "5"
             await response(scope, receive, send)
 
-    async def _record(self, scope: Scope, context: AuditContext, principal: Principal, status: int) -> None:
-        services: ApiServices = scope["app"].state.services
-        route = scope.get("route")
-        client = scope.get("client")
-        actor = Actor(
-            actor_id=principal.key_id or f"name:{principal.name}",
-            name=principal.name,
-            role=principal.role.value,
-            source_address=client[0] if client else None,
-        )
-        event = access_event(
-            services.settings,
-            actor,
-            producer=PRODUCER,
-            action=context.action,
-            endpoint=f"{scope.get('method', '')} {getattr(route, 'path', '?')}",
-            outcome=outcome_of_status(status),
-            subject_ids=context.subject_ids,
-            query_sha256=context.query_sha256,
-            status=status,
-        )
-        try:
-            await services.ensure_publisher()
-        except Exception as exc:
-            raise AuditUnavailableError(f"Kafka unreachable: {exc}") from exc
-        await publish_audit(services.publisher, event)
+
+async def _record_access(scope: Scope, context: AuditContext, principal: Principal, status: int) -> None:
+    """Publish the access's audit event and wait for Kafka's acknowledgement."""
+    services: ApiServices = scope["app"].state.services
+    route = scope.get("route")
+    client = scope.get("client")
+    actor = Actor(
+        actor_id=principal.key_id or f"name:{principal.name}",
+        name=principal.name,
+        role=principal.role.value,
+        source_address=client[0] if client else None,
+    )
+    event = access_event(
+        services.settings,
+        actor,
+        producer=PRODUCER,
+        action=context.action,
+        endpoint=f"{scope.get('method', '')} {getattr(route, 'path', '?')}",
+        outcome=outcome_of_status(status),
+        subject_ids=context.subject_ids,
+        query_sha256=context.query_sha256,
+        status=status,
+    )
+    try:
+        await services.ensure_publisher()
+    except Exception as exc:
+        raise AuditUnavailableError(f"Kafka unreachable: {exc}") from exc
+    await publish_audit(services.publisher, event)
 
 
 router = APIRouter(prefix="/audit", tags=["audit"])

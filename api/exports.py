@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.background import BackgroundTask
 
-from api.audit import audit_subjects, audited
+from api.audit import audit_before_acting, audit_subjects, audited
 from api.auth import ADMIN, Principal
 from api.errors import ApiError
 from api.services import ApiServices, get_services
@@ -171,6 +171,8 @@ async def start_bids_export(
         "finished_at": None,
         "outdir": str(services.settings.bids_export_root / request.name),
     }
+    # Recorded before the job exists: a refused audit leaves no job document behind.
+    await audit_before_acting(http_request, 202)
     await jobs.insert_one(job)
     started = request
 

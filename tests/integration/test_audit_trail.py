@@ -48,6 +48,7 @@ from tests.annotation_api_data import dataset_bytes
 from tests.examples import example_instance
 from tests.integration.test_annotation_api import annotation, create_key
 from tests.integration.test_viewer_access import _stow_body
+from tests.kafka_probe import read_topic
 from tests.polling import eventually
 
 COHORT_QUERY = {"modalities": ["MR"]}
@@ -362,6 +363,11 @@ async def _refused_everywhere(
     finally:
         await views.close()
     subject = subject_id_for([SubjectIdentifier.dicom(example_instance(0).patient_id).key])
+    suggestion = annotation(
+        study=example_instance(0).study_instance_uid, series=example_instance(0).series_instance_uid
+    )
+    async with open_database(settings) as db:
+        await db["annotations"].insert_one(dict(suggestion))
     key = await create_key(settings, Role.ADMIN, "dr.admin")
     application = create_api(settings)
     async with application.router.lifespan_context(application), _client(application, key) as client:
@@ -376,6 +382,12 @@ async def _refused_everywhere(
             assert subject not in response.text, "no data left with the refusal"
         job = await client.post("/exports/bids", json={"name": "never"})
         assert job.status_code == 503
+        async with open_database(settings) as db:
+            assert await db["export_jobs"].count_documents({}) == 0, "a refused export leaves no job behind"
+        # A review changes state: its audit is recorded first, so a refused audit means no review.
+        review = await client.post(f"/annotations/{suggestion['_id']}/accept", json={})
+        assert review.status_code == 503 and review.json()["error"].startswith("audit trail unavailable"), review.text
+    assert await read_topic(settings, "annotation.reviewed", 0, timeout_s=5, drain_s=2.0) == [], "no review published"
     assert not (settings.bids_export_root / "never").exists()
 
     for name, value in settings_environment(settings).items():
@@ -385,3 +397,7 @@ async def _refused_everywhere(
     assert await asyncio.to_thread(main, ["export", "bids", str(out)]) == 1
     assert "audit trail is unavailable" in capsys.readouterr().err
     assert not out.exists(), "the CLI wrote nothing"
+    features_out = tmp_path / "features.parquet"
+    assert await asyncio.to_thread(main, ["features", "export", str(features_out)]) == 1
+    assert "audit trail is unavailable" in capsys.readouterr().err
+    assert not features_out.exists()
