@@ -19,6 +19,7 @@ import pytest
 
 from api.keys import KeyStore
 from api.principals import Role
+from cohortstream.admin import ensure_topics
 from cohortstream.events import (
     EhrRecord,
     Event,
@@ -44,11 +45,12 @@ TIMEOUT_MS = 30_000
 
 
 @pytest.fixture
-def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+async def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    """The test's settings; its topics exist (the API audits feature reads: ``audit.access``)."""
     spec = default_spec().model_dump(mode="json")
     spec["questionnaires"] = [{"instrument": "baseline"}]
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    return stack_settings.model_copy(
+    settings = stack_settings.model_copy(
         update={
             "features_spec_file": str(tmp_path / "spec.json"),
             "subject_link_rules": [
@@ -57,6 +59,8 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
             ],
         }
     )
+    await ensure_topics(settings)
+    return settings
 
 
 class _Collect:
