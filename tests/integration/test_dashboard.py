@@ -72,14 +72,6 @@ async def filled(settings: Settings, db: Any, server: str) -> AsyncIterator[tupl
     await _fill(settings)
     issued = await KeyStore(db).create("dashboard-test", Role.RESEARCHER)
 
-    async def ready() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                return (await client.get(f"{server}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(ready, timeout_s=60, what="the API to listen")
     yield server, issued.key
 
 

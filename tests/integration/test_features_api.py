@@ -37,7 +37,6 @@ from consumers.redcap_views import RedcapViews
 from producers.ehr.loader import load_extract
 from tests.api_server import running_api
 from tests.examples import example_events
-from tests.polling import eventually
 
 SUBJECTS = 12
 REDCAP_URL = "https://redcap.example.org/"
@@ -136,14 +135,6 @@ async def filled(settings: Settings, db: Any, server: str, tmp_path: Path) -> As
     await _fill(settings, tmp_path)
     issued = await KeyStore(db).create("features-test", Role.RESEARCHER)
 
-    async def ready() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                return (await client.get(f"{server}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(ready, timeout_s=60, what="the API to listen")
     yield server, issued.key
 
 

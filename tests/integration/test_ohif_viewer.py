@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from api.keys import KeyStore
@@ -140,14 +139,6 @@ async def test_ohif_shows_the_study_and_the_model_suggestion(
 ) -> None:
     key = (await KeyStore(db).create("ohif-test", Role.ANNOTATOR)).key
 
-    async def ready() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                return (await client.get(f"{server}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(ready, timeout_s=60, what="the API to listen")
     shots: list[Path] = []
     expect = playwright_api.expect
     expect.set_options(timeout=TIMEOUT_MS)
