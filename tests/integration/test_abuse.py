@@ -19,7 +19,6 @@ import asyncio
 import logging
 import secrets
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +35,7 @@ from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from producers.redcap.api import RedcapApiClient
 from producers.redcap.webhook import TRIGGER_PATH, create_trigger_app
-from tests.api_server import running_api
+from tests.api_server import running_api, serving
 from tests.integration.test_annotation_api import create_key
 from tests.net import free_port
 from tests.polling import eventually
@@ -65,33 +64,13 @@ def running_webhook(settings: Settings) -> Iterator[str]:
     """The REDCap trigger endpoint under uvicorn in its own thread; yields its base URL."""
     app = create_trigger_app(settings, EventPublisher(settings), lambda p: RedcapApiClient(settings, p))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, name="test-webhook", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the trigger endpoint did not start"
-        time.sleep(0.05)
-    try:
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    with serving(config, "test-webhook", start_timeout_s=30):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 async def _at_least(items: list[float], n: int) -> bool:
     return len(items) >= n
-
-
-async def _listening(base: str) -> None:
-    async def up() -> bool:
-        try:
-            async with httpx.AsyncClient(timeout=5) as client:
-                return (await client.get(f"{base}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await eventually(up, timeout_s=60, what=f"{base} to answer")
 
 
 @asynccontextmanager
@@ -135,7 +114,6 @@ async def test_ten_thousand_bad_keys_are_rate_limited_while_others_are_served(
     good = await create_key(settings, Role.RESEARCHER, "good client")
     same_address = await create_key(settings, Role.RESEARCHER, "neighbour")
     with running_api(settings) as base:
-        await _listening(base)
         async with httpx.AsyncClient(base_url=base, timeout=30) as flood:
             assert (await flood.get("/annotations", headers={"X-API-Key": same_address})).status_code == 200
             async with polling(lambda c: c.get(f"{base}/annotations", headers={"X-API-Key": good})) as latencies:
@@ -177,7 +155,6 @@ async def test_a_100_mb_body_is_refused_with_413_while_others_are_served(setting
 
     auth = {"X-API-Key": key}
     with running_api(settings) as base, running_webhook(settings) as webhook:
-        await _listening(base)
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
             assert (await client.get("/annotations", headers=auth)).status_code == 200  # the key is verified
             async with polling(lambda c: c.get(f"{base}/annotations", headers=auth)):
