@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -90,3 +91,19 @@ def cli_env(stack_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterat
         await client.close()
 
     asyncio.run(drop())
+
+
+def _chromium() -> str | None:
+    """The Chromium the browser tests drive (Debian's package, tests/run.sh installs it)."""
+    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture
+def chromium() -> str:
+    path = _chromium()
+    if path is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; tests/run.sh installs it)")
+    return path

@@ -44,21 +44,6 @@ playwright_api = pytest.importorskip(
 TIMEOUT_MS = 30_000
 
 
-def _chromium() -> str | None:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = _chromium()
-    if path is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; tests/run.sh installs it)")
-    return path
-
-
 @pytest.fixture
 def server(settings: Settings) -> Iterator[str]:
     """The real application under uvicorn on a free port, in a thread with its own loop."""

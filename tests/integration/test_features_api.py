@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -199,18 +197,8 @@ async def test_subject_vector_cohort_matrix_dictionary_and_summary(filled: tuple
         assert set(summary["distributions"]["sex"]["counts"]) <= {"M", "F"}
 
 
-def _chromium() -> str | None:
-    for candidate in ("/usr/lib/chromium/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-async def test_dashboard_shows_feature_coverage_and_distributions(filled: tuple[str, str]) -> None:
+async def test_dashboard_shows_feature_coverage_and_distributions(filled: tuple[str, str], chromium: str) -> None:
     playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed")
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("chromium is not installed (tests/run.sh installs it)")
     base, key = filled
     async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
         summary = (await client.get("/features/summary")).json()

@@ -37,7 +37,7 @@ from cohortstream.orthanc import OrthancClient
 from cohortstream.settings import Settings
 from tests.annotation_api_data import dataset_bytes
 from tests.api_server import running_api
-from tests.integration.test_dashboard import _artefact_dir, _chromium
+from tests.integration.test_dashboard import _artefact_dir
 from tests.polling import eventually
 
 playwright_api = pytest.importorskip(
@@ -70,14 +70,6 @@ async def settings(stack_settings: Settings) -> Settings:
     settings = stack_settings.model_copy(update={"annotation_device": "cpu", "orthanc_timeout_s": 30.0})
     await ensure_topics(settings)
     return settings
-
-
-@pytest.fixture
-def chromium() -> str:
-    path = _chromium()
-    if path is None:
-        pytest.skip("chromium is not installed (apt-get install chromium; tests/run.sh installs it)")
-    return path
 
 
 @pytest.fixture
