@@ -34,7 +34,6 @@ from fastapi.responses import StreamingResponse
 
 from api import auth
 from api.audit import audit_subjects, audited
-from api.errors import ApiError
 from api.services import ApiServices, get_services
 from api.subject_models import CohortAnswer
 from api.subject_store import subject_summaries
@@ -59,12 +58,6 @@ subject id stays the key to ask the API or the registry)."""
 _MEDIA = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 
-def _db(services: ApiServices) -> Any:
-    if services.db is None:
-        raise ApiError(503, "database not connected")
-    return services.db
-
-
 @router.post(
     "/query",
     summary="Subjects meeting every criterion",
@@ -75,7 +68,7 @@ async def query_cohort(request: Request, services: Services, query: CohortQuery)
     """Answer the query from the subject sets the view sinks keep (one indexed find for
     every criterion, intersected in memory, see :mod:`cohortstream.cohort_query`);
     subject ids sorted."""
-    result = await run_cohort_query(_db(services), query)
+    result = await run_cohort_query(services.connected_db(), query)
     audit_subjects(request, result.subject_ids)
     log.info("cohort query answered", extra={"count": result.count, "criteria": len(result.per_criterion)})
     return CohortAnswer(count=result.count, subject_ids=result.subject_ids, per_criterion=result.per_criterion)
@@ -125,7 +118,7 @@ async def export_cohort(
     format: Annotated[Literal["csv", "ndjson"], Query(description="csv (with a header line) or ndjson.")] = "csv",
 ) -> StreamingResponse:
     """One row per subject, streamed in chunks; ``X-Cohort-Count`` says how many rows follow."""
-    db = _db(services)
+    db = services.connected_db()
     result = await run_cohort_query(db, query)
     audit_subjects(request, result.subject_ids)
     log.info("cohort export started", extra={"count": result.count, "format": format})

@@ -51,12 +51,6 @@ Services = Annotated[ApiServices, Depends(get_services)]
 _MEDIA = {"parquet": "application/vnd.apache.parquet", "csv": "text/csv; charset=utf-8"}
 
 
-def _db(services: ApiServices) -> Any:
-    if services.db is None:
-        raise ApiError(503, "database not connected")
-    return services.db
-
-
 @router.get(
     "/subjects/{subject:path}/features",
     summary="One subject's feature vector",
@@ -67,7 +61,7 @@ async def subject_features(request: Request, services: Services, subject: Subjec
     ``spec`` (name, version, sha256), ``as_of`` (its latest event) and ``lab_units``."""
     subject_id = await resolve(services, subject)
     audit_subjects(request, [subject_id])
-    doc = await feature_document_of(_db(services), subject_id)
+    doc = await feature_document_of(services.connected_db(), subject_id)
     if doc is None:
         raise ApiError(404, "no features for this subject yet", "subject")
     doc.pop("_id", None)
@@ -77,7 +71,7 @@ async def subject_features(request: Request, services: Services, subject: Subjec
 @router.get("/features/dictionary", summary="The feature matrix's data dictionary")
 async def dictionary(services: Services) -> dict[str, Any]:
     try:
-        plan = await matrix_plan(_db(services))
+        plan = await matrix_plan(services.connected_db())
     except FeaturesNotBuiltError as exc:
         raise ApiError(404, str(exc)) from exc
     return plan.dictionary()
@@ -95,7 +89,7 @@ async def summary(
     chosen column, a 20-bin histogram (numbers) or counts per code."""
     if feature is not None and len(feature) > MAX_CHOSEN:
         raise ApiError(422, f"at most {MAX_CHOSEN} features", "feature")
-    return await feature_summary(_db(services), feature)
+    return await feature_summary(services.connected_db(), feature)
 
 
 @router.post(
@@ -113,7 +107,7 @@ async def cohort_features(
 ) -> StreamingResponse:
     """One row per subject of the query that has features; columns as ``/features/dictionary``
     (Parquet fields carry their dictionary entry as metadata)."""
-    db = _db(services)
+    db = services.connected_db()
     result = await run_cohort_query(db, query)
     audit_subjects(request, result.subject_ids)  # recorded (acknowledged) before the first byte
     try:

@@ -21,6 +21,7 @@ from fastapi import Request
 
 from api.annotation_store import AnnotationStore
 from api.consumer_stalls import StallTracker
+from api.errors import ApiError
 from api.kafka_offsets import agents_by_group
 from cohortstream.events import Event
 from cohortstream.mongo import AsyncClient, AsyncDatabase, mongo_client, mongo_database
@@ -87,6 +88,12 @@ class ApiServices:
         """Publish and wait for Kafka's acknowledgement; :class:`PublishError` if none came."""
         await self._ensure_publisher()
         return await self.publisher.publish(event, key=key)
+
+    def connected_db(self) -> AsyncDatabase:
+        """The views database, or **503** for a request that needs it while it is not connected."""
+        if self.db is None:
+            raise ApiError(503, "database not connected")
+        return self.db
 
     def require_db(self) -> AsyncDatabase:
         """The views database (the lifespan opened it)."""

@@ -44,7 +44,6 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from api import auth
-from api.errors import ApiError
 from api.services import ApiServices, get_services
 from consumers.statistics import AGE_BANDS, ANNOTATION_STATUSES, COMPLETION_STATUSES, STATISTICS
 
@@ -116,12 +115,6 @@ class _MultimodalCache:
     value: Multimodal | None = None
     at: float = 0.0
     task: asyncio.Task[None] | None = None
-
-
-def _db(services: ApiServices) -> Any:
-    if services.db is None:
-        raise ApiError(503, "database not connected")
-    return services.db
 
 
 async def _counters(db: Any) -> dict[str, list[dict[str, Any]]]:
@@ -239,7 +232,7 @@ _ANSWERED_BY = {
 async def statistics(request: Request, services: Services) -> Statistics:
     """Counts by modality, body part, sex, age band, questionnaire completion, annotation
     status per model, ingestion per day and multimodal completeness."""
-    db = _db(services)
+    db = services.connected_db()
     counters = await _counters(db)
     multimodal = _cached_multimodal(request, db)
     completion = _grouped(

@@ -56,16 +56,10 @@ SubjectRef = Annotated[str, Path(description="Subject id (S...) or an identifier
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, at most {MAX_LIMIT}.")]
 
 
-def _db(services: ApiServices) -> Any:
-    if services.db is None:
-        raise ApiError(503, "database not connected")
-    return services.db
-
-
 async def resolve(services: ApiServices, subject: str) -> str:
     """The subject id of ``subject`` (an id or an identifier); 404/422 otherwise."""
     try:
-        return await resolve_subject_id(_db(services), subject)
+        return await resolve_subject_id(services.connected_db(), subject)
     except SubjectIdentifierError as exc:
         raise ApiError(422, str(exc), "subject") from exc
     except SubjectNotFoundError as exc:
@@ -92,7 +86,7 @@ async def list_subjects(
             after = Cursor.decode(cursor, SortOrder.ID).last_id
         except CursorError as exc:
             raise ApiError(422, str(exc), "cursor") from exc
-    db = _db(services)
+    db = services.connected_db()
     filters = SubjectFilters(modality=modality, has_questionnaire=has_questionnaire, sex=sex, source=source)
     rows, last = await page_of_summaries(db, filters, limit, after)
     items = [SubjectSummary(**s) for s in rows]
@@ -126,7 +120,7 @@ async def timeline(
         raise ApiError(422, "after: give a time zone (e.g. 2024-05-01T00:00:00Z)", "after")
     subject_id = await resolve(services, subject)
     audit_subjects(request, [subject_id])
-    docs = await ehr_timeline(_db(services), subject_id, limit=limit + 1, after=after)
+    docs = await ehr_timeline(services.connected_db(), subject_id, limit=limit + 1, after=after)
     items = docs[:limit]
     dated_more = len(docs) > limit and items and items[-1].get("effective_at") is not None
     return TimelinePage(
@@ -146,7 +140,7 @@ async def timeline(
 async def get_subject(request: Request, services: Services, subject: SubjectRef) -> SubjectDetail:
     """Imaging with Orthanc and viewer links and each series' AI suggestions, questionnaires
     and the EHR summary (demographics, diagnoses, latest lab per code)."""
-    db = _db(services)
+    db = services.connected_db()
     try:
         view = await subject_view(db, subject)  # the same query as ``cohortstream subjects show``
     except SubjectIdentifierError as exc:
