@@ -7,8 +7,6 @@ exact only against an archive that holds nothing but what the test stored."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +14,9 @@ from pydantic import SecretStr
 
 from cohortstream.settings import Settings
 from tests.net import free_port
+from tests.stack_script import stack_env, stack_script
 
 __all__ = ["PrivateOrthanc", "start_private_orthanc", "stop_private_orthanc"]
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -44,24 +41,13 @@ class PrivateOrthanc:
 
 
 def _env(state_dir: Path, http_port: int = 0, dicom_port: int = 0) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COHORTSTREAM_STACK_")}
-    env.update(COHORTSTREAM_STACK_DIR=str(state_dir), COHORTSTREAM_STACK_SERVICES="orthanc")
-    if http_port:
-        env.update(
-            COHORTSTREAM_STACK_ORTHANC_HTTP_PORT=str(http_port), COHORTSTREAM_STACK_ORTHANC_DICOM_PORT=str(dicom_port)
-        )
-    return env
+    ports = {"orthanc_http_port": str(http_port), "orthanc_dicom_port": str(dicom_port)} if http_port else {}
+    return stack_env(state_dir, "orthanc", **ports)
 
 
 def start_private_orthanc(state_dir: Path) -> PrivateOrthanc:
     """``deploy/stack.sh up`` of Orthanc alone; raises with the script's output on failure."""
-    result = subprocess.run(
-        [str(REPO / "deploy" / "stack.sh"), "up"],
-        env=_env(state_dir, free_port(), free_port()),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = stack_script("up", _env(state_dir, free_port(), free_port()), timeout_s=180)
     if result.returncode != 0:
         raise RuntimeError(f"the private Orthanc did not start:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
     values = dict(
@@ -78,4 +64,4 @@ def start_private_orthanc(state_dir: Path) -> PrivateOrthanc:
 
 
 def stop_private_orthanc(state_dir: Path) -> None:
-    subprocess.run([str(REPO / "deploy" / "stack.sh"), "down"], env=_env(state_dir), capture_output=True, timeout=120)
+    stack_script("down", _env(state_dir), timeout_s=120)

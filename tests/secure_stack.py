@@ -6,8 +6,6 @@ server certificates) serves the DICOM TLS and HTTPS tests too."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +13,9 @@ from pydantic import SecretStr
 
 from cohortstream.settings import Settings
 from tests.net import free_port
+from tests.stack_script import REPO, stack_env, stack_script
 
 __all__ = ["REPO", "SecureKafka", "start_secure_kafka", "stop_secure_kafka"]
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -50,32 +47,18 @@ class SecureKafka:
 
 
 def _env(state_dir: Path, port: int = 0, controller: int = 0) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COHORTSTREAM_STACK_")}
-    env.update(
-        COHORTSTREAM_STACK_DIR=str(state_dir),
-        COHORTSTREAM_STACK_SERVICES="kafka",
-        COHORTSTREAM_STACK_SECURE="1",
-        COHORTSTREAM_STACK_KAFKA_HEAP="384m",
-    )
-    if port:
-        env.update(COHORTSTREAM_STACK_KAFKA_PORT=str(port), COHORTSTREAM_STACK_KAFKA_CONTROLLER_PORT=str(controller))
-    return env
+    ports = {"kafka_port": str(port), "kafka_controller_port": str(controller)} if port else {}
+    return stack_env(state_dir, "kafka", secure="1", kafka_heap="384m", **ports)
 
 
 def start_secure_kafka(state_dir: Path) -> SecureKafka:
     """``deploy/stack.sh up`` of a secure Kafka; raises with the script's output on failure."""
     port, controller = free_port(), free_port()
-    result = subprocess.run(
-        [str(REPO / "deploy" / "stack.sh"), "up"],
-        env=_env(state_dir, port, controller),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    result = stack_script("up", _env(state_dir, port, controller), timeout_s=240)
     if result.returncode != 0:
         raise RuntimeError(f"secure Kafka did not start:\n{result.stderr[-4000:]}")
     return SecureKafka(state_dir, port)
 
 
 def stop_secure_kafka(state_dir: Path) -> None:
-    subprocess.run([str(REPO / "deploy" / "stack.sh"), "down"], env=_env(state_dir), capture_output=True, timeout=120)
+    stack_script("down", _env(state_dir), timeout_s=120)
