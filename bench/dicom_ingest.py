@@ -21,6 +21,11 @@ they divide evenly). For each association count (``--associations``, 1,4):
 2. **bare** — the same files to ``bench/bare_scp.py``: pynetdicom receiving to disk as our
    listener does, then one copy + fsync per instance and nothing else (the ceiling of a
    Python listener).
+2b. **bare+kafka** — the same files to a second ``bench/bare_scp.py`` that, after the
+   fsync, also waits for Kafka's ``acks=all`` on one 600-byte record per instance (topic
+   ``<prefix>bench.bare-kafka``): the ceiling of a Python listener that keeps design
+   decision 3 (success only after the bytes are on disk and Kafka acknowledged), done in
+   sequence, still without parsing or staging.
 3. **alone** — (first, before any worker starts) another N to our listener with no worker
    process running: what the listener acknowledges when it has the cores to itself (the
    workers drain that backlog when they start, before the next phase).
@@ -96,6 +101,8 @@ SCP_PORT = 45112
 SCP_AET = "COHORTSTREAM"
 BARE_PORT = 45113
 BARE_AET = "BARE"
+BARE_KAFKA_PORT = 45114
+BARE_KAFKA_AET = "BAREKAFKA"
 WARMUP_INSTANCES = 8
 POLL_S = 0.05
 CHECK_TIMEOUT_S = 10.0
@@ -120,8 +127,8 @@ def apply_port_offset(requested: int | None) -> int:
     """Shift every port of the run by an offset: ``requested``, or the first multiple of 10
     up to 500 at which all of them are free (another developer's benchmark may hold the
     defaults)."""
-    global SCP_PORT, BARE_PORT
-    base = [*STACK_PORTS.values(), SCP_PORT, BARE_PORT]
+    global SCP_PORT, BARE_PORT, BARE_KAFKA_PORT
+    base = [*STACK_PORTS.values(), SCP_PORT, BARE_PORT, BARE_KAFKA_PORT]
     candidates = [requested] if requested is not None else range(0, 510, 10)
     for offset in candidates:
         if requested is not None or all(port_free(port + offset) for port in base):
@@ -129,6 +136,7 @@ def apply_port_offset(requested: int | None) -> int:
                 STACK_PORTS[key] += offset
             SCP_PORT += offset
             BARE_PORT += offset
+            BARE_KAFKA_PORT += offset
             return offset
     raise BenchError(f"no port offset up to 500 leaves all of {base} free")
 
@@ -640,8 +648,9 @@ class Phase:
     """One timed send: storescu (``assoc`` processes at once) to one receiver."""
 
     kind: str
-    """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py), ``alone`` (our
-    listener, no worker running) or ``listener``."""
+    """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py), ``bare+kafka`` (the
+    same, waiting for Kafka's ack too), ``alone`` (our listener, no worker running) or
+    ``listener``."""
     assoc: int
     batch: Batch
     workers: int = 0
@@ -717,6 +726,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         plan.append(Phase("direct", k, direct))
         # The bare SCP keeps nothing: it gets the same files as the direct phase.
         plan.append(Phase("bare", k, direct))
+        plan.append(Phase("bare+kafka", k, direct))
         layouts = [(w, process_counts[0]) for w in (worker_counts if k == scale_assoc else worker_counts[:1])]
         if k == scale_assoc:
             layouts += [(worker_counts[0], p) for p in process_counts[1:]]
@@ -733,7 +743,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 parts=k,
             )
             plan.append(Phase("listener", k, batch, workers=w, processes=procs))
-    uids = [uid for phase in plan if phase.kind != "bare" for uid in phase.batch.uids]
+    uids = [uid for phase in plan if not phase.kind.startswith("bare") for uid in phase.batch.uids]
     assert len(uids) == len(set(uids)), "phases must not share instances"
     log(f"generated {len(plan)} phases in {time.monotonic() - t:.1f}s")
 
@@ -758,8 +768,20 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         clean_environ(),
         work / "bare-scp.log",
     )
+    bare_kafka_out = work / "bare-kafka-out"
+    children["bare-kafka-scp"] = Child(
+        "bare-kafka-scp",
+        [
+            *(sys.executable, "-m", "bench.bare_scp", "--port", str(BARE_KAFKA_PORT), "--aet", BARE_KAFKA_AET),
+            *("--out", str(bare_kafka_out), "--kafka-bootstrap", stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"]),
+            *("--kafka-topic", f"{settings_env['COHORTSTREAM_TOPIC_PREFIX']}bench.bare-kafka"),
+        ],
+        clean_environ(),
+        work / "bare-kafka-scp.log",
+    )
     children["listener"].start()
     children["bare-scp"].start()
+    children["bare-kafka-scp"].start()
     workers: list[Child] = []
 
     def worker_child(i: int) -> Child:
@@ -772,6 +794,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
     bare_s = wait_listener(children["bare-scp"], BARE_AET, BARE_PORT, READY_TIMEOUT_S)
     log(f"bare SCP answers C-ECHO after {bare_s:.1f}s")
+    bare_kafka_s = wait_listener(children["bare-kafka-scp"], BARE_KAFKA_AET, BARE_KAFKA_PORT, READY_TIMEOUT_S)
+    log(f"bare SCP with Kafka acks answers C-ECHO after {bare_kafka_s:.1f}s")
 
     mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"], socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000))
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]
@@ -861,12 +885,17 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}, no worker running")
                 phase.start, phase.end = await storescu_parallel(SCP_AET, SCP_PORT, phase.batch.parts, storescu_log)
                 children["listener"].check_alive()
-            elif phase.kind == "bare":
-                log(f"{label}: storescu {phase.n} instances -> bare SCP :{BARE_PORT}")
-                phase.start, phase.end = await storescu_parallel(BARE_AET, BARE_PORT, phase.batch.parts, storescu_log)
-                children["bare-scp"].check_alive()
-                phase.received = count_files(bare_out)
-                for path in bare_out.iterdir():
+            elif phase.kind.startswith("bare"):
+                receiver, aet, port, out = (
+                    ("bare-scp", BARE_AET, BARE_PORT, bare_out)
+                    if phase.kind == "bare"
+                    else ("bare-kafka-scp", BARE_KAFKA_AET, BARE_KAFKA_PORT, bare_kafka_out)
+                )
+                log(f"{label}: storescu {phase.n} instances -> {receiver} :{port}")
+                phase.start, phase.end = await storescu_parallel(aet, port, phase.batch.parts, storescu_log)
+                children[receiver].check_alive()
+                phase.received = count_files(out)
+                for path in out.iterdir():
                     path.unlink()
             else:
                 if phase.processes != listener_processes:
@@ -951,9 +980,9 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         if phase.kind == "direct":
             ok = phase.received == phase.n
             print(f"{name}: Orthanc CountInstances grew by {phase.received} (expected {phase.n})")
-        elif phase.kind == "bare":
+        elif phase.kind.startswith("bare"):
             ok = phase.received == phase.n
-            print(f"{name}: bare SCP wrote {phase.received} files (expected {phase.n})")
+            print(f"{name}: {phase.kind} SCP wrote {phase.received} files (expected {phase.n})")
         elif phase.kind == "alone":
             ok = phase.in_orthanc == phase.n
             print(
@@ -1010,6 +1039,7 @@ def print_report(
 
     direct = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "direct"}
     bare = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare"}
+    bare_kafka = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare+kafka"}
 
     print()
     print(f"command: {command}")
@@ -1052,10 +1082,14 @@ def print_report(
             row("storescu -> Orthanc directly (storescu exit)", phase, phase.end)
         elif phase.kind == "bare":
             row("storescu -> bare pynetdicom SCP, write+fsync (storescu exit)", phase, phase.end)
+        elif phase.kind == "bare+kafka":
+            row("storescu -> bare SCP, write+fsync, then Kafka acks=all", phase, phase.end)
         elif phase.kind == "alone":
             alone_ack = row("storescu -> our listener, no worker running: acknowledged", phase, phase.end, "0", "1")
             summaries.append(
                 f"listener alone, {phase.assoc} assoc: acknowledged/bare {num(ratio(alone_ack, bare[phase.assoc]), '.2f')}"
+                f", acknowledged/(bare+kafka) {num(ratio(alone_ack, bare_kafka.get(phase.assoc, math.nan)), '.2f')}"
+                f"; (bare+kafka)/bare {num(ratio(bare_kafka.get(phase.assoc, math.nan), bare[phase.assoc]), '.2f')}"
             )
         else:
             pipe = phase.pipe

@@ -21,6 +21,12 @@ DICOM keyword in snake case (``sop_instance_uid`` ↔ ``SOPInstanceUID``,
 - ``PatientSex``: one of the standard's enumerated values ``M``, ``F``, ``O``, else ``None``;
 - any other VR: the stripped text (multiple values joined by ``\\``), ``None`` when empty.
 
+The listener reads these values from the raw element bytes the structural check collects
+on its walk (:func:`cohortstream.dicom_integrity.scan_part10`), converted by pydicom's own
+value converters with the data set's Specific Character Set, so the result is the one
+``dcmread`` would give without parsing the file a second time; an element whose VR in the
+file differs from the dictionary's falls back to ``dcmread``.
+
 Strict about what identifies the instance, lenient about the rest (an unparseable date,
 age or number becomes ``None``): a modality that writes ``StudyDate`` badly still gets its
 instance stored. A new event field named after a DICOM keyword is read with no change
@@ -33,14 +39,17 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pydicom
+from pydicom.charset import convert_encodings
 from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
+from pydicom.values import convert_value
 
-from cohortstream.dicom_integrity import IncompleteDicomError, check_part10_structure
+from cohortstream.dicom_integrity import IncompleteDicomError, Part10Scan, scan_part10
 from cohortstream.errors import CohortStreamError
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.staging import StagedFile
@@ -77,11 +86,24 @@ DATASET_FIELDS: Mapping[str, str] = _dataset_fields()
 
 _FILE_META_KEYWORDS = frozenset(keyword for keyword in DATASET_FIELDS.values() if Tag(keyword).group == 0x0002)
 
+_SPECIFIC_CHARACTER_SET = 0x00080005
+_DATASET_TAGS: Mapping[str, int] = {
+    keyword: int(Tag(keyword)) for keyword in DATASET_FIELDS.values() if keyword not in _FILE_META_KEYWORDS
+}
+_WANTED_TAGS = frozenset({*_DATASET_TAGS.values(), _SPECIFIC_CHARACTER_SET})
+
+
+class _Values(Protocol):
+    """Where values are looked up by keyword: a pydicom ``Dataset`` or a plain dict."""
+
+    def get(self, key: str, default: Any = None, /) -> Any: ...
+
+
 _AGE_RE = re.compile(r"^\d{3}[DWMY]$")
 _INT32 = (-(2**31), 2**31 - 1)
 
 
-def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+def _text(ds: _Values, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
@@ -91,7 +113,7 @@ def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+def _int(ds: _Values, keyword: str) -> int | None:
     text = _text(ds, keyword)
     if text is None:
         return None
@@ -102,7 +124,7 @@ def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
     return number if _INT32[0] <= number <= _INT32[1] else None
 
 
-def _date(ds: pydicom.Dataset, keyword: str) -> date | None:
+def _date(ds: _Values, keyword: str) -> date | None:
     text = _text(ds, keyword)
     if text is None:
         return None
@@ -114,18 +136,18 @@ def _date(ds: pydicom.Dataset, keyword: str) -> date | None:
     return None
 
 
-def _age(ds: pydicom.Dataset, keyword: str) -> str | None:
+def _age(ds: _Values, keyword: str) -> str | None:
     text = (_text(ds, keyword) or "").upper()
     return text if _AGE_RE.match(text) else None
 
 
-def _sex(ds: pydicom.Dataset, keyword: str) -> str | None:
+def _sex(ds: _Values, keyword: str) -> str | None:
     text = (_text(ds, keyword) or "").upper()
     return text if text in {"M", "F", "O"} else None
 
 
-_BY_VR: dict[str, Callable[[pydicom.Dataset, str], Any]] = {"IS": _int, "DA": _date, "AS": _age}
-_BY_KEYWORD: dict[str, Callable[[pydicom.Dataset, str], Any]] = {"PatientSex": _sex}
+_BY_VR: dict[str, Callable[[_Values, str], Any]] = {"IS": _int, "DA": _date, "AS": _age}
+_BY_KEYWORD: dict[str, Callable[[_Values, str], Any]] = {"PatientSex": _sex}
 
 
 def dataset_attributes(ds: pydicom.Dataset, *, transfer_syntax_uid: str | None = None) -> InstanceAttributes:
@@ -135,23 +157,50 @@ def dataset_attributes(ds: pydicom.Dataset, *, transfer_syntax_uid: str | None =
     structural check found). Raises :class:`UnreadableInstanceError` when an identifier
     is missing; decoding errors of pydicom propagate (see :func:`read_instance_attributes`).
     """
-    meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
-    values: InstanceAttributes = {}
+    return _attributes(ds, getattr(ds, "file_meta", None) or pydicom.Dataset(), transfer_syntax_uid)
+
+
+def _attributes(values: _Values, meta: _Values, transfer_syntax_uid: str | None) -> InstanceAttributes:
+    attributes: InstanceAttributes = {}
     missing = []
     for name, keyword in DATASET_FIELDS.items():
-        source = meta if keyword in _FILE_META_KEYWORDS else ds
+        source = meta if keyword in _FILE_META_KEYWORDS else values
         vr = dictionary_VR(keyword)
         value = _BY_KEYWORD.get(keyword, _BY_VR.get(vr, _text))(source, keyword)
         if value is None and DicomInstanceReceived.model_fields[name].is_required():
             if vr == "UI":
                 missing.append(keyword)
             value = ""
-        values[name] = value
+        attributes[name] = value
     if transfer_syntax_uid:
-        values["transfer_syntax_uid"] = transfer_syntax_uid
+        attributes["transfer_syntax_uid"] = transfer_syntax_uid
         missing = [keyword for keyword in missing if keyword != "TransferSyntaxUID"]
     if missing:
         raise UnreadableInstanceError(f"required attribute(s) missing or empty: {', '.join(missing)}")
+    return attributes
+
+
+def _raw_element(scan: Part10Scan, tag: int, vr: str, value: bytes) -> RawDataElement:
+    return RawDataElement(Tag(tag), vr, len(value), value, 0, scan.implicit_vr, scan.little_endian, True, False)
+
+
+def _scanned_values(scan: Part10Scan) -> dict[str, Any] | None:
+    """Keyword → value as pydicom converts it, from the scan's raw bytes; ``None`` when an
+    element's VR in the file is not the dictionary's (then ``dcmread`` decides)."""
+    encodings = None
+    charset = scan.elements.get(_SPECIFIC_CHARACTER_SET)
+    if charset is not None and charset.value:
+        declared = convert_value("CS", _raw_element(scan, _SPECIFIC_CHARACTER_SET, "CS", charset.value))
+        encodings = convert_encodings(declared)
+    values: dict[str, Any] = {}
+    for keyword, tag in _DATASET_TAGS.items():
+        raw = scan.elements.get(tag)
+        if raw is None or not raw.value:
+            continue
+        vr = dictionary_VR(keyword)
+        if raw.vr is not None and raw.vr != vr:
+            return None
+        values[keyword] = convert_value(vr, _raw_element(scan, tag, vr, raw.value), encodings)
     return values
 
 
@@ -163,14 +212,17 @@ def read_instance_attributes(path: Path) -> InstanceAttributes:
     cannot decode).
     """
     try:
-        transfer_syntax = check_part10_structure(path)
+        scan = scan_part10(path, _WANTED_TAGS)
     except IncompleteDicomError as exc:
         raise UnreadableInstanceError(str(exc)) from exc
     except OSError as exc:  # pragma: no cover - pynetdicom's temp file vanished
         raise UnreadableInstanceError(f"cannot read the received file: {exc}") from exc
     try:
+        values = _scanned_values(scan)
+        if values is not None:
+            return _attributes(values, {}, scan.transfer_syntax)
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return dataset_attributes(ds, transfer_syntax_uid=transfer_syntax)
+        return dataset_attributes(ds, transfer_syntax_uid=scan.transfer_syntax)
     except UnreadableInstanceError:
         raise
     except (
@@ -184,6 +236,7 @@ def read_instance_attributes(path: Path) -> InstanceAttributes:
         UnicodeError,
         NotImplementedError,
         AttributeError,
+        LookupError,
     ) as exc:
         # pydicom decodes lazily and reports broken values with many exception types.
         raise UnreadableInstanceError(f"cannot decode the data set: {type(exc).__name__}: {exc}") from exc

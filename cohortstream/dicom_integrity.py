@@ -11,7 +11,10 @@ the file is memory-mapped rather than read.
 
 It lives in the core package beside :mod:`cohortstream.dicom_attributes`, which runs it
 before reading any attribute, for the listener (``producers/dicom``) and the staging
-sweeper (``consumers/``) alike.
+sweeper (``consumers/``) alike. Since the walk visits every top-level element header
+anyway, :func:`scan_part10` also hands back the raw values of the top-level elements a
+caller asks for, so the listener reads its event's attributes without a second parse
+of the file (``pydicom.dcmread`` was about half the listener's attribute time).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohortstream.errors import CohortStreamError
 
-__all__ = ["IncompleteDicomError", "check_part10_structure"]
+__all__ = ["IncompleteDicomError", "Part10Scan", "RawValue", "check_part10_structure", "scan_part10"]
 
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -41,10 +46,33 @@ class IncompleteDicomError(CohortStreamError, ValueError):
     """The file is not a complete DICOM Part-10 object (truncated, garbage, broken meta)."""
 
 
+@dataclass(frozen=True)
+class RawValue:
+    """One top-level element as it is in the file: its VR (``None`` in implicit VR) and
+    its undecoded value bytes."""
+
+    vr: str | None
+    value: bytes
+
+
+@dataclass
+class Part10Scan:
+    """What :func:`scan_part10` found in a structurally complete file."""
+
+    transfer_syntax: str
+    implicit_vr: bool
+    little_endian: bool
+    elements: dict[int, RawValue] = field(default_factory=dict)
+    """Tag → raw value of the requested top-level data set elements that are present
+    (with a defined length)."""
+
+
 class _Walker:
-    def __init__(self, buf: bytes | mmap.mmap, little: bool) -> None:
+    def __init__(self, buf: bytes | mmap.mmap, little: bool, wanted: Collection[int] = ()) -> None:
         self.buf = buf
         self.e = "<" if little else ">"
+        self.wanted = wanted
+        self.found: dict[int, RawValue] = {}
 
     def _need(self, pos: int, count: int, end: int, what: str) -> None:
         if pos + count > end:
@@ -92,6 +120,10 @@ class _Walker:
                     raise IncompleteDicomError(f"undefined length on VR {vr!r} at byte {pos}")
             else:
                 self._need(pos, length, end, f"value of ({group:04X},{elem:04X})")
+                if depth == 0 and tag in self.wanted:
+                    self.found[tag] = RawValue(
+                        None if vr is None else vr.decode("ascii"), bytes(self.buf[pos : pos + length])
+                    )
                 pos += length
 
     def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:
@@ -159,6 +191,12 @@ def _meta(buf: bytes | mmap.mmap, end: int) -> tuple[int, str]:
 def check_part10_structure(path: Path) -> str:
     """Raise :class:`IncompleteDicomError` unless ``path`` is a structurally complete
     Part-10 file; return its transfer syntax UID."""
+    return scan_part10(path).transfer_syntax
+
+
+def scan_part10(path: Path, wanted: Collection[int] = ()) -> Part10Scan:
+    """Check ``path`` like :func:`check_part10_structure` and return, beside its transfer
+    syntax, the raw values of the ``wanted`` top-level data set elements (tags as ints)."""
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         if size == 0:
@@ -173,9 +211,11 @@ def check_part10_structure(path: Path) -> str:
                     raise IncompleteDicomError(f"deflated data set is corrupt: {exc}") from exc
                 if not inflater.eof:
                     raise IncompleteDicomError("truncated: the deflated data set stream is not complete")
-                _Walker(body, little=True).dataset(0, len(body), implicit=False, in_item=False)
-            else:
-                implicit = transfer_syntax == _IMPLICIT_LE
-                little = transfer_syntax != _EXPLICIT_BE
-                _Walker(buf, little).dataset(start, size, implicit=implicit, in_item=False)
-    return transfer_syntax
+                walker = _Walker(body, little=True, wanted=wanted)
+                walker.dataset(0, len(body), implicit=False, in_item=False)
+                return Part10Scan(transfer_syntax, False, True, walker.found)
+            implicit = transfer_syntax == _IMPLICIT_LE
+            little = transfer_syntax != _EXPLICIT_BE
+            walker = _Walker(buf, little, wanted=wanted)
+            walker.dataset(start, size, implicit=implicit, in_item=False)
+            return Part10Scan(transfer_syntax, implicit, little, walker.found)

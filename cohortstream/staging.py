@@ -11,10 +11,22 @@ store create (and fsync) two new directories for most files. Files in that old l
 are still listed, read and removed, so an upgrade strands nothing.
 
 Durability: bytes go to a temporary file in the target directory (name starting with
-``.tmp-``), which is fsynced, renamed into place and followed by an fsync of the
-directory, so after :meth:`StagingStore.stage_file` returns the file survives a crash and
-nobody ever sees a half-written file under its final name. Staging the same bytes twice
-is idempotent: the second call finds the file and returns the same :class:`StagedFile`.
+``.tmp-``), which is renamed into place, then fsynced, followed by an fsync of the
+directory; after :meth:`StagingStore.stage_file` returns the file survives a crash, and
+nobody ever sees a half-written file under its final name (the rename publishes complete
+bytes from the page cache).
+
+Staging comes in two steps, :meth:`StagingStore.begin_stage` (hash, write, rename: the
+file is complete and readable under its final name) and :meth:`PendingStage.make_durable`
+(the two fsyncs), so the listener can have Kafka acknowledge the instance's event while
+the disk syncs: the two waits overlap instead of adding up, and the C-STORE is answered
+only after both (design decision 3). Renaming before the fsync means that a crash in
+between can leave a short or empty file under a final name, for an instance whose
+sender was never told success; so a file found under its final name is trusted only
+after its bytes were hashed again (and synced), never by its name and size alone.
+
+Staging the same bytes twice is idempotent: the second call finds the file, checks it
+and returns the same :class:`StagedFile`.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from typing import BinaryIO
 
 from cohortstream.errors import CohortStreamError
 
-__all__ = ["StagedFile", "StagingError", "StagingStore"]
+__all__ = ["PendingStage", "StagedFile", "StagingError", "StagingStore"]
 
 _CHUNK = 1024 * 1024
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -72,6 +84,40 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class PendingStage:
+    """A file complete and readable under its final name, not yet synced to disk.
+
+    :meth:`make_durable` fsyncs the file and its directory entry; :meth:`close` releases
+    the file descriptor when the caller gives up instead (both are safe to call twice).
+    """
+
+    def __init__(self, staged: StagedFile, created: bool, fd: int) -> None:
+        self.staged = staged
+        self.created = created
+        """``False`` when identical bytes were already staged (they are synced all the same:
+        another call may have renamed them into place a moment ago and still be syncing)."""
+        self._fd: int | None = fd
+
+    def make_durable(self) -> None:
+        """fsync the file's data and the directory entry that names it."""
+        if self._fd is None:
+            raise StagingError(f"{self.staged.path}: already made durable or closed")
+        try:
+            os.fsync(self._fd)
+            _fsync_dir(self.staged.path.parent)
+        except OSError as exc:
+            raise StagingError(f"cannot fsync {self.staged.path}: {_describe(exc)}") from exc
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the file descriptor (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _describe(exc: OSError) -> str:
@@ -141,6 +187,13 @@ class StagingStore:
     def stage_file_new(self, source: Path) -> tuple[StagedFile, bool]:
         """Like :meth:`stage_file`, and also say whether this call created the file
         (``False`` when identical bytes were already staged)."""
+        pending = self.begin_stage(source)
+        pending.make_durable()
+        return pending.staged, pending.created
+
+    def begin_stage(self, source: Path) -> PendingStage:
+        """Hash ``source`` and put its bytes under their final name, complete but not yet
+        synced; the caller calls :meth:`PendingStage.make_durable` (or ``close``)."""
         source = Path(source)
         try:
             with source.open("rb") as src:
@@ -154,13 +207,15 @@ class StagingStore:
         """Put ``data`` into the store; idempotent."""
         digest = hashlib.sha256(data).hexdigest()
         final = self.path_for(digest)
-        if self._existing(final, len(data)):
+        existing = self._open_existing(final, len(data), digest)
+        if existing is not None:
+            PendingStage(StagedFile(digest, final, len(data)), False, existing).make_durable()
             return StagedFile(digest, final, len(data))
         self._ensure_dir(final.parent)
         self._atomic_write(final, data)
         return StagedFile(digest, final, len(data))
 
-    def _stage_stream(self, src: BinaryIO) -> tuple[StagedFile, bool]:
+    def _stage_stream(self, src: BinaryIO) -> PendingStage:
         # Hash first (a read from the page cache for a file just received), so the final
         # directory is known before anything is written: the temporary file goes next to
         # its final name and one directory fsync makes the rename durable. Hashing while
@@ -173,8 +228,10 @@ class StagingStore:
             size += len(chunk)
         digest = hasher.hexdigest()
         final = self.path_for(digest)
-        if self._existing(final, size):
-            return StagedFile(digest, final, size), False
+        staged = StagedFile(digest, final, size)
+        existing = self._open_existing(final, size, digest)
+        if existing is not None:
+            return PendingStage(staged, False, existing)
         self._ensure_dir(final.parent)
         src.seek(0)
         try:
@@ -184,22 +241,22 @@ class StagingStore:
             self._ensure_dir(final.parent)
             fd, tmp = self._make_temp(final.parent)
         try:
-            with os.fdopen(fd, "wb") as out:
-                copied = 0
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    copied += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            copied = 0
+            while chunk := src.read(_CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                copied += len(chunk)
             if copied != size:
                 raise StagingError(f"{getattr(src, 'name', 'the source')} changed while being staged")
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
-            return StagedFile(digest, final, size), True
-        except StagingError:
+            return PendingStage(staged, True, fd)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            if isinstance(exc, OSError) and not isinstance(exc, StagingError):
+                raise StagingError(f"cannot stage into {tmp}: {_describe(exc)}") from exc
             raise
-        except OSError as exc:
-            raise StagingError(f"cannot stage into {tmp}: {_describe(exc)}") from exc
         finally:
             with contextlib.suppress(OSError):  # gone after the rename: nothing to clean up
                 os.unlink(tmp)
@@ -246,15 +303,31 @@ class StagingStore:
             raise StagingError(f"cannot create directory {directory}: {_describe(exc)}") from exc
 
     @staticmethod
-    def _existing(final: Path, size: int) -> bool:
-        # Only complete files ever carry a final name, so a file of the right size is
-        # the same content (the name is its hash).
+    def _open_existing(final: Path, size: int, sha256: str) -> int | None:
+        """A read descriptor on ``final`` if it holds exactly these bytes, else ``None``.
+
+        Hashed again rather than trusted by name and size: a crash between a rename and
+        its fsync (see the module docstring) can leave a short or empty file under a
+        final name, which is then staged over. The descriptor lets the caller sync it.
+        """
         try:
-            return final.stat().st_size == size
+            fd = os.open(final, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
-            return False
+            return None
         except OSError as exc:
             raise StagingError(f"cannot inspect {final}: {_describe(exc)}") from exc
+        try:
+            if os.fstat(fd).st_size == size:
+                hasher = hashlib.sha256()
+                while chunk := os.read(fd, _CHUNK):
+                    hasher.update(chunk)
+                if hasher.hexdigest() == sha256:
+                    return fd
+        except OSError as exc:
+            os.close(fd)
+            raise StagingError(f"cannot inspect {final}: {_describe(exc)}") from exc
+        os.close(fd)
+        return None
 
     # --- reading ---------------------------------------------------------------------
     def open_verified(self, sha256: str) -> bytes:

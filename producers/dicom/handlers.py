@@ -15,11 +15,24 @@ For every C-STORE (design decisions 2 and 3), :func:`on_c_store`:
    (:func:`cohortstream.dicom_attributes.read_instance_attributes`: structural check,
    then ``dcmread(stop_before_pixels=True)``); unreadable data is quarantined and
    answered with **0xC210** (cannot understand);
-2. stages the file in the content-addressed store (fsynced, renamed; idempotent);
-3. publishes the :class:`~cohortstream.events.DicomInstanceReceived` keyed by
-   SeriesInstanceUID and waits for the broker's acknowledgement (``context.publish``);
-4. only then answers **0x0000**. Kafka down or slow, staging error, disk full →
-   **0xA700** (out of resources, the sender may retry); a bug → **0xC211**.
+2. puts the file into the content-addressed store under its final name, complete but
+   not yet synced (:meth:`~cohortstream.staging.StagingStore.begin_stage`);
+3. hands the :class:`~cohortstream.events.DicomInstanceReceived`, keyed by
+   SeriesInstanceUID, to Kafka (``context.start_publish``), and *while the broker
+   acknowledges* fsyncs the file and its directory entry
+   (:meth:`~cohortstream.staging.PendingStage.make_durable`): the Kafka round trip and the
+   disk's two syncs overlap instead of adding up (the listener's profile: about a
+   third of the handler's time). Any reader of the event finds the complete file;
+4. answers **0x0000** only after both: the bytes are on disk and the broker acknowledged
+   (design decision 3). Kafka down or slow, staging error, disk full → **0xA700** (out of
+   resources, the sender may retry); a bug → **0xC211**.
+
+The overlap has one cost, stated here because it is the only way an event can outlive its
+bytes: if the fsync fails (an I/O error) or the machine crashes after the broker
+acknowledged and before the disk synced, the event is in Kafka but its staged file may be
+short or missing. The sender was never told success, so nothing acknowledged is lost;
+the archive agent finds the file missing or its hash wrong and dead-letters that event
+with the reason, and the sender's retry stages the bytes again under a new event.
 
 Logs carry UIDs, AE titles, addresses, sizes and hashes, never a patient identifier.
 """
@@ -35,7 +48,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
@@ -51,7 +64,8 @@ __all__ = [
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_PROCESSING_FAILURE",
     "STATUS_SUCCESS",
-    "PublishFn",
+    "Acknowledgement",
+    "StartPublishFn",
     "StoreContext",
     "on_accepted",
     "on_c_echo",
@@ -73,8 +87,16 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0xC211
 """An unexpected error in our own code (a bug); logged with its traceback."""
 
-PublishFn = Callable[[DicomInstanceReceived, str], None]
-"""Publish and wait for the broker's acknowledgement; raise PublishError otherwise."""
+
+class Acknowledgement(Protocol):
+    """A publish under way (:class:`producers.dicom.kafka_bridge.PendingPublish`)."""
+
+    def wait(self) -> None:
+        """Return once the broker acknowledged; raise ``PublishError`` otherwise."""
+
+
+StartPublishFn = Callable[[DicomInstanceReceived, str], Acknowledgement]
+"""Hand an event to Kafka and return at once; ``wait()`` on the result for the ack."""
 
 
 class _KeyedLocks:
@@ -113,7 +135,7 @@ class StoreContext:
 
     store: StagingStore
     quarantine_dir: Path
-    publish: PublishFn
+    start_publish: StartPublishFn
     allowed_aets: Sequence[str] = ()
     max_associations: int = 0
     max_object_bytes: int = 0
@@ -231,20 +253,31 @@ def _store(
     # failing copy never removes the staged file the other one just published.
     with context._instance_locks.hold(attrs["sop_instance_uid"]):
         try:
-            staged, created = context.store.stage_file_new(path)
+            pending = context.store.begin_stage(path)
         except StagingError as exc:
             log.error("C-STORE staging failed (0xA700, sender may retry)", extra={**peer, **uids, "error": str(exc)})
             return STATUS_OUT_OF_RESOURCES
-        instance = instance_event(
-            attrs,
-            staged,
-            producer=PRODUCER,
-            calling_aet=peer["calling_aet"],
-            called_aet=peer["called_aet"],
-            received_at=received_at,
-        )
+        staged, created = pending.staged, pending.created
         try:
-            context.publish(instance, instance.series_instance_uid)
+            instance = instance_event(
+                attrs,
+                staged,
+                producer=PRODUCER,
+                calling_aet=peer["calling_aet"],
+                called_aet=peer["called_aet"],
+                received_at=received_at,
+            )
+            acknowledgement = context.start_publish(instance, instance.series_instance_uid)
+            try:
+                pending.make_durable()
+            except StagingError as exc:
+                log.error(
+                    "C-STORE staged file could not be synced (0xA700, sender may retry); its event may "
+                    "still be acknowledged, and the archive dead-letters it if the bytes are lost",
+                    extra={**peer, **uids, "sha256": staged.sha256, "error": str(exc)},
+                )
+                return STATUS_OUT_OF_RESOURCES
+            acknowledgement.wait()
         except KafkaUnavailableError as exc:
             # Certainly not sent: remove what this call staged, so nothing is half-recorded
             # (unless another process may have published the same bytes meanwhile).
@@ -264,6 +297,8 @@ def _store(
                 extra={**peer, **uids, "sha256": staged.sha256, "error": str(exc)},
             )
             return STATUS_OUT_OF_RESOURCES
+        finally:
+            pending.close()
     log.info(
         "C-STORE stored",
         extra={

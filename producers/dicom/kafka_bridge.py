@@ -24,7 +24,7 @@ from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import EventPublisher, PublishError
 from cohortstream.settings import Settings
 
-__all__ = ["KafkaBridge", "KafkaUnavailableError", "PublishTimeoutError"]
+__all__ = ["KafkaBridge", "KafkaUnavailableError", "PendingPublish", "PublishTimeoutError"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,22 @@ class PublishTimeoutError(PublishError):
 
 class KafkaUnavailableError(PublishError):
     """No connection to Kafka: the event was certainly not sent."""
+
+
+class PendingPublish:
+    """A publish handed to the loop; :meth:`wait` blocks (bounded) for the broker's ack."""
+
+    def __init__(self, future: concurrent.futures.Future[None], timeout_s: float) -> None:
+        self._future = future
+        self._timeout_s = timeout_s
+
+    def wait(self) -> None:
+        """Return once Kafka acknowledged; raise :class:`PublishError` (or a subclass) otherwise."""
+        try:
+            self._future.result(timeout=self._timeout_s)
+        except concurrent.futures.TimeoutError as exc:
+            self._future.cancel()
+            raise PublishTimeoutError(f"no acknowledgement from Kafka within {self._timeout_s}s") from exc
 
 
 class KafkaBridge:
@@ -103,15 +119,15 @@ class KafkaBridge:
         publisher = await self._ensure_connected()
         await publisher.publish(event, key)
 
-    def publish(self, event: DicomInstanceReceived, key: str) -> None:
-        """Called from DIMSE threads: wait (bounded) for the broker's acknowledgement."""
-        timeout = self._settings.dicom_scp_publish_timeout_s
+    def start_publish(self, event: DicomInstanceReceived, key: str) -> PendingPublish:
+        """Called from DIMSE threads: hand the event to the loop and return at once; the
+        caller syncs its staged file meanwhile and then waits with :meth:`PendingPublish.wait`."""
         future = asyncio.run_coroutine_threadsafe(self._publish(event, key), self._loop)
-        try:
-            future.result(timeout=timeout)
-        except concurrent.futures.TimeoutError as exc:
-            future.cancel()
-            raise PublishTimeoutError(f"no acknowledgement from Kafka within {timeout}s") from exc
+        return PendingPublish(future, self._settings.dicom_scp_publish_timeout_s)
+
+    def publish(self, event: DicomInstanceReceived, key: str) -> None:
+        """Publish and wait (bounded) for the broker's acknowledgement."""
+        self.start_publish(event, key).wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the producer (flushing what it holds), then the loop and its thread."""

@@ -74,7 +74,7 @@ class DicomListener:
         self.context = StoreContext(
             store=self.store,
             quarantine_dir=Path(settings.quarantine_dir).absolute(),
-            publish=self._bridge.publish,
+            start_publish=self._bridge.start_publish,
             allowed_aets=tuple(settings.dicom_scp_allowed_aets),
             max_associations=settings.dicom_scp_max_associations,
             shared_store=settings.dicom_scp_processes > 1,

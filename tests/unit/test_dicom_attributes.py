@@ -207,3 +207,69 @@ def test_in_memory_dataset_reads_like_its_file(tmp_path: Path) -> None:
     assert (from_file["patient_sex"], from_file["patient_age"]) == ("F", "042Y")
     assert from_file["sop_instance_uid"] == ds.SOPInstanceUID
     assert isinstance(from_file["study_date"], date) and isinstance(from_file["series_number"], int)
+
+
+def _attributes_by_dcmread(path: Path) -> Any:
+    """The reference: pydicom parses the whole header and converts each value itself."""
+    try:
+        transfer_syntax = check_part10_structure(path)
+        return dataset_attributes(pydicom.dcmread(path, stop_before_pixels=True), transfer_syntax_uid=transfer_syntax)
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def _attributes_by_scan(path: Path) -> Any:
+    try:
+        return read_instance_attributes(path)
+    except UnreadableInstanceError as exc:
+        cause = exc.__cause__
+        return type(cause).__name__ if cause is not None and not isinstance(cause, IncompleteDicomError) else "x"
+
+
+def test_the_scan_reads_what_dcmread_reads_for_every_pydicom_test_file() -> None:
+    """The listener reads the attributes from the raw bytes its structural walk collected
+    (no second parse): on every file pydicom ships, character-set files included, that
+    gives exactly what dcmread + the same rules give."""
+    from pydicom.data import get_charset_files, get_testdata_files
+
+    compared = 0
+    for name in sorted({*get_testdata_files("*.dcm"), *get_charset_files("*.dcm")}):
+        path = Path(name)
+        try:
+            check_part10_structure(path)
+        except (IncompleteDicomError, OSError):
+            continue  # refused before any attribute is read, by both paths alike
+        expected = _attributes_by_dcmread(path)
+        if isinstance(expected, str):
+            assert isinstance(_attributes_by_scan(path), str), path.name
+            continue
+        assert _attributes_by_scan(path) == expected, path.name
+        compared += 1
+    assert compared > 50
+
+
+@pytest.mark.parametrize(
+    ("charset", "description", "patient_id"),
+    [
+        ("ISO_IR 192", "Hirnvolumen Größe – 脳", "PAT-Ü1"),
+        ("ISO_IR 100", "Étude cérébrale", "PAT-É2"),
+        (["", "ISO 2022 IR 87"], "脳のＭＲＩ", "PAT-3"),
+    ],
+)
+def test_the_scan_decodes_text_in_the_declared_character_set(
+    tmp_path: Path, charset: Any, description: str, patient_id: str
+) -> None:
+    """Descriptions and IDs in the Specific Character Set the data set declares, also
+    ISO 2022 with escape sequences, and multi-valued text."""
+    ds = _mr(
+        SpecificCharacterSet=charset,
+        StudyDescription=description,
+        SeriesDescription=["first", description],
+        PatientID=patient_id,
+    )
+    path = _write(ds, tmp_path / "charset.dcm")
+    attrs = read_instance_attributes(path)
+    assert attrs["study_description"] == description
+    assert attrs["series_description"] == f"first\\{description}"
+    assert attrs["patient_id"] == patient_id
+    assert attrs == _attributes_by_dcmread(path)

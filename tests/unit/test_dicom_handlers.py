@@ -4,8 +4,10 @@ tests/unit/test_dicom_listener_durability.py and tests/integration/test_dicom_li
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,15 +32,32 @@ from producers.dicom import (
 from tests.unit.test_dicom_attributes import _meta_plus, _mr, _testfile, _write
 
 
+class Acknowledged:
+    """What ``start_publish`` returns: ``wait`` raises the configured error, if any."""
+
+    def __init__(self, error: Exception | None = None, wait: Callable[[], None] | None = None) -> None:
+        self.error = error
+        self._wait = wait
+
+    def wait(self) -> None:
+        if self._wait is not None:
+            self._wait()
+        if self.error is not None:
+            raise self.error
+
+
 class FakePublisher:
+    """Stands in for ``KafkaBridge.start_publish``; the outcome comes at ``wait`` time, as
+    with the real bridge."""
+
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.sent: list[tuple[DicomInstanceReceived, str]] = []
 
-    def __call__(self, event: DicomInstanceReceived, key: str) -> None:
-        if self.error is not None:
-            raise self.error
-        self.sent.append((event, key))
+    def __call__(self, event: DicomInstanceReceived, key: str) -> Acknowledged:
+        if self.error is None:
+            self.sent.append((event, key))
+        return Acknowledged(self.error)
 
 
 def _event(path: Path, workdir: Path, calling: str = "MODALITY", sop_uid: str = "") -> Any:
@@ -65,7 +84,7 @@ def _event(path: Path, workdir: Path, calling: str = "MODALITY", sop_uid: str = 
 
 def _context(tmp_path: Path, publish: Any) -> StoreContext:
     return StoreContext(
-        store=StagingStore(tmp_path / "staging"), quarantine_dir=tmp_path / "quarantine", publish=publish
+        store=StagingStore(tmp_path / "staging"), quarantine_dir=tmp_path / "quarantine", start_publish=publish
     )
 
 
@@ -190,7 +209,7 @@ def test_logs_carry_no_patient_identifiers(tmp_path: Path, caplog: pytest.LogCap
 
 def test_rejected_association_is_logged_with_caller(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     context = StoreContext(
-        store=StagingStore(tmp_path), quarantine_dir=tmp_path, publish=FakePublisher(), allowed_aets=("PACS",)
+        store=StagingStore(tmp_path), quarantine_dir=tmp_path, start_publish=FakePublisher(), allowed_aets=("PACS",)
     )
     event = _event(_testfile("CT_small.dcm"), tmp_path / "recv", calling="INTRUDER")
     caplog.set_level("INFO")
@@ -207,11 +226,14 @@ def test_same_instance_on_two_associations_is_serialised(tmp_path: Path) -> None
     entered = threading.Event()
     order: list[str] = []
 
-    def slow_publish(event: DicomInstanceReceived, key: str) -> None:
-        order.append("start")
-        entered.set()
-        release.wait(5)
-        order.append("end")
+    def slow_publish(event: DicomInstanceReceived, key: str) -> Acknowledged:
+        def acknowledged_later() -> None:
+            order.append("start")
+            entered.set()
+            release.wait(5)
+            order.append("end")
+
+        return Acknowledged(wait=acknowledged_later)
 
     context = _context(tmp_path, slow_publish)
     source = _testfile("CT_small.dcm")
@@ -230,3 +252,25 @@ def test_same_instance_on_two_associations_is_serialised(tmp_path: Path) -> None
     second.join(5)
     assert results == [STATUS_SUCCESS, STATUS_SUCCESS]
     assert order == ["start", "end", "start", "end"]
+
+
+def test_a_failed_sync_is_out_of_resources_even_when_kafka_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event goes to Kafka while the disk syncs: an I/O error in the sync still
+    answers 0xA700 (the sender retries), and the log says the event may be in Kafka."""
+    publisher = FakePublisher()
+    context = _context(tmp_path, publisher)
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    event = _event(_testfile("CT_small.dcm"), tmp_path / "recv")
+    context.store.prepare()  # its directories exist (and were synced) before the failure
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    caplog.set_level("ERROR")
+    assert on_c_store(event, context) == STATUS_OUT_OF_RESOURCES
+    assert len(publisher.sent) == 1  # handed to Kafka before the sync failed
+    [record] = [r for r in caplog.records if "could not be synced" in r.getMessage()]
+    assert "Input/output error" in record.error  # type: ignore[attr-defined]
+    assert record.sop_instance_uid == publisher.sent[0][0].sop_instance_uid  # type: ignore[attr-defined]

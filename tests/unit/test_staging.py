@@ -207,3 +207,67 @@ def test_prepare_creates_every_fan_out_directory_so_staging_creates_none(tmp_pat
     staged = store.stage_bytes(b"after prepare")
     assert sorted(p.name for p in store.root.iterdir()) == directories
     assert staged.path.parent.name == staged.sha256[:2]
+
+
+def test_begin_stage_makes_the_complete_file_readable_before_it_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener has Kafka acknowledge while the disk syncs: the file must already be
+    complete under its final name, and make_durable() syncs the file and its directory."""
+    store = StagingStore(tmp_path / "s")
+    store.prepare()
+    source = tmp_path / "in.dcm"
+    data = os.urandom(200_000)
+    source.write_bytes(data)
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    pending = store.begin_stage(source)
+    assert pending.created
+    assert pending.staged.path.read_bytes() == data  # complete, under its final name
+    assert synced == []  # nothing synced yet
+    pending.make_durable()
+    file_id = (pending.staged.path.stat().st_dev, pending.staged.path.stat().st_ino)
+    dir_id = (pending.staged.path.parent.stat().st_dev, pending.staged.path.parent.stat().st_ino)
+    assert synced == [file_id, dir_id]
+    pending.close()  # idempotent
+    with pytest.raises(StagingError, match="already made durable"):
+        pending.make_durable()
+
+
+def test_a_short_or_wrong_file_under_a_final_name_is_staged_over(tmp_path: Path) -> None:
+    """A crash between the rename and its fsync can leave a short (or, on some file
+    systems, zero-filled) file under a final name: it is never trusted by name and size."""
+    store = StagingStore(tmp_path / "s")
+    data = b"the real bytes of an instance" * 50
+    final = store.path_for(_sha(data))
+    final.parent.mkdir(parents=True)
+    source = tmp_path / "in.dcm"
+    source.write_bytes(data)
+    for leftover in (b"", data[:100], bytes(len(data))):
+        final.write_bytes(leftover)
+        staged, created = store.stage_file_new(source)
+        assert created, leftover[:10]
+        assert staged.path.read_bytes() == data
+    assert store.stage_file_new(source)[1] is False  # now it is the right file
+
+
+def test_an_existing_file_is_synced_before_it_counts_as_staged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another call (or process) may have renamed the same bytes into place a moment ago
+    and still be syncing them; whoever answers success must know they are on disk."""
+    store = StagingStore(tmp_path / "s")
+    source = tmp_path / "in.dcm"
+    source.write_bytes(b"same bytes again")
+    first = store.stage_file(source)
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))[1])
+    again, created = store.stage_file_new(source)
+    assert (again, created) == (first, False)
+    assert synced == [first.path.stat().st_ino, first.path.parent.stat().st_ino]
