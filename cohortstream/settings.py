@@ -269,7 +269,7 @@ class Settings(BaseSettings):
         0.2,
         gt=0,
         le=5,
-        description="Longest wait of the DICOM views agent for a batch to fill (200 events): it applies what "
+        description="Longest wait of the DICOM views agent for a batch to fill (1,000 events): it applies what "
         "arrived when this runs out, and a full batch at once, so batches grow with the backlog.",
     )
     archive_concurrency: int = Field(

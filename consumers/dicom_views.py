@@ -252,7 +252,7 @@ class DicomViews(SubjectAwareSink):
     async def apply(self, events: Sequence[DicomInstanceReceived]) -> None:
         """Fold a batch of received instances into the views (idempotent).
 
-        Round trips, not Python, are what a batch costs (measured: ~45 ms for 200 events
+        Round trips, not Python, are what a batch costs (measured: ~40 ms for 200 events
         on an idle store, 0.2–0.8 s while Orthanc, Kafka and the other lanes share the
         cores): independent ones go out together (:func:`together`), and the counts of
         every touched series, study and patient come from six grouped counts instead of
