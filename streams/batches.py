@@ -1,8 +1,9 @@
 """Batched view agents: decode a batch, apply it, and isolate what cannot be applied.
 
-A view agent takes up to ``size`` messages (or what arrived within ``within_s``), hands
-the decoded events to its sink in one call, and faust acknowledges the offsets only
-after that call returns, so no unapplied work is committed. Transient sink failures
+A view agent takes up to ``size`` messages (or, when fewer are there, what arrived
+before the oldest of them waited ``within_s``: :func:`take_batches`), hands the decoded
+events to its sink in one call, and the offsets are acknowledged only after that call
+returns, so no unapplied work is committed. Transient sink failures
 never surface here (the sinks retry them, which is the backpressure). Anything else is a
 bug or a poison event: the batch is retried one event at a time and the events that
 still fail go to the dead-letter topic, so one bad event never blocks the partition.
