@@ -20,15 +20,20 @@ while the benchmark watches:
   at most that: ~25 ms);
 - **feed**: the ``CreateTime`` Kafka gives each of the feed's events (the producer's clock:
   same machine);
-- **views**: a poll of the ``instances`` view every 50 ms; the first poll that shows the
-  instance folded in by the views agent (``received_sha256``);
+- **views**: a poll of the ``instances`` view every 50 ms, for the instances Orthanc was
+  seen storing and the views do not show yet; the first poll that shows the instance
+  folded in by the views agent (``received_sha256``);
 - **series completion**: ``DicomSeriesCompleted`` read from its topic as it arrives.
 
 Figures: Orthanc's storage rate (N / storescu's run time), the feed's event rate (N / from
 storescu's start to the feed's last event) and its ratio to Orthanc's (goal ≥ 0.9), the
 p50/p95/max lag from "stored" to the feed's event and to the views (goal p95 < 2 s), and
 series completion's p95 lag after the quiet period (completion seen − last instance
-stored − ``--quiet-period``). Exit status 1 when an instance or a completion is missing.
+stored − ``--quiet-period``), then the CPU each process of the run used during the phase
+per instance (Linux ``/proc``: Orthanc, Kafka, the MongoDB-wire server, each worker lane,
+the feed, this benchmark with its storescu children) and the load average: on a shared
+machine wall-clock lags are noisy, CPU per instance is what a change moves. Exit status 1
+when an instance or a completion is missing.
 
 Run: ``.venv/bin/python -m bench.orthanc_feed [--instances 2000] [--slices 100] [--rows 256]
 [--cols 256] [--associations 1,4] [--quiet-period 1] [--page-size 1000] [--timeout 300]
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import subprocess
 import sys
@@ -140,13 +146,18 @@ async def watch_changes(orthanc: httpx.AsyncClient, phase: Phase, since: int, do
 
 
 async def watch_views(instances: Any, phase: Phase, done: asyncio.Event) -> None:
-    pending = set(phase.sops.values())
-    while pending and not done.is_set():
-        found = instances.find({"_id": {"$in": list(pending)}, "received_sha256": {"$exists": True}}, {"_id": 1})
-        now = time.time()
-        async for doc in found:
-            phase.views.setdefault(doc["_id"], now)
-            pending.discard(doc["_id"])
+    # Only instances Orthanc was seen storing are asked for (the views cannot hold one
+    # before the feed read it from /changes, which the stored-watcher polls every 20 ms):
+    # asking for all N every 50 ms cost the MongoDB-wire server ~10 ms of CPU per 1,000
+    # ids, ~0.3 ms per instance at four associations, as much as the views agent itself
+    # on these two shared cores.
+    while len(phase.views) < len(phase.sops) and not done.is_set():
+        pending = [phase.sops[i] for i in list(phase.stored) if phase.sops[i] not in phase.views]
+        if pending:
+            found = instances.find({"_id": {"$in": pending}, "received_sha256": {"$exists": True}}, {"_id": 1})
+            now = time.time()
+            async for doc in found:
+                phase.views.setdefault(doc["_id"], now)
         await asyncio.sleep(VIEWS_POLL_S)  # poll interval
 
 
@@ -176,6 +187,74 @@ async def watch_topics(kafka: Settings, prefix: str, phase: Phase, done: asyncio
                         phase.completed.setdefault(event.series_instance_uid, now)
     finally:
         await consumer.stop()
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux ``/proc``), None when unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "worker" in cmdline and cmdline.count("--lane") == 1:
+        return "lane " + cmdline[cmdline.index("--lane") + 1]
+    if "worker" in cmdline:
+        return "worker supervisor"
+    if "orthanc" in cmdline and "feed" in cmdline:
+        return "feed"
+    if "kafka.Kafka" in text:
+        return "Kafka"
+    if "secantusd" in text:
+        return "MongoDB-wire"
+    if "Orthanc" in Path(cmdline[0]).name:
+        return "Orthanc"
+    return Path(cmdline[0]).name
+
+
+def cpu_by_role(stack_dir: Path, children: dict[str, Child]) -> dict[str, float]:
+    """CPU seconds so far of this run's processes, summed by role: the stack's services
+    (found by their state directory on the command line), the worker's lanes and the feed,
+    and this benchmark (with its finished storescu children). Linux only (empty elsewhere)."""
+    if not Path("/proc/self/stat").exists():
+        return {}
+    parents: dict[int, int] = {}
+    commands: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            commands[int(entry.name)] = (entry / "cmdline").read_text().split("\0")
+        except (OSError, IndexError, ValueError):
+            continue
+    ours = {pid for pid, cmd in commands.items() if str(stack_dir) in " ".join(cmd)}
+    roots = [c.proc.pid for c in children.values() if c.proc is not None and c.proc.poll() is None]
+    while roots:  # the worker's lanes are its children
+        pid = roots.pop()
+        ours.add(pid)
+        roots += [child for child, parent in parents.items() if parent == pid and child not in ours]
+    totals: dict[str, float] = {}
+    for pid in ours:
+        cpu = _proc_cpu_s(pid)
+        if cpu is not None and commands.get(pid):
+            role = _role(commands[pid])
+            totals[role] = totals.get(role, 0.0) + cpu
+    times = os.times()
+    totals["benchmark + storescu"] = times.user + times.system + times.children_user + times.children_system
+    return totals
+
+
+def cpu_line(before: dict[str, float], after: dict[str, float], n: int) -> str:
+    used = {role: after[role] - before.get(role, 0.0) for role in after if role in before}
+    parts = [f"{role} {seconds / n * 1000:.2f}" for role, seconds in sorted(used.items(), key=lambda x: -x[1])]
+    return f"  CPU ms per instance (total {sum(used.values()) / n * 1000:.2f}): " + ", ".join(parts)
 
 
 def stats(values: list[float]) -> str:
@@ -301,6 +380,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 asyncio.create_task(watch_topics(kafka, prefix, phase, done)),
             ]
             log(f"{phase.associations} association(s): {len(phase.sops)} instances straight to Orthanc")
+            cpu_before = cpu_by_role(stack.state_dir, children)
+            load_before = os.getloadavg()[0]
             start_m, end_m = await storescu_parallel(orthanc_aet, orthanc_port, phase.parts, work / "storescu.log")
             phase.start = time.time() - (time.monotonic() - start_m)
             phase.end = time.time() - (time.monotonic() - end_m)
@@ -315,6 +396,10 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             worker.check_alive()
             feed.check_alive()
             phase_lines, ok = report(phase, args.quiet_period)
+            phase_lines.append(cpu_line(cpu_before, cpu_by_role(stack.state_dir, children), len(phase.sops)))
+            phase_lines.append(
+                f"  load average (1 min) at the start / end: {load_before:.2f} / {os.getloadavg()[0]:.2f}"
+            )
             failed |= not ok
             lines += phase_lines
             log("\n".join(phase_lines))

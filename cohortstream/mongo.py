@@ -22,7 +22,7 @@ change streams, no ``$lookup``/``$facet``; ``$group`` with ``$sum``/``$count`` o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
@@ -37,7 +37,9 @@ __all__ = [
     "AsyncCollection",
     "AsyncDatabase",
     "Document",
+    "aggregate_all",
     "client_for_url",
+    "find_all",
     "mongo_client",
     "mongo_database",
     "open_database",
@@ -93,6 +95,13 @@ async def find_all(
     """Every document ``query`` matches, as a list (``find(...).to_list()``, awaitable as one
     call so a sink can hand it to its retry loop with :func:`functools.partial`)."""
     return await collection.find(query, projection).to_list()
+
+
+async def aggregate_all(collection: AsyncCollection, pipeline: Sequence[Mapping[str, Any]]) -> list[Document]:
+    """Every document ``pipeline`` yields, as a list (awaitable as one call, like
+    :func:`find_all`). Only what both servers serve: ``$match`` and ``$group`` with ``$sum``."""
+    cursor = await collection.aggregate(pipeline)
+    return await cursor.to_list()
 
 
 def safe_key(text: str) -> str:

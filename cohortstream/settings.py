@@ -265,6 +265,13 @@ class Settings(BaseSettings):
     series_quiet_period_s: float = Field(
         30.0, gt=0, description="A series with no new instance for this long is 'completed'."
     )
+    dicom_views_batch_wait_s: float = Field(
+        0.2,
+        gt=0,
+        le=5,
+        description="Longest wait of the DICOM views agent for a batch to fill (1,000 events): it applies what "
+        "arrived when this runs out, and a full batch at once, so batches grow with the backlog.",
+    )
     archive_concurrency: int = Field(
         8,
         ge=1,

@@ -10,7 +10,7 @@ yields the same documents:
 - ``patients`` — one per DICOM PatientID: studies, modalities, first/last study date, counts.
 
 Counts are recomputed from ``instances``/``series``/``studies`` for the entities a batch
-touched (``count_documents`` on indexed fields) rather than incremented, because an
+touched (grouped counts on indexed fields) rather than incremented, because an
 increment is not idempotent when a batch is re-applied after a crash. No document holds
 a processing time, only times carried by the events, for the same reason.
 """
@@ -19,15 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, ClassVar
 
 from pymongo import UpdateOne
 
 from cohortstream.events import DicomInstanceReceived
+from cohortstream.mongo import aggregate_all
 from cohortstream.orthanc_ids import OrthancIds, orthanc_ids
 from cohortstream.subject_sets import FACET_INDEXES
 from cohortstream.subjects import SubjectIdentifier
-from consumers.mongo_sink import IndexSpec
+from consumers.mongo_sink import IndexSpec, chunks, together
 from consumers.statistics import age_years, counters_for_dicom, current_ages, normalise_sex, refresh_counters
 from consumers.subject_facets import refresh_subject_facets
 from consumers.subject_registry import SubjectAwareSink
@@ -42,6 +44,9 @@ _INDEXES = {
     # For the statistics counters and the API's subject filters (api/subject_store.py).
     "patients": ["modalities", "sex_normalised", "age_years"],
 }
+_IN_CHUNK = 1000
+"""Most values in one ``$in`` of a grouped count."""
+
 _STATISTICS_INDEXES = {
     "instances": ["received_at"],
     "series": ["modality", "body_part_examined"],
@@ -245,59 +250,97 @@ class DicomViews(SubjectAwareSink):
         return f"{self._settings.orthanc_url}/app/explorer.html#study?uuid={ids.study}"
 
     async def apply(self, events: Sequence[DicomInstanceReceived]) -> None:
-        """Fold a batch of received instances into the views (idempotent)."""
+        """Fold a batch of received instances into the views (idempotent).
+
+        Round trips, not Python, are what a batch costs (measured: ~40 ms for 200 events
+        on an idle store, 0.2–0.8 s while Orthanc, Kafka and the other lanes share the
+        cores): independent ones go out together (:func:`together`), and the counts of
+        every touched series, study and patient come from six grouped counts instead of
+        up to four ``count_documents`` per entity, one after another.
+        """
         if not events:
             return
         updates = view_updates(events, self.viewer_url)
-        previous_ages = await current_ages(self, "patients", {e.patient_id for e in events if e.patient_age})
-        # Parents after children: a reader never sees a study whose instances are missing.
-        for collection in ("instances", "series", "studies", "patients"):
-            await self.bulk_write(collection, updates[collection], f"update {collection} view")
-        await self._refresh_counts(
-            series={e.series_instance_uid for e in events},
-            studies={e.study_instance_uid for e in events},
-            patients={e.patient_id for e in events},
+
+        async def children() -> None:
+            # Parents after children: a reader never sees a study whose instances are missing.
+            for collection in ("instances", "series", "studies"):
+                await self.bulk_write(collection, updates[collection], f"update {collection} view")
+
+        # The patients' ages before this batch (for the age-band counters): only the
+        # patients write below changes them, so they are read while the children are written.
+        previous_ages, _ = await together(
+            current_ages(self, "patients", {e.patient_id for e in events if e.patient_age}), children()
         )
-        await refresh_counters(self, counters_for_dicom(events, previous_ages))
+        await self.bulk_write("patients", updates["patients"], "update patients view")
         # Every PatientID is a subject of its own until a link joins it to others.
         identifiers = [SubjectIdentifier.dicom(pid) for pid in sorted({e.patient_id for e in events})]
-        await self.registry.register(identifiers)
+        await together(
+            self._refresh_counts(
+                series={e.series_instance_uid for e in events},
+                studies={e.study_instance_uid for e in events},
+                patients={e.patient_id for e in events},
+            ),
+            refresh_counters(self, counters_for_dicom(events, previous_ages)),
+            self.registry.register(identifiers),
+        )
         # Last: the subjects' read-model documents, from everything written above.
         await refresh_subject_facets(self, [i.key for i in identifiers], set(self.registry.merged_subjects))
         self.registry.take_merged_subjects()  # only once their documents are refreshed
 
-    async def _count(self, collection: str, query: dict[str, Any]) -> int:
-        return int(await self.retry(lambda: self.db[collection].count_documents(query), f"count {collection}"))
+    async def _counts(self, collection: str, field: str, values: set[str]) -> dict[str, int]:
+        """``value → number of documents of collection whose field is value``, for each of ``values``
+        (0 when none): one grouped count on the indexed field per chunk of values."""
+        counts = dict.fromkeys(values, 0)
+        for chunk in chunks(sorted(values), _IN_CHUNK):
+            pipeline: list[dict[str, Any]] = [
+                {"$match": {field: {"$in": chunk}}},
+                {"$group": {"_id": f"${field}", "n": {"$sum": 1}}},
+            ]
+            docs = await self.retry(partial(aggregate_all, self.db[collection], pipeline), f"count {collection}")
+            counts.update({str(doc["_id"]): int(doc["n"]) for doc in docs if str(doc["_id"]) in counts})
+        return counts
 
-    async def _set(self, collection: str, key: str, values: dict[str, Any]) -> None:
-        await self.retry(
-            lambda: self.db[collection].update_one({"_id": key}, {"$set": values}), f"update {collection} counts"
-        )
+    async def _set_counts(self, collection: str, counts: dict[str, dict[str, int]]) -> None:
+        operations = [UpdateOne({"_id": key}, {"$set": values}) for key, values in sorted(counts.items())]
+        await self.bulk_write(collection, operations, f"update {collection} counts")
 
     async def _refresh_counts(self, series: set[str], studies: set[str], patients: set[str]) -> None:
-        for uid in sorted(series):
-            await self._set(
-                "series", uid, {"instance_count": await self._count("instances", {"series_instance_uid": uid})}
-            )
-        for uid in sorted(studies):
-            await self._set(
+        """Recount (not increment: a batch applied again must give the same numbers) what
+        the touched series, studies and patients hold, from the views themselves."""
+        (
+            series_instances,
+            study_instances,
+            study_series,
+            patient_instances,
+            patient_series,
+            patient_studies,
+        ) = await together(
+            self._counts("instances", "series_instance_uid", series),
+            self._counts("instances", "study_instance_uid", studies),
+            self._counts("series", "study_instance_uid", studies),
+            self._counts("instances", "patient_id", patients),
+            self._counts("series", "patient_id", patients),
+            self._counts("studies", "patient_id", patients),
+        )
+        await together(
+            self._set_counts("series", {uid: {"instance_count": series_instances[uid]} for uid in series}),
+            self._set_counts(
                 "studies",
-                uid,
-                {
-                    "instance_count": await self._count("instances", {"study_instance_uid": uid}),
-                    "series_count": await self._count("series", {"study_instance_uid": uid}),
-                },
-            )
-        for pid in sorted(patients):
-            await self._set(
+                {uid: {"instance_count": study_instances[uid], "series_count": study_series[uid]} for uid in studies},
+            ),
+            self._set_counts(
                 "patients",
-                pid,
                 {
-                    "instance_count": await self._count("instances", {"patient_id": pid}),
-                    "series_count": await self._count("series", {"patient_id": pid}),
-                    "study_count": await self._count("studies", {"patient_id": pid}),
+                    pid: {
+                        "instance_count": patient_instances[pid],
+                        "series_count": patient_series[pid],
+                        "study_count": patient_studies[pid],
+                    }
+                    for pid in patients
                 },
-            )
+            ),
+        )
 
     async def record_archived(self, event: DicomInstanceReceived) -> None:
         """Note that Orthanc confirmed the instance (called by the archive agent)."""

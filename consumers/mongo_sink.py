@@ -8,9 +8,10 @@ used (docs/view-store.md lists it).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pymongo import UpdateOne
 from pymongo.errors import ConnectionFailure
@@ -23,12 +24,14 @@ IndexSpec = Mapping[str, Sequence[str | Sequence[str]]]
 """Collection → the fields to index (a field may be a list of names for a compound index)."""
 
 __all__ = [
+    "TOGETHER_LIMIT",
     "TRANSIENT_MONGO_ERRORS",
     "WRITE_CHUNK",
     "IndexSpec",
     "MongoSink",
     "chunks",
     "safe_key",
+    "together",
 ]
 
 T = TypeVar("T")
@@ -49,6 +52,39 @@ then its events are dead-lettered (cohortstream/backoff.py)."""
 def chunks(items: Sequence[T], size: int = WRITE_CHUNK) -> list[list[T]]:
     """``items`` cut into lists of at most ``size``."""
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+TOGETHER_LIMIT = 16
+"""Most operations :func:`together` keeps in flight (the client's pool holds 100 connections)."""
+
+
+async def together(*operations: Awaitable[Any], limit: int = TOGETHER_LIMIT) -> list[Any]:
+    """Await independent ``operations`` at the same time; their results in order.
+
+    A sink's batch is mostly round trips to the view store, and each costs a scheduling
+    delay on a busy machine as well as the server's time: queries that do not depend on
+    each other go out together (the client's connection pool carries them), so the batch
+    waits for the slowest instead of the sum. When one fails the others are cancelled and
+    its exception propagates as it is (not wrapped in an ``ExceptionGroup``), so callers
+    see the same errors as when the operations ran one after another. At most ``limit``
+    run at once.
+    """
+    gate = asyncio.Semaphore(limit)
+
+    async def gated(operation: Awaitable[Any]) -> Any:
+        async with gate:
+            return await operation
+
+    tasks = [asyncio.ensure_future(gated(operation)) for operation in operations]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        # Let the cancelled ones finish before the caller goes on (no write may still be
+        # running when a batch is retried event by event).
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class MongoSink:

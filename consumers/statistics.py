@@ -25,7 +25,7 @@ from pymongo import UpdateOne
 
 from cohortstream.events import DicomInstanceReceived, EhrRecord, EhrRecordType, RedcapRecordChanged
 from cohortstream.mongo import find_all
-from consumers.mongo_sink import MongoSink
+from consumers.mongo_sink import MongoSink, together
 
 __all__ = [
     "AGE_BANDS",
@@ -242,12 +242,18 @@ async def current_ages(sink: MongoSink, collection: str, keys: Iterable[str]) ->
 
 async def refresh_counters(sink: MongoSink, counters: Iterable[Counter]) -> None:
     """Recompute ``counters`` from the views and store them (idempotent)."""
-    unique = {c.doc_id: c for c in counters}
-    operations = []
-    for doc_id, counter in sorted(unique.items()):
-        count = await sink.retry(
-            partial(sink.db[counter.collection].count_documents, counter.query), f"count {counter.dimension}"
+    unique = sorted({c.doc_id: c for c in counters}.items())
+    # The counts are independent: sent together, the batch waits for the slowest one.
+    counts = await together(
+        *(
+            sink.retry(
+                partial(sink.db[counter.collection].count_documents, counter.query), f"count {counter.dimension}"
+            )
+            for _, counter in unique
         )
+    )
+    operations = []
+    for (doc_id, counter), count in zip(unique, counts, strict=True):
         operations.append(
             UpdateOne(
                 {"_id": doc_id},

@@ -30,7 +30,7 @@ from cohortstream.subject_sets import (
     shard_of,
     subject_facet_doc,
 )
-from consumers.mongo_sink import MongoSink, chunks
+from consumers.mongo_sink import MongoSink, chunks, together
 
 __all__ = ["rebuild_subject_facets", "refresh_subject_facets"]
 
@@ -69,9 +69,13 @@ async def _compute(sink: MongoSink, subject_ids: Sequence[str]) -> dict[str, dic
     dicom = [str(d["value"]) for d in registry if d["kind"] == "dicom"]
     redcap = [str(d["_id"]) for d in registry if d["kind"] == "redcap"]
     ehr = [str(d["_id"]) for d in registry if d["kind"] == "ehr"]
-    patients = {str(d["_id"]): d for d in await _find_in(sink, "patients", "_id", dicom, _PATIENT_FIELDS)}
-    questionnaires = await _find_in(sink, "questionnaires", "subject_key", redcap, _QUESTIONNAIRE_FIELDS)
-    ehr_docs = {str(d["_id"]): d for d in await _find_in(sink, "ehr_subjects", "_id", ehr, _EHR_FIELDS)}
+    patient_docs, questionnaires, ehr_list = await together(
+        _find_in(sink, "patients", "_id", dicom, _PATIENT_FIELDS),
+        _find_in(sink, "questionnaires", "subject_key", redcap, _QUESTIONNAIRE_FIELDS),
+        _find_in(sink, "ehr_subjects", "_id", ehr, _EHR_FIELDS),
+    )
+    patients = {str(d["_id"]): d for d in patient_docs}
+    ehr_docs = {str(d["_id"]): d for d in ehr_list}
     return {
         sid: subject_facet_doc(sid, members[sid], patients, questionnaires, ehr_docs) if sid in members else None
         for sid in subject_ids
@@ -127,8 +131,10 @@ async def _refresh_documents(sink: MongoSink, subject_ids: Sequence[str]) -> dic
     when the batch is applied again."""
     touched: dict[str, set[str]] = {}
     for _ in range(_MAX_ROUNDS):
-        computed = await _compute(sink, subject_ids)
-        stored = {str(d["_id"]): d for d in await _find_in(sink, FACETS, "_id", subject_ids, None)}
+        computed, stored_docs = await together(
+            _compute(sink, subject_ids), _find_in(sink, FACETS, "_id", subject_ids, None)
+        )
+        stored = {str(d["_id"]): d for d in stored_docs}
         operations: list[Any] = []
         for sid in subject_ids:
             new, doc = computed[sid], stored.get(sid)
