@@ -27,7 +27,14 @@ from cohortstream.features.columns import (
 from cohortstream.features.inputs import AnnotationEntry, LabRow, QuestionnaireEntry, SubjectInputs
 from cohortstream.features.spec import FeatureSpec, LabStatistic, MeasurementSpec, QuestionnaireSpec
 
-__all__ = ["FeatureValue", "LabBlock", "assemble_document", "feature_document", "lab_statistics", "questionnaire_values"]
+__all__ = [
+    "FeatureValue",
+    "LabBlock",
+    "assemble_document",
+    "feature_document",
+    "lab_statistics",
+    "questionnaire_values",
+]
 
 FeatureValue = float | int | str | None
 

@@ -116,7 +116,12 @@ class LabColumns:
         for part in parts:
             codes, units = part.codes, part.units
             for row, code, at, value, unit in zip(
-                part.rows(), part.code.tolist(), part.at_us.tolist(), part.value.tolist(), part.unit.tolist(), strict=True
+                part.rows(),
+                part.code.tolist(),
+                part.at_us.tolist(),
+                part.value.tolist(),
+                part.unit.tolist(),
+                strict=True,
             ):
                 rows.append((at, row, codes[code], value, units[unit] if unit >= 0 else None))
         return cls._from_tuples(rows)

@@ -4,8 +4,8 @@ A generated cohort arrives as events: a MIMIC-IV-shaped EHR extract through the 
 loader, REDCap records, DICOM instances and brain-extraction suggestions with a review.
 The worker's features lane must keep one document per subject whose values equal an
 independent pandas computation over the generated files; a new event must show within
-the configured delay; `features rebuild` by replay must give the same documents, twice,
-and follow a changed spec; the Parquet export must carry the same values and a data
+the configured delay; `features rebuild` by replay (of the lane's snapshot topic, and of
+every source event) must give the same documents, twice, and follow a changed spec; the Parquet export must carry the same values and a data
 dictionary.
 """
 
@@ -269,13 +269,20 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
     finally:
         await app.stop()
 
-    # Rebuild by replay: the same documents as the stream, and twice the same.
+    # Rebuild by replay of the lane's snapshot topic (the default): the same documents as
+    # the stream, and twice the same.
     first = await rebuild_features(settings)
+    assert first.source == "snapshot" and first.notes == [], first.notes
     assert first.subjects == SUBJECTS and first.undecodable == 0
+    assert first.input_documents == first.view_store_inputs and first.pending_inputs == 0
     rebuilt = _stable(await _documents(database))
     assert rebuilt == streamed
     await rebuild_features(settings)
     assert _stable(await _documents(database)) == rebuilt
+    # By replay of every source event instead: identical documents.
+    from_events = await rebuild_features(settings, source="events")
+    assert from_events.source == "events" and from_events.subjects == SUBJECTS and from_events.undecodable == 0
+    assert from_events.events > first.events and _stable(await _documents(database)) == rebuilt
     # From the lane's folded inputs instead of the log: the same documents.
     from_inputs = await rebuild_features(settings, from_inputs=True)
     assert from_inputs.subjects == SUBJECTS and _stable(await _documents(database)) == rebuilt
@@ -287,7 +294,13 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
         "diagnoses:\n  prefixes: [I50]\n"
     )
     new_settings = settings.model_copy(update={"features_spec_file": str(changed)})
+    # By events first, then by the snapshot (the default): every row of every code is in
+    # the snapshot, so the changed spec gives identical documents both ways.
+    await rebuild_features(new_settings, source="events")
+    by_events = _stable(await _documents(database))
     report = await rebuild_features(new_settings)
+    assert report.source == "snapshot"
+    assert _stable(await _documents(database)) == by_events
     docs = await _documents(database)
     assert {d["spec"]["version"] for d in docs} == {2} and report.spec_sha256 == docs[0]["spec"]["sha256"]
     assert all(not any(k.startswith(("img_", "q_", "lab_50912_first")) for k in d["features"]) for d in docs)

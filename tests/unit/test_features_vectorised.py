@@ -25,7 +25,9 @@ SPEC = FeatureSpec.model_validate({"name": "t", "version": 1, "labs": {"codes": 
 def _labs(rng: random.Random, n: int, codes: str, *, tie: bool = False) -> dict[str, list[Any]]:
     labs: dict[str, list[Any]] = {}
     for i in range(n):
-        at = T0 if tie else T0 + timedelta(minutes=rng.randrange(0, 5) if rng.random() < 0.3 else rng.randrange(500_000))
+        at = (
+            T0 if tie else T0 + timedelta(minutes=rng.randrange(0, 5) if rng.random() < 0.3 else rng.randrange(500_000))
+        )
         value: float = round(rng.uniform(-5, 50), rng.choice([0, 1, 3]))
         if rng.random() < 0.05:
             value = rng.choice([math.nan, math.inf, -math.inf])
@@ -102,7 +104,9 @@ def test_columns_keep_the_rows_order_and_ids() -> None:
     assert [columns.codes[i] for i in columns.code] == ["B", "A", "A"]
     assert columns.value.tolist() == [3.0, 1.0, 2.0] and columns.unit.tolist()[1] == -1
     merged = LabColumns.merge([columns, LabColumns.from_rows({"a": ["A", T0, 9.0, "mg"]})])
-    assert merged is not None and merged.rows() == ["c", "a", "a", "b"] and merged.value.tolist() == [3.0, 1.0, 9.0, 2.0]
+    assert (
+        merged is not None and merged.rows() == ["c", "a", "a", "b"] and merged.value.tolist() == [3.0, 1.0, 9.0, 2.0]
+    )
     assert LabColumns.merge([]) is None
 
 
