@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cohortstream.features.columns import lab_column
-from cohortstream.features.compute import FeatureValue, LabBlock, assemble_document
+from cohortstream.features.compute import FeatureValue, LabBlock, assemble_document, spec_header
 from cohortstream.features.inputs import SubjectInputs
 from cohortstream.features.labs import LabColumns
 from cohortstream.features.spec import FeatureSpec, LabStatistic
@@ -46,35 +46,33 @@ class CohortLabs:
     def of(cls, per_subject: Sequence[LabColumns | None]) -> CohortLabs:
         """Lay the subjects' columns end to end; each part's own code and unit dictionaries
         are translated to global ones with one lookup per dictionary entry, not per row."""
-        parts = [(i, p) for i, p in enumerate(per_subject) if p is not None and len(p)]
-        if not parts:
+        positions = [i for i, p in enumerate(per_subject) if p is not None and len(p.value)]
+        if not positions:
             empty_i = np.zeros(0, dtype=np.int32)
             return cls(np.zeros(0, dtype=np.int64), empty_i, np.zeros(0, dtype=np.int64), np.zeros(0), empty_i, [], [])
-        lengths = np.array([len(p) for _, p in parts], dtype=np.int64)
-        code_slots: list[str] = []
-        unit_slots: list[str] = []
-        code_offsets = np.empty(len(parts), dtype=np.int64)
-        unit_offsets = np.empty(len(parts), dtype=np.int64)
-        for k, (_, p) in enumerate(parts):
-            code_offsets[k] = len(code_slots)
-            unit_offsets[k] = len(unit_slots)
-            code_slots.extend(p.codes)
-            unit_slots.extend(p.units)
+        parts: list[LabColumns] = [per_subject[i] for i in positions]  # type: ignore[misc]  # None filtered out
+        lengths = np.fromiter((len(p.value) for p in parts), dtype=np.int64, count=len(parts))
+        code_counts = np.fromiter((len(p.codes) for p in parts), dtype=np.int64, count=len(parts))
+        unit_counts = np.fromiter((len(p.units) for p in parts), dtype=np.int64, count=len(parts))
+        code_slots = [c for p in parts for c in p.codes]
+        unit_slots = [u for p in parts for u in p.units]
+        code_offsets = np.cumsum(code_counts) - code_counts
+        unit_offsets = np.cumsum(unit_counts) - unit_counts
         codes = sorted(set(code_slots))
         units = sorted(set(unit_slots))
         code_id = {c: i for i, c in enumerate(codes)}
         unit_id = {u: i for i, u in enumerate(units)}
         code_map = np.array([code_id[c] for c in code_slots], dtype=np.int32)
         unit_map = np.array([unit_id[u] for u in unit_slots] or [0], dtype=np.int32)
-        local_code = np.concatenate([p.code for _, p in parts])
-        local_unit = np.concatenate([p.unit for _, p in parts])
+        local_code = np.concatenate([p.code for p in parts])
+        local_unit = np.concatenate([p.unit for p in parts])
         code = code_map[local_code + np.repeat(code_offsets, lengths)]
         unit = np.where(local_unit >= 0, unit_map[np.maximum(local_unit, 0) + np.repeat(unit_offsets, lengths)], -1)
         return cls(
-            subject=np.repeat(np.array([i for i, _ in parts], dtype=np.int64), lengths),
+            subject=np.repeat(np.array(positions, dtype=np.int64), lengths),
             code=code,
-            at_us=np.concatenate([p.at_us for _, p in parts]),
-            value=np.concatenate([p.value for _, p in parts]),
+            at_us=np.concatenate([p.at_us for p in parts]),
+            value=np.concatenate([p.value for p in parts]),
             unit=unit.astype(np.int32),
             codes=codes,
             units=units,
@@ -174,8 +172,9 @@ def feature_documents(
 ) -> list[dict[str, object]]:
     """The documents of ``subjects`` (``labs[i]``: the rows of ``subjects[i]``, from
     :func:`.inputs.subject_lab_columns`); ``spec`` must be resolved (lab codes fixed)."""
+    header = spec_header(spec)
     if spec.labs is None:
-        return [assemble_document(spec, s, None) for s in subjects]
+        return [assemble_document(spec, s, None, header) for s in subjects]
     assert spec.labs.codes is not None, "resolve most_frequent before computing"
     blocks = cohort_lab_blocks(spec.labs.codes, spec.labs.statistics, CohortLabs.of(labs), len(subjects))
-    return [assemble_document(spec, s, b) for s, b in zip(subjects, blocks, strict=True)]
+    return [assemble_document(spec, s, b, header) for s, b in zip(subjects, blocks, strict=True)]

@@ -13,7 +13,7 @@ everything else here; a unit test holds the two lab computations equal.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cohortstream.features.columns import (
@@ -34,6 +34,7 @@ __all__ = [
     "feature_document",
     "lab_statistics",
     "questionnaire_values",
+    "spec_header",
 ]
 
 FeatureValue = float | int | str | None
@@ -156,9 +157,18 @@ def feature_document(spec: FeatureSpec, inputs: SubjectInputs) -> dict[str, Any]
     return assemble_document(spec, inputs, _lab_block(spec, inputs))
 
 
-def assemble_document(spec: FeatureSpec, inputs: SubjectInputs, labs: LabBlock | None) -> dict[str, Any]:
+def spec_header(spec: FeatureSpec) -> dict[str, Any]:
+    """What every document says about the spec that made it (``sha256`` hashes the spec's
+    JSON: compute it once per cohort, not once per document)."""
+    return {"name": spec.name, "version": spec.version, "sha256": spec.sha256}
+
+
+def assemble_document(
+    spec: FeatureSpec, inputs: SubjectInputs, labs: LabBlock | None, header: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The document of one subject whose lab block is already computed (None: the subject
-    has no lab row with a number, or the spec has no labs); ``inputs.labs`` is not read."""
+    has no lab row with a number, or the spec has no labs); ``inputs.labs`` is not read.
+    ``header``: :func:`spec_header` of ``spec``, when the caller computed it already."""
     features: dict[str, FeatureValue] = {}
     units: dict[str, str] = {}
     blocks: list[str] = []
@@ -206,7 +216,7 @@ def assemble_document(spec: FeatureSpec, inputs: SubjectInputs, labs: LabBlock |
         "_id": inputs.subject_id,
         "subject_id": inputs.subject_id,
         "identifiers": list(inputs.identifiers),
-        "spec": {"name": spec.name, "version": spec.version, "sha256": spec.sha256},
+        "spec": dict(header) if header is not None else spec_header(spec),
         "as_of": inputs.last_event_at,
         "blocks": blocks,
         "features": features,

@@ -128,7 +128,9 @@ def _annotation_status(reviews: Mapping[str, Sequence[Any]] | None) -> str:
     return _DECISIONS.get(str(decision), "suggested")
 
 
-def _in_reading_order(identifier_docs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def _in_reading_order(identifier_docs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    if len(identifier_docs) < 2:
+        return identifier_docs
     return sorted(identifier_docs, key=lambda d: (_DEMOGRAPHIC_ORDER.get(str(d["_id"]).split(":", 1)[0], 9), d["_id"]))
 
 
