@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
 
-from pymongo import DeleteMany, ReplaceOne
+from pymongo import DeleteMany, InsertOne, ReplaceOne
+from pymongo.errors import BulkWriteError
 
 from cohortstream.errors import EventDecodeError
 from cohortstream.events import Event
@@ -71,6 +72,7 @@ REPLAY_TOPICS = EVENT_TOPICS
 _WRITE_CHUNK = 1000
 _WRITES_IN_FLIGHT = 4
 _COMPUTE_SLICE = 5000
+_DUPLICATE_KEY = 11000
 
 RebuildSource = Literal["snapshot", "events", "inputs"]
 
@@ -237,41 +239,47 @@ async def _read_events(settings: Settings, report: RebuildReport) -> dict[str, d
 async def _rebuild(
     settings: Settings, sink: MongoSink, spec: FeatureSpec, report: RebuildReport, started: float
 ) -> tuple[list[dict[str, Any]], FeatureSpec]:
-    registry_read = asyncio.create_task(
-        sink.retry(partial(find_all, sink.db.subject_identifiers, {}, {"subject_id": 1}), "read the subject registry")
-    )
-    inputs: dict[str, dict[str, Any]] | None = None
-    if report.source == "inputs":
-        inputs = await _stored_inputs(sink, report)
-        report.seconds["read inputs"] = time.perf_counter() - started
-    elif report.source == "snapshot":
-        inputs = await _read_snapshot(settings, sink, report)
-    if inputs is None:
-        report.source = "events"
-        inputs = await _read_events(settings, report)
-    registry = await registry_read
-    t = time.perf_counter()
-    report.input_documents = len(inputs)
-    resolved = resolved_spec(spec, inputs)
-    groups = subject_groups(inputs, {d["_id"]: d["subject_id"] for d in registry})
-    # Computed a slice of the cohort at a time, each slice's bulk writes started before the
-    # next is computed: the view store (another process, the other core) stores one slice
-    # while this process computes the next.
-    writer = _Writer(sink)
-    documents: list[dict[str, Any]] = []
-    compute_s = 0.0
-    for start in range(0, len(groups), _COMPUTE_SLICE):
-        c = time.perf_counter()
-        chunk = documents_of(resolved, inputs, groups[start : start + _COMPUTE_SLICE])
-        compute_s += time.perf_counter() - c
-        documents += chunk
-        await writer.start(chunk)
-    report.seconds["compute"] = compute_s
-    w = time.perf_counter()
-    await writer.finish(documents, report)
-    await save_active_spec(sink.db, spec, resolved)
-    report.seconds["write left after compute"] = time.perf_counter() - w
-    report.seconds["compute + write"] = time.perf_counter() - t
+    writer = _Writer(sink)  # lists the stored ids while the source is read
+    try:
+        registry_read = asyncio.create_task(
+            sink.retry(
+                partial(find_all, sink.db.subject_identifiers, {}, {"subject_id": 1}), "read the subject registry"
+            )
+        )
+        inputs: dict[str, dict[str, Any]] | None = None
+        if report.source == "inputs":
+            inputs = await _stored_inputs(sink, report)
+            report.seconds["read inputs"] = time.perf_counter() - started
+        elif report.source == "snapshot":
+            inputs = await _read_snapshot(settings, sink, report)
+        if inputs is None:
+            report.source = "events"
+            inputs = await _read_events(settings, report)
+        registry = await registry_read
+        t = time.perf_counter()
+        report.input_documents = len(inputs)
+        resolved = resolved_spec(spec, inputs)
+        groups = subject_groups(inputs, {d["_id"]: d["subject_id"] for d in registry})
+        # Computed a slice of the cohort at a time, each slice's bulk writes started before the
+        # next is computed: the view store (another process, the other core) stores one slice
+        # while this process computes the next.
+        documents: list[dict[str, Any]] = []
+        compute_s = 0.0
+        for start in range(0, len(groups), _COMPUTE_SLICE):
+            c = time.perf_counter()
+            chunk = documents_of(resolved, inputs, groups[start : start + _COMPUTE_SLICE])
+            compute_s += time.perf_counter() - c
+            documents += chunk
+            await writer.start(chunk)
+        report.seconds["compute"] = compute_s
+        w = time.perf_counter()
+        await writer.finish(documents, report)
+        await save_active_spec(sink.db, spec, resolved)
+        report.seconds["write left after compute"] = time.perf_counter() - w
+        report.seconds["compute + write"] = time.perf_counter() - t
+    except BaseException:
+        writer.cancel()
+        raise
     return documents, resolved
 
 
@@ -321,8 +329,14 @@ async def rebuild_features(
 
 
 class _Writer:
-    """Replaces feature documents with a few bulk writes in flight, then removes the
-    documents of subjects that are gone."""
+    """Writes the rebuilt documents with a few bulk writes in flight, then removes the
+    documents of subjects that are gone.
+
+    A document whose id the collection did not hold when the rebuild started is inserted,
+    the others replaced: an insert costs the view store less than half of an upserting
+    replace (measured: 20,000 documents in 0.46 s against 1.07–1.23 s). The ids are listed
+    while the rebuild reads its source. One that appeared since (the lane wrote it) fails
+    as a duplicate and is replaced instead."""
 
     def __init__(self, sink: MongoSink) -> None:
         self._sink = sink
@@ -331,13 +345,32 @@ class _Writer:
         self._listed = asyncio.create_task(
             sink.retry(partial(find_all, sink.db.features, {}, {"_id": 1}), "list feature documents")
         )
+        self._existing: set[str] | None = None
+
+    async def _existing_ids(self) -> set[str]:
+        if self._existing is None:
+            self._existing = {d["_id"] for d in await self._listed}
+        return self._existing
+
+    async def _bulk(self, documents: Sequence[dict[str, Any]], existing: set[str]) -> None:
+        operations: list[Any] = [
+            ReplaceOne({"_id": d["_id"]}, d, upsert=True) if d["_id"] in existing else InsertOne(d) for d in documents
+        ]
+        try:
+            await self._sink.db.features.bulk_write(operations, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if not errors or any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+            again = [documents[e["index"]] for e in errors]
+            await self._sink.db.features.bulk_write(
+                [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in again], ordered=False
+            )
 
     async def _write(self, chunk: Sequence[dict[str, Any]]) -> None:
         async with self._slots:
-            operations = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in chunk]
-            await self._sink.retry(
-                partial(self._sink.db.features.bulk_write, operations, ordered=False), "write rebuilt features"
-            )
+            existing = await self._existing_ids()
+            await self._sink.retry(partial(self._bulk, chunk, existing), "write rebuilt features")
 
     async def start(self, documents: Sequence[dict[str, Any]]) -> None:
         """Queue the writes of ``documents`` and let the first ones go out."""
@@ -345,17 +378,20 @@ class _Writer:
             self._writes.append(asyncio.create_task(self._write(documents[start : start + _WRITE_CHUNK])))
         await asyncio.sleep(0)
 
+    def cancel(self) -> None:
+        """Stop whatever is still running (the rebuild failed)."""
+        for task in [*self._writes, self._listed]:
+            task.cancel()
+
     async def finish(self, documents: Sequence[dict[str, Any]], report: RebuildReport) -> None:
         """Wait for every write, then remove what no longer has a subject."""
         try:
             await asyncio.gather(*self._writes)
         except BaseException:
-            for task in self._writes:
-                task.cancel()
-            self._listed.cancel()
+            self.cancel()
             raise
         keep = {d["_id"] for d in documents}
-        stale = sorted(d["_id"] for d in await self._listed if d["_id"] not in keep)
+        stale = sorted(i for i in await self._existing_ids() if i not in keep)
         for start in range(0, len(stale), _WRITE_CHUNK):
             chunk = stale[start : start + _WRITE_CHUNK]
             await self._sink.retry(

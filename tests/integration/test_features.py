@@ -346,3 +346,29 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
 
 async def _features_settled(db: Any) -> bool:
     return await db.feature_inputs.count_documents({"pending": True}) == 0
+
+
+async def test_rebuild_writes_insert_new_documents_and_replace_ones_written_meanwhile(
+    settings: Settings, database: Any
+) -> None:
+    """The rebuild's writer inserts documents whose id was not stored when it listed them,
+    replaces the others, replaces one that appeared since (a duplicate insert), and
+    removes the documents of subjects that are gone."""
+    from consumers.features.rebuild import RebuildReport, _Writer
+    from consumers.mongo_sink import MongoSink
+
+    await database.features.insert_many([{"_id": "old", "v": 0}, {"_id": "kept", "v": 0}])
+    sink = MongoSink(settings)
+    await sink.setup()
+    try:
+        writer = _Writer(sink)
+        await writer._existing_ids()  # listed: old, kept
+        await database.features.insert_one({"_id": "raced", "v": 0})  # the lane wrote it since
+        documents = [{"_id": "kept", "v": 1}, {"_id": "new", "v": 1}, {"_id": "raced", "v": 1}]
+        await writer.start(documents)
+        report = RebuildReport()
+        await writer.finish(documents, report)
+    finally:
+        await sink.close()
+    assert await _documents(database) == sorted(documents, key=lambda d: d["_id"])
+    assert report.removed == 1
