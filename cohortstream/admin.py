@@ -28,6 +28,11 @@ def _compacted(settings: Settings, existing: set[str]) -> list[NewTopic]:
                 "min.insync.replicas": str(min(2, settings.topic_replication_factor)),
                 "cleanup.policy": "compact",
                 "max.message.bytes": str(COMPACTED_TOPIC_MAX_MESSAGE_BYTES),
+                # The lane republishes a document at each recomputation: roll segments hourly
+                # and clean at 10% dirty, so the superseded values go within hours, not the
+                # default week (a rebuild reads them all and keeps the latest).
+                "segment.ms": str(3_600_000),
+                "min.cleanable.dirty.ratio": "0.1",
             },
         )
         for name in COMPACTED_TOPICS
