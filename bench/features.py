@@ -180,8 +180,7 @@ async def _rebuild(base: Settings, args: argparse.Namespace) -> None:
             print(
                 f"rebuild --from-events: {report.subjects} subjects, {report.events} events in {total:.1f} s = "
                 f"{report.subjects / total:.0f} subjects/s, {report.events / total:.0f} events/s "
-                f"(replay {report.seconds['replay']:.1f} s = {report.events / report.seconds['replay']:.0f} events/s, "
-                f"compute {report.seconds['compute']:.1f} s, write {report.seconds['write']:.1f} s)"
+                f"({_stages(report)}; replay = {report.events / report.seconds['replay']:.0f} events/s)"
             )
         # The lane's input documents and snapshot for the same events (folded here, untimed setup).
         snapshots, seconds = await _store_inputs(settings, args)

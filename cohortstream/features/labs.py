@@ -79,9 +79,30 @@ class LabColumns:
 
     @classmethod
     def from_rows(cls, labs: Mapping[str, Sequence[Any]]) -> LabColumns:
-        """From an input document's ``labs`` map (``row id → [code, at, value, unit]``)."""
-        return cls._from_tuples(
-            [(to_micros(at), row, str(code), float(value), unit) for row, (code, at, value, unit) in labs.items()]
+        """From an input document's ``labs`` map (``row id → [code, at, value, unit]``).
+
+        Row ids are unique in a map, so (time, row id) orders the rows totally: one
+        ``numpy.lexsort`` instead of a Python sort of tuples (the lane converts every
+        document it recomputes)."""
+        rows = list(labs)
+        entries = list(labs.values())
+        codes: dict[str, int] = {}
+        units: dict[str, int] = {}
+        at = np.array([to_micros(e[1]) for e in entries], dtype=np.int64)
+        order = np.lexsort((np.array(rows, dtype=str), at)) if rows else np.zeros(0, dtype=np.int64)
+        code = np.array([codes.setdefault(str(e[0]), len(codes)) for e in entries], dtype=np.int32)
+        unit = np.array([units.setdefault(str(e[3]), len(units)) if e[3] else -1 for e in entries], dtype=np.int32)
+        value = np.array([float(e[2]) for e in entries], dtype=np.float64)
+        lengths, text = _encode_rows([rows[i] for i in order.tolist()])
+        return cls(
+            codes=tuple(codes),
+            units=tuple(units),
+            code=code[order],
+            at_us=at[order],
+            value=value[order],
+            unit=unit[order],
+            row_lengths=lengths,
+            row_text=text,
         )
 
     @classmethod

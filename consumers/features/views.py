@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -36,6 +36,7 @@ from cohortstream.errors import CohortStreamError
 from cohortstream.events import Event
 from cohortstream.features.cohort import feature_documents
 from cohortstream.features.inputs import series_ids_of, subject_inputs, subject_lab_columns
+from cohortstream.features.labs import LabColumns
 from cohortstream.features.snapshot import TOPIC as SNAPSHOT_TOPIC
 from cohortstream.features.snapshot import encode_snapshot
 from cohortstream.features.spec import FeatureSpec, load_spec
@@ -90,6 +91,9 @@ async def compute_subjects(
     docs = await sink.retry(
         partial(find_all, sink.db.feature_inputs, {"_id": {"$in": all_keys}}, {"pending": 0, "seq": 0}), "read inputs"
     )
+    for doc in docs:
+        # Once per document: the computation and the snapshot both take the rows as columns.
+        doc["lab_columns"] = LabColumns.from_rows(doc.pop("labs", None) or {})
     by_id = {d["_id"]: d for d in docs}
     series = await sink.retry(
         partial(find_all, sink.db.feature_inputs, {"_id": {"$in": series_ids_of(docs)}}, {"pending": 0, "seq": 0}),
@@ -244,15 +248,20 @@ class FeatureViews(MongoSink):
             else:
                 keys.add(doc["_id"])
         documents, subject_of, inputs = await compute_subjects(self, self.spec, keys)
+        writes: list[Awaitable[Any]] = []
         if documents:
-            writes: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
+            operations: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
             members = sorted(subject_of)
             # A merge gave some identifiers a new subject: the old subjects' documents go.
-            writes.append(DeleteMany({"identifiers": {"$in": members}, "_id": {"$nin": [d["_id"] for d in documents]}}))
-            await self.retry(partial(self.db.features.bulk_write, writes, ordered=True), "write features")
+            operations.append(
+                DeleteMany({"identifiers": {"$in": members}, "_id": {"$nin": [d["_id"] for d in documents]}})
+            )
+            writes.append(self.retry(partial(self.db.features.bulk_write, operations, ordered=True), "write features"))
         if inputs:
-            # Acknowledged before pending is cleared: a crash in between publishes them again.
-            await self._snapshots.publish_records(self._settings.topic(SNAPSHOT_TOPIC), _snapshots(inputs))
+            writes.append(self._snapshots.publish_records(self._settings.topic(SNAPSHOT_TOPIC), _snapshots(inputs)))
+        # Both at once; both done (the snapshot acknowledged by Kafka) before pending is
+        # cleared: a crash in between recomputes and publishes them again.
+        await asyncio.gather(*writes)
         clear = [
             UpdateOne({"_id": d["_id"], "seq": d.get("seq")}, {"$unset": {"pending": ""}}) for d in seqs if "seq" in d
         ]

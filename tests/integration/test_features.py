@@ -197,7 +197,11 @@ def _stable(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
-    settings: Settings, database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    database: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     spec = load_spec(settings.features_spec_file)
     assert spec.labs is not None and spec.labs.codes is not None and spec.diagnoses is not None
@@ -322,6 +326,15 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
     await rebuild_features(settings)
     for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
+    # The command says which source it replayed.
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["features", "rebuild"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["source"] == "snapshot" and "from the features lane's snapshot topic" in err
+    assert await asyncio.to_thread(main, ["features", "rebuild", "--from-events"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["source"] == "events" and "from the source events" in err
+    assert _stable(await _documents(database)) == rebuilt
     query = tmp_path / "mr.json"
     query.write_text(json.dumps({"modalities": ["MR"]}))
     out = tmp_path / "out" / "cohort.parquet"
