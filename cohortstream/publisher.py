@@ -38,11 +38,17 @@ class EventPublisher:
     """An idempotent ``acks=all`` Kafka producer of single-object-encoded events."""
 
     def __init__(
-        self, settings: Settings, codec: EventCodec | None = None, *, max_request_size: int | None = None
+        self,
+        settings: Settings,
+        codec: EventCodec | None = None,
+        *,
+        max_request_size: int | None = None,
+        max_batch_size: int | None = None,
     ) -> None:
         self._settings = settings
         self._codec = codec or EventCodec()
         self._max_request_size = max_request_size
+        self._max_batch_size = max_batch_size
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -54,6 +60,7 @@ class EventPublisher:
             enable_idempotence=True,
             request_timeout_ms=int(self._settings.kafka_request_timeout_s * 1000),
             **({"max_request_size": self._max_request_size} if self._max_request_size else {}),
+            **({"max_batch_size": self._max_batch_size} if self._max_batch_size else {}),
             **aiokafka_security(self._settings),
         )
         try:

@@ -15,7 +15,8 @@ Snapshots: every input document a flush reads is also published, whole, to the c
 topic ``features.inputs`` (:mod:`cohortstream.features.snapshot`) after the features are
 written and *before* ``pending`` is cleared, so a document that is not pending has its
 current state on that topic; ``cohortstream features rebuild`` replays it instead of
-every source event.
+every source event. The publication runs after the vectors are written, beside the next
+flush (one at a time), so Kafka's acknowledgement is not part of the delay.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any, ClassVar
 
@@ -60,6 +61,8 @@ FEATURE_DELAY = Histogram(
 )
 
 _FLUSH_CHUNK = 500
+_SNAPSHOT_BATCH_BYTES = 1024 * 1024
+"""A flush publishes ~5 KB per input document: batches of 1 MiB, not aiokafka's 16 KiB."""
 
 
 async def compute_subjects(
@@ -140,7 +143,10 @@ class FeatureViews(MongoSink):
         self._recheck: dict[str, tuple[float, str]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
-        self._snapshots = EventPublisher(settings, max_request_size=COMPACTED_TOPIC_MAX_MESSAGE_BYTES)
+        self._snapshots = EventPublisher(
+            settings, max_request_size=COMPACTED_TOPIC_MAX_MESSAGE_BYTES, max_batch_size=_SNAPSHOT_BATCH_BYTES
+        )
+        self._publishing: asyncio.Task[None] | None = None
 
     @property
     def spec(self) -> FeatureSpec:
@@ -181,7 +187,10 @@ class FeatureViews(MongoSink):
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._flusher
                 self._flusher = None
-            await self._snapshots.stop()
+            try:
+                await self._finish_publishing()
+            finally:
+                await self._snapshots.stop()
             await super().close()
 
     async def apply(self, events: Sequence[Event]) -> None:
@@ -233,6 +242,8 @@ class FeatureViews(MongoSink):
                     raise
             if rechecks:
                 await self._recheck_links(rechecks)
+            if everything:
+                await self._finish_publishing()
             return written
 
     async def _flush(self, doc_ids: Sequence[str]) -> int:
@@ -248,25 +259,19 @@ class FeatureViews(MongoSink):
             else:
                 keys.add(doc["_id"])
         documents, subject_of, inputs = await compute_subjects(self, self.spec, keys)
-        writes: list[Awaitable[Any]] = []
         if documents:
-            operations: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
+            writes: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
             members = sorted(subject_of)
             # A merge gave some identifiers a new subject: the old subjects' documents go.
-            operations.append(
-                DeleteMany({"identifiers": {"$in": members}, "_id": {"$nin": [d["_id"] for d in documents]}})
-            )
-            writes.append(self.retry(partial(self.db.features.bulk_write, operations, ordered=True), "write features"))
-        if inputs:
-            writes.append(self._snapshots.publish_records(self._settings.topic(SNAPSHOT_TOPIC), _snapshots(inputs)))
-        # Both at once; both done (the snapshot acknowledged by Kafka) before pending is
-        # cleared: a crash in between recomputes and publishes them again.
-        await asyncio.gather(*writes)
+            writes.append(DeleteMany({"identifiers": {"$in": members}, "_id": {"$nin": [d["_id"] for d in documents]}}))
+            await self.retry(partial(self.db.features.bulk_write, writes, ordered=True), "write features")
         clear = [
             UpdateOne({"_id": d["_id"], "seq": d.get("seq")}, {"$unset": {"pending": ""}}) for d in seqs if "seq" in d
         ]
-        if clear:
-            await self.retry(partial(self.db.feature_inputs.bulk_write, clear, ordered=False), "clear pending")
+        # The vectors are written: the snapshot and the end of `pending` follow off the path
+        # of the delay (the next flush waits only if the previous publication is still running).
+        await self._finish_publishing()
+        self._publishing = asyncio.create_task(self._publish_then_clear(_snapshots(inputs), clear, list(doc_ids)))
         wall = time.time()
         for d in documents:
             if d.get("as_of") is not None:
@@ -276,6 +281,30 @@ class FeatureViews(MongoSink):
             for key in keys:
                 self._recheck[key] = (at, subject_of.get(key, ""))
         return len(documents)
+
+    async def _publish_then_clear(
+        self, records: list[tuple[str, bytes | None]], clear: list[UpdateOne], doc_ids: list[str]
+    ) -> None:
+        """Publish the snapshots and, once Kafka acknowledged them, clear ``pending``: a crash
+        before that leaves the documents pending, and a restart recomputes and publishes them."""
+        try:
+            if records:
+                await self._snapshots.publish_records(self._settings.topic(SNAPSHOT_TOPIC), records)
+            if clear:
+                await self.retry(partial(self.db.feature_inputs.bulk_write, clear, ordered=False), "clear pending")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Still pending: scheduled again, so the next tick recomputes and republishes them.
+            log.exception("features snapshot not published; will retry")
+            now = time.monotonic()
+            for doc_id in doc_ids:
+                self._dirty.setdefault(doc_id, now)
+
+    async def _finish_publishing(self) -> None:
+        if self._publishing is not None:
+            task, self._publishing = self._publishing, None
+            await task
 
     async def _recheck_links(self, keys: Sequence[str]) -> None:
         registered = await self.retry(
