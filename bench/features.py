@@ -5,10 +5,15 @@ Needs a running stack (``COHORTSTREAM_ENV_FILE``, as ``deploy/stack.sh up`` writ
 every run uses its own topic prefix and database and drops the database at the end.
 
 1. **Rebuild.** ``--subjects`` subjects with one PATIENT row and ``--labs`` lab rows each
-   (6 codes over a year) are published to ``ehr.record``; ``features rebuild`` replays them,
-   computes and writes every document: subjects/s and events/s, with the replay, compute
-   and write stages. The in-memory part alone (fold + compute, no Kafka, no MongoDB) is
-   timed too, as the ceiling of this code on this machine.
+   (6 codes over a year) are published to ``ehr.record``; ``features rebuild --from-events``
+   replays them, computes and writes every document: subjects/s and events/s, with the
+   replay, compute and write stages (``--no-from-events``: skipped, and nothing published).
+   Then the lane's state for the same events is set up (folded here, untimed: the
+   ``feature_inputs`` documents, and one snapshot message per document on the compacted
+   ``features.inputs`` topic, as the lane publishes them) and ``features rebuild`` (the
+   default: by replay of the snapshot topic) runs: subjects/s with the read, decode, compute
+   and write stages; then ``--from-inputs``. The in-memory part alone (fold + compute, no
+   Kafka, no MongoDB) is timed too.
 2. **Lane throughput.** The features lane alone (its own consumer group) folds a backlog
    of ``--lane-subjects`` × ``--labs`` rows: events/s until every document is written.
 3. **Delay at a steady rate.** With the lane running and caught up, ``--rate`` lab rows/s
@@ -17,7 +22,7 @@ every run uses its own topic prefix and database and drops the database at the e
    ``as_of`` covers them (polled every 50 ms): p50/p95/max.
 
     .venv/bin/python -m bench.features [--subjects 50000] [--labs 100] [--lane-subjects 5000] \\
-        [--rate 2000] [--duration 60] [--probes 5] [--delay 2.0]
+        [--rate 2000] [--duration 60] [--probes 5] [--delay 2.0] [--no-from-events] [--no-from-inputs] [--repeat N]
 """
 
 from __future__ import annotations
@@ -122,22 +127,42 @@ def _settings(base: Settings, tag: str, delay: float) -> Settings:
     )
 
 
-async def _store_inputs(settings: Settings, args: argparse.Namespace) -> None:
+async def _store_inputs(settings: Settings, args: argparse.Namespace) -> tuple[int, float]:
+    """The lane's state for the published events: ``feature_inputs`` documents and their
+    snapshot messages (the lane publishes one per input document it recomputes from).
+    Returns (snapshot messages, seconds spent publishing them)."""
+    from cohortstream.features.snapshot import TOPIC, encode_snapshot
     from consumers.features.rebuild import fold_into
 
     client = mongo_client(settings)
     db = mongo_database(client, settings)
     rng = random.Random(2)  # the seed _publish used: the same events
+    published, seconds = 0, 0.0
     try:
-        for start in range(0, args.subjects, 2000):
-            inputs: dict[str, dict[str, Any]] = {}
-            fold_into(
-                inputs,
-                [e for s in range(start, min(start + 2000, args.subjects)) for e in _subject_events(s, args.labs, rng)],
-            )
-            await db.feature_inputs.insert_many(list(inputs.values()))
+        async with EventPublisher(settings) as publisher:
+            for start in range(0, args.subjects, 2000):
+                inputs: dict[str, dict[str, Any]] = {}
+                fold_into(
+                    inputs,
+                    [
+                        e
+                        for s in range(start, min(start + 2000, args.subjects))
+                        for e in _subject_events(s, args.labs, rng)
+                    ],
+                )
+                await db.feature_inputs.insert_many(list(inputs.values()))
+                records: list[tuple[str, bytes | None]] = [(k, encode_snapshot(d)) for k, d in inputs.items()]
+                t = time.perf_counter()
+                await publisher.publish_records(settings.topic(TOPIC), records)
+                seconds += time.perf_counter() - t
+                published += len(records)
     finally:
         await client.close()
+    return published, seconds
+
+
+def _stages(report: Any) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items() if k != "total")
 
 
 async def _rebuild(base: Settings, args: argparse.Namespace) -> None:
@@ -147,29 +172,40 @@ async def _rebuild(base: Settings, args: argparse.Namespace) -> None:
     await ensure_topics(settings)
     client = mongo_client(settings)
     try:
-        events, seconds = await _publish(settings, range(args.subjects), args.labs, seed=2)
-        print(f"published {events} events ({args.subjects} subjects x {args.labs} labs + 1) in {seconds:.1f} s")
-        report = await rebuild_features(settings)
-        total = report.seconds["total"]
+        if args.from_events:
+            events, seconds = await _publish(settings, range(args.subjects), args.labs, seed=2)
+            print(f"published {events} events ({args.subjects} subjects x {args.labs} labs + 1) in {seconds:.1f} s")
+            report = await rebuild_features(settings, source="events")
+            total = report.seconds["total"]
+            print(
+                f"rebuild --from-events: {report.subjects} subjects, {report.events} events in {total:.1f} s = "
+                f"{report.subjects / total:.0f} subjects/s, {report.events / total:.0f} events/s "
+                f"({_stages(report)}; replay = {report.events / report.seconds['replay']:.0f} events/s)"
+            )
+        # The lane's input documents and snapshot for the same events (folded here, untimed setup).
+        snapshots, seconds = await _store_inputs(settings, args)
         print(
-            f"rebuild by replay: {report.subjects} subjects, {report.events} events in {total:.1f} s = "
-            f"{report.subjects / total:.0f} subjects/s, {report.events / total:.0f} events/s "
-            f"(replay {report.seconds['replay']:.1f} s = {report.events / report.seconds['replay']:.0f} events/s, "
-            f"compute {report.seconds['compute']:.1f} s, write {report.seconds['write']:.1f} s)"
+            f"setup: {snapshots} input documents stored and published to the snapshot topic ({seconds:.1f} s publishing)"
         )
-        goal = report.subjects / total >= 5000
-        print(f"goal rebuild >= 5,000 subjects/s by replay: {'MET' if goal else 'NOT MET'}")
-        # The lane's input documents for the same events (folded here, untimed setup), then
-        # `features rebuild --from-inputs`.
-        await _store_inputs(settings, args)
-        fast = await rebuild_features(settings, from_inputs=True)
-        total = fast.seconds["total"]
-        print(
-            f"rebuild --from-inputs: {fast.subjects} subjects ({fast.events} input documents) in {total:.1f} s = "
-            f"{fast.subjects / total:.0f} subjects/s (read {fast.seconds['read inputs']:.1f} s, "
-            f"compute {fast.seconds['compute']:.1f} s, write {fast.seconds['write']:.1f} s)"
-        )
-        print(f"goal rebuild >= 5,000 subjects/s from inputs: {'MET' if fast.subjects / total >= 5000 else 'NOT MET'}")
+        for run in range(1, args.repeat + 1):
+            report = await rebuild_features(settings)
+            total = report.seconds["total"]
+            print(
+                f"rebuild (default, source={report.source}) #{run}: {report.subjects} subjects from "
+                f"{report.input_documents} input documents ({report.events} snapshot messages) in {total:.2f} s = "
+                f"{report.subjects / total:.0f} subjects/s ({_stages(report)})"
+            )
+            for note in report.notes:
+                print(f"  note: {note}")
+            goal = report.subjects / total >= 5000
+            print(f"goal rebuild >= 5,000 subjects/s by replay (snapshot): {'MET' if goal else 'NOT MET'}")
+        if args.from_inputs:
+            fast = await rebuild_features(settings, from_inputs=True)
+            total = fast.seconds["total"]
+            print(
+                f"rebuild --from-inputs: {fast.subjects} subjects ({fast.events} input documents) in {total:.1f} s = "
+                f"{fast.subjects / total:.0f} subjects/s ({_stages(fast)})"
+            )
     finally:
         await client.drop_database(settings.mongo_database)
         await client.close()
@@ -310,6 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-in-memory", dest="in_memory", action="store_false")
     parser.add_argument("--no-rebuild", dest="rebuild", action="store_false")
     parser.add_argument("--no-lane", dest="lane", action="store_false")
+    parser.add_argument(
+        "--no-from-events",
+        dest="from_events",
+        action="store_false",
+        help="skip publishing the events and the rebuild --from-events (the snapshot rebuild needs neither)",
+    )
+    parser.add_argument("--no-from-inputs", dest="from_inputs", action="store_false")
+    parser.add_argument("--repeat", type=int, default=1, help="how many times the default (snapshot) rebuild runs")
     args = parser.parse_args(argv)
     print("$ .venv/bin/python -m bench.features " + shlex.join(sys.argv[1:] if argv is None else argv), flush=True)
     asyncio.run(_run(args))

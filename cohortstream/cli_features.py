@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,22 @@ __all__ = ["add_commands"]
 
 
 def _cmd_rebuild(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.features.rebuild import rebuild_features
+    from consumers.features.rebuild import RebuildSource, rebuild_features
 
-    report = asyncio.run(rebuild_features(settings, from_inputs=args.from_inputs))
+    source: RebuildSource = "inputs" if args.from_inputs else "events" if args.from_events else "snapshot"
+    report = asyncio.run(rebuild_features(settings, source=source))
     print(json.dumps(report.to_dict(), indent=2))
+    print(f"features rebuilt from {_SOURCES[report.source]}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
+
+
+_SOURCES = {
+    "snapshot": "the features lane's snapshot topic (features.inputs)",
+    "events": "the source events (every topic from offset 0)",
+    "inputs": "the view store's feature_inputs documents",
+}
 
 
 async def _export(settings: Settings, out: Path, cohort: str | None) -> dict[str, Any]:
@@ -65,13 +77,21 @@ def add_commands(commands: Any) -> None:
     features = p.add_subparsers(dest="features_command", metavar="ACTION", required=True)
     r = features.add_parser(
         "rebuild",
-        help="recompute every subject's feature document with the current spec by replaying the topics from offset 0",
+        help="recompute every subject's feature document with the current spec by replay: of the features lane's "
+        "snapshot topic (every input row of every identifier; the source events when it is missing or empty)",
     )
-    r.add_argument(
+    source = r.add_mutually_exclusive_group()
+    source.add_argument(
+        "--from-events",
+        action="store_true",
+        help="replay the source events from offset 0 instead of the snapshot (slow: one Avro event per row; "
+        "independent of the features lane)",
+    )
+    source.add_argument(
         "--from-inputs",
         action="store_true",
-        help="recompute from the input documents the features lane folded instead of replaying the topics "
-        "(faster; as complete as the lane is)",
+        help="recompute from the input documents the features lane folded in the view store "
+        "(as complete as the lane is)",
     )
     r.set_defaults(func=_cmd_rebuild)
     e = features.add_parser(

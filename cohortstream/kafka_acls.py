@@ -6,7 +6,7 @@ stays false). :func:`acl_plan` lists what each role needs and no more:
 * the edges (DICOM listener, REDCap webhook, EHR loader, Orthanc change feed) only
   *produce* to the topics of their events (and the loader to the dead-letter topic);
 * the worker lanes *consume* their input topics in their own consumer groups, produce
-  their outputs and the dead-letter topic, and own their faust changelog/assignor
+  their outputs (the features lane: its snapshot topic ``features.inputs``) and the dead-letter topic, and own their faust changelog/assignor
   topics (prefix ``<app_id>-<lane>-``, created by faust on start);
 * the annotator consumes series-completed and annotation requests and produces
   suggestions in ``<app_id>-annotator``;
@@ -72,7 +72,7 @@ PRODUCES: dict[str, tuple[str, ...]] = {
     "ehr-loader": ("ehr.record", "dead-letter"),
     "orthanc-feed": ("dicom.instance-received",),
     "api": ("annotation.requested", "annotation.reviewed", "audit.access"),
-    "worker": ("dicom.series-completed", "dead-letter"),
+    "worker": ("dicom.series-completed", "dead-letter", "features.inputs"),
     "annotator": ("annotation.suggested", "dead-letter"),
 }
 """Role → the catalogue topics (logical names) it writes."""

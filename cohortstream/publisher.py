@@ -37,9 +37,18 @@ class PublishError(CohortStreamError):
 class EventPublisher:
     """An idempotent ``acks=all`` Kafka producer of single-object-encoded events."""
 
-    def __init__(self, settings: Settings, codec: EventCodec | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        codec: EventCodec | None = None,
+        *,
+        max_request_size: int | None = None,
+        max_batch_size: int | None = None,
+    ) -> None:
         self._settings = settings
         self._codec = codec or EventCodec()
+        self._max_request_size = max_request_size
+        self._max_batch_size = max_batch_size
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -50,6 +59,8 @@ class EventPublisher:
             acks="all",
             enable_idempotence=True,
             request_timeout_ms=int(self._settings.kafka_request_timeout_s * 1000),
+            **({"max_request_size": self._max_request_size} if self._max_request_size else {}),
+            **({"max_batch_size": self._max_batch_size} if self._max_batch_size else {}),
             **aiokafka_security(self._settings),
         )
         try:
@@ -125,3 +136,22 @@ class EventPublisher:
             ) from failures[0]
         log.debug("events published", extra={"count": len(items)})
         return [r for r in results if isinstance(r, RecordMetadata)]
+
+    async def publish_records(self, topic: str, items: Sequence[tuple[str, bytes | None]]) -> None:
+        """Send already encoded ``(key, value)`` records to ``topic`` (a full name) and wait
+        for every acknowledgement, as :meth:`publish_many` does. For state topics whose
+        values are not events (the features lane's snapshots); a None value is a tombstone."""
+        if self._producer is None:
+            raise PublishError("publisher is not started")
+        futures = []
+        try:
+            for key, value in items:
+                futures.append(await self._producer.send(topic, value=value, key=key.encode("utf-8")))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        except KafkaError as exc:
+            raise PublishError(f"Kafka did not accept {len(items)} records on {topic}: {exc}") from exc
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise PublishError(
+                f"Kafka did not acknowledge {len(failures)} of {len(items)} records on {topic}: {failures[0]}"
+            ) from failures[0]

@@ -22,7 +22,14 @@ from cohortstream.events import (
 )
 from cohortstream.settings import Settings
 
-__all__ = ["TOPICS", "TopicSpec", "topic_for_event"]
+__all__ = [
+    "COMPACTED_TOPICS",
+    "COMPACTED_TOPIC_MAX_MESSAGE_BYTES",
+    "FEATURE_INPUTS_TOPIC",
+    "TOPICS",
+    "TopicSpec",
+    "topic_for_event",
+]
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,17 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("dead-letter", DeadLetter, "original key"),
     TopicSpec("audit.access", AccessAudited, "actor_id"),
 )
+
+FEATURE_INPUTS_TOPIC = "features.inputs"
+"""Not an event topic: the features lane's snapshot of each feature input document, keyed
+by the document's id (``cohortstream/features/snapshot.py``); what a rebuild replays."""
+
+COMPACTED_TOPICS: tuple[str, ...] = (FEATURE_INPUTS_TOPIC,)
+"""Topics of state, not events: ``cleanup.policy=compact`` keeps the latest value of each key."""
+
+COMPACTED_TOPIC_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""A snapshot holds all of one identifier's lab rows (about 30 bytes a row): 16 MiB is half
+a million rows, where the broker's default (1 MiB) would refuse a subject of 35,000."""
 
 
 def topic_for_event(event_type: type[Event]) -> TopicSpec:

@@ -3,12 +3,17 @@
 The document is a function of the inputs and the spec only (no clock, no arrival order),
 so the live stream and a rebuild by replay write the same document, and rebuilding
 twice gives identical documents. Column names and their meaning: :mod:`.columns`.
+
+:func:`feature_document` is the definition, one subject at a time in plain Python.
+The lane and the rebuilds compute the lab block of many subjects at once
+(:mod:`.cohort`, numpy) and hand it to :func:`assemble_document`, which builds
+everything else here; a unit test holds the two lab computations equal.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cohortstream.features.columns import (
@@ -22,9 +27,20 @@ from cohortstream.features.columns import (
 from cohortstream.features.inputs import AnnotationEntry, LabRow, QuestionnaireEntry, SubjectInputs
 from cohortstream.features.spec import FeatureSpec, LabStatistic, MeasurementSpec, QuestionnaireSpec
 
-__all__ = ["feature_document", "lab_statistics", "questionnaire_values"]
+__all__ = [
+    "FeatureValue",
+    "LabBlock",
+    "assemble_document",
+    "feature_document",
+    "lab_statistics",
+    "questionnaire_values",
+    "spec_header",
+]
 
 FeatureValue = float | int | str | None
+
+LabBlock = tuple[dict[str, FeatureValue], dict[str, str]]
+"""A subject's lab columns (``lab_<code>_<statistic>`` → value) and units (code → unit)."""
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -117,8 +133,42 @@ def _measurement(annotations: Sequence[AnnotationEntry], spec: MeasurementSpec) 
     return max(candidates)[1] if candidates else None
 
 
+def _lab_block(spec: FeatureSpec, inputs: SubjectInputs) -> LabBlock | None:
+    if spec.labs is None or not inputs.labs:
+        return None
+    assert spec.labs.codes is not None, "resolve most_frequent before computing"
+    features: dict[str, FeatureValue] = {}
+    units: dict[str, str] = {}
+    per_code: dict[str, list[LabRow]] = {code: [] for code in spec.labs.codes}
+    for row in inputs.labs:
+        if row.code in per_code:
+            per_code[row.code].append(row)
+    for code, rows in per_code.items():
+        for stat, value in lab_statistics(rows, spec.labs.statistics).items():
+            features[lab_column(code, stat)] = value
+        unit = next((r.unit for r in reversed(rows) if r.unit), None)
+        if unit:
+            units[code] = unit
+    return features, units
+
+
 def feature_document(spec: FeatureSpec, inputs: SubjectInputs) -> dict[str, Any]:
     """The ``features`` document of one subject. ``spec`` must be resolved (lab codes fixed)."""
+    return assemble_document(spec, inputs, _lab_block(spec, inputs))
+
+
+def spec_header(spec: FeatureSpec) -> dict[str, Any]:
+    """What every document says about the spec that made it (``sha256`` hashes the spec's
+    JSON: compute it once per cohort, not once per document)."""
+    return {"name": spec.name, "version": spec.version, "sha256": spec.sha256}
+
+
+def assemble_document(
+    spec: FeatureSpec, inputs: SubjectInputs, labs: LabBlock | None, header: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The document of one subject whose lab block is already computed (None: the subject
+    has no lab row with a number, or the spec has no labs); ``inputs.labs`` is not read.
+    ``header``: :func:`spec_header` of ``spec``, when the caller computed it already."""
     features: dict[str, FeatureValue] = {}
     units: dict[str, str] = {}
     blocks: list[str] = []
@@ -128,19 +178,10 @@ def feature_document(spec: FeatureSpec, inputs: SubjectInputs) -> dict[str, Any]
         features["age"] = inputs.age
         features["sex"] = inputs.sex
 
-    if spec.labs is not None and inputs.labs:
-        assert spec.labs.codes is not None, "resolve most_frequent before computing"
+    if spec.labs is not None and labs is not None:
         blocks.append("labs")
-        per_code: dict[str, list[LabRow]] = {code: [] for code in spec.labs.codes}
-        for row in inputs.labs:
-            if row.code in per_code:
-                per_code[row.code].append(row)
-        for code, rows in per_code.items():
-            for stat, value in lab_statistics(rows, spec.labs.statistics).items():
-                features[lab_column(code, stat)] = value
-            unit = next((r.unit for r in reversed(rows) if r.unit), None)
-            if unit:
-                units[code] = unit
+        features.update(labs[0])
+        units = labs[1]
 
     if spec.diagnoses is not None and inputs.diagnoses:
         blocks.append("diagnoses")
@@ -175,7 +216,7 @@ def feature_document(spec: FeatureSpec, inputs: SubjectInputs) -> dict[str, Any]
         "_id": inputs.subject_id,
         "subject_id": inputs.subject_id,
         "identifiers": list(inputs.identifiers),
-        "spec": {"name": spec.name, "version": spec.version, "sha256": spec.sha256},
+        "spec": dict(header) if header is not None else spec_header(spec),
         "as_of": inputs.last_event_at,
         "blocks": blocks,
         "features": features,

@@ -18,14 +18,22 @@ Input document shapes (``_id``):
   segments {label: volume_ml}, suggested_at}}``, ``reviews {id: {event id: [decision, reviewed_at]}}``
 
 Every document also carries ``last_event_at`` (``$max`` of the events' ``emitted_at``).
+A document read back from the snapshot topic (:mod:`.snapshot`) holds its rows as
+``lab_columns`` (:class:`~.labs.LabColumns`) instead of the ``labs`` map.
+
+A lab value that is not a finite number (NaN, ±infinity) counts as no value: such a row
+is kept in the inputs but left out of every statistic, as a row without a number is.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from cohortstream.features.labs import LabColumns
 
 __all__ = [
     "AnnotationEntry",
@@ -35,6 +43,7 @@ __all__ = [
     "SubjectInputs",
     "series_ids_of",
     "subject_inputs",
+    "subject_lab_columns",
 ]
 
 _DEMOGRAPHIC_ORDER = {"ehr": 0, "dicom": 1, "redcap": 2}
@@ -119,17 +128,41 @@ def _annotation_status(reviews: Mapping[str, Sequence[Any]] | None) -> str:
     return _DECISIONS.get(str(decision), "suggested")
 
 
+def _in_reading_order(identifier_docs: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+    if len(identifier_docs) < 2:
+        return identifier_docs
+    return sorted(identifier_docs, key=lambda d: (_DEMOGRAPHIC_ORDER.get(str(d["_id"]).split(":", 1)[0], 9), d["_id"]))
+
+
+def subject_lab_columns(identifier_docs: Sequence[Mapping[str, Any]]) -> LabColumns | None:
+    """Every lab row of a subject's identifier documents as columns (None: no rows), in the
+    order :func:`subject_inputs` gives ``labs``; non-finite values included (the
+    computation leaves them out)."""
+    parts = []
+    for doc in _in_reading_order(identifier_docs):
+        columns = doc.get("lab_columns")
+        if columns is None and doc.get("labs"):
+            columns = LabColumns.from_rows(doc["labs"])
+        if columns is not None:
+            parts.append(columns)
+    return LabColumns.merge(parts)
+
+
 def subject_inputs(
     subject_id: str,
     identifier_docs: Sequence[Mapping[str, Any]],
     series_docs: Sequence[Mapping[str, Any]],
+    *,
+    lab_rows: bool = True,
 ) -> SubjectInputs:
     """Assemble a subject from its identifiers' input documents and its series' documents.
 
     Demographics come from the EHR first, then DICOM (PatientSex, PatientAge), each
-    identifier in key order; missing ones stay None.
+    identifier in key order; missing ones stay None. ``lab_rows=False`` leaves ``labs``
+    empty: the cohort computation takes them as columns (:func:`subject_lab_columns`),
+    and one object per row is what a rebuild cannot afford.
     """
-    docs = sorted(identifier_docs, key=lambda d: (_DEMOGRAPHIC_ORDER.get(str(d["_id"]).split(":", 1)[0], 9), d["_id"]))
+    docs = _in_reading_order(identifier_docs)
     inputs = SubjectInputs(subject_id=subject_id, identifiers=sorted(str(d["_id"]) for d in identifier_docs))
     for doc in docs:
         demographics = doc.get("demographics") or {}
@@ -137,8 +170,9 @@ def subject_inputs(
             inputs.sex = demographics["sex"]
         if inputs.age is None and demographics.get("age") is not None:
             inputs.age = int(demographics["age"])
-        for row, (code, at, value, unit) in (doc.get("labs") or {}).items():
-            inputs.labs.append(LabRow(code=code, at=at, value=float(value), unit=unit, row=row))
+        for row, (code, at, value, unit) in (doc.get("labs") or {}).items() if lab_rows else ():
+            if math.isfinite(value):
+                inputs.labs.append(LabRow(code=code, at=at, value=float(value), unit=unit, row=row))
         inputs.diagnoses.extend((doc.get("diagnoses") or {}).values())
         for key, q in (doc.get("questionnaires") or {}).items():
             inputs.questionnaires.append(

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from pymongo.asynchronous.database import AsyncDatabase
 
 from cohortstream.errors import CohortStreamError
@@ -41,9 +42,16 @@ def most_frequent_codes(counts: Mapping[str, int], n: int) -> list[str]:
 
 
 def lab_code_counts(documents: Iterable[Mapping[str, Any]]) -> Counter[str]:
-    """Rows per lab code over input documents."""
+    """Rows per lab code over input documents (``labs`` maps or snapshot ``lab_columns``)."""
     counts: Counter[str] = Counter()
     for doc in documents:
+        columns = doc.get("lab_columns")
+        if columns is not None:
+            for code, n in zip(
+                columns.codes, np.bincount(columns.code, minlength=len(columns.codes)).tolist(), strict=True
+            ):
+                counts[code] += n
+            continue
         for code, *_ in (doc.get("labs") or {}).values():
             counts[code] += 1
     return counts

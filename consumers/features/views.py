@@ -10,6 +10,13 @@ already saw; the inputs are written by this sink before it marks the subject dir
 Crash safety: a fold marks its documents ``pending`` (and bumps ``seq``); a flush clears
 the mark only where ``seq`` did not move meanwhile. A restarted sink schedules every
 pending document, so an event whose offset was committed is never left unapplied.
+
+Snapshots: every input document a flush reads is also published, whole, to the compacted
+topic ``features.inputs`` (:mod:`cohortstream.features.snapshot`) after the features are
+written and *before* ``pending`` is cleared, so a document that is not pending has its
+current state on that topic; ``cohortstream features rebuild`` replays it instead of
+every source event. The publication runs after the vectors are written, beside the next
+flush (one at a time), so Kafka's acknowledgement is not part of the delay.
 """
 
 from __future__ import annotations
@@ -25,14 +32,21 @@ from typing import Any, ClassVar
 from prometheus_client import Histogram
 from pymongo import DeleteMany, ReplaceOne, UpdateOne
 
+from cohortstream.admin import ensure_compacted_topics
+from cohortstream.errors import CohortStreamError
 from cohortstream.events import Event
-from cohortstream.features.compute import feature_document
-from cohortstream.features.inputs import series_ids_of, subject_inputs
+from cohortstream.features.cohort import feature_documents
+from cohortstream.features.inputs import series_ids_of, subject_inputs, subject_lab_columns
+from cohortstream.features.labs import LabColumns
+from cohortstream.features.snapshot import TOPIC as SNAPSHOT_TOPIC
+from cohortstream.features.snapshot import encode_snapshot
 from cohortstream.features.spec import FeatureSpec, load_spec
 from cohortstream.features.store import resolve_lab_codes, save_active_spec
 from cohortstream.mongo import find_all
+from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
 from cohortstream.subjects import subject_id_for
+from cohortstream.topics import COMPACTED_TOPIC_MAX_MESSAGE_BYTES
 from consumers.features.fold import fold_events, mongo_update
 from consumers.mongo_sink import IndexSpec, MongoSink
 
@@ -47,16 +61,18 @@ FEATURE_DELAY = Histogram(
 )
 
 _FLUSH_CHUNK = 500
+_SNAPSHOT_BATCH_BYTES = 1024 * 1024
+"""A flush publishes ~5 KB per input document: batches of 1 MiB, not aiokafka's 16 KiB."""
 
 
 async def compute_subjects(
     sink: MongoSink, spec: FeatureSpec, keys: Iterable[str]
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+) -> tuple[list[dict[str, Any]], dict[str, str], list[dict[str, Any]]]:
     """Feature documents of the subjects of identifier ``keys`` (read from ``feature_inputs``),
-    and identifier key → subject id for every member read."""
+    identifier key → subject id for every member read, and the input documents read."""
     keys = sorted(set(keys))
     if not keys:
-        return [], {}
+        return [], {}, []
     registered = await sink.retry(
         partial(find_all, sink.db.subject_identifiers, {"_id": {"$in": keys}}, {"subject_id": 1}), "resolve subjects"
     )
@@ -78,23 +94,39 @@ async def compute_subjects(
     docs = await sink.retry(
         partial(find_all, sink.db.feature_inputs, {"_id": {"$in": all_keys}}, {"pending": 0, "seq": 0}), "read inputs"
     )
+    for doc in docs:
+        # Once per document: the computation and the snapshot both take the rows as columns.
+        doc["lab_columns"] = LabColumns.from_rows(doc.pop("labs", None) or {})
     by_id = {d["_id"]: d for d in docs}
     series = await sink.retry(
         partial(find_all, sink.db.feature_inputs, {"_id": {"$in": series_ids_of(docs)}}, {"pending": 0, "seq": 0}),
         "read series inputs",
     )
     series_by_id = {d["_id"]: d for d in series}
-    out = []
+    subjects = []
+    labs = []
     for subject_id, group in sorted(groups.items()):
         identifier_docs = [by_id[k] for k in sorted(group) if k in by_id]
         if not identifier_docs:
             continue
         wanted = set(series_ids_of(identifier_docs))
-        inputs = subject_inputs(
-            subject_id, identifier_docs, [series_by_id[s] for s in sorted(wanted) if s in series_by_id]
-        )
-        out.append(feature_document(spec, inputs))
-    return out, subject_of
+        series_docs = [series_by_id[s] for s in sorted(wanted) if s in series_by_id]
+        subjects.append(subject_inputs(subject_id, identifier_docs, series_docs, lab_rows=False))
+        labs.append(subject_lab_columns(identifier_docs))
+    return feature_documents(spec, subjects, labs), subject_of, [*docs, *series]
+
+
+def _snapshots(inputs: Sequence[dict[str, Any]]) -> list[tuple[str, bytes | None]]:
+    records: list[tuple[str, bytes | None]] = []
+    for doc in inputs:
+        value = encode_snapshot(doc)
+        if len(value) > COMPACTED_TOPIC_MAX_MESSAGE_BYTES - 4096:
+            # Never retried forever: left out, and `features rebuild` reports the snapshot
+            # short of the view store's inputs (then rebuild --from-events).
+            log.error("feature input document too large for the snapshot topic", extra={"bytes": len(value)})
+            continue
+        records.append((str(doc["_id"]), value))
+    return records
 
 
 class FeatureViews(MongoSink):
@@ -111,6 +143,10 @@ class FeatureViews(MongoSink):
         self._recheck: dict[str, tuple[float, str]] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._snapshots = EventPublisher(
+            settings, max_request_size=COMPACTED_TOPIC_MAX_MESSAGE_BYTES, max_batch_size=_SNAPSHOT_BATCH_BYTES
+        )
+        self._publishing: asyncio.Task[None] | None = None
 
     @property
     def spec(self) -> FeatureSpec:
@@ -124,6 +160,11 @@ class FeatureViews(MongoSink):
             if self._users > 1:
                 return
             await super().setup()
+            try:
+                await ensure_compacted_topics(self._settings)
+            except CohortStreamError as exc:  # e.g. a role without CREATE: the deployment made it
+                log.warning("cannot check the features snapshot topic", extra={"error": str(exc)})
+            await self._snapshots.start()
             spec = load_spec(self._settings.features_spec_file or None)
             codes = await resolve_lab_codes(self.db, spec)
             self._spec = spec.with_lab_codes(codes) if codes is not None else spec
@@ -146,6 +187,10 @@ class FeatureViews(MongoSink):
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._flusher
                 self._flusher = None
+            try:
+                await self._finish_publishing()
+            finally:
+                await self._snapshots.stop()
             await super().close()
 
     async def apply(self, events: Sequence[Event]) -> None:
@@ -197,6 +242,8 @@ class FeatureViews(MongoSink):
                     raise
             if rechecks:
                 await self._recheck_links(rechecks)
+            if everything:
+                await self._finish_publishing()
             return written
 
     async def _flush(self, doc_ids: Sequence[str]) -> int:
@@ -211,7 +258,7 @@ class FeatureViews(MongoSink):
                     keys.add(f"dicom:{doc['patient_id']}")
             else:
                 keys.add(doc["_id"])
-        documents, subject_of = await compute_subjects(self, self.spec, keys)
+        documents, subject_of, inputs = await compute_subjects(self, self.spec, keys)
         if documents:
             writes: list[Any] = [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in documents]
             members = sorted(subject_of)
@@ -221,8 +268,10 @@ class FeatureViews(MongoSink):
         clear = [
             UpdateOne({"_id": d["_id"], "seq": d.get("seq")}, {"$unset": {"pending": ""}}) for d in seqs if "seq" in d
         ]
-        if clear:
-            await self.retry(partial(self.db.feature_inputs.bulk_write, clear, ordered=False), "clear pending")
+        # The vectors are written: the snapshot and the end of `pending` follow off the path
+        # of the delay (the next flush waits only if the previous publication is still running).
+        await self._finish_publishing()
+        self._publishing = asyncio.create_task(self._publish_then_clear(_snapshots(inputs), clear, list(doc_ids)))
         wall = time.time()
         for d in documents:
             if d.get("as_of") is not None:
@@ -232,6 +281,30 @@ class FeatureViews(MongoSink):
             for key in keys:
                 self._recheck[key] = (at, subject_of.get(key, ""))
         return len(documents)
+
+    async def _publish_then_clear(
+        self, records: list[tuple[str, bytes | None]], clear: list[UpdateOne], doc_ids: list[str]
+    ) -> None:
+        """Publish the snapshots and, once Kafka acknowledged them, clear ``pending``: a crash
+        before that leaves the documents pending, and a restart recomputes and publishes them."""
+        try:
+            if records:
+                await self._snapshots.publish_records(self._settings.topic(SNAPSHOT_TOPIC), records)
+            if clear:
+                await self.retry(partial(self.db.feature_inputs.bulk_write, clear, ordered=False), "clear pending")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Still pending: scheduled again, so the next tick recomputes and republishes them.
+            log.exception("features snapshot not published; will retry")
+            now = time.monotonic()
+            for doc_id in doc_ids:
+                self._dirty.setdefault(doc_id, now)
+
+    async def _finish_publishing(self) -> None:
+        if self._publishing is not None:
+            task, self._publishing = self._publishing, None
+            await task
 
     async def _recheck_links(self, keys: Sequence[str]) -> None:
         registered = await self.retry(

@@ -4,8 +4,8 @@ A generated cohort arrives as events: a MIMIC-IV-shaped EHR extract through the 
 loader, REDCap records, DICOM instances and brain-extraction suggestions with a review.
 The worker's features lane must keep one document per subject whose values equal an
 independent pandas computation over the generated files; a new event must show within
-the configured delay; `features rebuild` by replay must give the same documents, twice,
-and follow a changed spec; the Parquet export must carry the same values and a data
+the configured delay; `features rebuild` by replay (of the lane's snapshot topic, and of
+every source event) must give the same documents, twice, and follow a changed spec; the Parquet export must carry the same values and a data
 dictionary.
 """
 
@@ -197,7 +197,11 @@ def _stable(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
-    settings: Settings, database: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    database: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     spec = load_spec(settings.features_spec_file)
     assert spec.labs is not None and spec.labs.codes is not None and spec.diagnoses is not None
@@ -269,13 +273,20 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
     finally:
         await app.stop()
 
-    # Rebuild by replay: the same documents as the stream, and twice the same.
+    # Rebuild by replay of the lane's snapshot topic (the default): the same documents as
+    # the stream, and twice the same.
     first = await rebuild_features(settings)
+    assert first.source == "snapshot" and first.notes == [], first.notes
     assert first.subjects == SUBJECTS and first.undecodable == 0
+    assert first.input_documents == first.view_store_inputs and first.pending_inputs == 0
     rebuilt = _stable(await _documents(database))
     assert rebuilt == streamed
     await rebuild_features(settings)
     assert _stable(await _documents(database)) == rebuilt
+    # By replay of every source event instead: identical documents.
+    from_events = await rebuild_features(settings, source="events")
+    assert from_events.source == "events" and from_events.subjects == SUBJECTS and from_events.undecodable == 0
+    assert from_events.events > first.events and _stable(await _documents(database)) == rebuilt
     # From the lane's folded inputs instead of the log: the same documents.
     from_inputs = await rebuild_features(settings, from_inputs=True)
     assert from_inputs.subjects == SUBJECTS and _stable(await _documents(database)) == rebuilt
@@ -287,7 +298,13 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
         "diagnoses:\n  prefixes: [I50]\n"
     )
     new_settings = settings.model_copy(update={"features_spec_file": str(changed)})
+    # By events first, then by the snapshot (the default): every row of every code is in
+    # the snapshot, so the changed spec gives identical documents both ways.
+    await rebuild_features(new_settings, source="events")
+    by_events = _stable(await _documents(database))
     report = await rebuild_features(new_settings)
+    assert report.source == "snapshot"
+    assert _stable(await _documents(database)) == by_events
     docs = await _documents(database)
     assert {d["spec"]["version"] for d in docs} == {2} and report.spec_sha256 == docs[0]["spec"]["sha256"]
     assert all(not any(k.startswith(("img_", "q_", "lab_50912_first")) for k in d["features"]) for d in docs)
@@ -309,6 +326,15 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
     await rebuild_features(settings)
     for name, value in settings_environment(settings).items():
         monkeypatch.setenv(name, value)
+    # The command says which source it replayed.
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["features", "rebuild"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["source"] == "snapshot" and "from the features lane's snapshot topic" in err
+    assert await asyncio.to_thread(main, ["features", "rebuild", "--from-events"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["source"] == "events" and "from the source events" in err
+    assert _stable(await _documents(database)) == rebuilt
     query = tmp_path / "mr.json"
     query.write_text(json.dumps({"modalities": ["MR"]}))
     out = tmp_path / "out" / "cohort.parquet"
@@ -333,3 +359,29 @@ async def test_stream_keeps_features_equal_to_pandas_and_rebuild_replays_them(
 
 async def _features_settled(db: Any) -> bool:
     return await db.feature_inputs.count_documents({"pending": True}) == 0
+
+
+async def test_rebuild_writes_insert_new_documents_and_replace_ones_written_meanwhile(
+    settings: Settings, database: Any
+) -> None:
+    """The rebuild's writer inserts documents whose id was not stored when it listed them,
+    replaces the others, replaces one that appeared since (a duplicate insert), and
+    removes the documents of subjects that are gone."""
+    from consumers.features.rebuild import RebuildReport, _Writer
+    from consumers.mongo_sink import MongoSink
+
+    await database.features.insert_many([{"_id": "old", "v": 0}, {"_id": "kept", "v": 0}])
+    sink = MongoSink(settings)
+    await sink.setup()
+    try:
+        writer = _Writer(sink)
+        await writer._existing_ids()  # listed: old, kept
+        await database.features.insert_one({"_id": "raced", "v": 0})  # the lane wrote it since
+        documents = [{"_id": "kept", "v": 1}, {"_id": "new", "v": 1}, {"_id": "raced", "v": 1}]
+        await writer.start(documents)
+        report = RebuildReport()
+        await writer.finish(documents, report)
+    finally:
+        await sink.close()
+    assert await _documents(database) == sorted(documents, key=lambda d: d["_id"])
+    assert report.removed == 1

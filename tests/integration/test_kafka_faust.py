@@ -14,7 +14,7 @@ from cohortstream.events import DeadLetter, DicomInstanceReceived, Event
 from cohortstream.mongo import mongo_client, mongo_database
 from cohortstream.publisher import EventPublisher
 from cohortstream.settings import Settings
-from cohortstream.topics import TOPICS
+from cohortstream.topics import COMPACTED_TOPICS, TOPICS
 from consumers.dead_letter_archive import COLLECTION
 from streams.app import create_app
 from streams.topics import define_topics
@@ -25,7 +25,7 @@ from tests.polling import eventually
 
 async def test_event_from_aiokafka_reaches_a_faust_agent_typed(stack_settings: Settings) -> None:
     created = await ensure_topics(stack_settings)
-    assert len(created) == len(TOPICS)
+    assert len(created) == len(TOPICS) + len(COMPACTED_TOPICS)  # the events' and the state topics
     assert await ensure_topics(stack_settings) == []  # idempotent
 
     app = create_app(stack_settings)
