@@ -7,6 +7,8 @@ makes ``acks=all`` meaningful when the replication factor is above one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
@@ -40,9 +42,8 @@ def _compacted(settings: Settings, existing: set[str]) -> list[NewTopic]:
     ]
 
 
-async def ensure_compacted_topics(settings: Settings) -> list[str]:
-    """Create the compacted state topics that do not exist yet (the features lane calls this
-    when it starts, so a stack made before the snapshot topic existed gets it)."""
+async def _create_missing(settings: Settings, wanted_of: Callable[[set[str]], list[NewTopic]], what: str) -> list[str]:
+    """Create the topics ``wanted_of(existing topic names)`` returns; their names."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-admin",
@@ -50,29 +51,29 @@ async def ensure_compacted_topics(settings: Settings) -> list[str]:
     )
     try:
         await admin.start()
-        wanted = _compacted(settings, set(await admin.list_topics()))
+        wanted = wanted_of(set(await admin.list_topics()))
         if wanted:
             await admin.create_topics(wanted)
         return [topic.name for topic in wanted]
     except KafkaError as exc:
-        raise CohortStreamError(f"cannot create the compacted topics on {settings.kafka_bootstrap}: {exc}") from exc
+        raise CohortStreamError(f"cannot create {what} on {settings.kafka_bootstrap}: {exc}") from exc
     finally:
         await admin.close()
+
+
+async def ensure_compacted_topics(settings: Settings) -> list[str]:
+    """Create the compacted state topics that do not exist yet (the features lane calls this
+    when it starts, so a stack made before the snapshot topic existed gets it)."""
+    return await _create_missing(settings, lambda existing: _compacted(settings, existing), "the compacted topics")
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every catalogue topic (and the compacted state topics) that does not exist yet;
     return the names created."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-admin",
-        **aiokafka_security(settings),
-    )
-    try:
-        await admin.start()
-        existing = set(await admin.list_topics())
-        min_isr = str(min(2, settings.topic_replication_factor))
-        wanted = [
+    min_isr = str(min(2, settings.topic_replication_factor))
+
+    def wanted_of(existing: set[str]) -> list[NewTopic]:
+        catalogue = [
             NewTopic(
                 name=spec.full_name(settings),
                 num_partitions=settings.topic_partitions,
@@ -82,11 +83,6 @@ async def ensure_topics(settings: Settings) -> list[str]:
             for spec in TOPICS
             if spec.full_name(settings) not in existing
         ]
-        wanted += _compacted(settings, existing)
-        if wanted:
-            await admin.create_topics(wanted)
-        return [topic.name for topic in wanted]
-    except KafkaError as exc:
-        raise CohortStreamError(f"cannot create topics on {settings.kafka_bootstrap}: {exc}") from exc
-    finally:
-        await admin.close()
+        return catalogue + _compacted(settings, existing)
+
+    return await _create_missing(settings, wanted_of, "topics")

@@ -118,40 +118,32 @@ class EventPublisher:
         awaited. The same guarantee holds: when this returns, every event is durable; if
         it raises, some may be and some not (replaying is safe when sinks are idempotent).
         """
-        if self._producer is None:
-            raise PublishError("publisher is not started")
-        futures = []
-        try:
-            for event, key in items:
-                topic = topic_for_event(type(event)).full_name(self._settings)
-                value = self._codec.encode_event(event)
-                futures.append(await self._producer.send(topic, value=value, key=key.encode("utf-8")))
-            results = await asyncio.gather(*futures, return_exceptions=True)
-        except KafkaError as exc:
-            raise PublishError(f"Kafka did not accept a batch of {len(items)} events: {exc}") from exc
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise PublishError(
-                f"Kafka did not acknowledge {len(failures)} of {len(items)} events: {failures[0]}"
-            ) from failures[0]
+        records = [
+            (topic_for_event(type(event)).full_name(self._settings), key, self._codec.encode_event(event))
+            for event, key in items
+        ]
+        results = await self._send_all(records, f"{len(items)} events")
         log.debug("events published", extra={"count": len(items)})
-        return [r for r in results if isinstance(r, RecordMetadata)]
+        return results
 
     async def publish_records(self, topic: str, items: Sequence[tuple[str, bytes | None]]) -> None:
         """Send already encoded ``(key, value)`` records to ``topic`` (a full name) and wait
         for every acknowledgement, as :meth:`publish_many` does. For state topics whose
         values are not events (the features lane's snapshots); a None value is a tombstone."""
+        await self._send_all([(topic, key, value) for key, value in items], f"{len(items)} records on {topic}")
+
+    async def _send_all(self, records: Sequence[tuple[str, str, bytes | None]], what: str) -> list[RecordMetadata]:
+        """Queue every ``(topic, key, value)`` first, then await all acknowledgements."""
         if self._producer is None:
             raise PublishError("publisher is not started")
         futures = []
         try:
-            for key, value in items:
+            for topic, key, value in records:
                 futures.append(await self._producer.send(topic, value=value, key=key.encode("utf-8")))
             results = await asyncio.gather(*futures, return_exceptions=True)
         except KafkaError as exc:
-            raise PublishError(f"Kafka did not accept {len(items)} records on {topic}: {exc}") from exc
+            raise PublishError(f"Kafka did not accept {what}: {exc}") from exc
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
-            raise PublishError(
-                f"Kafka did not acknowledge {len(failures)} of {len(items)} records on {topic}: {failures[0]}"
-            ) from failures[0]
+            raise PublishError(f"Kafka did not acknowledge {len(failures)} of {what}: {failures[0]}") from failures[0]
+        return [r for r in results if isinstance(r, RecordMetadata)]
