@@ -50,6 +50,22 @@ CODES = ("50912", "51222", "50931", "50971", "50983", "51301")
 T0 = datetime(2150, 1, 1, tzinfo=UTC)
 
 
+def _lab(sid: str, source_file: str, row_id: str, at: datetime, code: str, value: float) -> EhrRecord:
+    """One MIMIC-like lab row of subject ``sid``."""
+    return EhrRecord(
+        producer="bench",
+        source="mimic-iv",
+        source_file=source_file,
+        source_row_id=row_id,
+        subject_id=sid,
+        record_type=EhrRecordType.LAB,
+        effective_at=at,
+        code=code,
+        value_number=value,
+        unit="mg/dL",
+    )
+
+
 def _subject_events(subject: int, labs: int, rng: random.Random) -> list[EhrRecord]:
     sid = str(30_000_000 + subject)
     events = [
@@ -64,20 +80,9 @@ def _subject_events(subject: int, labs: int, rng: random.Random) -> list[EhrReco
         )
     ]
     for i in range(labs):
-        events.append(
-            EhrRecord(
-                producer="bench",
-                source="mimic-iv",
-                source_file="hosp/labevents.csv",
-                source_row_id=f"{subject}-{i}",
-                subject_id=sid,
-                record_type=EhrRecordType.LAB,
-                effective_at=T0 + timedelta(minutes=rng.randrange(525_600)),
-                code=CODES[i % len(CODES)],
-                value_number=round(rng.uniform(0.5, 15.0), 1),
-                unit="mg/dL",
-            )
-        )
+        at = T0 + timedelta(minutes=rng.randrange(525_600))
+        value = round(rng.uniform(0.5, 15.0), 1)
+        events.append(_lab(sid, "hosp/labevents.csv", f"{subject}-{i}", at, CODES[i % len(CODES)], value))
     return events
 
 
@@ -277,17 +282,8 @@ async def _steady(settings: Settings, db: Any, args: argparse.Namespace) -> None
                 s = rng.randrange(args.lane_subjects)
                 row += 1
                 sid = str(30_000_000 + s)
-                event = EhrRecord(
-                    producer="bench",
-                    source="mimic-iv",
-                    source_file="steady",
-                    source_row_id=f"steady-{row}",
-                    subject_id=sid,
-                    record_type=EhrRecordType.LAB,
-                    effective_at=T0 + timedelta(days=400, seconds=row),
-                    code=CODES[row % len(CODES)],
-                    value_number=1.0,
-                    unit="mg/dL",
+                event = _lab(
+                    sid, "steady", f"steady-{row}", T0 + timedelta(days=400, seconds=row), CODES[row % len(CODES)], 1.0
                 )
                 batch.append((event, f"mimic-iv/{sid}"))
             await publisher.publish_many(batch)
@@ -295,10 +291,10 @@ async def _steady(settings: Settings, db: Any, args: argparse.Namespace) -> None
             # Probes: their subject's document must come to cover their emitted_at.
             if time.perf_counter() >= next_probe:
                 next_probe += 1.0 / args.probes
-                event = batch[-1][0]
-                assert isinstance(event, EhrRecord)
-                if event.subject_id not in outstanding:
-                    outstanding[event.subject_id] = (event.emitted_at, time.perf_counter())
+                probe = batch[-1][0]
+                assert isinstance(probe, EhrRecord)
+                if probe.subject_id not in outstanding:
+                    outstanding[probe.subject_id] = (probe.emitted_at, time.perf_counter())
             await asyncio.sleep(max(0.0, tick - (time.perf_counter() - t)))
         elapsed = time.perf_counter() - started
     done = True

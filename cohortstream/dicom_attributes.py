@@ -87,10 +87,13 @@ DATASET_FIELDS: Mapping[str, str] = _dataset_fields()
 _FILE_META_KEYWORDS = frozenset(keyword for keyword in DATASET_FIELDS.values() if Tag(keyword).group == 0x0002)
 
 _SPECIFIC_CHARACTER_SET = 0x00080005
-_DATASET_TAGS: Mapping[str, int] = {
-    keyword: int(Tag(keyword)) for keyword in DATASET_FIELDS.values() if keyword not in _FILE_META_KEYWORDS
+_DATASET_ELEMENTS: Mapping[str, tuple[int, str]] = {
+    keyword: (int(Tag(keyword)), dictionary_VR(keyword))
+    for keyword in DATASET_FIELDS.values()
+    if keyword not in _FILE_META_KEYWORDS
 }
-_WANTED_TAGS = frozenset({*_DATASET_TAGS.values(), _SPECIFIC_CHARACTER_SET})
+"""Keyword → (tag, dictionary VR) of every data set element the event reads."""
+_WANTED_TAGS = frozenset({*(tag for tag, _ in _DATASET_ELEMENTS.values()), _SPECIFIC_CHARACTER_SET})
 
 
 class _Values(Protocol):
@@ -193,11 +196,10 @@ def _scanned_values(scan: Part10Scan) -> dict[str, Any] | None:
         declared = convert_value("CS", _raw_element(scan, _SPECIFIC_CHARACTER_SET, "CS", charset.value))
         encodings = convert_encodings(declared)
     values: dict[str, Any] = {}
-    for keyword, tag in _DATASET_TAGS.items():
+    for keyword, (tag, vr) in _DATASET_ELEMENTS.items():
         raw = scan.elements.get(tag)
         if raw is None or not raw.value:
             continue
-        vr = dictionary_VR(keyword)
         if raw.vr is not None and raw.vr != vr:
             return None
         values[keyword] = convert_value(vr, _raw_element(scan, tag, vr, raw.value), encodings)

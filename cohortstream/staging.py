@@ -252,14 +252,15 @@ class StagingStore:
             os.replace(tmp, final)
             return PendingStage(staged, True, fd)
         except BaseException as exc:
+            # Not renamed: close and remove the temporary file (after a rename it is gone,
+            # so the hot path pays for no unlink).
             with contextlib.suppress(OSError):
                 os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             if isinstance(exc, OSError) and not isinstance(exc, StagingError):
                 raise StagingError(f"cannot stage into {tmp}: {_describe(exc)}") from exc
             raise
-        finally:
-            with contextlib.suppress(OSError):  # gone after the rename: nothing to clean up
-                os.unlink(tmp)
 
     def _make_temp(self, directory: Path) -> tuple[int, Path]:
         # A name unique to this process and call, opened O_EXCL: what mkstemp guarantees,

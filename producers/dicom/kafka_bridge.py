@@ -56,7 +56,7 @@ class PendingPublish:
 
 
 class KafkaBridge:
-    """Owns the publisher and its event loop thread; DIMSE threads call :meth:`publish`."""
+    """Owns the publisher and its event loop thread; DIMSE threads call :meth:`start_publish`."""
 
     def __init__(self, settings: Settings, publisher_factory: Callable[[Settings], EventPublisher]) -> None:
         self._settings = settings
@@ -124,10 +124,6 @@ class KafkaBridge:
         caller syncs its staged file meanwhile and then waits with :meth:`PendingPublish.wait`."""
         future = asyncio.run_coroutine_threadsafe(self._publish(event, key), self._loop)
         return PendingPublish(future, self._settings.dicom_scp_publish_timeout_s)
-
-    def publish(self, event: DicomInstanceReceived, key: str) -> None:
-        """Publish and wait (bounded) for the broker's acknowledgement."""
-        self.start_publish(event, key).wait()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop the producer (flushing what it holds), then the loop and its thread."""

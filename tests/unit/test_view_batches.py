@@ -84,9 +84,10 @@ def _copies(n: int) -> list[bytes]:
     ]
 
 
-async def _applied_within(seconds: float) -> list[tuple[float, int]]:
+async def _applied_until(count: int, seconds: float) -> list[tuple[float, int]]:
+    """The batches applied once ``count`` events were applied, or when ``seconds`` ran out."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while sum(size for _, size in _RecordingSink.applied) < count and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     return list(_RecordingSink.applied)
 
@@ -100,7 +101,7 @@ async def test_events_that_already_waited_are_applied_without_a_further_wait(tmp
         put_at = time.monotonic()
         for value in _copies(5):
             await running.put(value, timestamp=time.time() - 3)  # in Kafka for 3 s already
-        applied = await _applied_within(1.0)
+        applied = await _applied_until(5, 1.0)
     assert applied, "a backlog waited the whole 2 s batch wait"
     assert sum(size for _, size in applied) == 5
     assert applied[0][0] - put_at < 1.0
@@ -112,7 +113,7 @@ async def test_fresh_events_still_wait_to_share_a_batch(tmp_path, monkeypatch) -
         for value in _copies(3):
             await running.put(value)  # just arrived
             await asyncio.sleep(0.05)
-        applied = await _applied_within(1.5)
+        applied = await _applied_until(3, 1.5)
     assert [size for _, size in applied] == [3], "fresh events were not gathered into one batch"
 
 
