@@ -9,9 +9,12 @@ no hashing, no rename, no Kafka.
 
 With ``--kafka-bootstrap HOST:PORT --kafka-topic TOPIC`` it also, after the fsync, sends
 one 600-byte record (about the size of our ``DicomInstanceReceived`` event) with an
-``acks=all`` idempotent aiokafka producer and waits for the broker's acknowledgement
-before answering: the ceiling of any listener that must have both the bytes on disk and
-Kafka's ack before success (design decision 3), still without parsing or staging.
+``acks=all`` idempotent librdkafka producer configured as our listener's
+(``cohortstream.threaded_publisher``: ``linger.ms`` 0, a poll thread running the delivery
+callbacks) and waits for the broker's acknowledgement before answering: the ceiling of
+any listener that must have both the bytes on disk and Kafka's ack before success
+(design decision 3), still without parsing or staging. (Until 2026-11-30 this used
+aiokafka on an event-loop thread, as the listener then did.)
 
 Run: ``.venv/bin/python -m bench.bare_scp --port 45113 --out DIR [--aet BARE]
 [--kafka-bootstrap HOST:PORT --kafka-topic TOPIC]``; stops on SIGTERM/SIGINT.
@@ -21,7 +24,6 @@ Run: ``.venv/bin/python -m bench.bare_scp --port 45113 --out DIR [--aet BARE]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import shutil
@@ -32,9 +34,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -44,36 +45,47 @@ _RECORD = b"\x00" * 600
 
 
 class KafkaAck:
-    """An aiokafka producer on its own event loop thread, as our listener's bridge has."""
+    """A librdkafka producer with a delivery-callback poll thread, as our listener's."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, name="bare-kafka", daemon=True).start()
-        self.producer = self._run(self._start(bootstrap))
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        for future in admin.create_topics([NewTopic(topic, num_partitions=12, replication_factor=1)]).values():
+            try:
+                future.result(timeout=60)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        self.producer = Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 0}
+        )
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="bare-kafka", daemon=True)
+        self._poller.start()
 
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=60)
-
-    async def _start(self, bootstrap: str) -> AIOKafkaProducer:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(self.topic, num_partitions=12, replication_factor=1)])
-        except TopicAlreadyExistsError:
-            pass
-        finally:
-            await admin.close()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
-        await producer.start()
-        return producer
+    def _poll(self) -> None:
+        while not self._stopping.is_set():
+            self.producer.poll(0.2)
 
     def send(self, key: str) -> None:
-        self._run(self.producer.send_and_wait(self.topic, value=_RECORD, key=key.encode()))
+        done = threading.Event()
+        errors: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            if error is not None:
+                errors.append(error)
+            done.set()
+
+        self.producer.produce(self.topic, value=_RECORD, key=key.encode(), on_delivery=delivered)
+        if not done.wait(60):
+            raise TimeoutError("no acknowledgement from Kafka within 60 s")
+        if errors:
+            raise KafkaException(errors[0])
 
     def stop(self) -> None:
-        self._run(self.producer.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.producer.flush(30)
+        self._stopping.set()
+        self._poller.join(timeout=5)
 
 
 def on_c_store(event: Any, out: Path, kafka: KafkaAck | None = None) -> int:

@@ -23,12 +23,14 @@ they divide evenly). For each association count (``--associations``, 1,4):
    Python listener).
 2b. **bare+kafka** — the same files to a second ``bench/bare_scp.py`` that, after the
    fsync, also waits for Kafka's ``acks=all`` on one 600-byte record per instance (topic
-   ``<prefix>bench.bare-kafka``): the ceiling of a Python listener that keeps design
+   ``<prefix>bench.bare-kafka``; librdkafka configured as our listener's producer): the
+   ceiling of a Python listener that keeps design
    decision 3 (success only after the bytes are on disk and Kafka acknowledged), done in
    sequence, still without parsing or staging.
 3. **alone** — (first, before any worker starts) another N to our listener with no worker
    process running: what the listener acknowledges when it has the cores to itself (the
-   workers drain that backlog when they start, before the next phase).
+   workers drain that backlog when they start, before the next phase). At the largest
+   association count once per ``--listener-processes`` count.
 4. **listener** — another N to our listener. Measured from the first storescu start:
    until the last storescu exits (every C-STORE acknowledged, i.e. staged + Kafka
    acks=all), until Orthanc's ``CountInstances`` grew by N, until all N ``instances`` docs
@@ -713,11 +715,21 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     log(f"generating {n} instances per phase ({args.slices} slices/series, {args.rows}x{args.cols})")
     t = time.monotonic()
     for k in assocs:  # first: no worker runs yet
-        seed += 1
-        alone = make_batch(
-            work / f"data-alone-{k}", n, args.slices, args.rows, args.cols, seed, f"BENCH-ALONE-{k}", parts=k
-        )
-        plan.append(Phase("alone", k, alone))
+        # At the largest association count, once per listener process count too: one
+        # association is always served by one process, so more can only help there.
+        for procs in process_counts if k == scale_assoc else process_counts[:1]:
+            seed += 1
+            alone = make_batch(
+                work / f"data-alone-{k}-p{procs}",
+                n,
+                args.slices,
+                args.rows,
+                args.cols,
+                seed,
+                f"BENCH-ALONE-{k}-P{procs}",
+                parts=k,
+            )
+            plan.append(Phase("alone", k, alone, processes=procs))
     for k in assocs:
         seed += 1
         direct = make_batch(
@@ -807,6 +819,16 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     warm_total = 0
     failed = False
 
+    def use_listener(processes: int, running: int) -> int:
+        """Restart the listener with ``processes`` processes unless that many run; returns it."""
+        if processes != running:
+            children["listener"].stop()
+            children["listener"] = listener_child(processes)
+            children["listener"].start()
+            took = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, processes)
+            log(f"listener with {processes} process(es) ready after {took:.1f}s")
+        return processes
+
     async def set_workers(count: int) -> None:
         """Start or stop worker processes until ``count`` run, wait until the DICOM lanes'
         consumer groups are Stable with ``count`` members, then send a warm-up batch through."""
@@ -882,6 +904,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 )
                 phase.received = await orthanc.count_instances() - base
             elif phase.kind == "alone":
+                listener_processes = use_listener(phase.processes, listener_processes)
+                label += f", {phase.processes} listener process(es)"
                 log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}, no worker running")
                 phase.start, phase.end = await storescu_parallel(SCP_AET, SCP_PORT, phase.batch.parts, storescu_log)
                 children["listener"].check_alive()
@@ -898,13 +922,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 for path in out.iterdir():
                     path.unlink()
             else:
-                if phase.processes != listener_processes:
-                    children["listener"].stop()
-                    listener_processes = phase.processes
-                    children["listener"] = listener_child(listener_processes)
-                    children["listener"].start()
-                    took = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, listener_processes)
-                    log(f"listener with {listener_processes} process(es) ready after {took:.1f}s")
+                listener_processes = use_listener(phase.processes, listener_processes)
                 if len(workers) != phase.workers:
                     await set_workers(phase.workers)
                 label += f", {phase.workers} worker(s), {phase.processes} listener process(es)"
@@ -975,7 +993,11 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     print("checks:")
     for phase in plan:
         name = f"  {phase.kind}, {phase.assoc} assoc" + (
-            f", {phase.workers} worker(s), {phase.processes} listener process(es)" if phase.workers else ""
+            f", {phase.workers} worker(s), {phase.processes} listener process(es)"
+            if phase.workers
+            else f", {phase.processes} listener process(es)"
+            if phase.kind == "alone"
+            else ""
         )
         if phase.kind == "direct":
             ok = phase.received == phase.n
@@ -1085,9 +1107,15 @@ def print_report(
         elif phase.kind == "bare+kafka":
             row("storescu -> bare SCP, write+fsync, then Kafka acks=all", phase, phase.end)
         elif phase.kind == "alone":
-            alone_ack = row("storescu -> our listener, no worker running: acknowledged", phase, phase.end, "0", "1")
+            alone_ack = row(
+                "storescu -> our listener, no worker running: acknowledged",
+                phase,
+                phase.end,
+                "0",
+                str(phase.processes),
+            )
             summaries.append(
-                f"listener alone, {phase.assoc} assoc: acknowledged/bare {num(ratio(alone_ack, bare[phase.assoc]), '.2f')}"
+                f"listener alone, {phase.assoc} assoc, {phase.processes} listener process(es): acknowledged/bare {num(ratio(alone_ack, bare[phase.assoc]), '.2f')}"
                 f", acknowledged/(bare+kafka) {num(ratio(alone_ack, bare_kafka.get(phase.assoc, math.nan)), '.2f')}"
                 f"; (bare+kafka)/bare {num(ratio(bare_kafka.get(phase.assoc, math.nan), bare[phase.assoc]), '.2f')}"
             )

@@ -94,6 +94,7 @@ _DATASET_ELEMENTS: Mapping[str, tuple[int, str]] = {
 }
 """Keyword → (tag, dictionary VR) of every data set element the event reads."""
 _WANTED_TAGS = frozenset({*(tag for tag, _ in _DATASET_ELEMENTS.values()), _SPECIFIC_CHARACTER_SET})
+_TAGS = {tag: Tag(tag) for tag in _WANTED_TAGS}
 
 
 class _Values(Protocol):
@@ -163,15 +164,28 @@ def dataset_attributes(ds: pydicom.Dataset, *, transfer_syntax_uid: str | None =
     return _attributes(ds, getattr(ds, "file_meta", None) or pydicom.Dataset(), transfer_syntax_uid)
 
 
+_FIELD_READERS: tuple[tuple[str, str, Callable[[_Values, str], Any], bool, bool, bool], ...] = tuple(
+    (
+        name,
+        keyword,
+        _BY_KEYWORD.get(keyword, _BY_VR.get(dictionary_VR(keyword), _text)),
+        keyword in _FILE_META_KEYWORDS,
+        DicomInstanceReceived.model_fields[name].is_required(),
+        dictionary_VR(keyword) == "UI",
+    )
+    for name, keyword in DATASET_FIELDS.items()
+)
+"""Per event field, worked out once (the listener reads every instance with it): field
+name, keyword, converter, from the file meta?, required?, an identifier (VR UI)?"""
+
+
 def _attributes(values: _Values, meta: _Values, transfer_syntax_uid: str | None) -> InstanceAttributes:
     attributes: InstanceAttributes = {}
     missing = []
-    for name, keyword in DATASET_FIELDS.items():
-        source = meta if keyword in _FILE_META_KEYWORDS else values
-        vr = dictionary_VR(keyword)
-        value = _BY_KEYWORD.get(keyword, _BY_VR.get(vr, _text))(source, keyword)
-        if value is None and DicomInstanceReceived.model_fields[name].is_required():
-            if vr == "UI":
+    for name, keyword, convert, in_meta, required, identifier in _FIELD_READERS:
+        value = convert(meta if in_meta else values, keyword)
+        if value is None and required:
+            if identifier:
                 missing.append(keyword)
             value = ""
         attributes[name] = value
@@ -184,7 +198,7 @@ def _attributes(values: _Values, meta: _Values, transfer_syntax_uid: str | None)
 
 
 def _raw_element(scan: Part10Scan, tag: int, vr: str, value: bytes) -> RawDataElement:
-    return RawDataElement(Tag(tag), vr, len(value), value, 0, scan.implicit_vr, scan.little_endian, True, False)
+    return RawDataElement(_TAGS[tag], vr, len(value), value, 0, scan.implicit_vr, scan.little_endian, True, False)
 
 
 def _scanned_values(scan: Part10Scan) -> dict[str, Any] | None:

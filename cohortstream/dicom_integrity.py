@@ -40,6 +40,8 @@ _SEQ_DELIM = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _MAX_DEPTH = 64
+_LE = (struct.Struct("<HH").unpack_from, struct.Struct("<L").unpack_from, struct.Struct("<H").unpack_from)
+_BE = (struct.Struct(">HH").unpack_from, struct.Struct(">L").unpack_from, struct.Struct(">H").unpack_from)
 
 
 class IncompleteDicomError(CohortStreamError, ValueError):
@@ -71,6 +73,7 @@ class _Walker:
     def __init__(self, buf: bytes | mmap.mmap, little: bool, wanted: Collection[int] = ()) -> None:
         self.buf = buf
         self.e = "<" if little else ">"
+        self.tag_of, self.long_of, self.short_of = _LE if little else _BE
         self.wanted = wanted
         self.found: dict[int, RawValue] = {}
 
@@ -81,14 +84,18 @@ class _Walker:
     def dataset(self, pos: int, end: int, implicit: bool, in_item: bool, depth: int = 0) -> int:
         if depth > _MAX_DEPTH:
             raise IncompleteDicomError("sequences nested too deeply")
-        e = self.e
+        # The listener walks every received instance: names bound once, failures
+        # checked inline and explained by _need only when they happen.
+        buf, wanted, found = self.buf, self.wanted, self.found
+        tag_of, long_of, short_of = self.tag_of, self.long_of, self.short_of
         while True:
             if pos == end:
                 if in_item:
                     raise IncompleteDicomError("truncated: an item has no item delimiter")
                 return pos
-            self._need(pos, 8, end, "element header")
-            group, elem = struct.unpack_from(e + "HH", self.buf, pos)
+            if pos + 8 > end:
+                self._need(pos, 8, end, "element header")
+            group, elem = tag_of(buf, pos)
             tag = group << 16 | elem
             if group == 0xFFFE:
                 if tag == _ITEM_DELIM and in_item:
@@ -96,34 +103,34 @@ class _Walker:
                 raise IncompleteDicomError(f"unexpected delimiter ({group:04X},{elem:04X}) at byte {pos}")
             if implicit:
                 vr = None
-                (length,) = struct.unpack_from(e + "L", self.buf, pos + 4)
+                (length,) = long_of(buf, pos + 4)
                 pos += 8
             else:
-                vr = bytes(self.buf[pos + 4 : pos + 6])
+                vr = bytes(buf[pos + 4 : pos + 6])
                 if not (vr.isalpha() and vr.isupper()):
                     raise IncompleteDicomError(f"invalid VR {vr!r} of ({group:04X},{elem:04X}) at byte {pos}")
                 if vr in _LONG_VRS:
-                    self._need(pos, 12, end, "element header")
-                    (length,) = struct.unpack_from(e + "L", self.buf, pos + 8)
+                    if pos + 12 > end:
+                        self._need(pos, 12, end, "element header")
+                    (length,) = long_of(buf, pos + 8)
                     pos += 12
                 else:
-                    (length,) = struct.unpack_from(e + "H", self.buf, pos + 6)
+                    (length,) = short_of(buf, pos + 6)
                     pos += 8
             if length == _UNDEFINED:
                 if tag == _PIXEL_DATA and vr != b"SQ":
                     pos = self.fragments(pos, end)
                 elif vr == b"UN":  # PS3.5 6.2.2: undefined-length UN holds implicit VR LE items
-                    pos = _Walker(self.buf, True).sequence(pos, end, True, depth + 1)
+                    pos = _Walker(buf, True).sequence(pos, end, True, depth + 1)
                 elif vr is None or vr == b"SQ":
                     pos = self.sequence(pos, end, implicit, depth + 1)
                 else:
                     raise IncompleteDicomError(f"undefined length on VR {vr!r} at byte {pos}")
             else:
-                self._need(pos, length, end, f"value of ({group:04X},{elem:04X})")
-                if depth == 0 and tag in self.wanted:
-                    self.found[tag] = RawValue(
-                        None if vr is None else vr.decode("ascii"), bytes(self.buf[pos : pos + length])
-                    )
+                if pos + length > end:
+                    self._need(pos, length, end, f"value of ({group:04X},{elem:04X})")
+                if depth == 0 and tag in wanted:
+                    found[tag] = RawValue(None if vr is None else vr.decode("ascii"), bytes(buf[pos : pos + length]))
                 pos += length
 
     def sequence(self, pos: int, end: int, implicit: bool, depth: int) -> int:

@@ -1,9 +1,10 @@
 """How every Kafka client of the project authenticates and encrypts: built once from settings.
 
 The faust app, the event publisher, the admin and offset readers, the CLI and the
-benchmarks all take their connection security from :func:`aiokafka_security` (faust
-through :func:`sasl_credentials`), so no client can be left on plaintext by accident
-when the deployment turns ``SASL_SSL`` on.
+benchmarks all take their connection security from here: aiokafka clients from
+:func:`aiokafka_security`, faust from :func:`kafka_security` (``streams/app.py``), the
+DICOM listener's librdkafka producer from :func:`librdkafka_config`. So no client can be
+left on plaintext by accident when the deployment turns ``SASL_SSL`` on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from cohortstream.settings import Settings
 from cohortstream.tls import client_context
 
-__all__ = ["KafkaSecurity", "aiokafka_security", "kafka_security"]
+__all__ = ["KafkaSecurity", "aiokafka_security", "kafka_security", "librdkafka_config"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -65,3 +66,22 @@ def aiokafka_security(settings: Settings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = security.username
         kwargs["sasl_plain_password"] = security.password
     return kwargs
+
+
+def librdkafka_config(settings: Settings) -> dict[str, Any]:
+    """The same security as configuration properties of a librdkafka client
+    (:mod:`cohortstream.threaded_publisher`): the files by path, as librdkafka reads them."""
+    security = kafka_security(settings)
+    config: dict[str, Any] = {"security.protocol": security.protocol}
+    if security.protocol == "PLAINTEXT":
+        return config
+    config["ssl.ca.location"] = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else "probe"
+    if settings.kafka_ssl_certfile is not None and settings.kafka_ssl_keyfile is not None:
+        config["ssl.certificate.location"] = str(settings.kafka_ssl_certfile)
+        config["ssl.key.location"] = str(settings.kafka_ssl_keyfile)
+    config["ssl.endpoint.identification.algorithm"] = "https" if settings.kafka_ssl_check_hostname else "none"
+    if security.sasl_mechanism is not None:
+        config["sasl.mechanism"] = security.sasl_mechanism
+        config["sasl.username"] = security.username
+        config["sasl.password"] = security.password
+    return config

@@ -51,6 +51,7 @@ __all__ = ["PendingStage", "StagedFile", "StagingError", "StagingStore"]
 _CHUNK = 1024 * 1024
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
+_INCOMING_STALE_S = 3600.0
 
 
 class StagingError(CohortStreamError, OSError):
@@ -191,13 +192,18 @@ class StagingStore:
         pending.make_durable()
         return pending.staged, pending.created
 
-    def begin_stage(self, source: Path) -> PendingStage:
+    def begin_stage(self, source: Path, *, take: bool = False) -> PendingStage:
         """Hash ``source`` and put its bytes under their final name, complete but not yet
-        synced; the caller calls :meth:`PendingStage.make_durable` (or ``close``)."""
+        synced; the caller calls :meth:`PendingStage.make_durable` (or ``close``).
+
+        ``take``: nobody needs ``source`` afterwards (the listener's received temporary
+        file), so it is renamed into place instead of copied when it lies on the store's
+        filesystem (:meth:`incoming_dir` makes sure it does); it is left where it was
+        when identical bytes are already staged, and copied across filesystems."""
         source = Path(source)
         try:
             with source.open("rb") as src:
-                return self._stage_stream(src)
+                return self._stage_stream(src, source if take else None)
         except StagingError:
             raise
         except OSError as exc:
@@ -215,7 +221,7 @@ class StagingStore:
         self._atomic_write(final, data)
         return StagedFile(digest, final, len(data))
 
-    def _stage_stream(self, src: BinaryIO) -> PendingStage:
+    def _stage_stream(self, src: BinaryIO, take: Path | None = None) -> PendingStage:
         # Hash first (a read from the page cache for a file just received), so the final
         # directory is known before anything is written: the temporary file goes next to
         # its final name and one directory fsync makes the rename durable. Hashing while
@@ -233,6 +239,10 @@ class StagingStore:
         if existing is not None:
             return PendingStage(staged, False, existing)
         self._ensure_dir(final.parent)
+        if take is not None:
+            taken = self._take(take, final, staged)
+            if taken is not None:
+                return taken
         src.seek(0)
         try:
             fd, tmp = self._make_temp(final.parent)
@@ -261,6 +271,37 @@ class StagingStore:
             if isinstance(exc, OSError) and not isinstance(exc, StagingError):
                 raise StagingError(f"cannot stage into {tmp}: {_describe(exc)}") from exc
             raise
+
+    @staticmethod
+    def _take(source: Path, final: Path, staged: StagedFile) -> PendingStage | None:
+        """Rename ``source`` to ``final`` and open it for the fsync; ``None`` when they are
+        on different filesystems (the caller copies instead)."""
+        try:
+            os.rename(source, final)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return None
+            raise StagingError(f"cannot move {source} to {final}: {_describe(exc)}") from exc
+        try:
+            fd = os.open(final, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise StagingError(f"cannot open {final} to sync it: {_describe(exc)}") from exc
+        return PendingStage(staged, True, fd)
+
+    def incoming_dir(self) -> Path:
+        """``<root>/.incoming``, created if missing: a directory on the store's filesystem
+        for received files that :meth:`begin_stage` then takes (``take=True``) by renaming.
+
+        Files in it untouched for an hour are left over from a crashed listener (a file
+        being received is written every few milliseconds) and are removed here."""
+        directory = self._root / ".incoming"
+        self._mkdir(directory)
+        cutoff = datetime.now(UTC).timestamp() - _INCOMING_STALE_S
+        for entry in directory.iterdir():
+            with contextlib.suppress(OSError):
+                if entry.is_file() and entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+        return directory
 
     def _make_temp(self, directory: Path) -> tuple[int, Path]:
         # A name unique to this process and call, opened O_EXCL: what mkstemp guarantees,

@@ -4,9 +4,9 @@ One module per job, in the shape of pynetdicom's own ``apps/qrscp``:
 
 - :mod:`producers.dicom.handlers` — the DIMSE handlers (C-STORE, C-ECHO, association
   events), their :class:`StoreContext` and the DIMSE statuses they answer;
-- :mod:`producers.dicom.kafka_bridge` — the sync-to-async bridge from pynetdicom's
-  threads to the ``acks=all`` idempotent :class:`~cohortstream.publisher.EventPublisher`;
-- :mod:`producers.dicom.listener` — :class:`DicomListener` (the server) and :func:`serve`
+- :mod:`producers.dicom.listener` — :class:`DicomListener` (the server, which publishes
+  with the core's thread-safe librdkafka producer,
+  :class:`~cohortstream.threaded_publisher.ThreadedEventPublisher`) and :func:`serve`
   (one listener process);
 - :mod:`producers.dicom.processes` — :func:`serve_processes`: ``dicom_scp_processes``
   listener processes sharing the port (``SO_REUSEPORT``), supervised.
@@ -36,8 +36,7 @@ from producers.dicom.handlers import (
     on_c_store,
     on_rejected,
 )
-from producers.dicom.kafka_bridge import KafkaBridge, KafkaUnavailableError, PublishTimeoutError
-from producers.dicom.listener import DicomListener, serve
+from producers.dicom.listener import DicomListener, InstancePublisher, serve
 from producers.dicom.processes import main, serve_processes
 
 __all__ = [
@@ -47,9 +46,7 @@ __all__ = [
     "STATUS_PROCESSING_FAILURE",
     "STATUS_SUCCESS",
     "DicomListener",
-    "KafkaBridge",
-    "KafkaUnavailableError",
-    "PublishTimeoutError",
+    "InstancePublisher",
     "StoreContext",
     "main",
     "on_c_echo",

@@ -16,7 +16,9 @@ For every C-STORE (design decisions 2 and 3), :func:`on_c_store`:
    then ``dcmread(stop_before_pixels=True)``); unreadable data is quarantined and
    answered with **0xC210** (cannot understand);
 2. puts the file into the content-addressed store under its final name, complete but
-   not yet synced (:meth:`~cohortstream.staging.StagingStore.begin_stage`);
+   not yet synced (:meth:`~cohortstream.staging.StagingStore.begin_stage`): pynetdicom's
+   temporary file is renamed there, not copied, when it is on the store's filesystem
+   (:func:`producers.dicom.listener.serve` makes sure it is);
 3. hands the :class:`~cohortstream.events.DicomInstanceReceived`, keyed by
    SeriesInstanceUID, to Kafka (``context.start_publish``), and *while the broker
    acknowledges* fsyncs the file and its directory entry
@@ -56,7 +58,7 @@ from cohortstream.dicom_attributes import UnreadableInstanceError, instance_even
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import PublishError
 from cohortstream.staging import StagingError, StagingStore
-from producers.dicom.kafka_bridge import KafkaUnavailableError
+from cohortstream.threaded_publisher import KafkaUnavailableError
 
 __all__ = [
     "PRODUCER",
@@ -89,7 +91,7 @@ STATUS_PROCESSING_FAILURE = 0xC211
 
 
 class Acknowledgement(Protocol):
-    """A publish under way (:class:`producers.dicom.kafka_bridge.PendingPublish`)."""
+    """A publish under way (:class:`cohortstream.threaded_publisher.PendingDelivery`)."""
 
     def wait(self) -> None:
         """Return once the broker acknowledged; raise ``PublishError`` otherwise."""
@@ -253,7 +255,7 @@ def _store(
     # failing copy never removes the staged file the other one just published.
     with context._instance_locks.hold(attrs["sop_instance_uid"]):
         try:
-            pending = context.store.begin_stage(path)
+            pending = context.store.begin_stage(path, take=True)
         except StagingError as exc:
             log.error("C-STORE staging failed (0xA700, sender may retry)", extra={**peer, **uids, "error": str(exc)})
             return STATUS_OUT_OF_RESOURCES

@@ -1,4 +1,4 @@
-"""The Storage SCP: binds the port, registers the handlers, owns the Kafka bridge.
+"""The Storage SCP: binds the port, registers the handlers, owns the Kafka producer.
 
 Every storage SOP class is accepted with every transfer syntax pynetdicom knows: the
 bytes are stored as they came, never decoded or transcoded. pynetdicom writes each
@@ -6,6 +6,10 @@ received data set straight to a temporary Part-10 file
 (``_config.STORE_RECV_CHUNKED_DATASET``; ``event.dataset_path`` is preamble + ``DICM`` +
 the file meta built from the negotiated presentation context + the raw data set bytes),
 which the C-STORE handler checks, stages and publishes (:mod:`producers.dicom.handlers`).
+
+Events go out through :class:`~cohortstream.threaded_publisher.ThreadedEventPublisher`
+(librdkafka), which the association threads call directly: no event loop in between
+(why: that module's docstring).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import logging
 import signal
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.events import EventHandlerType
@@ -27,20 +32,46 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from cohortstream.errors import CohortStreamError
-from cohortstream.publisher import EventPublisher
+from cohortstream.events import DicomInstanceReceived
 from cohortstream.settings import Settings
 from cohortstream.staging import StagingStore
+from cohortstream.threaded_publisher import ThreadedEventPublisher
 from cohortstream.tls import server_context
-from producers.dicom.handlers import StoreContext, on_accepted, on_c_echo, on_c_store, on_conn_open, on_rejected
-from producers.dicom.kafka_bridge import KafkaBridge
+from producers.dicom.handlers import (
+    Acknowledgement,
+    StoreContext,
+    on_accepted,
+    on_c_echo,
+    on_c_store,
+    on_conn_open,
+    on_rejected,
+)
 
-__all__ = ["READY_MARKER", "DicomListener", "SharedPortAssociationServer", "serve"]
+__all__ = ["READY_MARKER", "DicomListener", "InstancePublisher", "SharedPortAssociationServer", "serve"]
 
 log = logging.getLogger(__name__)
 
 READY_MARKER = "dicom listener ready: accepting associations"
 """Printed on stdout once the port is bound (at any log level): the process group of
 :mod:`producers.dicom.processes` waits for it from every listener process."""
+
+
+class InstancePublisher(Protocol):
+    """What the listener publishes with (:class:`~cohortstream.threaded_publisher.ThreadedEventPublisher`;
+    tests pass a stand-in)."""
+
+    def start(self) -> bool:
+        """Connect; ``False`` if Kafka is unreachable now (publishing then fails fast until it is back)."""
+
+    def start_publish(self, event: DicomInstanceReceived, key: str) -> Acknowledgement:
+        """Hand the event over and return at once; ``wait()`` on the result for the ack."""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Deliver what is queued, then disconnect."""
+
+
+def _threaded_publisher(settings: Settings) -> InstancePublisher:
+    return ThreadedEventPublisher(settings, settings.dicom_scp_publish_timeout_s)
 
 
 class SharedPortAssociationServer(ThreadedAssociationServer):
@@ -55,7 +86,7 @@ class SharedPortAssociationServer(ThreadedAssociationServer):
 
 
 class DicomListener:
-    """The Storage SCP with its staging store and Kafka bridge.
+    """The Storage SCP with its staging store and Kafka producer.
 
     ``start()`` binds the port and returns; ``stop()`` stops accepting associations,
     lets in-flight C-STOREs finish (answering 0xA700 to any that arrive meanwhile),
@@ -66,15 +97,15 @@ class DicomListener:
         self,
         settings: Settings,
         *,
-        publisher_factory: Callable[[Settings], EventPublisher] = EventPublisher,
+        publisher_factory: Callable[[Settings], InstancePublisher] = _threaded_publisher,
     ) -> None:
         self._settings = settings
-        self._bridge = KafkaBridge(settings, publisher_factory)
+        self._publisher = publisher_factory(settings)
         self.store = StagingStore(settings.staging_dir)
         self.context = StoreContext(
             store=self.store,
             quarantine_dir=Path(settings.quarantine_dir).absolute(),
-            start_publish=self._bridge.start_publish,
+            start_publish=self._publisher.start_publish,
             allowed_aets=tuple(settings.dicom_scp_allowed_aets),
             max_associations=settings.dicom_scp_max_associations,
             shared_store=settings.dicom_scp_processes > 1,
@@ -140,7 +171,13 @@ class DicomListener:
                 "This is for development only; set the allow-list in production."
             )
         tls_context = self._tls_context()  # before Kafka: a bad certificate path fails fast
-        self.kafka_connected_at_start = self._bridge.start()
+        self.kafka_connected_at_start = self._publisher.start()
+        if not self.kafka_connected_at_start:
+            log.error(
+                "Kafka is unreachable; the listener runs anyway and answers C-STORE with 0xA700 "
+                "(sender may retry) until Kafka is back",
+                extra={"kafka_bootstrap": settings.kafka_bootstrap},
+            )
         handlers: list[EventHandlerType] = [
             (evt.EVT_C_STORE, on_c_store, [self.context]),
             (evt.EVT_C_ECHO, on_c_echo, [self.context]),
@@ -160,7 +197,7 @@ class DicomListener:
                 if server is not None:
                     server.shutdown()
             self._server = self._tls_server = None
-            self._bridge.stop()
+            self._publisher.stop()
             raise CohortStreamError(f"cannot listen on {settings.dicom_scp_host}:{port}: {exc}") from exc
         host, port = self.address
         log.info(
@@ -214,7 +251,7 @@ class DicomListener:
         for assoc in list(self._ae.active_associations):
             assoc.abort()
         self._server = self._tls_server = None
-        self._bridge.stop()
+        self._publisher.stop()
         log.info("DICOM listener stopped")
 
     def __enter__(self) -> Self:
@@ -239,6 +276,10 @@ def serve(settings: Settings, stop: threading.Event | None = None) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda num, frame: stop.set())
     listener = DicomListener(settings)
+    # pynetdicom writes each received data set to a temporary file in tempfile's directory
+    # (process-wide, and this process is only the listener): put it on the staging store's
+    # filesystem, so the handler renames the file into place instead of copying it.
+    tempfile.tempdir = str(listener.store.incoming_dir())
     listener.start()
     try:
         stop.wait()

@@ -18,13 +18,12 @@ import pytest
 from cohortstream.events import DicomInstanceReceived
 from cohortstream.publisher import PublishError
 from cohortstream.staging import StagingStore
+from cohortstream.threaded_publisher import KafkaUnavailableError, PublishTimeoutError
 from producers.dicom import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_OUT_OF_RESOURCES,
     STATUS_PROCESSING_FAILURE,
     STATUS_SUCCESS,
-    KafkaUnavailableError,
-    PublishTimeoutError,
     StoreContext,
     on_c_store,
     on_rejected,
@@ -47,8 +46,8 @@ class Acknowledged:
 
 
 class FakePublisher:
-    """Stands in for ``KafkaBridge.start_publish``; the outcome comes at ``wait`` time, as
-    with the real bridge."""
+    """Stands in for ``ThreadedEventPublisher.start_publish``; the outcome comes at ``wait``
+    time, as with the real producer."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error

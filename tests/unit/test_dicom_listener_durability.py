@@ -30,11 +30,10 @@ from urllib.parse import unquote, urlparse
 
 import pydicom
 import pytest
-from aiokafka.structs import RecordMetadata
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, _config
 
-from cohortstream.events import DicomInstanceReceived, Event
+from cohortstream.events import DicomInstanceReceived
 from cohortstream.settings import Settings
 from cohortstream.staging import PendingStage, StagedFile, StagingStore
 from producers.dicom import STATUS_SUCCESS, DicomListener
@@ -45,7 +44,7 @@ AET = "COHORTSTREAM"
 
 @dataclass
 class Recorder:
-    """Everything that happened, in order, across the DIMSE thread and the Kafka loop."""
+    """Everything that happened, in order, in the DIMSE thread."""
 
     calls: list[tuple[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -60,22 +59,25 @@ def _file_id(path_or_fd: Path | int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+class _Acknowledged:
+    def wait(self) -> None:
+        return None
+
+
 class RecordingPublisher:
-    """Stands in for EventPublisher: records the publish and the staged file at that moment."""
+    """Stands in for ThreadedEventPublisher: records the publish and the staged file at that moment."""
 
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
 
-    async def start(self) -> None:
+    def start(self) -> bool:
+        return True
+
+    def stop(self, timeout_s: float = 30.0) -> None:
         return None
 
-    async def stop(self) -> None:
-        return None
-
-    async def publish(self, event: Event, key: str, topic: str | None = None) -> RecordMetadata:
-        assert isinstance(event, DicomInstanceReceived)
+    def start_publish(self, event: DicomInstanceReceived, key: str) -> _Acknowledged:
         path = Path(unquote(urlparse(event.staged_uri).path))
-        # Blocking on purpose: what is on disk at the very moment of publishing.
         on_disk = path.read_bytes() if path.exists() else None
         self.recorder.add(
             "publish",
@@ -86,9 +88,7 @@ class RecordingPublisher:
                 "sha256_on_disk": hashlib.sha256(on_disk).hexdigest() if on_disk is not None else None,
             },
         )
-        return RecordMetadata(
-            topic="t", partition=0, topic_partition=None, offset=0, timestamp=0, timestamp_type=0, log_start_offset=0
-        )
+        return _Acknowledged()
 
 
 class _NoSync(PendingStage):
@@ -99,7 +99,7 @@ class _NoSync(PendingStage):
 class UnsyncedStore(StagingStore):
     """A store that stages by a plain copy: no fsync of the file or its directory."""
 
-    def begin_stage(self, source: Path) -> PendingStage:
+    def begin_stage(self, source: Path, *, take: bool = False) -> PendingStage:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
         final = self.path_for(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def listener(tmp_path: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
         quarantine_dir=tmp_path / "quarantine",
         dicom_scp_publish_timeout_s=10.0,
     )
-    with DicomListener(settings, publisher_factory=lambda _: RecordingPublisher(recorder)) as running:  # type: ignore[arg-type,return-value]
+    with DicomListener(settings, publisher_factory=lambda _: RecordingPublisher(recorder)) as running:
         yield running
 
 
@@ -195,8 +195,8 @@ def test_the_kafka_round_trip_overlaps_the_fsync(listener: DicomListener, record
     handing_over = listener.context.start_publish
 
     def recorded_hand_over(event: DicomInstanceReceived, key: str) -> Any:
-        # In the DIMSE thread, the moment the event goes to the Kafka loop (which then
-        # publishes in its own thread, concurrently with what follows here).
+        # The moment the event goes to the producer (librdkafka then sends it from its
+        # own threads, concurrently with what follows here).
         recorder.add("hand over", event.sop_instance_uid)
         return handing_over(event, key)
 

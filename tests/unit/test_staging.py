@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -271,3 +272,58 @@ def test_an_existing_file_is_synced_before_it_counts_as_staged(tmp_path: Path, m
     again, created = store.stage_file_new(source)
     assert (again, created) == (first, False)
     assert synced == [first.path.stat().st_ino, first.path.parent.stat().st_ino]
+
+
+def test_taking_a_received_file_renames_it_instead_of_copying(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    source = store.incoming_dir() / "received.dcm"
+    data = os.urandom(200_000)
+    source.write_bytes(data)
+    inode = source.stat().st_ino
+    pending = store.begin_stage(source, take=True)
+    pending.make_durable()
+    assert pending.created
+    assert not source.exists()
+    assert pending.staged.path.stat().st_ino == inode  # the same file, not a copy
+    assert pending.staged.path.read_bytes() == data
+    assert [s.sha256 for s in store.iter_staged()] == [_sha(data)]  # .incoming is never listed
+
+
+def test_taking_leaves_the_source_when_the_bytes_are_already_staged(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    data = os.urandom(5_000)
+    first = store.stage_bytes(data)
+    source = store.incoming_dir() / "again.dcm"
+    source.write_bytes(data)
+    pending = store.begin_stage(source, take=True)
+    pending.make_durable()
+    assert not pending.created and pending.staged == first
+    assert source.exists()  # the receiver (pynetdicom) deletes its own file
+
+
+def test_taking_across_filesystems_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = StagingStore(tmp_path / "staging")
+    source = tmp_path / "received.dcm"
+    data = os.urandom(50_000)
+    source.write_bytes(data)
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    pending = store.begin_stage(source, take=True)
+    pending.make_durable()
+    assert pending.created and pending.staged.path.read_bytes() == data
+    assert source.exists()
+
+
+def test_incoming_dir_removes_only_files_left_for_an_hour(tmp_path: Path) -> None:
+    store = StagingStore(tmp_path / "staging")
+    incoming = store.incoming_dir()
+    old, fresh = incoming / "old.dcm", incoming / "fresh.dcm"
+    old.write_bytes(b"x")
+    fresh.write_bytes(b"y")
+    an_hour_ago = old.stat().st_mtime - 3700
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert store.incoming_dir() == incoming
+    assert not old.exists() and fresh.exists()
