@@ -4,11 +4,11 @@ Why a second client beside :class:`cohortstream.publisher.EventPublisher` (aioka
 pynetdicom serves each association in its own thread and the C-STORE handler must wait,
 per instance, for the broker's acknowledgement (design decision 3). Reaching an asyncio
 producer from there costs a hand-off to an event-loop thread and aiokafka's protocol
-code in Python on every instance, all under the GIL the receiving threads need. In
-``bench.dicom_ingest`` a bare pynetdicom SCP that also waited for an aiokafka ack per
-instance kept 0.69x (1 association) / 0.80x (4) of the bare SCP alone; with librdkafka
-(confluent-kafka), which runs the Kafka protocol in its own C threads outside the GIL, it
-kept 0.81x / 0.93x (bench/README.md). Everything else (the faust agents, the webhooks,
+code in Python on every instance, all under the GIL the receiving threads need. In an
+A/B run beside ``bench.dicom_ingest`` (an ad-hoc script, figures in bench/README.md) a
+bare pynetdicom SCP that also waited for an aiokafka ack per instance kept 0.69x
+(1 association) / 0.80x (4) of the bare SCP alone; with librdkafka (confluent-kafka),
+which runs the Kafka protocol in its own C threads outside the GIL, it kept 0.81x / 0.93x. Everything else (the faust agents, the webhooks,
 the loaders) is asyncio and keeps aiokafka.
 
 The guarantees are :class:`~cohortstream.publisher.EventPublisher`'s: ``acks=all``,
