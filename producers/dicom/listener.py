@@ -46,6 +46,7 @@ from producers.dicom.handlers import (
     on_conn_open,
     on_rejected,
 )
+from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler, default_prompt_associations
 
 __all__ = ["READY_MARKER", "DicomListener", "InstancePublisher", "SharedPortAssociationServer", "serve"]
 
@@ -112,6 +113,10 @@ class DicomListener:
             max_object_bytes=settings.dicom_scp_max_object_bytes,
         )
         self._ae = self._build_ae()
+        prompt = settings.dicom_scp_prompt_associations
+        self._request_handler = PromptRequestHandler.with_gate(
+            PromptGate(default_prompt_associations() if prompt is None else prompt)
+        )
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self.kafka_connected_at_start = False
@@ -223,13 +228,18 @@ class DicomListener:
         """One association server on ``port``: plain DICOM, or DICOM TLS with ``tls``
         (pynetdicom wraps each accepted socket; the same handlers and AE title checks run)."""
         address = (self._settings.dicom_scp_host, port)
-        if self._settings.dicom_scp_processes == 1:
-            server = self._ae.start_server(address, block=False, evt_handlers=handlers, ssl_context=tls)
-            assert server is not None  # block=False returns the server
-            return server
-        # What AE.start_server(block=False) does, with the SO_REUSEPORT server class.
+        # What AE.start_server(block=False) does, with our request handler (each
+        # association's upper layer wakes on events, not a 1 ms poll: prompt_dul.py) and,
+        # for several listener processes, the SO_REUSEPORT server class.
+        server_class = (
+            ThreadedAssociationServer if self._settings.dicom_scp_processes == 1 else SharedPortAssociationServer
+        )
         server = self._ae.make_server(
-            address, evt_handlers=handlers, server_class=SharedPortAssociationServer, ssl_context=tls
+            address,
+            evt_handlers=handlers,
+            server_class=server_class,
+            ssl_context=tls,
+            request_handler=self._request_handler,
         )
         name = f"AcceptorServer@{datetime.now():%Y%m%d%H%M%S}"
         threading.Thread(target=server.serve_forever, name=name, daemon=True).start()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cohortstream import staging
 from cohortstream.errors import CohortStreamError
 from cohortstream.staging import StagedFile, StagingError, StagingStore
 
@@ -327,3 +328,67 @@ def test_incoming_dir_removes_only_files_left_for_an_hour(tmp_path: Path) -> Non
     os.utime(old, (an_hour_ago, an_hour_ago))
     assert store.incoming_dir() == incoming
     assert not old.exists() and fresh.exists()
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_taking_starts_the_write_out_and_syncs_through_the_same_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StagingStore(tmp_path / "staging")
+    store.prepare()  # so the fan-out directory's own fsync is not among those below
+    source = store.incoming_dir() / "received.dcm"
+    source.write_bytes(os.urandom(140_000))
+    inode = source.stat().st_ino
+    kicked: list[int] = []
+    monkeypatch.setattr(staging, "start_writeback", lambda fd: kicked.append(fd))
+    synced: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append((fd, os.fstat(fd).st_ino)), real_fsync(fd))[1])
+    before = _open_fds()
+    pending = store.begin_stage(source, take=True)
+    assert len(kicked) == 1 and os.fstat(kicked[0]).st_ino == inode  # before hashing, on the received file
+    pending.make_durable()
+    assert synced[0] == (kicked[0], inode)  # the file itself, through the descriptor that started it
+    assert [inode for _, inode in synced[1:]] == [pending.staged.path.parent.stat().st_ino]  # then its directory
+    assert _open_fds() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_taking_leaks_no_descriptor_when_staged_already_or_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StagingStore(tmp_path / "staging")
+    data = os.urandom(20_000)
+    store.stage_bytes(data)
+    before = _open_fds()
+    again = store.incoming_dir() / "again.dcm"
+    again.write_bytes(data)
+    store.begin_stage(again, take=True).make_durable()  # already staged: left alone
+    assert _open_fds() == before
+
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "rename", cross_device)
+    other = tmp_path / "other.dcm"
+    other.write_bytes(os.urandom(20_000))
+    store.begin_stage(other, take=True).make_durable()  # copied
+    assert _open_fds() == before
+    with pytest.raises(StagingError, match="missing.dcm"):
+        store.begin_stage(tmp_path / "missing.dcm", take=True)
+    assert _open_fds() == before
+
+
+def test_start_writeback_is_only_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 10_000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        staging.start_writeback(fd)  # starts the write-out; never raises
+    finally:
+        os.close(fd)
+    staging.start_writeback(fd)  # a closed descriptor: ignored too

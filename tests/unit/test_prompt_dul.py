@@ -1,0 +1,262 @@
+"""The listener's event-driven DICOM upper layer (producers/dicom/prompt_dul.py).
+
+Real pynetdicom associations on loopback, in-process: a bare SCP served with
+:class:`PromptRequestHandler`, and the listener itself (with a stand-in publisher, as in
+test_dicom_listener_durability.py). What is checked is behaviour, not speed: each
+accepted association gets a :class:`PromptDUL`; its wait ends when the peer's data
+arrives or a PDU is queued (not after a fixed sleep); while the gate says the process is
+crowded it sleeps as pynetdicom does; the gate's count and the wake pipe are released
+when the association ends; and an idle association wakes no more often than
+pynetdicom's own 1 ms loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from cohortstream.settings import Settings
+from producers.dicom import DicomListener, prompt_dul
+from producers.dicom.prompt_dul import PromptDUL, PromptGate, PromptRequestHandler, adoptable
+from tests.net import free_port
+
+
+def _poll(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def _ct() -> pydicom.Dataset:
+    path = get_testdata_file("CT_small.dcm")
+    assert path is not None
+    return pydicom.dcmread(path)
+
+
+class Server:
+    """A pynetdicom Storage SCP served with the prompt request handler."""
+
+    def __init__(self, gate: PromptGate) -> None:
+        self.gate = gate
+        self.duls: list[DULServiceProvider] = []
+        ae = AE(ae_title="PROMPT")
+        for cx in AllStoragePresentationContexts:
+            if cx.abstract_syntax is not None:
+                ae.add_supported_context(cx.abstract_syntax)
+        ae.add_supported_context(Verification)
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        self.server = ae.make_server(
+            ("127.0.0.1", free_port()),
+            evt_handlers=handlers,
+            server_class=ThreadedAssociationServer,
+            request_handler=PromptRequestHandler.with_gate(gate),
+        )
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        ae._servers.append(self.server)  # as start_server does: shutdown() removes it
+        self.port = self.server.server_address[1]
+
+    def _on_store(self, event: Any) -> int:
+        self.duls.append(event.assoc.dul)
+        return 0x0000
+
+    def associate(self) -> Association:
+        ds = _ct()
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="PROMPT")
+        assert assoc.is_established
+        return assoc
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server(PromptGate(4))
+    yield running
+    running.server.shutdown()
+
+
+def test_this_pynetdicom_has_what_the_prompt_dul_replaces() -> None:
+    """Fails on a pynetdicom upgrade that renames the DUL internals PromptDUL relies on
+    (the listener would then fall back to pynetdicom's polling, logged once)."""
+    assoc = Association(AE(), "acceptor")
+    assert adoptable(assoc.dul)
+    assert assoc.dul._run_loop_delay == 0.001
+
+
+def test_accepted_associations_get_a_prompt_dul_and_release_it(server: Server) -> None:
+    assoc = server.associate()
+    try:
+        assert server.gate._active == 1
+        for _ in range(3):
+            assert int(assoc.send_c_store(_ct()).Status) == 0x0000
+        assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
+    assert len(server.duls) == 3 and all(type(dul) is PromptDUL for dul in server.duls)
+    dul = server.duls[0]
+    assert dul._run_loop_delay == 0.0  # the loop's own sleep is replaced by the wait
+    assert _poll(lambda: server.gate._active == 0)  # the gate counts it out ...
+    assert _poll(lambda: not dul.is_alive())
+    assert dul._wake_r == dul._wake_w == -1  # ... and the wake pipe is closed
+
+
+def test_the_wait_ends_when_the_peer_sends(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a 10 s wait, requests are still answered at once: the socket wakes the DUL."""
+    real_adopt = PromptDUL.adopt
+
+    def adopt_with_a_long_wait(dul: DULServiceProvider, gate: PromptGate) -> bool:
+        adopted = real_adopt(dul, gate)
+        dul._wait_s = 10.0  # type: ignore[attr-defined]
+        return adopted
+
+    monkeypatch.setattr(PromptDUL, "adopt", staticmethod(adopt_with_a_long_wait))
+    assoc = server.associate()
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            assert int(assoc.send_c_echo().Status) == 0x0000
+        assert time.monotonic() - started < 5.0  # not one 10 s wait per request or response
+    finally:
+        assoc.release()
+
+
+def test_a_queued_pdu_wakes_the_wait(tmp_path: Path) -> None:
+    """send_pdu ends the wait: the response goes out without waiting for the delay."""
+    dul = Association(AE(), "acceptor").dul
+    assert PromptDUL.adopt(dul, PromptGate(1))
+    prompt: PromptDUL = dul  # type: ignore[assignment]
+    prompt._wait_s = 10.0
+    woke = threading.Event()
+
+    def wait_once() -> None:
+        prompt._wait()
+        woke.set()
+
+    waiter = threading.Thread(target=wait_once, daemon=True)
+    waiter.start()
+    time.sleep(0.05)  # the input this test needs: the waiter is inside its select
+    assert not woke.is_set()
+    from pynetdicom.pdu_primitives import P_DATA
+
+    prompt.send_pdu(P_DATA())
+    assert woke.wait(5.0)
+    for fd in (prompt._wake_r, prompt._wake_w):
+        os.close(fd)
+
+
+def test_a_crowded_gate_sleeps_like_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    dul = Association(AE(), "acceptor").dul
+    gate = PromptGate(1)
+    assert PromptDUL.adopt(dul, gate)
+    prompt: PromptDUL = dul  # type: ignore[assignment]
+    slept: list[float] = []
+
+    def no_select(*args: Any) -> Any:
+        pytest.fail("waited on the socket while crowded")
+
+    # prompt_dul's own names only: pynetdicom's threads keep the real modules.
+    monkeypatch.setattr(prompt_dul, "time", SimpleNamespace(sleep=slept.append))
+    monkeypatch.setattr(prompt_dul, "select", SimpleNamespace(select=no_select))
+    assert gate.prompt  # one association (this one), limit one
+    gate.enter()  # a second: more than the limit
+    assert not gate.prompt
+    prompt._wait()
+    assert slept == [0.001]
+    gate.leave()
+    assert gate.prompt
+    never = PromptGate(0)
+    never.enter()
+    assert not never.prompt  # 0: never, once any association is active
+    for fd in (prompt._wake_r, prompt._wake_w):
+        os.close(fd)
+
+
+def test_an_idle_association_wakes_no_more_often_than_pynetdicom(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waits: list[float] = []
+    real_wait = PromptDUL._wait
+
+    def counting_wait(self: PromptDUL) -> None:
+        waits.append(self._wait_s)
+        real_wait(self)
+
+    monkeypatch.setattr(PromptDUL, "_wait", counting_wait)
+    assoc = server.associate()
+    try:
+        before, started = len(waits), time.monotonic()
+        time.sleep(0.5)  # the input this test needs: half a second of an idle association
+        elapsed, count = time.monotonic() - started, len(waits) - before
+    finally:
+        assoc.release()
+    assert waits and all(timeout == 0.001 for timeout in waits)
+    # Each wait blocks for the delay when nothing happens: not a spin.
+    assert 0 < count <= elapsed / 0.001 * 1.2
+
+
+def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    settings = Settings(
+        dicom_scp_host="127.0.0.1",
+        dicom_scp_port=free_port(),
+        dicom_scp_aet="COHORTSTREAM",
+        staging_dir=tmp_path / "staging",
+        quarantine_dir=tmp_path / "quarantine",
+        dicom_scp_prompt_associations=3,
+    )
+    seen: list[type] = []
+    with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
+        gate = listener._request_handler.gate
+        assert gate.limit == 3
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", listener.address[1], ae_title="COHORTSTREAM")
+        assert assoc.is_established
+        try:
+            assert gate._active == 1
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            seen.extend(type(a.dul) for a in listener._ae.active_associations)
+        finally:
+            assoc.release()
+        assert _poll(lambda: gate._active == 0)
+    assert seen == [PromptDUL]
+
+
+def test_the_default_gate_is_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert prompt_dul.default_prompt_associations() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert prompt_dul.default_prompt_associations() == 1
+
+
+class _NoKafka:
+    """A publisher for a listener that only answers C-ECHO here."""
+
+    def start(self) -> bool:
+        return True
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        return None
+
+    def start_publish(self, event: Any, key: str) -> Any:
+        raise AssertionError("no C-STORE is sent in this test")
