@@ -4,16 +4,25 @@ Prints figures and checks.
 
 Self-contained: starts its own stack (Kafka, the MongoDB-wire server, Orthanc via ``deploy/stack.sh`` in
 a temporary state dir, ports 45092/45093/45017/45042/45242, all shifted by the first
-multiple of 10 at which they and the two SCP ports are free), creates the topics with a
+multiple of 10 at which they and the SCP ports are free), creates the topics with a
 prefix unique to the run and ``--partitions`` partitions (12), starts ``cohortstream
-dicom-scp`` (port 45112), the bare SCP ``bench/bare_scp.py`` (port 45113) and
+dicom-scp`` (port 45112; for the alone phases with more listener processes, one more
+listener each from port 45116), the bare SCPs ``bench/bare_scp.py`` (ports 45113-45115) and
 ``cohortstream worker`` processes as subprocesses, and waits until they are ready
 (C-ECHO with dcmtk's ``echoscu``; the workers' DICOM consumer groups Stable with one
 member per worker process, then a warm-up batch through the whole pipeline).
 
 Every send is dcmtk ``TCP_NODELAY=1 storescu -R +sd +r``; K associations are K storescu
 processes started at once, each sending 1/K of the phase's instances (whole series when
-they divide evenly). For each association count (``--associations``, 1,4):
+they divide evenly). For each association count (``--associations``, 1,4), the receiver
+phases (1-3 below: no worker runs yet) are **interleaved**: ``--rounds`` rounds (3), each
+sending 1/rounds of every receiver phase's instances in turn, and a phase's time is the
+sum of its rounds; each round starts with a different receiver. Before them the Kafka
+broker is warmed up: acks=all records one at a time until the round trip stops improving
+(a JVM broker's first tens of thousands of requests run before its JIT compiled them, and
+a deployed broker is long past that). On a shared 2-core VM whose speed drifts by a third within minutes,
+phases run one after the other compared different machines (the same listener measured
+0.92x and 0.70x of the bare SCP in two such runs on 2026-12-01).
 
 1. **direct** — N generated MR slices (``cohortstream.synthetic.mr_study``) straight to
    Orthanc's DICOM port; Orthanc answers each C-STORE after storing it, so storescu's
@@ -31,7 +40,7 @@ they divide evenly). For each association count (``--associations``, 1,4):
    bare SCP with the listener's event-driven upper layer (``producers/dicom/prompt_dul.py``)
    instead of pynetdicom's 1 ms polling loop, so the report can separate what that change
    alone gives from the rest of the listener.
-3. **alone** — (first, before any worker starts) another N to our listener with no worker
+3. **alone** — (before any worker starts) another N to our listener with no worker
    process running: what the listener acknowledges when it has the cores to itself (the
    workers drain that backlog when they start, before the next phase). At the largest
    association count once per ``--listener-processes`` count.
@@ -47,17 +56,18 @@ they divide evenly). For each association count (``--associations``, 1,4):
    ``--listener-processes`` count (the listener restarted with
    ``COHORTSTREAM_DICOM_SCP_PROCESSES``: that many processes on one port, SO_REUSEPORT).
 
-Before the first phase every receiver (the listener and the three bare SCPs) gets one
-warm-up send of 100 instances over one association, so no phase measures a cold process
-or a broker that has not yet served a produce request (the listener's warm-up instances
-are archived with the alone phases' backlog and counted in the totals).
+Before the first phase every receiver (Orthanc, the listeners and the three bare SCPs)
+gets one warm-up send of the same 100 instances over one association, so no phase
+measures a cold process or a broker that has not yet served a produce request (the
+listeners' events for them are archived with the alone phases' backlog; they count once
+in the totals).
 
 Each figure is printed with its ratio to the bare SCP and to Orthanc direct at the same
 association count, plus visible/acknowledged ratios and the scale-out per worker count.
 Then the checks (counts per phase, totals, staging and quarantine empty, no ERROR lines in
 the logs); the exit status is 1 when one fails.
 
-Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--slices 25] [--rows 256]
+Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--rounds 3] [--slices 25] [--rows 256]
 [--cols 256] [--associations 1,4] [--workers 1,2] [--listener-processes 1,2] [--partitions 12]
 [--keep-stack]``.
 Needs dcmtk (``/usr/bin/storescu``, ``/usr/bin/echoscu``) and the stack's installs
@@ -116,8 +126,12 @@ BARE_KAFKA_PORT = 45114
 BARE_KAFKA_AET = "BAREKAFKA"
 BARE_PROMPT_PORT = 45115
 BARE_PROMPT_AET = "BAREPROMPT"
+EXTRA_LISTENER_PORT = 45116
+"""The alone phases' listeners with more processes: this port, the next, ..."""
 WARMUP_INSTANCES = 8
 RECEIVER_WARMUP_INSTANCES = 100
+BROKER_WARMUP_BLOCK = 2000
+BROKER_WARMUP_MAX_RECORDS = 40000
 POLL_S = 0.05
 CHECK_TIMEOUT_S = 10.0
 
@@ -141,8 +155,11 @@ def apply_port_offset(requested: int | None) -> int:
     """Shift every port of the run by an offset: ``requested``, or the first multiple of 10
     up to 500 at which all of them are free (another developer's benchmark may hold the
     defaults)."""
-    global SCP_PORT, BARE_PORT, BARE_KAFKA_PORT
-    base = [*STACK_PORTS.values(), SCP_PORT, BARE_PORT, BARE_KAFKA_PORT]
+    global SCP_PORT, BARE_PORT, BARE_KAFKA_PORT, BARE_PROMPT_PORT, EXTRA_LISTENER_PORT
+    base = [
+        *STACK_PORTS.values(),
+        *(SCP_PORT, BARE_PORT, BARE_KAFKA_PORT, BARE_PROMPT_PORT, EXTRA_LISTENER_PORT, EXTRA_LISTENER_PORT + 1),
+    ]
     candidates = [requested] if requested is not None else range(0, 510, 10)
     for offset in candidates:
         if requested is not None or all(port_free(port + offset) for port in base):
@@ -151,6 +168,8 @@ def apply_port_offset(requested: int | None) -> int:
             SCP_PORT += offset
             BARE_PORT += offset
             BARE_KAFKA_PORT += offset
+            BARE_PROMPT_PORT += offset
+            EXTRA_LISTENER_PORT += offset
             return offset
     raise BenchError(f"no port offset up to 500 leaves all of {base} free")
 
@@ -360,6 +379,34 @@ class Batch:
     uids: list[str]
     patient_id: str
     file_sizes: list[int]
+
+
+def broker_warmup(bootstrap: str, topic: str) -> None:
+    """Send acks=all records one at a time (each waited for, as a C-STORE does) in blocks
+    of ``BROKER_WARMUP_BLOCK`` until a block's median round trip is no more than 5% below
+    the block before (at most ``BROKER_WARMUP_MAX_RECORDS``), and log the medians."""
+    from bench.bare_scp import KafkaAck
+
+    ack = KafkaAck(bootstrap, topic)
+    medians: list[float] = []
+    try:
+        sent = 0
+        while sent < BROKER_WARMUP_MAX_RECORDS:
+            took: list[float] = []
+            for _ in range(BROKER_WARMUP_BLOCK):
+                t0 = time.perf_counter()
+                ack.send(f"warmup-{sent}")
+                took.append(time.perf_counter() - t0)
+                sent += 1
+            medians.append(statistics.median(took))
+            if len(medians) >= 3 and medians[-1] > 0.95 * medians[-2]:
+                break
+    finally:
+        ack.stop()
+    log(
+        f"broker warm-up: {sent} acks=all records one at a time; median round trip per "
+        f"{BROKER_WARMUP_BLOCK}: " + ", ".join(f"{m * 1000:.2f}" for m in medians) + " ms"
+    )
 
 
 def make_batch(
@@ -739,13 +786,20 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 args.cols,
                 seed,
                 f"BENCH-ALONE-{k}-P{procs}",
-                parts=k,
+                parts=k * args.rounds,
             )
             plan.append(Phase("alone", k, alone, processes=procs))
     for k in assocs:
         seed += 1
         direct = make_batch(
-            work / f"data-direct-{k}", n, args.slices, args.rows, args.cols, seed, f"BENCH-DIRECT-{k}", parts=k
+            work / f"data-direct-{k}",
+            n,
+            args.slices,
+            args.rows,
+            args.cols,
+            seed,
+            f"BENCH-DIRECT-{k}",
+            parts=k * args.rounds,
         )
         plan.append(Phase("direct", k, direct))
         # The bare SCP keeps nothing: it gets the same files as the direct phase.
@@ -787,9 +841,13 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
 
     bare_out = work / "bare-out"
 
-    def listener_child(processes: int) -> Child:
-        env = {**settings_env, "COHORTSTREAM_DICOM_SCP_PROCESSES": str(processes)}
-        return Child("listener", cohortstream_argv(env_file, "dicom-scp"), env, work / "listener.log")
+    def listener_child(processes: int, port: int = SCP_PORT, name: str = "listener") -> Child:
+        env = {
+            **settings_env,
+            "COHORTSTREAM_DICOM_SCP_PROCESSES": str(processes),
+            "COHORTSTREAM_DICOM_SCP_PORT": str(port),
+        }
+        return Child(name, cohortstream_argv(env_file, "dicom-scp"), env, work / f"{name}.log")
 
     listener_processes = process_counts[0]
     children["listener"] = listener_child(listener_processes)
@@ -820,6 +878,16 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         clean_environ(),
         work / "bare-prompt-scp.log",
     )
+    # The alone phases with more listener processes get their own listeners (same staging
+    # store and topics, another port), so the interleaved rounds need no restarts; they
+    # stop before the workers start.
+    alone_listeners: dict[int, tuple[str, int]] = {listener_processes: ("listener", SCP_PORT)}
+    for i, procs in enumerate(
+        p for p in sorted({ph.processes for ph in plan if ph.kind == "alone"}) if p != listener_processes
+    ):
+        alone_listeners[procs] = (f"listener-{procs}p", EXTRA_LISTENER_PORT + i)
+        children[f"listener-{procs}p"] = listener_child(procs, EXTRA_LISTENER_PORT + i, f"listener-{procs}p")
+        children[f"listener-{procs}p"].start()
     children["listener"].start()
     children["bare-scp"].start()
     children["bare-kafka-scp"].start()
@@ -834,6 +902,10 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
 
     listener_s = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, listener_processes)
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
+    for procs, (name, port) in alone_listeners.items():
+        if name != "listener":
+            took = wait_listener(children[name], SCP_AET, port, READY_TIMEOUT_S, procs)
+            log(f"{name} ({procs} processes, port {port}) answers C-ECHO after {took:.1f}s")
     bare_s = wait_listener(children["bare-scp"], BARE_AET, BARE_PORT, READY_TIMEOUT_S)
     log(f"bare SCP answers C-ECHO after {bare_s:.1f}s")
     bare_kafka_s = wait_listener(children["bare-kafka-scp"], BARE_KAFKA_AET, BARE_KAFKA_PORT, READY_TIMEOUT_S)
@@ -855,6 +927,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     ready_notes: list[str] = []
     warm_total = 0
     rx_warm_n = 0
+    stopped_logs: list[tuple[str, Path]] = []
     failed = False
 
     def use_listener(processes: int, running: int) -> int:
@@ -931,82 +1004,120 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             f"end to end {warm.views - warm.start:.2f}s"
         )
 
-    try:
-        log(f"receiver warm-up: {RECEIVER_WARMUP_INSTANCES} instances, one association, to each receiver")
-        for name, aet, port in [
-            ("listener", SCP_AET, SCP_PORT),
-            *((r[0], r[1], r[2]) for r in bare_receivers.values()),
-        ]:
-            started, ended = await storescu_parallel(aet, port, rx_warm.parts, storescu_log)
+    async def send_round(phase: Phase, r: int) -> None:
+        """Round ``r`` of a receiver phase: its share of the instances, ``phase.assoc``
+        storescu processes at once; adds the time to the phase's total."""
+        k = phase.assoc
+        parts = phase.batch.parts[r * k : (r + 1) * k]
+        if phase.kind == "direct":
+            aet, port, name = orthanc_aet, orthanc_port, None
+        elif phase.kind == "alone":
+            name, port = alone_listeners[phase.processes]
+            aet = SCP_AET
+        else:
+            name, aet, port, _ = bare_receivers[phase.kind]
+        started, ended = await storescu_parallel(aet, port, parts, storescu_log)
+        if name is not None:
             children[name].check_alive()
+        phase.start = 0.0 if math.isnan(phase.start) else phase.start
+        phase.end = (0.0 if math.isnan(phase.end) else phase.end) + (ended - started)
+
+    try:
+        # A JVM broker answers its first thousands of requests before the JIT has compiled
+        # them; a deployed broker is long past that. Warm it first, one acks=all record at
+        # a time as a C-STORE sends them, so the Kafka round trip is not measured cold.
+        broker_warmup(
+            stack.env["COHORTSTREAM_KAFKA_BOOTSTRAP"], f"{settings_env['COHORTSTREAM_TOPIC_PREFIX']}bench.warmup"
+        )
+        log(f"receiver warm-up: {RECEIVER_WARMUP_INSTANCES} instances, one association, to each receiver")
+        warm_targets = [("Orthanc", orthanc_aet, orthanc_port)]
+        warm_targets += [(name, SCP_AET, port) for name, port in alone_listeners.values()]
+        warm_targets += [(r[0], r[1], r[2]) for r in bare_receivers.values()]
+        for name, aet, port in warm_targets:
+            started, ended = await storescu_parallel(aet, port, rx_warm.parts, storescu_log)
+            if name in children:
+                children[name].check_alive()
             log(f"  {name}: {RECEIVER_WARMUP_INSTANCES / (ended - started):.0f} inst/s (warm-up, not reported)")
         for *_, out in bare_receivers.values():
             for path in out.iterdir():
                 path.unlink()
+        # The same instances went to Orthanc and to the listeners: once in each total.
         rx_warm_n = RECEIVER_WARMUP_INSTANCES
         warm_total += rx_warm_n
+
+        # The receiver phases (no worker runs yet), interleaved: round r sends 1/rounds of
+        # every receiver phase at this association count before round r+1 starts, so a
+        # machine that slows down for a while slows all of them alike.
+        for k in assocs:
+            receivers = [p for p in plan if p.assoc == k and p.kind != "listener"]
+            direct_phase = next(p for p in receivers if p.kind == "direct")
+            base = await orthanc.count_instances()
+            log(
+                f"{k} association(s): {args.rounds} interleaved rounds of "
+                + ", ".join(f"{p.kind}" + (f" ({p.processes} proc)" if p.kind == "alone" else "") for p in receivers)
+                + f", {n // args.rounds} instances each"
+            )
+            for r in range(args.rounds):
+                # Each round starts with a different receiver: none always follows the same one.
+                shift = r % len(receivers)
+                for phase in receivers[shift:] + receivers[:shift]:
+                    await send_round(phase, r)
+            direct_phase.received = await orthanc.count_instances() - base
+            for phase in receivers:
+                if phase.kind.startswith("bare"):
+                    out = bare_receivers[phase.kind][3]
+                    phase.received = count_files(out)
+                    for path in out.iterdir():
+                        path.unlink()
+            for phase in receivers:
+                log(f"  {phase.kind}: {rate(phase.n, phase.start, phase.end):.1f} inst/s over {phase.end:.2f} s")
+        for name, _ in alone_listeners.values():
+            if name != "listener":
+                children.pop(name).stop()  # frees its cores for the pipeline phases (its log is checked below)
+                stopped_logs.append((name, work / f"{name}.log"))
+
         for phase in plan:
+            if phase.kind != "listener":
+                continue
             label = f"{phase.kind}, {phase.assoc} association(s)"
-            if phase.kind == "direct":
-                log(f"{label}: storescu {phase.n} instances -> Orthanc :{orthanc_port}")
-                base = await orthanc.count_instances()
-                phase.start, phase.end = await storescu_parallel(
-                    orthanc_aet, orthanc_port, phase.batch.parts, storescu_log
+            listener_processes = use_listener(phase.processes, listener_processes)
+            if len(workers) != phase.workers:
+                await set_workers(phase.workers)
+            label += f", {phase.workers} worker(s), {phase.processes} listener process(es)"
+            log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}")
+            pipe = await run_pipeline(
+                phase.batch,
+                orthanc,
+                instances,
+                args.timeout,
+                args.stall,
+                [children["listener"], *workers],
+                storescu_log,
+            )
+            phase.pipe, phase.start, phase.end = pipe, pipe.start, pipe.acked
+            if pipe.outcome != "complete":
+                failed = True
+                why = (
+                    f"no progress for {args.stall:.0f}s"
+                    if pipe.outcome == "stalled"
+                    else f"not within {args.timeout:.0f}s"
                 )
-                phase.received = await orthanc.count_instances() - base
-            elif phase.kind == "alone":
-                listener_processes = use_listener(phase.processes, listener_processes)
-                label += f", {phase.processes} listener process(es)"
-                log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}, no worker running")
-                phase.start, phase.end = await storescu_parallel(SCP_AET, SCP_PORT, phase.batch.parts, storescu_log)
-                children["listener"].check_alive()
-            elif phase.kind.startswith("bare"):
-                receiver, aet, port, out = bare_receivers[phase.kind]
-                log(f"{label}: storescu {phase.n} instances -> {receiver} :{port}")
-                phase.start, phase.end = await storescu_parallel(aet, port, phase.batch.parts, storescu_log)
-                children[receiver].check_alive()
-                phase.received = count_files(out)
-                for path in out.iterdir():
-                    path.unlink()
-            else:
-                listener_processes = use_listener(phase.processes, listener_processes)
-                if len(workers) != phase.workers:
-                    await set_workers(phase.workers)
-                label += f", {phase.workers} worker(s), {phase.processes} listener process(es)"
-                log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}")
-                pipe = await run_pipeline(
-                    phase.batch,
-                    orthanc,
-                    instances,
-                    args.timeout,
-                    args.stall,
-                    [children["listener"], *workers],
-                    storescu_log,
-                )
-                phase.pipe, phase.start, phase.end = pipe, pipe.start, pipe.acked
-                if pipe.outcome != "complete":
-                    failed = True
-                    why = (
-                        f"no progress for {args.stall:.0f}s"
-                        if pipe.outcome == "stalled"
-                        else f"not within {args.timeout:.0f}s"
-                    )
-                    log(
-                        f"WARNING: {label}: not everything arrived ({why}): Orthanc +{pipe.orthanc_delta}/{phase.n}, "
-                        f"{pipe.docs_count}/{phase.n} instance docs, "
-                        f"{phase.n - len(pipe.missing_views)}/{phase.n} with in_orthanc"
-                        + "".join(f"\n  poll {what}: {problem}" for what, problem in pipe.problems.items())
-                        + "".join(f"\n--- {w.name} log ---\n{tail(w.log_path)}" for w in workers)
-                        + f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
-                        + "".join(
-                            f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
-                            for svc in ("mongo", "orthanc")
-                            if any(
-                                (svc == "orthanc" and "Orthanc" in what) or (svc == "mongo" and "Mongo" in what)
-                                for what in pipe.problems
-                            )
+                log(
+                    f"WARNING: {label}: not everything arrived ({why}): Orthanc +{pipe.orthanc_delta}/{phase.n}, "
+                    f"{pipe.docs_count}/{phase.n} instance docs, "
+                    f"{phase.n - len(pipe.missing_views)}/{phase.n} with in_orthanc"
+                    + "".join(f"\n  poll {what}: {problem}" for what, problem in pipe.problems.items())
+                    + "".join(f"\n--- {w.name} log ---\n{tail(w.log_path)}" for w in workers)
+                    + f"\n--- listener log ---\n{tail(children['listener'].log_path)}"
+                    + "".join(
+                        f"\n--- {svc} service.log ---\n{tail(stack.state_dir / svc / 'service.log', 15)}"
+                        for svc in ("mongo", "orthanc")
+                        if any(
+                            (svc == "orthanc" and "Orthanc" in what) or (svc == "mongo" and "Mongo" in what)
+                            for what in pipe.problems
                         )
                     )
+                )
 
         # Let in-flight work settle a moment, then look for duplicates and strays.
         await asyncio.sleep(1.0)
@@ -1081,8 +1192,8 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     staged_left, quarantined = count_files(work / "staging"), count_files(work / "quarantine")
     print(f"  files left in staging: {staged_left}, in quarantine: {quarantined}")
     failed |= staged_left != 0 or quarantined != 0
-    for name, child in children.items():
-        problems = log_problems(child.log_path)
+    for name, log_path in [*((name, child.log_path) for name, child in children.items()), *stopped_logs]:
+        problems = log_problems(log_path)
         print(f"  {name} log: {len(problems)} error line(s)" + "".join(f"\n    {p[:300]}" for p in problems))
         failed |= bool(problems)
     return 1 if failed else 0
@@ -1222,6 +1333,13 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([sys.executable, "-m", "bench.dicom_ingest", *raw_argv])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=400, help="instances per phase (default 400)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the receiver phases (direct, bare*, alone) at each association count run interleaved in this many "
+        "rounds of instances/rounds each (default 3)",
+    )
     parser.add_argument("--slices", type=int, default=25, help="slices per series (default 25)")
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--cols", type=int, default=256)
@@ -1260,8 +1378,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(raw_argv)
     if args.instances < 1 or args.slices < 1 or args.partitions < 1:
         parser.error("--instances, --slices and --partitions must be >= 1")
-    if args.instances < max(args.associations):
-        parser.error("--instances must be at least the largest association count")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    if args.instances < max(args.associations) * args.rounds:
+        parser.error("--instances must be at least the largest association count times --rounds")
     for tool in (STORESCU, ECHOSCU):
         if not os.access(tool, os.X_OK):
             parser.error(f"{tool} (dcmtk) is needed")
