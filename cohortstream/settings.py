@@ -235,13 +235,13 @@ class Settings(BaseSettings):
         "associations across them). Helps with several concurrent associations on several cores; one "
         "association is always served by one process.",
     )
-    dicom_scp_prompt_associations: int | None = Field(
-        None,
+    dicom_scp_prompt_associations: int = Field(
+        0,
         ge=0,
-        description="Up to this many concurrent associations per listener process, each wakes as soon as "
-        "a PDU arrives or is queued instead of polling every millisecond: lower latency per C-STORE "
-        "for some CPU per PDU, which costs throughput once associations keep the cores busy "
-        "(docs/dicom.md). Empty: half the CPU cores, at least 1; 0: never (pynetdicom's polling).",
+        description="Up to this many concurrent associations per listener process wake as soon as a PDU "
+        "arrives or is queued instead of polling every millisecond (0: never, pynetdicom's polling). Lower "
+        "latency per C-STORE when the listener has cores to itself; on cores shared with the workers it "
+        "made one association slower (docs/dicom.md).",
     )
     dicom_scp_publish_timeout_s: float = Field(
         30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."

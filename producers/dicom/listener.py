@@ -46,7 +46,7 @@ from producers.dicom.handlers import (
     on_conn_open,
     on_rejected,
 )
-from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler, default_prompt_associations
+from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler
 
 __all__ = ["READY_MARKER", "DicomListener", "InstancePublisher", "SharedPortAssociationServer", "serve"]
 
@@ -113,10 +113,7 @@ class DicomListener:
             max_object_bytes=settings.dicom_scp_max_object_bytes,
         )
         self._ae = self._build_ae()
-        prompt = settings.dicom_scp_prompt_associations
-        self._request_handler = PromptRequestHandler.with_gate(
-            PromptGate(default_prompt_associations() if prompt is None else prompt)
-        )
+        self._request_handler = PromptRequestHandler.with_gate(PromptGate(settings.dicom_scp_prompt_associations))
         self._server: ThreadedAssociationServer | None = None
         self._tls_server: ThreadedAssociationServer | None = None
         self.kafka_connected_at_start = False

@@ -17,13 +17,16 @@ about a thousand times a second, as before. :class:`PromptRequestHandler` gives 
 accepted association one; the listener's servers use it (``request_handler``, the
 association server's extension point).
 
-Waking at once costs CPU (a ``select`` and a thread switch per PDU instead of one batch
-per millisecond), which only pays while cores are idle between C-STOREs. When several
-associations keep the cores busy it cost throughput here (4 associations on 2 cores:
-0.64x vs 0.67x of the bare SCP) while one association gained 1.23x. So a
-:class:`PromptGate` shared by the process's associations lets them wait promptly only
-while at most ``limit`` are active (``dicom_scp_prompt_associations``, by default half
-the CPU cores, at least one); beyond that they sleep as pynetdicom does.
+Waking at once costs a ``select`` and a thread wake-up per PDU instead of one batch per
+millisecond, which pays only while cores are idle between C-STOREs. Measured on 2 cores
+(2026-12-01): the bare SCP with it 1.02-1.13x the plain one at one association and
+0.93-0.97x at four; our listener alone at one association 1.23x in an A/B run but within
+noise in the benchmark; and with the workers on the same cores one association became
+slower (0.16-0.21x of the bare SCP acknowledged instead of 0.24x), since each PDU then
+waits for a core on its own. So it is off by default: a :class:`PromptGate` shared by the
+process's associations lets them wait promptly only while at most ``limit`` are active
+(``dicom_scp_prompt_associations``, default 0: pynetdicom's DUL untouched), for a listener
+on cores of its own.
 
 This leans on pynetdicom internals (``_is_transport_event``, ``_run_loop_delay``,
 ``send_pdu``, ``socket``), checked by :func:`adoptable`: a pynetdicom without them keeps
@@ -67,7 +70,8 @@ def adoptable(dul: object) -> bool:
 
 
 def default_prompt_associations() -> int:
-    """Half the CPU cores this process may use, at least one."""
+    """Half the CPU cores this process may use, at least one: a starting point for a
+    listener on cores of its own (``bench/bare_scp.py --prompt-dul`` uses it)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -203,5 +207,6 @@ class PromptRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        PromptDUL.adopt(assoc.dul, self.gate)
+        if self.gate.limit > 0:  # 0: pynetdicom's own DUL, untouched
+            PromptDUL.adopt(assoc.dul, self.gate)
         return assoc

@@ -242,6 +242,32 @@ def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path, monke
     assert seen == [PromptDUL]
 
 
+def test_by_default_the_listener_keeps_pynetdicoms_dul(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    settings = Settings(
+        dicom_scp_host="127.0.0.1",
+        dicom_scp_port=free_port(),
+        dicom_scp_aet="COHORTSTREAM",
+        staging_dir=tmp_path / "staging",
+        quarantine_dir=tmp_path / "quarantine",
+    )
+    assert settings.dicom_scp_prompt_associations == 0
+    with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", listener.address[1], ae_title="COHORTSTREAM")
+        assert assoc.is_established
+        try:
+            assert int(assoc.send_c_echo().Status) == 0x0000
+            duls = [a.dul for a in listener._ae.active_associations]
+        finally:
+            assoc.release()
+    assert [type(dul) for dul in duls] == [DULServiceProvider]
+    assert duls[0]._run_loop_delay == 0.001
+
+
 def test_the_default_gate_is_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert prompt_dul.default_prompt_associations() == 8
