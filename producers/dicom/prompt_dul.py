@@ -21,9 +21,9 @@ Waking at once costs a ``select`` and a thread wake-up per PDU instead of one ba
 millisecond, which pays only while cores are idle between C-STOREs. Measured on 2 cores
 (2026-12-01): the bare SCP with it 1.02-1.13x the plain one at one association and
 0.93-0.97x at four; our listener alone at one association 1.23x in an A/B run but within
-noise in the benchmark; and with the workers on the same cores one association became
-slower (0.16-0.21x of the bare SCP acknowledged instead of 0.24x), since each PDU then
-waits for a core on its own. So it is off by default: a :class:`PromptGate` shared by the
+noise in the benchmark; and with the workers on the same cores one association tended to
+be slower (acknowledged 0.16-0.21x of the bare SCP in four runs with it, 0.20-0.24x in
+two without), since each PDU then waits for a core on its own. So it is off by default: a :class:`PromptGate` shared by the
 process's associations lets them wait promptly only while at most ``limit`` are active
 (``dicom_scp_prompt_associations``, default 0: pynetdicom's DUL untouched), for a listener
 on cores of its own.
