@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pydicom
 import pytest
@@ -26,6 +26,7 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -61,7 +62,10 @@ class Server:
             if cx.abstract_syntax is not None:
                 ae.add_supported_context(cx.abstract_syntax)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+        handlers: list[EventHandlerType] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+        ]
         self.server = ae.make_server(
             ("127.0.0.1", free_port()),
             evt_handlers=handlers,
@@ -111,7 +115,7 @@ def test_accepted_associations_get_a_prompt_dul_and_release_it(server: Server) -
     finally:
         assoc.release()
     assert len(server.duls) == 3 and all(type(dul) is PromptDUL for dul in server.duls)
-    dul = server.duls[0]
+    dul = cast(PromptDUL, server.duls[0])
     assert dul._run_loop_delay == 0.0  # the loop's own sleep is replaced by the wait
     assert _poll(lambda: server.gate._active == 0)  # the gate counts it out ...
     assert _poll(lambda: not dul.is_alive())
@@ -175,9 +179,10 @@ def test_a_crowded_gate_sleeps_like_pynetdicom(monkeypatch: pytest.MonkeyPatch) 
     # prompt_dul's own names only: pynetdicom's threads keep the real modules.
     monkeypatch.setattr(prompt_dul, "time", SimpleNamespace(sleep=slept.append))
     monkeypatch.setattr(prompt_dul, "select", SimpleNamespace(select=no_select))
-    assert gate.prompt  # one association (this one), limit one
+    answers = [gate.prompt]  # one association (this one), limit one
     gate.enter()  # a second: more than the limit
-    assert not gate.prompt
+    answers.append(gate.prompt)
+    assert answers == [True, False]
     prompt._wait()
     assert slept == [0.001]
     gate.leave()
@@ -212,58 +217,61 @@ def test_an_idle_association_wakes_no_more_often_than_pynetdicom(
     assert 0 < count <= elapsed / 0.001 * 1.2
 
 
-def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pynetdicom import _config
-
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
-    settings = Settings(
+def _listener_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return Settings(
         dicom_scp_host="127.0.0.1",
         dicom_scp_port=free_port(),
         dicom_scp_aet="COHORTSTREAM",
         staging_dir=tmp_path / "staging",
         quarantine_dir=tmp_path / "quarantine",
-        dicom_scp_prompt_associations=3,
+        **overrides,
     )
-    seen: list[type] = []
+
+
+def _duls_during_an_echo(listener: DicomListener, during: Callable[[], None] = lambda: None) -> list[Any]:
+    """Open an association to ``listener``, C-ECHO, call ``during``, and return the DULs
+    of the listener's associations at that moment."""
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", listener.address[1], ae_title="COHORTSTREAM")
+    assert assoc.is_established
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        during()
+        return [a.dul for a in listener._ae.active_associations]
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def chunked_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listener switches pynetdicom to receive-to-file, process-wide: undo it afterwards."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+
+
+@pytest.mark.usefixtures("chunked_config")
+def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path) -> None:
+    settings = _listener_settings(tmp_path, dicom_scp_prompt_associations=3)
     with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
         gate = listener._request_handler.gate
         assert gate.limit == 3
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", listener.address[1], ae_title="COHORTSTREAM")
-        assert assoc.is_established
-        try:
+
+        def counted_in() -> None:
             assert gate._active == 1
-            assert int(assoc.send_c_echo().Status) == 0x0000
-            seen.extend(type(a.dul) for a in listener._ae.active_associations)
-        finally:
-            assoc.release()
+
+        duls = _duls_during_an_echo(listener, counted_in)
         assert _poll(lambda: gate._active == 0)
-    assert seen == [PromptDUL]
+    assert [type(dul) for dul in duls] == [PromptDUL]
 
 
-def test_by_default_the_listener_keeps_pynetdicoms_dul(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pynetdicom import _config
-
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
-    settings = Settings(
-        dicom_scp_host="127.0.0.1",
-        dicom_scp_port=free_port(),
-        dicom_scp_aet="COHORTSTREAM",
-        staging_dir=tmp_path / "staging",
-        quarantine_dir=tmp_path / "quarantine",
-    )
+@pytest.mark.usefixtures("chunked_config")
+def test_by_default_the_listener_keeps_pynetdicoms_dul(tmp_path: Path) -> None:
+    settings = _listener_settings(tmp_path)
     assert settings.dicom_scp_prompt_associations == 0
     with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", listener.address[1], ae_title="COHORTSTREAM")
-        assert assoc.is_established
-        try:
-            assert int(assoc.send_c_echo().Status) == 0x0000
-            duls = [a.dul for a in listener._ae.active_associations]
-        finally:
-            assoc.release()
+        duls = _duls_during_an_echo(listener)
     assert [type(dul) for dul in duls] == [DULServiceProvider]
     assert duls[0]._run_loop_delay == 0.001
 
