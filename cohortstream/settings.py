@@ -241,7 +241,7 @@ class Settings(BaseSettings):
         description="Up to this many concurrent associations per listener process wake as soon as a PDU "
         "arrives or is queued instead of polling every millisecond (0: never, pynetdicom's polling). Lower "
         "latency per C-STORE when the listener has cores to itself; on cores shared with the workers it "
-        "made one association slower (docs/dicom.md).",
+        "tended to make one association slower (docs/dicom.md).",
     )
     dicom_scp_publish_timeout_s: float = Field(
         30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."

@@ -8,8 +8,9 @@ code in Python on every instance, all under the GIL the receiving threads need. 
 A/B run beside ``bench.dicom_ingest`` (an ad-hoc script, figures in bench/README.md) a
 bare pynetdicom SCP that also waited for an aiokafka ack per instance kept 0.69x
 (1 association) / 0.80x (4) of the bare SCP alone; with librdkafka (confluent-kafka),
-which runs the Kafka protocol in its own C threads outside the GIL, it kept 0.81x / 0.93x. Everything else (the faust agents, the webhooks,
-the loaders) is asyncio and keeps aiokafka.
+which runs the Kafka protocol in its own C threads outside the GIL, it kept 0.81x /
+0.93x. Everything else (the faust agents, the webhooks, the loaders) is asyncio and
+keeps aiokafka.
 
 The guarantees are :class:`~cohortstream.publisher.EventPublisher`'s: ``acks=all``,
 idempotence, the same single-object Avro encoding (:class:`~cohortstream.codec.EventCodec`),

@@ -19,17 +19,17 @@ association server's extension point).
 
 Waking at once costs a ``select`` and a thread wake-up per PDU instead of one batch per
 millisecond, which pays only while cores are idle between C-STOREs. Measured on 2 cores
-(2026-12-01): the bare SCP with it 1.02-1.13x the plain one at one association and
-0.93-0.97x at four; our listener alone at one association 1.23x in an A/B run but within
-noise in the benchmark; and with the workers on the same cores one association tended to
-be slower (acknowledged 0.16-0.21x of the bare SCP in four runs with it, 0.20-0.24x in
-two without), since each PDU then waits for a core on its own. So it is off by default: a :class:`PromptGate` shared by the
-process's associations lets them wait promptly only while at most ``limit`` are active
-(``dicom_scp_prompt_associations``, default 0: pynetdicom's DUL untouched), for a listener
-on cores of its own.
+(2026-12-01, bench/README.md): the bare SCP with it 1.02-1.19x the plain one at one
+association and 0.82-0.99x at four; our listener alone at one association 1.23x in an
+A/B run but within noise in the benchmark; and with the workers on the same cores one
+association tended to be slower (acknowledged 0.16-0.21x of the bare SCP in six runs with
+it, 0.20-0.24x in three without), since each PDU then waits for a core on its own. So it
+is off by default: a :class:`PromptGate` shared by the process's associations lets them
+wait promptly only while at most ``limit`` are active (``dicom_scp_prompt_associations``,
+default 0: pynetdicom's DUL untouched), for a listener on cores of its own.
 
 This leans on pynetdicom internals (``_is_transport_event``, ``_run_loop_delay``,
-``send_pdu``, ``socket``), checked by :func:`adoptable`: a pynetdicom without them keeps
+``send_pdu``, ``kill_dul``, ``socket`` and the two queues), checked by :func:`adoptable`: a pynetdicom without them keeps
 its own DUL (logged once), and ``tests/unit/test_prompt_dul.py`` fails on such an
 upgrade.
 """
