@@ -9,7 +9,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["eventually"]
+__all__ = ["eventually", "until"]
 
 
 async def eventually(
@@ -30,3 +30,15 @@ async def eventually(
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(interval)
         interval = min(interval * 2, 1.0)
+
+
+def until(condition: Callable[[], object], *, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """:func:`eventually` for a synchronous ``condition`` (tests without an event loop):
+    return as soon as it is true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    interval = 0.01
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(interval)
+        interval = min(interval * 2, 0.2)

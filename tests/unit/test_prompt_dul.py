@@ -13,6 +13,7 @@ pynetdicom's own 1 ms loop.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,16 +34,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 from cohortstream.settings import Settings
 from producers.dicom import DicomListener, prompt_dul
 from producers.dicom.prompt_dul import PromptDUL, PromptGate, PromptRequestHandler, adoptable
+from tests.listener_settings import listener_settings
 from tests.net import free_port
-
-
-def _poll(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
+from tests.polling import until
 
 
 def _ct() -> pydicom.Dataset:
@@ -117,8 +111,8 @@ def test_accepted_associations_get_a_prompt_dul_and_release_it(server: Server) -
     assert len(server.duls) == 3 and all(type(dul) is PromptDUL for dul in server.duls)
     dul = cast(PromptDUL, server.duls[0])
     assert dul._run_loop_delay == 0.0  # the loop's own sleep is replaced by the wait
-    assert _poll(lambda: server.gate._active == 0)  # the gate counts it out ...
-    assert _poll(lambda: not dul.is_alive())
+    until(lambda: server.gate._active == 0, what="the gate to count the association out")
+    until(lambda: not dul.is_alive(), what="the DUL thread to end")
     assert dul._wake_r == dul._wake_w == -1  # ... and the wake pipe is closed
 
 
@@ -142,13 +136,21 @@ def test_the_wait_ends_when_the_peer_sends(server: Server, monkeypatch: pytest.M
         assoc.release()
 
 
-def test_a_queued_pdu_wakes_the_wait(tmp_path: Path) -> None:
+def test_a_queued_pdu_wakes_the_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     """send_pdu ends the wait: the response goes out without waiting for the delay."""
     dul = Association(AE(), "acceptor").dul
     assert PromptDUL.adopt(dul, PromptGate(1))
     prompt: PromptDUL = dul  # type: ignore[assignment]
     prompt._wait_s = 10.0
-    woke = threading.Event()
+    woke, selecting = threading.Event(), threading.Event()
+    real_select = select.select
+
+    def entering_select(*args: Any) -> Any:
+        selecting.set()
+        return real_select(*args)
+
+    # prompt_dul's own name only: pynetdicom's threads keep the real module.
+    monkeypatch.setattr(prompt_dul, "select", SimpleNamespace(select=entering_select))
 
     def wait_once() -> None:
         prompt._wait()
@@ -156,7 +158,7 @@ def test_a_queued_pdu_wakes_the_wait(tmp_path: Path) -> None:
 
     waiter = threading.Thread(target=wait_once, daemon=True)
     waiter.start()
-    time.sleep(0.05)  # the input this test needs: the waiter is inside its select
+    assert selecting.wait(5.0)  # the waiter is in its 10 s select
     assert not woke.is_set()
     from pynetdicom.pdu_primitives import P_DATA
 
@@ -218,14 +220,8 @@ def test_an_idle_association_wakes_no_more_often_than_pynetdicom(
 
 
 def _listener_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(
-        dicom_scp_host="127.0.0.1",
-        dicom_scp_port=free_port(),
-        dicom_scp_aet="COHORTSTREAM",
-        staging_dir=tmp_path / "staging",
-        quarantine_dir=tmp_path / "quarantine",
-        **overrides,
-    )
+    base = Settings(dicom_scp_host="127.0.0.1", dicom_scp_aet="COHORTSTREAM")
+    return listener_settings(base, tmp_path, **overrides)
 
 
 def _duls_during_an_echo(listener: DicomListener, during: Callable[[], None] = lambda: None) -> list[Any]:
@@ -262,7 +258,7 @@ def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path) -> No
             assert gate._active == 1
 
         duls = _duls_during_an_echo(listener, counted_in)
-        assert _poll(lambda: gate._active == 0)
+        until(lambda: gate._active == 0, what="the gate to count the association out")
     assert [type(dul) for dul in duls] == [PromptDUL]
 
 
