@@ -701,6 +701,14 @@ def count_files(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
 
 
+def take_files(directory: Path) -> int:
+    """Count the files a bare SCP wrote into ``directory`` and delete them (it keeps nothing)."""
+    count = count_files(directory)
+    for path in directory.iterdir():
+        path.unlink()
+    return count
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -719,6 +727,8 @@ class Phase:
     """listener: listener processes sharing the port."""
     start: float = math.nan
     end: float = math.nan
+    """A receiver phase (interleaved rounds) has ``start`` 0 and ``end`` the sum of its rounds'
+    times; a listener phase the clock times of its one send."""
     received: int | None = None
     """direct: CountInstances growth; bare: files the bare SCP wrote."""
     pipe: PipelineResult | None = None
@@ -926,7 +936,6 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     orthanc_port = int(stack.env["COHORTSTREAM_ORTHANC_DICOM_PORT"])
     ready_notes: list[str] = []
     warm_total = 0
-    rx_warm_n = 0
     stopped_logs: list[tuple[str, Path]] = []
     failed = False
 
@@ -989,7 +998,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         backlog = [p for p in plan if p.kind == "alone"]
         if backlog:
             patients = [p.batch.patient_id for p in backlog] + [rx_warm.patient_id]
-            expected_docs = sum(p.n for p in backlog) + rx_warm_n
+            expected_docs = sum(p.n for p in backlog) + len(rx_warm.uids)
             drained_at = time.monotonic()
             while True:
                 done = await instances.count_documents({"patient_id": {"$in": patients}, "in_orthanc": True})
@@ -1039,11 +1048,9 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 children[name].check_alive()
             log(f"  {name}: {RECEIVER_WARMUP_INSTANCES / (ended - started):.0f} inst/s (warm-up, not reported)")
         for *_, out in bare_receivers.values():
-            for path in out.iterdir():
-                path.unlink()
+            take_files(out)
         # The same instances went to Orthanc and to the listeners: once in each total.
-        rx_warm_n = RECEIVER_WARMUP_INSTANCES
-        warm_total += rx_warm_n
+        warm_total += len(rx_warm.uids)
 
         # The receiver phases (no worker runs yet), interleaved: round r sends 1/rounds of
         # every receiver phase at this association count before round r+1 starts, so a
@@ -1065,10 +1072,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             direct_phase.received = await orthanc.count_instances() - base
             for phase in receivers:
                 if phase.kind.startswith("bare"):
-                    out = bare_receivers[phase.kind][3]
-                    phase.received = count_files(out)
-                    for path in out.iterdir():
-                        path.unlink()
+                    phase.received = take_files(bare_receivers[phase.kind][3])
             for phase in receivers:
                 log(f"  {phase.kind}: {rate(phase.n, phase.start, phase.end):.1f} inst/s over {phase.end:.2f} s")
         for name, _ in alone_listeners.values():
