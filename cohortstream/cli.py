@@ -218,7 +218,11 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("schemas", help="list the Avro event schemas with versions and fingerprints")
     p.set_defaults(func=_cmd_schemas)
 
-    p = commands.add_parser("topics", help="list the topic catalogue, or create missing topics")
+    p = commands.add_parser(
+        "topics",
+        help="list the topic catalogue, or create missing topics (then wait until the broker can serve the "
+        "worker lanes' consumer groups)",
+    )
     p.add_argument("action", choices=["list", "create"])
     p.set_defaults(func=_cmd_topics)
 

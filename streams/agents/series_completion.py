@@ -150,22 +150,30 @@ def is_quiet(state: dict[str, Any] | None, now_ms: int, quiet_period_s: float, r
 
 
 async def _wait_for_changelog_metadata(app: faust.App, table: Any) -> None:
-    """Wait until the producer's metadata knows ``table``'s changelog topic.
+    """Create ``table``'s changelog topic if needed, then wait until the producer's
+    metadata knows it.
 
     A table with ``use_partitioner=True`` picks its changelog partition with the
-    producer's partitioner at the first write; on a fresh consumer group faust declares
-    the changelog topic at start-up, and the producer's cluster metadata may not list it
-    yet, so the first write crashed (aiokafka: ``partitions_for_topic`` is None) and the
-    agent crash-looped for ~40 s (seen in the ingest benchmark). aiokafka's
-    ``partitions_for`` waits for that metadata (bounded by its request timeout).
+    producer's partitioner at the first write. On a fresh consumer group the topic may not
+    exist yet (faust declares it when the table starts, which can be after the agent's
+    first message), and the first write crashed (aiokafka: ``partitions_for_topic`` is
+    None); the agent crash-looped for ~40 s (seen in the ingest benchmark). Asking for a
+    topic that does not exist also made aiokafka log an ERROR ("not found in cluster
+    metadata") at every retry: a dozen on each fresh ``make up``. So the changelog is
+    declared first, with faust's own settings for it (compacted, the table's partitions;
+    idempotent); aiokafka's ``partitions_for`` then waits for the metadata (bounded by its
+    request timeout).
     """
+    changelog = table.changelog_topic
+    topic = changelog.get_topic_name()
     producer = cast(Any, app.producer)._ensure_producer()  # faust's aiokafka producer (not in ProducerT)
-    topic = table.changelog_topic.get_topic_name()
     for attempt in range(1, 31):
         try:
+            await changelog.maybe_declare()
             if await producer.partitions_for(topic):
+                log.info("changelog topic ready", extra={"topic": topic})
                 return
-        except Exception as exc:  # metadata not there yet (a KafkaError or a timeout): asked again below
+        except Exception as exc:  # not created or not in the metadata yet: asked again below
             log.warning(
                 "changelog topic not in the metadata yet",
                 extra={"topic": topic, "attempt": attempt, "error": repr(exc)},
