@@ -47,14 +47,21 @@ phases run one after the other compared different machines (the same listener me
 4. **listener** — another N to our listener. Measured from the first storescu start:
    until the last storescu exits (every C-STORE acknowledged, i.e. staged + Kafka
    acks=all), until Orthanc's ``CountInstances`` grew by N, until all N ``instances`` docs
-   exist in MongoDB, and until all N carry ``in_orthanc: true``. Pollers run every 50 ms.
+   exist in MongoDB, and until all N carry ``in_orthanc: true``. Pollers run every 50 ms;
+   the one for ``in_orthanc`` asks only for the series not yet complete (asking for every
+   archived instance each time cost 2-3 ms of CPU per instance on the shared cores).
    Per-instance end-to-end latency = the first poll that saw the instance doc with
    ``in_orthanc: true`` minus its ``received_at`` (the listener's clock, same machine).
+   Also: the CPU each process spent per instance over the phase (the listener, each
+   worker lane, Kafka, the MongoDB-wire server, Orthanc, storescu, the benchmark itself;
+   ``bench/cpu_accounting.py``), and how busy that kept the cores.
    At the largest association count this phase runs once per ``--workers`` count
    (worker processes started or stopped in between; each has its own data dir and no
    metrics port, and all join the same consumer groups), then once more per further
    ``--listener-processes`` count (the listener restarted with
-   ``COHORTSTREAM_DICOM_SCP_PROCESSES``: that many processes on one port, SO_REUSEPORT).
+   ``COHORTSTREAM_DICOM_SCP_PROCESSES``: that many processes on one port, SO_REUSEPORT),
+   then once more per further ``--listener-nice`` value (the listener started under
+   ``nice -n N``, as ``make up LISTENER_NICE=N`` starts it).
 
 Before the first phase every receiver (Orthanc, the listeners and the three bare SCPs)
 gets one warm-up send of the same 100 instances over one association, so no phase
@@ -68,8 +75,8 @@ Then the checks (counts per phase, totals, staging and quarantine empty, no ERRO
 the logs); the exit status is 1 when one fails.
 
 Run: ``.venv/bin/python -m bench.dicom_ingest [--instances 400] [--rounds 3] [--slices 25] [--rows 256]
-[--cols 256] [--associations 1,4] [--workers 1,2] [--listener-processes 1,2] [--partitions 12]
-[--keep-stack]``.
+[--cols 256] [--associations 1,4] [--workers 1,2] [--listener-processes 1,2] [--listener-nice 0,10]
+[--partitions 12] [--keep-stack]``.
 Needs dcmtk (``/usr/bin/storescu``, ``/usr/bin/echoscu``) and the stack's installs
 (``deploy/stack.sh install``).
 """
@@ -101,6 +108,7 @@ from typing import Any
 import httpx
 from pymongo.errors import PyMongoError
 
+from bench import cpu_accounting
 from cohortstream.kafka_security import aiokafka_security
 from cohortstream.mongo import client_for_url
 from cohortstream.settings import Settings
@@ -118,6 +126,8 @@ STACK_PORTS = {
     "COHORTSTREAM_STACK_ORTHANC_HTTP_PORT": 45042,
     "COHORTSTREAM_STACK_ORTHANC_DICOM_PORT": 45242,
 }
+STACK_SERVICES = {"kafka": "kafka", "mongo": "MongoDB-wire server", "orthanc": "orthanc"}
+"""deploy/stack.sh service → its label in the CPU accounting."""
 SCP_PORT = 45112
 SCP_AET = "COHORTSTREAM"
 BARE_PORT = 45113
@@ -233,6 +243,10 @@ class Stack:
             raise BenchError(f"deploy/stack.sh up failed (exit {rc}); last lines:\n{tail(self.log_path, 60)}")
         self.env = read_env_file(self.state_dir / "stack.env")
 
+    def service_pid(self, service: str) -> int:
+        """The pid deploy/stack.sh recorded for ``service``."""
+        return int((self.state_dir / service / "service.pid").read_text().strip())
+
     def down(self) -> None:
         log("stack down")
         with self.log_path.open("ab") as out:
@@ -263,6 +277,12 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError(f"{self.name} was never started")
+        return self.proc.pid
 
     def check_alive(self) -> None:
         if not self.alive():
@@ -379,6 +399,8 @@ class Batch:
     uids: list[str]
     patient_id: str
     file_sizes: list[int]
+    series: dict[str, set[str]] = field(default_factory=dict)
+    """SeriesInstanceUID → its SOP instance UIDs."""
 
 
 def broker_warmup(bootstrap: str, topic: str) -> None:
@@ -435,12 +457,16 @@ def make_batch(
     paths: list[Path] = []
     for i, part in enumerate(part_dirs):
         paths += write_study(datasets[i * count // parts : (i + 1) * count // parts], part)
+    series: dict[str, set[str]] = {}
+    for ds in datasets:
+        series.setdefault(str(ds.SeriesInstanceUID), set()).add(str(ds.SOPInstanceUID))
     return Batch(
         directory=directory,
         parts=part_dirs,
         uids=[str(ds.SOPInstanceUID) for ds in datasets],
         patient_id=patient_id,
         file_sizes=[p.stat().st_size for p in paths],
+        series=series,
     )
 
 
@@ -574,14 +600,25 @@ async def run_pipeline(
         state["docs"] = await instances.count_documents({"patient_id": batch.patient_id})
         return bool(state["docs"] >= n)
 
+    # Series with an instance not seen yet. The poll asks only for them: asking for every
+    # archived instance of the batch returned up to N documents 20 times a second, and that
+    # polling cost the benchmark and the MongoDB-wire server 2-3 ms of CPU per instance on
+    # the cores the pipeline shares (bench/cpu_accounting.py).
+    open_series = {uid: set(members) for uid, members in batch.series.items()}
+
     async def views_done() -> bool:
         now = time.time()
-        cursor = instances.find({"in_orthanc": True, "patient_id": batch.patient_id}, {"_id": 1, "received_at": 1})
+        cursor = instances.find(
+            {"series_instance_uid": {"$in": sorted(open_series)}, "in_orthanc": True}, {"_id": 1, "received_at": 1}
+        )
         async for doc in cursor:
             uid = doc["_id"]
-            if uid not in seen_wall and doc.get("received_at") is not None:
+            if uid in expected and uid not in seen_wall and doc.get("received_at") is not None:
                 seen_wall[uid] = now
                 received[uid] = doc["received_at"]
+        for uid, members in list(open_series.items()):
+            if members <= seen_wall.keys():
+                del open_series[uid]
         return expected <= seen_wall.keys()
 
     async def supervise(deadline: float) -> None:
@@ -725,6 +762,8 @@ class Phase:
     workers: int = 0
     processes: int = 1
     """listener: listener processes sharing the port."""
+    nice: int = 0
+    """listener: the listener's niceness (``make up LISTENER_NICE=N``)."""
     start: float = math.nan
     end: float = math.nan
     """A receiver phase (interleaved rounds) has ``start`` 0 and ``end`` the sum of its rounds'
@@ -734,19 +773,31 @@ class Phase:
     pipe: PipelineResult | None = None
     in_orthanc: int | None = None
     """listener: Orthanc instances with the phase's PatientID at the end."""
+    cpu_ms: dict[str, float] = field(default_factory=dict)
+    """listener: ms of CPU per instance of each process group while the phase ran
+    (bench/cpu_accounting.py)."""
+    cpu_busy: float = math.nan
+    """listener: the CPU those groups spent, as a share of every core over the phase."""
 
     @property
     def n(self) -> int:
         return len(self.batch.uids)
 
+    @property
+    def layout(self) -> str:
+        """A listener phase's processes, as the report names them."""
+        return f"{self.workers} worker(s), {self.processes} listener process(es)" + (
+            f", listener at nice {self.nice}" if self.nice else ""
+        )
 
-def parse_counts(text: str, what: str) -> list[int]:
+
+def parse_counts(text: str, what: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{what}: a comma-separated list of integers, e.g. 1,4") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{what}: integers >= 1")
+    if not values or any(v < minimum for v in values):
+        raise argparse.ArgumentTypeError(f"{what}: integers >= {minimum}")
     return values
 
 
@@ -816,22 +867,24 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         plan.append(Phase("bare", k, direct))
         plan.append(Phase("bare+kafka", k, direct))
         plan.append(Phase("bare+prompt", k, direct))
-        layouts = [(w, process_counts[0]) for w in (worker_counts if k == scale_assoc else worker_counts[:1])]
+        nices: list[int] = args.listener_nice
+        layouts = [(w, process_counts[0], nices[0]) for w in (worker_counts if k == scale_assoc else worker_counts[:1])]
         if k == scale_assoc:
-            layouts += [(worker_counts[0], p) for p in process_counts[1:]]
-        for w, procs in layouts:
+            layouts += [(worker_counts[0], p, nices[0]) for p in process_counts[1:]]
+            layouts += [(worker_counts[0], process_counts[0], nice) for nice in nices[1:]]
+        for w, procs, nice in layouts:
             seed += 1
             batch = make_batch(
-                work / f"data-listener-{k}-w{w}-p{procs}",
+                work / f"data-listener-{k}-w{w}-p{procs}-n{nice}",
                 n,
                 args.slices,
                 args.rows,
                 args.cols,
                 seed,
-                f"BENCH-L{k}-W{w}-P{procs}",
+                f"BENCH-L{k}-W{w}-P{procs}" + (f"-N{nice}" if nice else ""),
                 parts=k,
             )
-            plan.append(Phase("listener", k, batch, workers=w, processes=procs))
+            plan.append(Phase("listener", k, batch, workers=w, processes=procs, nice=nice))
     # One warm-up send per receiver before the first phase (the bare SCPs keep nothing,
     # so they share one batch; the listener's goes to Kafka and is archived later).
     rx_warm = make_batch(
@@ -851,16 +904,18 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
 
     bare_out = work / "bare-out"
 
-    def listener_child(processes: int, port: int = SCP_PORT, name: str = "listener") -> Child:
+    def listener_child(processes: int, port: int = SCP_PORT, name: str = "listener", nice: int = 0) -> Child:
         env = {
             **settings_env,
             "COHORTSTREAM_DICOM_SCP_PROCESSES": str(processes),
             "COHORTSTREAM_DICOM_SCP_PORT": str(port),
         }
-        return Child(name, cohortstream_argv(env_file, "dicom-scp"), env, work / f"{name}.log")
+        niced = ["nice", "-n", str(nice)] if nice else []  # as deploy/lib/listener.sh starts it
+        return Child(name, [*niced, *cohortstream_argv(env_file, "dicom-scp")], env, work / f"{name}.log")
 
     listener_processes = process_counts[0]
-    children["listener"] = listener_child(listener_processes)
+    # The first --listener-nice value everywhere; the others only in their pipeline phases.
+    children["listener"] = listener_child(listener_processes, nice=args.listener_nice[0])
     children["bare-scp"] = Child(
         "bare-scp",
         [sys.executable, "-m", "bench.bare_scp", "--port", str(BARE_PORT), "--aet", BARE_AET, "--out", str(bare_out)],
@@ -896,7 +951,9 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
         p for p in sorted({ph.processes for ph in plan if ph.kind == "alone"}) if p != listener_processes
     ):
         alone_listeners[procs] = (f"listener-{procs}p", EXTRA_LISTENER_PORT + i)
-        children[f"listener-{procs}p"] = listener_child(procs, EXTRA_LISTENER_PORT + i, f"listener-{procs}p")
+        children[f"listener-{procs}p"] = listener_child(
+            procs, EXTRA_LISTENER_PORT + i, f"listener-{procs}p", args.listener_nice[0]
+        )
         children[f"listener-{procs}p"].start()
     children["listener"].start()
     children["bare-scp"].start()
@@ -912,6 +969,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
 
     listener_s = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, listener_processes)
     log(f"listener answers C-ECHO after {listener_s:.1f}s")
+    listener_layout = (listener_processes, args.listener_nice[0])
     for procs, (name, port) in alone_listeners.items():
         if name != "listener":
             took = wait_listener(children[name], SCP_AET, port, READY_TIMEOUT_S, procs)
@@ -939,15 +997,16 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     stopped_logs: list[tuple[str, Path]] = []
     failed = False
 
-    def use_listener(processes: int, running: int) -> int:
-        """Restart the listener with ``processes`` processes unless that many run; returns it."""
-        if processes != running:
+    def use_listener(processes: int, nice: int, running: tuple[int, int]) -> tuple[int, int]:
+        """Restart the listener with ``processes`` processes at niceness ``nice`` unless it
+        runs so (``running``); returns what runs."""
+        if (processes, nice) != running:
             children["listener"].stop()
-            children["listener"] = listener_child(processes)
+            children["listener"] = listener_child(processes, nice=nice)
             children["listener"].start()
             took = wait_listener(children["listener"], SCP_AET, SCP_PORT, READY_TIMEOUT_S, processes)
-            log(f"listener with {processes} process(es) ready after {took:.1f}s")
-        return processes
+            log(f"listener with {processes} process(es) at nice {nice} ready after {took:.1f}s")
+        return processes, nice
 
     async def set_workers(count: int) -> None:
         """Start or stop worker processes until ``count`` run, wait until the DICOM lanes'
@@ -1084,11 +1143,17 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
             if phase.kind != "listener":
                 continue
             label = f"{phase.kind}, {phase.assoc} association(s)"
-            listener_processes = use_listener(phase.processes, listener_processes)
+            listener_layout = use_listener(phase.processes, phase.nice, listener_layout)
             if len(workers) != phase.workers:
                 await set_workers(phase.workers)
-            label += f", {phase.workers} worker(s), {phase.processes} listener process(es)"
+            label += f", {phase.layout}"
             log(f"{label}: storescu {phase.n} instances -> listener :{SCP_PORT}")
+            cpu_roots = {
+                "listener": children["listener"].pid,
+                **{f"worker {i + 1}": w.pid for i, w in enumerate(workers)},
+                **{name: stack.service_pid(svc) for svc, name in STACK_SERVICES.items()},
+            }
+            cpu_before, wall_before = cpu_accounting.snapshot(cpu_roots), time.monotonic()
             pipe = await run_pipeline(
                 phase.batch,
                 orthanc,
@@ -1099,6 +1164,14 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
                 storescu_log,
             )
             phase.pipe, phase.start, phase.end = pipe, pipe.start, pipe.acked
+            cpu_after, wall_after = cpu_accounting.snapshot(cpu_roots), time.monotonic()
+            phase.cpu_ms = cpu_accounting.per_instance_ms(cpu_before, cpu_after, phase.n)
+            phase.cpu_busy = (
+                sum(phase.cpu_ms.values())
+                * phase.n
+                / 1000
+                / ((wall_after - wall_before) * len(os.sched_getaffinity(0)))
+            )
             if pipe.outcome != "complete":
                 failed = True
                 why = (
@@ -1155,7 +1228,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     print("checks:")
     for phase in plan:
         name = f"  {phase.kind}, {phase.assoc} assoc" + (
-            f", {phase.workers} worker(s), {phase.processes} listener process(es)"
+            f", {phase.layout}"
             if phase.workers
             else f", {phase.processes} listener process(es)"
             if phase.kind == "alone"
@@ -1261,7 +1334,7 @@ def print_report(
         return r
 
     summaries: list[str] = []
-    scale: list[tuple[int, int, float, float, float]] = []
+    scale: list[tuple[Phase, float, float, float]] = []
     for phase in plan:
         if phase.kind == "direct":
             row("storescu -> Orthanc directly (storescu exit)", phase, phase.end)
@@ -1289,7 +1362,7 @@ def print_report(
         else:
             pipe = phase.pipe
             assert pipe is not None
-            w, pr = str(phase.workers), str(phase.processes)
+            w, pr = str(phase.workers), str(phase.processes) + (f" n{phase.nice}" if phase.nice else "")
             ack = row("storescu -> our listener: acknowledged (storescu exit)", phase, pipe.acked, w, pr)
             vis = row("  visible in Orthanc (CountInstances +N)", phase, pipe.orthanc, w, pr)
             row("  all N instance docs in MongoDB", phase, pipe.docs, w, pr)
@@ -1297,7 +1370,7 @@ def print_report(
             lat = pipe.latencies_s
             p95 = percentile(lat, 0.95)
             line = (
-                f"listener, {phase.assoc} assoc, {phase.workers} worker(s), {phase.processes} listener process(es): "
+                f"listener, {phase.assoc} assoc, {phase.layout}: "
                 f"acknowledged/bare {num(ratio(ack, bare[phase.assoc]), '.2f')}; visible/acknowledged "
                 f"{num(ratio(vis, ack), '.2f')} (Orthanc), {num(ratio(views, ack), '.2f')} (views); "
             )
@@ -1312,23 +1385,26 @@ def print_report(
                     f"{statistics.mean(pipe.poll_intervals) * 1000:.0f} ms, max {max(pipe.poll_intervals) * 1000:.0f} ms)"
                 )
             summaries.append(line)
+            if phase.cpu_ms:
+                summaries.append(
+                    "  CPU per instance over the phase (ms; "
+                    f"{phase.cpu_busy:.0%} of the {len(os.sched_getaffinity(0))} cores busy): "
+                    + ", ".join(f"{label} {ms:.2f}" for label, ms in phase.cpu_ms.items() if ms >= 0.005)
+                )
             if phase.assoc == max(args.associations):
-                scale.append((phase.workers, phase.processes, ack, vis, views))
+                scale.append((phase, ack, vis, views))
     print()
     for line in summaries:
         print(line)
     if len(scale) > 1:
         print()
         first = scale[0]
-        print(
-            f"scale-out at {max(args.associations)} associations (inst/s; ratio to {first[0]} worker(s), "
-            f"{first[1]} listener process(es)):"
-        )
-        for workers, procs, ack, vis, views in scale:
+        print(f"scale-out at {max(args.associations)} associations (inst/s; ratio to {first[0].layout}):")
+        for phase, ack, vis, views in scale:
             print(
-                f"  {workers} worker(s), {procs} listener process(es): acknowledged {num(ack, '.1f')} "
-                f"({num(ratio(ack, first[2]), '.2f')}x), visible in Orthanc {num(vis, '.1f')} "
-                f"({num(ratio(vis, first[3]), '.2f')}x), in views {num(views, '.1f')} ({num(ratio(views, first[4]), '.2f')}x)"
+                f"  {phase.layout}: acknowledged {num(ack, '.1f')} "
+                f"({num(ratio(ack, first[1]), '.2f')}x), visible in Orthanc {num(vis, '.1f')} "
+                f"({num(ratio(vis, first[2]), '.2f')}x), in views {num(views, '.1f')} ({num(ratio(views, first[3]), '.2f')}x)"
             )
 
 
@@ -1366,6 +1442,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[1],
         help="listener process counts (COHORTSTREAM_DICOM_SCP_PROCESSES) for the listener phase at the largest "
         "association count, comma-separated (e.g. 1,2; default 1); the first is used everywhere else",
+    )
+    parser.add_argument(
+        "--listener-nice",
+        type=lambda text: parse_counts(text, "--listener-nice", minimum=0),
+        default=[0],
+        help="the listener's niceness (make up LISTENER_NICE=N), comma-separated (e.g. 0,10; default 0): the "
+        "first everywhere, each further one for one more listener phase at the largest association count",
     )
     parser.add_argument("--partitions", type=int, default=12, help="partitions per topic (default 12)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all N to arrive")
