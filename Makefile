@@ -39,8 +39,11 @@ tools:
 
 # WORKERS=N: every lane of the worker runs N processes in its consumer group (scale-out).
 # LISTENERS=N: N DICOM listener processes share the listener's port (SO_REUSEPORT).
+# LISTENER_NICE=N (0-19): the listener runs at that niceness, so on a host with few cores the
+# archive and the views get the CPU first (docs/operations.md "One host, few cores").
 WORKERS ?= 1
 LISTENERS ?= 1
+LISTENER_NICE ?= 0
 # SECURE=1: Kafka SASL_SSL + ACLs, MongoDB authentication, DICOM TLS, the API over HTTPS
 # (docs/security.md); TLS files and passwords are made once in the state dir.
 SECURE ?= 0
@@ -50,7 +53,8 @@ ohif:
 	deploy/install_ohif.sh
 
 up: install tools ohif
-	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) COHORTSTREAM_STACK_SECURE=$(SECURE) \
+	COHORTSTREAM_STACK_WORKERS=$(WORKERS) COHORTSTREAM_STACK_LISTENERS=$(LISTENERS) \
+	  COHORTSTREAM_STACK_LISTENER_NICE=$(LISTENER_NICE) COHORTSTREAM_STACK_SECURE=$(SECURE) \
 	  deploy/stack.sh up
 
 down:

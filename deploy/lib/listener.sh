@@ -5,7 +5,10 @@
 # stack.env carries COHORTSTREAM_STAGING_DIR), unreadable ones are kept in
 # $STATE_DIR/listener/quarantine. It runs from the repo's virtual environment;
 # COHORTSTREAM_STACK_LISTENERS=N (`make up LISTENERS=N`) runs N listener processes on the
-# port (SO_REUSEPORT).
+# port (SO_REUSEPORT). COHORTSTREAM_STACK_LISTENER_NICE=N (`make up LISTENER_NICE=N`, 0-19,
+# default 0) starts them at that niceness: where every service shares a few cores, the
+# archive and the views then get the CPU first and the listener acknowledges only as fast
+# as they drain, so no backlog grows (docs/operations.md "One host, few cores").
 
 listener_staging_dir() { printf '%s/listener/staging' "$STATE_DIR"; }
 listener_quarantine_dir() { printf '%s/listener/quarantine' "$STATE_DIR"; }
@@ -14,8 +17,21 @@ listener_install() {
   require_stack_cli listener
 }
 
+# The command prefix that starts the listener at COHORTSTREAM_STACK_LISTENER_NICE.
+listener_nice_prefix() {
+  local nice="${COHORTSTREAM_STACK_LISTENER_NICE:-0}"
+  if [[ ! "$nice" =~ ^[0-9]{1,2}$ ]] || ((10#$nice > 19)); then
+    log "listener: COHORTSTREAM_STACK_LISTENER_NICE (make up LISTENER_NICE=N) must be 0-19, got '$nice'"
+    return 1
+  fi
+  if ((10#$nice > 0)); then printf 'nice -n %d' "$((10#$nice))"; fi
+}
+
 listener_start() {
   mkdir -p "$(listener_staging_dir)" "$(listener_quarantine_dir)"
+  local prefix niced=()
+  prefix="$(listener_nice_prefix)" || return 1
+  read -ra niced <<<"$prefix"
   require_free_ports listener "$DICOM_SCP_PORT" || return 1
   # Topics are created explicitly (idempotent; the worker may have done it already).
   "$STACK_CLI" --env-file "$STATE_DIR/stack.env" topics create >>"$(svc_log listener)" 2>&1 || return 1
@@ -29,7 +45,7 @@ listener_start() {
       "COHORTSTREAM_DICOM_SCP_TLS_CERTFILE=$(tls_dir)/dicom.pem" "COHORTSTREAM_DICOM_SCP_TLS_KEYFILE=$(tls_dir)/dicom.key"
       "COHORTSTREAM_DICOM_SCP_TLS_CAFILE=$(tls_dir)/ca.pem")
   fi
-  spawn listener env "${kenv[@]}" \
+  spawn listener "${niced[@]}" env "${kenv[@]}" \
     COHORTSTREAM_DICOM_SCP_HOST=127.0.0.1 \
     COHORTSTREAM_DICOM_SCP_PORT="$DICOM_SCP_PORT" \
     COHORTSTREAM_DICOM_SCP_AET="$DICOM_SCP_AET" \
