@@ -17,11 +17,15 @@ from types import MappingProxyType
 
 from cohortstream.settings import Settings
 
-__all__ = ["LANES", "LANE_TOPICS", "lane_app_id", "lane_groups", "lane_topics"]
+__all__ = ["ARCHIVE_LANE", "LANES", "LANE_TOPICS", "lane_app_id", "lane_groups", "lane_topics"]
+
+ARCHIVE_LANE = "dicom-archive"
+"""The lane between an acknowledged instance and its ``in_orthanc`` mark: its fetches wait
+less (``archive_fetch_max_wait_s``)."""
 
 LANES: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
     {
-        "dicom-archive": ("dicom-archive",),
+        ARCHIVE_LANE: ("dicom-archive",),
         "dicom-views": ("dicom-views",),
         "series-completion": ("series-completion",),
         "redcap-views": ("redcap-views",),

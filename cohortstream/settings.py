@@ -306,6 +306,28 @@ class Settings(BaseSettings):
         description="A consumer group whose lag on a topic is above 0 and whose committed offset has not moved for "
         "this long is reported as stalled (/readyz 'degraded', metric cohortstream_consumer_stalled).",
     )
+    consumer_fetch_min_bytes: int = Field(
+        65536,
+        ge=1,
+        description="A worker lane's Kafka fetch returns once this many bytes of new messages are there, or after "
+        "its wait (`consumer_fetch_max_wait_s`, `archive_fetch_max_wait_s`): fewer, fuller fetches. Fetching at the "
+        "first byte (faust's way), a worker that kept up woke per message and spent about twice the CPU per "
+        "instance (lanes and broker) of one working through a backlog (bench/README.md).",
+    )
+    consumer_fetch_max_wait_s: float = Field(
+        0.5,
+        ge=0.01,
+        le=1.5,
+        description="Longest wait of a worker lane's Kafka fetch for `consumer_fetch_min_bytes`: at most this much "
+        "latency added to the lane, and an idle lane fetches this often. The archive lane has its own.",
+    )
+    archive_fetch_max_wait_s: float = Field(
+        0.1,
+        ge=0.01,
+        le=1.5,
+        description="`consumer_fetch_max_wait_s` of the `dicom-archive` lane, the one between an acknowledged "
+        "instance and its `in_orthanc` mark.",
+    )
     worker_replicas: int = Field(
         1,
         ge=1,

@@ -15,7 +15,7 @@ from cohortstream.logs import logging_dict_config
 from cohortstream.metrics import serve_metrics
 from cohortstream.settings import Settings
 from streams.codec import register_codec
-from streams.kafka_transport import Transport
+from streams.kafka_transport import FetchBatching, Transport
 
 __all__ = ["READY_MARKER", "CohortStreamApp", "create_app", "run_app"]
 
@@ -38,6 +38,9 @@ class CohortStreamApp(faust.App):
     instead would be wrong: it acknowledges a message whose stream is closed — faust's
     ``Stream.__aiter__`` acks in a ``finally`` — and would commit it unapplied.)
     """
+
+    fetch_batching: FetchBatching | None = None
+    """What each fetch of this app's consumer may wait for (streams/kafka_transport.py)."""
 
     def _new_transport(self) -> TransportT:
         # Uncommitted partitions are read from their beginning after a rebalance too
@@ -90,15 +93,16 @@ def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | No
     return None
 
 
-def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
+def create_app(settings: Settings, *, app_id: str | None = None, fetch_max_wait_s: float | None = None) -> faust.App:
     """A faust app wired to the configured broker, with the Avro codec registered.
 
     ``app_id`` overrides ``settings.app_id`` (tests use a unique one per test so
-    consumer groups and changelog topics never collide).
+    consumer groups and changelog topics never collide); ``fetch_max_wait_s`` overrides
+    ``settings.consumer_fetch_max_wait_s``.
     """
     register_codec()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return CohortStreamApp(
+    app = CohortStreamApp(
         app_id or settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers],
         broker_client_id=settings.kafka_client_id,
@@ -119,6 +123,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         # more series after a takeover (tests/integration/test_dicom_faults.py, two workers).
         table_standby_replicas=0,
     )
+    app.fetch_batching = FetchBatching(
+        min_bytes=settings.consumer_fetch_min_bytes,
+        max_wait_ms=round((fetch_max_wait_s or settings.consumer_fetch_max_wait_s) * 1000),
+    )
+    return app
 
 
 READY_MARKER = "cohortstream: stream app ready"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import faust
 
-from cohortstream.lanes import LANES, lane_app_id
+from cohortstream.lanes import ARCHIVE_LANE, LANES, lane_app_id
 from cohortstream.settings import Settings
 from streams.agents import register_all
 from streams.app import create_app, run_app
@@ -13,17 +13,19 @@ __all__ = ["build_lane_app", "build_worker_app", "run_lane"]
 
 
 def build_worker_app(settings: Settings) -> faust.App:
-    """Every agent in one app (consumer group ``app_id``), not yet started.
+    """Every agent in one app (consumer group ``app_id``), not yet started; its fetches
+    wait as the archive lane's do (it runs the archive agent).
 
     Simple to run in tests; the deployed worker runs lanes instead (:mod:`cohortstream.lanes`)."""
-    app = create_app(settings)
+    app = create_app(settings, fetch_max_wait_s=settings.archive_fetch_max_wait_s)
     register_all(app, settings)
     return app
 
 
 def build_lane_app(settings: Settings, lane: str) -> faust.App:
     """The agents of one lane in their own app and consumer group, not yet started."""
-    app = create_app(settings, app_id=lane_app_id(settings, lane))
+    wait_s = settings.archive_fetch_max_wait_s if lane == ARCHIVE_LANE else None
+    app = create_app(settings, app_id=lane_app_id(settings, lane), fetch_max_wait_s=wait_s)
     register_all(app, settings, LANES[lane])
     return app
 

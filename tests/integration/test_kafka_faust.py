@@ -50,6 +50,28 @@ async def test_event_from_aiokafka_reaches_a_faust_agent_typed(stack_settings: S
     assert got == sent
 
 
+async def test_a_faust_app_fetches_as_the_settings_say(stack_settings: Settings) -> None:
+    """faust passes neither fetch setting to aiokafka (streams/kafka_transport.py): the
+    fetcher aiokafka built when the app started must carry the settings' values."""
+    await ensure_topics(stack_settings)
+    settings = stack_settings.model_copy(update={"consumer_fetch_min_bytes": 12345, "consumer_fetch_max_wait_s": 0.25})
+    app = create_app(settings)
+    topics = define_topics(app, settings)
+
+    @app.agent(topics["dicom.instance-received"])
+    async def drain(stream: faust.StreamT[DicomInstanceReceived]) -> None:
+        async for _ in stream:
+            pass
+
+    await app.start()
+    try:
+        consumer: Any = app.consumer
+        fetcher = consumer._thread._ensure_consumer()._fetcher  # the running aiokafka consumer's
+        assert (fetcher._fetch_min_bytes, fetcher._fetch_max_wait_ms) == (12345, 250)
+    finally:
+        await app.stop()
+
+
 async def test_worker_archives_dead_letters_in_mongodb_idempotently(stack_settings: Settings) -> None:
     await ensure_topics(stack_settings)
     letter = next(e for e in example_events() if isinstance(e, DeadLetter))
