@@ -1,7 +1,8 @@
 """Agent: store every received instance in Orthanc, then free its staged file.
 
 Per message: Orthanc holds the instance (stored now or already) → the instance view
-notes it → the staged file is removed. A crash anywhere in between replays the message,
+notes it → the staged file is removed (in a thread: an unlink can wait for the
+filesystem's journal). A crash anywhere in between replays the message,
 and each step is idempotent. Orthanc down: the agent waits (backpressure, no commit);
 Orthanc refuses the object or the staged file is gone and Orthanc lacks it: dead letter.
 
@@ -93,7 +94,10 @@ def register(app: faust.App, raw_topics: StreamTopics, dead_letters: DeadLetterS
                     await dead_letters.send(message, FailureStage.OTHER, exc)
                     continue
                 if event.staged_uri is not None:  # None: from Orthanc's change feed, nothing staged
-                    staged_path(event.staged_uri).unlink(missing_ok=True)
+                    # Off the event loop: on a disk busy with the listener's fsyncs an unlink
+                    # waits for the filesystem's journal (about 1 ms in the ingest benchmark,
+                    # 12% of this lane's time), and meanwhile no other actor could upload.
+                    await asyncio.to_thread(staged_path(event.staged_uri).unlink, missing_ok=True)
                 log.info(
                     "instance archived",
                     extra={
