@@ -59,8 +59,9 @@ class FetchBatching:
 
     def apply(self, consumer: Any) -> None:
         """Set on an aiokafka consumer that has not started: ``start()`` builds its fetcher
-        from these two attributes (aiokafka 0.10-0.12). Raises ``TypeError`` where they are
-        missing, rather than let a new aiokafka ignore the settings silently."""
+        from these two attributes (aiokafka 0.14, as installed here). Raises ``TypeError``
+        where they are missing, rather than let another aiokafka ignore the settings
+        silently."""
         for attribute in ("_fetch_min_bytes", "_fetch_max_wait_ms"):
             if not hasattr(consumer, attribute):
                 raise TypeError(f"{type(consumer).__name__} has no {attribute}: cannot apply {self}")
