@@ -399,7 +399,7 @@ class Batch:
     uids: list[str]
     patient_id: str
     file_sizes: list[int]
-    series: dict[str, set[str]] = field(default_factory=dict)
+    series: dict[str, set[str]]
     """SeriesInstanceUID → its SOP instance UIDs."""
 
 

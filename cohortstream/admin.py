@@ -54,14 +54,6 @@ def _compacted(settings: Settings, existing: set[str]) -> list[NewTopic]:
     ]
 
 
-def _admin_client(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-admin",
-        **aiokafka_security(settings),
-    )
-
-
 async def await_group_coordinators(
     admin: AIOKafkaAdminClient, groups: Iterable[str], timeout_s: float, interval_s: float = 0.2
 ) -> None:
@@ -90,7 +82,11 @@ async def _create_missing(
 ) -> list[str]:
     """Create the topics ``wanted_of(existing topic names)`` returns, then wait for the
     coordinators of ``groups``; the names of the topics created."""
-    admin = _admin_client(settings)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-admin",
+        **aiokafka_security(settings),
+    )
     try:
         await admin.start()
         wanted = wanted_of(set(await admin.list_topics()))
