@@ -16,9 +16,10 @@ any listener that must have both the bytes on disk and Kafka's ack before succes
 (design decision 3), still without parsing or staging. (Until 2026-11-30 this used
 aiokafka on an event-loop thread, as the listener then did.)
 
-With ``--prompt-dul`` each association's upper layer is the listener's event-driven one
-(``producers/dicom/prompt_dul.py``, gated the same way) instead of pynetdicom's 1 ms
-polling loop: the ceiling of a pynetdicom SCP whose DUL wakes on events, so the benchmark
+With ``--prompt-dul`` each association's upper layer and reactor are the listener's
+event-driven ones (``producers/dicom/prompt_dul.py``, gated the same way, for up to the
+listener's default ``dicom_scp_prompt_associations`` associations) instead of pynetdicom's
+1 ms polling loops: the ceiling of a pynetdicom SCP that wakes on events, so the benchmark
 can say how much of the listener's ratio to the plain bare SCP comes from that change
 alone. (The only project code the bare SCP can use; nothing else of the listener.)
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-bootstrap", help="also wait for Kafka's acks=all per instance (with --kafka-topic)")
     parser.add_argument("--kafka-topic", help="the topic those records go to (created with 12 partitions)")
     parser.add_argument(
-        "--prompt-dul", action="store_true", help="the listener's event-driven upper layer (prompt_dul.py)"
+        "--prompt-dul", action="store_true", help="the listener's event-driven upper layer and reactor (prompt_dul.py)"
     )
     args = parser.parse_args(argv)
     if bool(args.kafka_bootstrap) != bool(args.kafka_topic):
@@ -153,13 +154,16 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda num, frame: stop.set())
     if args.prompt_dul:
-        from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler, default_prompt_associations
+        from cohortstream.settings import Settings
+        from producers.dicom.prompt_dul import PromptGate, PromptRequestHandler
+
+        limit = Settings.model_fields["dicom_scp_prompt_associations"].default  # the listener's
 
         server = ae.make_server(
             (args.host, args.port),
             evt_handlers=handlers,
             server_class=ThreadedAssociationServer,
-            request_handler=PromptRequestHandler.with_gate(PromptGate(default_prompt_associations())),
+            request_handler=PromptRequestHandler.with_gate(PromptGate(limit)),
         )
         threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
         ae._servers.append(server)  # as start_server does: server.shutdown() removes it
@@ -168,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         assert started is not None  # block=False returns the server
         server = started
     also = f", then Kafka acks=all on {args.kafka_topic}" if kafka else ""
-    also += ", event-driven DUL" if args.prompt_dul else ""
+    also += ", event-driven DUL and reactor" if args.prompt_dul else ""
     print(f"bare SCP {args.aet} listening on {args.host}:{args.port}, writing to {args.out}{also}", flush=True)
     try:
         stop.wait()

@@ -37,9 +37,10 @@ phases run one after the other compared different machines (the same listener me
    decision 3 (success only after the bytes are on disk and Kafka acknowledged), done in
    sequence, still without parsing or staging.
 2c. **bare+prompt** — the same files to a third ``bench/bare_scp.py --prompt-dul``: the
-   bare SCP with the listener's event-driven upper layer (``producers/dicom/prompt_dul.py``)
-   instead of pynetdicom's 1 ms polling loop, so the report can separate what that change
-   alone gives from the rest of the listener.
+   bare SCP with the listener's event-driven upper layer and reactor
+   (``producers/dicom/prompt_dul.py``, the listener's default gate) instead of pynetdicom's
+   1 ms polling loops, so the report can separate what that change alone gives from the
+   rest of the listener.
 3. **alone** — (before any worker starts) another N to our listener with no worker
    process running: what the listener acknowledges when it has the cores to itself (the
    workers drain that backlog when they start, before the next phase). At the largest
@@ -761,7 +762,7 @@ class Phase:
     kind: str
     """``direct`` (Orthanc's DICOM port), ``bare`` (bench/bare_scp.py), ``bare+kafka`` (the
     same, waiting for Kafka's ack too), ``bare+prompt`` (the same with the listener's
-    event-driven DUL), ``alone`` (our listener, no worker running) or ``listener``."""
+    event-driven DUL and reactor), ``alone`` (our listener, no worker running) or ``listener``."""
     assoc: int
     batch: Batch
     workers: int = 0
@@ -984,7 +985,7 @@ async def measure(args: argparse.Namespace, work: Path, stack: Stack, children: 
     bare_kafka_s = wait_listener(children["bare-kafka-scp"], BARE_KAFKA_AET, BARE_KAFKA_PORT, READY_TIMEOUT_S)
     log(f"bare SCP with Kafka acks answers C-ECHO after {bare_kafka_s:.1f}s")
     bare_prompt_s = wait_listener(children["bare-prompt-scp"], BARE_PROMPT_AET, BARE_PROMPT_PORT, READY_TIMEOUT_S)
-    log(f"bare SCP with the event-driven DUL answers C-ECHO after {bare_prompt_s:.1f}s")
+    log(f"bare SCP with the event-driven DUL and reactor answers C-ECHO after {bare_prompt_s:.1f}s")
     bare_receivers = {
         "bare": ("bare-scp", BARE_AET, BARE_PORT, bare_out),
         "bare+kafka": ("bare-kafka-scp", BARE_KAFKA_AET, BARE_KAFKA_PORT, bare_kafka_out),
@@ -1348,7 +1349,7 @@ def print_report(
         elif phase.kind == "bare+kafka":
             row("storescu -> bare SCP, write+fsync, then Kafka acks=all", phase, phase.end)
         elif phase.kind == "bare+prompt":
-            row("storescu -> bare SCP, write+fsync, event-driven DUL", phase, phase.end)
+            row("storescu -> bare SCP, write+fsync, event-driven DUL+reactor", phase, phase.end)
         elif phase.kind == "alone":
             alone_ack = row(
                 "storescu -> our listener, no worker running: acknowledged",

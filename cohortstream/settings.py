@@ -236,12 +236,12 @@ class Settings(BaseSettings):
         "association is always served by one process.",
     )
     dicom_scp_prompt_associations: int = Field(
-        0,
+        4,
         ge=0,
         description="Up to this many concurrent associations per listener process wake as soon as a PDU "
-        "arrives or is queued instead of polling every millisecond (0: never, pynetdicom's polling). Lower "
-        "latency per C-STORE when the listener has cores to itself; on cores shared with the workers it "
-        "tended to make one association slower (docs/dicom.md).",
+        "arrives, a PDU is queued or a request is complete, instead of polling every millisecond; with more "
+        "active, every association polls as pynetdicom does (0: always pynetdicom's polling). docs/dicom.md "
+        "has the figures.",
     )
     dicom_scp_publish_timeout_s: float = Field(
         30.0, gt=0, description="How long a C-STORE waits for Kafka's acknowledgement before failing (0xA700)."

@@ -1,37 +1,47 @@
-"""pynetdicom's DICOM upper layer (DUL), woken by events instead of a 1 ms poll.
+"""pynetdicom's two polling loops per association, woken by events instead of a 1 ms sleep.
 
-pynetdicom's DUL thread checks the socket and its send queue in a loop and, when neither
-has anything, sleeps ``_run_loop_delay`` (1 ms; its source says "TODO: try and make this
-event based rather than running loops"). Every C-STORE therefore waits up to a
-millisecond for the DUL to notice the request's next PDU, and again for it to notice the
-response the handler queued. At one association, where each C-STORE waits for the one
-before it, that sleep was about a fifth of a bare pynetdicom SCP's time per instance
-here (132 KB MR slices: setting the delay to 0.1 ms made the bare SCP 1.28x faster),
-and shortening the sleep instead would burn CPU on every idle association.
+pynetdicom serves each association with two threads that poll. Its DICOM upper layer
+(DUL) thread checks the socket and its send queue in a loop and, when neither has
+anything, sleeps ``_run_loop_delay`` (1 ms; its source says "TODO: try and make this
+event based rather than running loops"). The association's own reactor thread
+(``Association._run_reactor``) sleeps 1 ms before each look at the DIMSE message queue
+the DUL fills. Every C-STORE therefore waits up to a millisecond for the DUL to notice
+the request's next PDU, up to another for the reactor to notice the complete request,
+and again for the DUL to notice the response the handler queued. At one association,
+where each C-STORE waits for the one before it, those sleeps are a large share of a bare
+pynetdicom SCP's time per instance here (132 KB MR slices: setting the DUL's delay to
+0.1 ms made the bare SCP 1.28x faster), and shortening the sleeps instead would burn CPU
+on every idle association.
 
 :class:`PromptDUL` keeps pynetdicom's loop and state machine and replaces only the
 sleep: the loop waits in ``select`` on the association's socket and on a pipe that
-:meth:`PromptDUL.send_pdu` writes to, for at most the same delay. It wakes as soon as
-the peer sends or the association queues a PDU, and an idle association still wakes
-about a thousand times a second, as before. :class:`PromptRequestHandler` gives every
-accepted association one; the listener's servers use it (``request_handler``, the
-association server's extension point).
+:meth:`PromptDUL.send_pdu` writes to. It wakes as soon as the peer sends or the
+association queues a PDU. :class:`PromptAssociation` does the same for the reactor: its
+1 ms sleep becomes a wait on the DIMSE message queue's own condition, which the DUL
+signals when it queues a complete message. pynetdicom's reactor calls
+``time.sleep(0.001)`` through the ``time`` name of ``pynetdicom.association``; that name
+is bound (once, process-wide) to :class:`_ReactorClock`, which is the ``time`` module
+for every caller except the reactor loop of a :class:`PromptAssociation`. Both waits
+end after :data:`IDLE_WAIT_S` (20 ms) when nothing happens, so an idle association's two
+threads wake about 50 times a second each instead of 1,000. :class:`PromptRequestHandler`
+gives every accepted association both; the listener's servers use it
+(``request_handler``, the association server's extension point).
 
-Waking at once costs a ``select`` and a thread wake-up per PDU instead of one batch per
-millisecond, which pays only while cores are idle between C-STOREs. Measured on 2 cores
-(2026-12-01, bench/README.md): the bare SCP with it 1.02-1.19x the plain one at one
-association and 0.82-0.99x at four; our listener alone at one association 1.23x in an
-A/B run but within noise in the benchmark; and with the workers on the same cores one
-association tended to be slower (acknowledged 0.16-0.21x of the bare SCP in six runs with
-it, 0.20-0.24x in three without), since each PDU then waits for a core on its own. So it
-is off by default: a :class:`PromptGate` shared by the process's associations lets them
-wait promptly only while at most ``limit`` are active (``dicom_scp_prompt_associations``,
-default 0: pynetdicom's DUL untouched), for a listener on cores of its own.
+Waking at once costs a thread wake-up per PDU instead of one batch per millisecond.
+Measured on 2 cores (2026-12-01, bench/README.md): with both loops event-driven the
+listener alone acknowledged 0.98x the plain bare SCP at one association and 0.83x at
+four in the benchmark (0.72-0.87x and 0.58-0.72x before), and with the worker on the
+same cores 0.45x / 0.50x (0.32-0.50x / 0.28-0.39x before). A :class:`PromptGate` shared
+by the process's associations lets them wait promptly only while at most ``limit`` are
+active (``dicom_scp_prompt_associations``, default 4; 0: pynetdicom's loops untouched),
+and beyond that they poll as pynetdicom does: more associations than that were not
+measured.
 
 This leans on pynetdicom internals (``_is_transport_event``, ``_run_loop_delay``,
-``send_pdu``, ``kill_dul``, ``socket`` and the two queues), checked by :func:`adoptable`: a pynetdicom without them keeps
-its own DUL (logged once), and ``tests/unit/test_prompt_dul.py`` fails on such an
-upgrade.
+``send_pdu``, ``kill_dul``, ``socket`` and the two queues of the DUL; the ``time`` name,
+``_run_reactor`` and ``dimse.msg_queue`` of the association), checked by
+:func:`adoptable` and :func:`reactor_adoptable`: a pynetdicom without them keeps its own
+loops (logged once), and ``tests/unit/test_prompt_dul.py`` fails on such an upgrade.
 """
 
 from __future__ import annotations
@@ -40,15 +50,25 @@ import contextlib
 import logging
 import os
 import select
+import sys
 import threading
 import time
+from types import ModuleType
 from typing import Any
 
+import pynetdicom.association as pynetdicom_association
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler
 
-__all__ = ["PromptDUL", "PromptGate", "PromptRequestHandler", "adoptable", "default_prompt_associations"]
+__all__ = [
+    "PromptAssociation",
+    "PromptDUL",
+    "PromptGate",
+    "PromptRequestHandler",
+    "adoptable",
+    "reactor_adoptable",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +81,19 @@ _REQUIRED = (
     "to_provider_queue",
     "event_queue",
 )
+_REACTOR_DELAY_S = 0.001
+"""The sleep in pynetdicom's ``Association._run_reactor`` loop."""
+IDLE_WAIT_S = 0.02
+"""How long a prompt loop waits when nothing happens before it looks again anyway (what
+needs no event: the ARTIM and idle timers, a socket closed from another thread, the
+reactor's check for a release or abort request). 20 ms bounds how late those are seen.
+With pynetdicom's 1 ms bound kept, as before 2026-12-01, each idle association still woke
+its two threads about 2,000 times a second, and the listener alone gained nothing from
+the event-driven DUL in the benchmark; with this bound it went from 0.72-0.87x to
+1.19-1.20x of the bare SCP at one association in an A/B run that day."""
 _warned = threading.Event()
+_reactor_warned = threading.Event()
+_clock_lock = threading.Lock()
 
 
 def adoptable(dul: object) -> bool:
@@ -69,19 +101,29 @@ def adoptable(dul: object) -> bool:
     return isinstance(dul, DULServiceProvider) and all(hasattr(dul, name) for name in _REQUIRED)
 
 
-def default_prompt_associations() -> int:
-    """Half the CPU cores this process may use, at least one: a starting point for a
-    listener on cores of its own (``bench/bare_scp.py --prompt-dul`` uses it)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, cores // 2)
+def reactor_adoptable(assoc: object) -> bool:
+    """Whether this association's reactor sleeps the way :class:`PromptAssociation` replaces:
+    ``time.sleep(0.001)`` through ``pynetdicom.association``'s ``time`` name, with the
+    DIMSE messages on a ``queue.Queue``."""
+    clock = pynetdicom_association.__dict__.get("time")
+    reactor = getattr(Association, "_run_reactor", None)
+    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    return (
+        isinstance(assoc, Association)
+        and (clock is time or isinstance(clock, _ReactorClock))
+        and reactor is not None
+        and _REACTOR_DELAY_S in reactor.__code__.co_consts
+        and "sleep" in reactor.__code__.co_names
+        and queue is not None
+        and hasattr(queue, "not_empty")
+        and hasattr(queue, "queue")
+    )
 
 
 class PromptGate:
-    """Counts a process's active :class:`PromptDUL` s: they wait promptly only while at
-    most ``limit`` are active (``0``: never)."""
+    """Counts a process's active :class:`PromptDUL` s: they and their
+    :class:`PromptAssociation` s wait promptly only while at most ``limit`` are active
+    (``0``: never)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -111,6 +153,9 @@ class PromptDUL(DULServiceProvider):
     """
 
     _wait_s: float
+    """The wait's bound while the gate says prompt (:data:`IDLE_WAIT_S`)."""
+    _poll_s: float
+    """pynetdicom's own delay (1 ms): the sleep while the gate says crowded."""
     _wake_r: int
     _wake_w: int
     _gate: PromptGate
@@ -129,7 +174,8 @@ class PromptDUL(DULServiceProvider):
         os.set_blocking(wake_w, False)
         dul.__class__ = cls
         prompt: PromptDUL = dul  # type: ignore[assignment]  # the class was just changed
-        prompt._wait_s = float(dul._run_loop_delay) or 0.001
+        prompt._poll_s = float(dul._run_loop_delay) or 0.001
+        prompt._wait_s = IDLE_WAIT_S
         prompt._wake_r, prompt._wake_w = wake_r, wake_w
         prompt._gate = gate
         gate.enter()
@@ -172,10 +218,10 @@ class PromptDUL(DULServiceProvider):
         return bool(super()._is_transport_event())
 
     def _wait(self) -> None:
-        """Block until the socket is readable, a PDU was queued, or the delay passed
-        (only the delay while the gate says the cores are busy)."""
+        """Block until the socket is readable, a PDU was queued, or :data:`IDLE_WAIT_S`
+        passed (pynetdicom's own 1 ms sleep while the gate says the process is crowded)."""
         if not self._gate.prompt:
-            time.sleep(self._wait_s)
+            time.sleep(self._poll_s)
             return
         waitables: list[Any] = [self._wake_r]
         sock = getattr(self.socket, "socket", None)
@@ -184,7 +230,7 @@ class PromptDUL(DULServiceProvider):
         try:
             ready, _, _ = select.select(waitables, [], [], self._wait_s)
         except (OSError, ValueError):  # the socket closed meanwhile: the loop sees that next
-            time.sleep(self._wait_s)
+            time.sleep(self._poll_s)
             return
         if self._wake_r in ready:
             with contextlib.suppress(OSError):  # BlockingIOError: drained
@@ -192,8 +238,71 @@ class PromptDUL(DULServiceProvider):
                     pass
 
 
+class PromptAssociation(Association):
+    """An acceptor association whose reactor's 1 ms sleep ends when a DIMSE message is
+    queued (made from pynetdicom's own with :meth:`adopt`, before its thread starts)."""
+
+    _gate: PromptGate
+    _reactor_wait_s: float
+
+    @classmethod
+    def adopt(cls, assoc: Association, gate: PromptGate) -> bool:
+        """Turn ``assoc`` (not yet started) into a :class:`PromptAssociation` sharing
+        ``gate`` (which its :class:`PromptDUL` counts it in); ``False``, and ``assoc``
+        unchanged, when this pynetdicom's reactor is not the one replaced."""
+        if not reactor_adoptable(assoc):
+            if not _reactor_warned.is_set():
+                _reactor_warned.set()
+                log.warning("this pynetdicom's association reactor has changed; it keeps its 1 ms polling loop")
+            return False
+        _install_reactor_clock()
+        assoc.__class__ = cls
+        prompt: PromptAssociation = assoc  # type: ignore[assignment]  # the class was just changed
+        prompt._gate = gate
+        prompt._reactor_wait_s = IDLE_WAIT_S
+        return True
+
+    def reactor_sleep(self, seconds: float) -> None:
+        """The reactor's pause: until a DIMSE message is queued, at most ``_reactor_wait_s``
+        (``seconds`` itself while the gate says the cores are busy)."""
+        if not self._gate.prompt:
+            time.sleep(seconds)
+            return
+        queue = self.dimse.msg_queue
+        with queue.not_empty:  # the queue's own mutex: put() notifies this condition
+            if not queue.queue:
+                queue.not_empty.wait(self._reactor_wait_s)
+
+
+class _ReactorClock:
+    """``pynetdicom.association``'s ``time``: the ``time`` module, except that the reactor
+    loop of a :class:`PromptAssociation` sleeps through :meth:`PromptAssociation.reactor_sleep`."""
+
+    def __init__(self, real: ModuleType) -> None:
+        self._real = real
+        self._reactor = Association._run_reactor.__code__
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def sleep(self, seconds: float) -> None:
+        thread = threading.current_thread()
+        if isinstance(thread, PromptAssociation) and sys._getframe(1).f_code is self._reactor:
+            thread.reactor_sleep(seconds)
+        else:
+            self._real.sleep(seconds)
+
+
+def _install_reactor_clock() -> None:
+    """Bind ``pynetdicom.association.time`` to a :class:`_ReactorClock` (once per process)."""
+    with _clock_lock:
+        if not isinstance(pynetdicom_association.__dict__.get("time"), _ReactorClock):
+            pynetdicom_association.time = _ReactorClock(sys.modules["time"])  # type: ignore[attr-defined,assignment]
+
+
 class PromptRequestHandler(RequestHandler):
-    """pynetdicom's request handler, giving each accepted association a :class:`PromptDUL`.
+    """pynetdicom's request handler, giving each accepted association a :class:`PromptDUL`
+    and making it a :class:`PromptAssociation`.
 
     Bind the process's gate with :meth:`with_gate` (the server creates one handler per
     connection, calling the class)."""
@@ -207,6 +316,7 @@ class PromptRequestHandler(RequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        if self.gate.limit > 0:  # 0: pynetdicom's own DUL, untouched
-            PromptDUL.adopt(assoc.dul, self.gate)
+        # 0: pynetdicom's own loops, untouched; PromptDUL.adopt counts the association in the gate.
+        if self.gate.limit > 0 and PromptDUL.adopt(assoc.dul, self.gate):
+            PromptAssociation.adopt(assoc, self.gate)
         return assoc

@@ -1,13 +1,15 @@
-"""The listener's event-driven DICOM upper layer (producers/dicom/prompt_dul.py).
+"""The listener's event-driven DICOM upper layer and association reactor
+(producers/dicom/prompt_dul.py).
 
 Real pynetdicom associations on loopback, in-process: a bare SCP served with
 :class:`PromptRequestHandler`, and the listener itself (with a stand-in publisher, as in
 test_dicom_listener_durability.py). What is checked is behaviour, not speed: each
-accepted association gets a :class:`PromptDUL`; its wait ends when the peer's data
-arrives or a PDU is queued (not after a fixed sleep); while the gate says the process is
-crowded it sleeps as pynetdicom does; the gate's count and the wake pipe are released
-when the association ends; and an idle association wakes no more often than
-pynetdicom's own 1 ms loop.
+accepted association gets a :class:`PromptDUL` and becomes a :class:`PromptAssociation`;
+the DUL's wait ends when the peer's data arrives or a PDU is queued, and the reactor's
+when a DIMSE message is queued (not after a fixed sleep); while the gate says the process
+is crowded both sleep as pynetdicom does; the gate's count and the wake pipe are
+released when the association ends; and an idle association's two threads wake about
+50 times a second each, not pynetdicom's 1,000.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pydicom
+import pynetdicom.association as pynetdicom_association
 import pytest
 from pydicom.data import get_testdata_file
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -33,7 +37,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from cohortstream.settings import Settings
 from producers.dicom import DicomListener, prompt_dul
-from producers.dicom.prompt_dul import PromptDUL, PromptGate, PromptRequestHandler, adoptable
+from producers.dicom.prompt_dul import (
+    IDLE_WAIT_S,
+    PromptAssociation,
+    PromptDUL,
+    PromptGate,
+    PromptRequestHandler,
+    adoptable,
+    reactor_adoptable,
+)
 from tests.listener_settings import listener_settings
 from tests.net import free_port
 from tests.polling import until
@@ -51,6 +63,7 @@ class Server:
     def __init__(self, gate: PromptGate) -> None:
         self.gate = gate
         self.duls: list[DULServiceProvider] = []
+        self.associations: list[Association] = []
         ae = AE(ae_title="PROMPT")
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
@@ -72,6 +85,7 @@ class Server:
 
     def _on_store(self, event: Any) -> int:
         self.duls.append(event.assoc.dul)
+        self.associations.append(event.assoc)
         return 0x0000
 
     def associate(self) -> Association:
@@ -99,6 +113,13 @@ def test_this_pynetdicom_has_what_the_prompt_dul_replaces() -> None:
     assert assoc.dul._run_loop_delay == 0.001
 
 
+def test_this_pynetdicom_has_what_the_prompt_reactor_replaces() -> None:
+    """Fails on a pynetdicom upgrade whose association reactor no longer sleeps 1 ms through
+    ``pynetdicom.association``'s ``time`` or no longer queues DIMSE messages on a Queue
+    (the listener would then keep pynetdicom's reactor, logged once)."""
+    assert reactor_adoptable(Association(AE(), "acceptor"))
+
+
 def test_accepted_associations_get_a_prompt_dul_and_release_it(server: Server) -> None:
     assoc = server.associate()
     try:
@@ -109,8 +130,11 @@ def test_accepted_associations_get_a_prompt_dul_and_release_it(server: Server) -
     finally:
         assoc.release()
     assert len(server.duls) == 3 and all(type(dul) is PromptDUL for dul in server.duls)
+    assert all(type(a) is PromptAssociation for a in server.associations)
+    assert isinstance(pynetdicom_association.__dict__["time"], prompt_dul._ReactorClock)
     dul = cast(PromptDUL, server.duls[0])
     assert dul._run_loop_delay == 0.0  # the loop's own sleep is replaced by the wait
+    assert (dul._wait_s, dul._poll_s) == (IDLE_WAIT_S, 0.001)
     until(lambda: server.gate._active == 0, what="the gate to count the association out")
     until(lambda: not dul.is_alive(), what="the DUL thread to end")
     assert dul._wake_r == dul._wake_w == -1  # ... and the wake pipe is closed
@@ -214,9 +238,78 @@ def test_an_idle_association_wakes_no_more_often_than_pynetdicom(
         elapsed, count = time.monotonic() - started, len(waits) - before
     finally:
         assoc.release()
-    assert waits and all(timeout == 0.001 for timeout in waits)
-    # Each wait blocks for the delay when nothing happens: not a spin.
-    assert 0 < count <= elapsed / 0.001 * 1.2
+    assert waits and all(timeout == IDLE_WAIT_S for timeout in waits)
+    # Each wait blocks for its bound when nothing happens: not a spin, and not pynetdicom's
+    # 1 ms poll (about 500 wake-ups in this half second).
+    assert 0 < count <= elapsed / IDLE_WAIT_S * 1.5 + 2
+
+
+def _reactor(gate: PromptGate, wait_s: float) -> PromptAssociation:
+    assoc = Association(AE(), "acceptor")
+    assert PromptAssociation.adopt(assoc, gate)
+    prompt = cast(PromptAssociation, assoc)
+    prompt._reactor_wait_s = wait_s
+    return prompt
+
+
+def test_a_queued_message_wakes_the_reactor() -> None:
+    """The reactor's pause ends when the DUL queues a complete DIMSE message."""
+    prompt = _reactor(PromptGate(1), wait_s=10.0)
+    queue = prompt.dimse.msg_queue
+    woke = threading.Event()
+
+    def pause_once() -> None:
+        prompt.reactor_sleep(0.001)
+        woke.set()
+
+    threading.Thread(target=pause_once, daemon=True).start()
+    waiters = queue.not_empty._waiters  # type: ignore[attr-defined]  # threading.Condition's own
+    until(lambda: len(waiters) > 0, what="the reactor to wait on the message queue")
+    assert not woke.is_set()
+    queue.put((1, C_STORE()))
+    assert woke.wait(5.0)  # not the 10 s bound
+
+
+def test_a_crowded_gate_makes_the_reactor_sleep_like_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = PromptGate(0)
+    gate.enter()
+    prompt = _reactor(gate, wait_s=10.0)
+    slept: list[float] = []
+    monkeypatch.setattr(prompt_dul, "time", SimpleNamespace(sleep=slept.append))
+    prompt.reactor_sleep(0.001)
+    assert slept == [0.001]
+
+
+def test_only_the_prompt_reactor_loop_sleeps_differently(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pynetdicom.association's other sleeps, and other threads, get the real time.sleep."""
+    _reactor(PromptGate(1), wait_s=10.0)  # installs the clock
+    clock = pynetdicom_association.__dict__["time"]
+    assert isinstance(clock, prompt_dul._ReactorClock)
+    assert clock.monotonic is time.monotonic  # everything else is the time module's
+    started = time.monotonic()
+    clock.sleep(0.01)  # not the reactor: a plain sleep, not a 10 s wait
+    assert time.monotonic() - started < 5.0
+
+
+def test_an_idle_reactor_waits_instead_of_polling(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    pauses: list[float] = []
+    real_pause = PromptAssociation.reactor_sleep
+
+    def counting_pause(self: PromptAssociation, seconds: float) -> None:
+        pauses.append(self._reactor_wait_s)
+        real_pause(self, seconds)
+
+    monkeypatch.setattr(PromptAssociation, "reactor_sleep", counting_pause)
+    assoc = server.associate()
+    try:
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        before, started = len(pauses), time.monotonic()
+        time.sleep(0.5)  # the input this test needs: half a second of an idle association
+        elapsed, count = time.monotonic() - started, len(pauses) - before
+    finally:
+        assoc.release()
+    assert pauses and all(bound == IDLE_WAIT_S for bound in pauses)
+    assert 0 < count <= elapsed / IDLE_WAIT_S * 1.5 + 2  # pynetdicom's reactor: about 500
 
 
 def _listener_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -260,23 +353,27 @@ def test_the_listener_serves_associations_with_prompt_duls(tmp_path: Path) -> No
         duls = _duls_during_an_echo(listener, counted_in)
         until(lambda: gate._active == 0, what="the gate to count the association out")
     assert [type(dul) for dul in duls] == [PromptDUL]
+    assert [type(dul.assoc) for dul in duls] == [PromptAssociation]
 
 
 @pytest.mark.usefixtures("chunked_config")
-def test_by_default_the_listener_keeps_pynetdicoms_dul(tmp_path: Path) -> None:
+def test_by_default_the_listener_waits_promptly_for_up_to_four_associations(tmp_path: Path) -> None:
     settings = _listener_settings(tmp_path)
-    assert settings.dicom_scp_prompt_associations == 0
+    assert settings.dicom_scp_prompt_associations == 4
+    with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
+        assert listener._request_handler.gate.limit == 4
+        duls = _duls_during_an_echo(listener)
+    assert [type(dul) for dul in duls] == [PromptDUL]
+
+
+@pytest.mark.usefixtures("chunked_config")
+def test_with_zero_the_listener_keeps_pynetdicoms_loops(tmp_path: Path) -> None:
+    settings = _listener_settings(tmp_path, dicom_scp_prompt_associations=0)
     with DicomListener(settings, publisher_factory=lambda _: _NoKafka()) as listener:
         duls = _duls_during_an_echo(listener)
     assert [type(dul) for dul in duls] == [DULServiceProvider]
+    assert [type(dul.assoc) for dul in duls] == [Association]
     assert duls[0]._run_loop_delay == 0.001
-
-
-def test_the_default_gate_is_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert prompt_dul.default_prompt_associations() == 8
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert prompt_dul.default_prompt_associations() == 1
 
 
 class _NoKafka:
