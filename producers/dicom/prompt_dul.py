@@ -28,10 +28,10 @@ gives every accepted association both; the listener's servers use it
 (``request_handler``, the association server's extension point).
 
 Waking at once costs a thread wake-up per PDU instead of one batch per millisecond.
-Measured on 2 cores (2026-12-01, bench/README.md): with both loops event-driven the
-listener alone acknowledged 0.98x the plain bare SCP at one association and 0.83x at
-four in the benchmark (0.72-0.87x and 0.58-0.72x before), and with the worker on the
-same cores 0.45x / 0.50x (0.32-0.50x / 0.28-0.39x before). A :class:`PromptGate` shared
+Measured on 2 cores (2026-12-01, bench/README.md, three benchmark runs each): with both
+loops event-driven the listener alone acknowledged 0.84-0.98x the plain bare SCP at one
+association and 0.71-0.83x at four (0.70-0.76x and 0.58-0.72x before), and with the
+worker on the same cores 0.36-0.46x / 0.41-0.50x (0.32-0.50x / 0.28-0.39x before). A :class:`PromptGate` shared
 by the process's associations lets them wait promptly only while at most ``limit`` are
 active (``dicom_scp_prompt_associations``, default 4; 0: pynetdicom's loops untouched),
 and beyond that they poll as pynetdicom does: more associations than that were not
