@@ -220,28 +220,37 @@ def test_a_crowded_gate_sleeps_like_pynetdicom(monkeypatch: pytest.MonkeyPatch) 
         os.close(fd)
 
 
-def test_an_idle_association_wakes_no_more_often_than_pynetdicom(
+def test_an_idle_association_wakes_about_every_20_ms_in_both_threads(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    waits: list[float] = []
-    real_wait = PromptDUL._wait
+    waits: list[float] = []  # the DUL's
+    pauses: list[float] = []  # the reactor's
+    real_wait, real_pause = PromptDUL._wait, PromptAssociation.reactor_sleep
 
     def counting_wait(self: PromptDUL) -> None:
         waits.append(self._wait_s)
         real_wait(self)
 
+    def counting_pause(self: PromptAssociation, seconds: float) -> None:
+        pauses.append(self._reactor_wait_s)
+        real_pause(self, seconds)
+
     monkeypatch.setattr(PromptDUL, "_wait", counting_wait)
+    monkeypatch.setattr(PromptAssociation, "reactor_sleep", counting_pause)
     assoc = server.associate()
     try:
-        before, started = len(waits), time.monotonic()
+        assert int(assoc.send_c_echo().Status) == 0x0000
+        before, started = (len(waits), len(pauses)), time.monotonic()
         time.sleep(0.5)  # the input this test needs: half a second of an idle association
-        elapsed, count = time.monotonic() - started, len(waits) - before
+        elapsed, counts = time.monotonic() - started, (len(waits) - before[0], len(pauses) - before[1])
     finally:
         assoc.release()
-    assert waits and all(timeout == IDLE_WAIT_S for timeout in waits)
+    assert waits and all(bound == IDLE_WAIT_S for bound in waits)
+    assert pauses and all(bound == IDLE_WAIT_S for bound in pauses)
     # Each wait blocks for its bound when nothing happens: not a spin, and not pynetdicom's
-    # 1 ms poll (about 500 wake-ups in this half second).
-    assert 0 < count <= elapsed / IDLE_WAIT_S * 1.5 + 2
+    # 1 ms polls (about 500 wake-ups per thread in this half second).
+    for count in counts:
+        assert 0 < count <= elapsed / IDLE_WAIT_S * 1.5 + 2
 
 
 def _reactor(gate: PromptGate, wait_s: float) -> PromptAssociation:
@@ -289,27 +298,6 @@ def test_only_the_prompt_reactor_loop_sleeps_differently(monkeypatch: pytest.Mon
     started = time.monotonic()
     clock.sleep(0.01)  # not the reactor: a plain sleep, not a 10 s wait
     assert time.monotonic() - started < 5.0
-
-
-def test_an_idle_reactor_waits_instead_of_polling(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    pauses: list[float] = []
-    real_pause = PromptAssociation.reactor_sleep
-
-    def counting_pause(self: PromptAssociation, seconds: float) -> None:
-        pauses.append(self._reactor_wait_s)
-        real_pause(self, seconds)
-
-    monkeypatch.setattr(PromptAssociation, "reactor_sleep", counting_pause)
-    assoc = server.associate()
-    try:
-        assert int(assoc.send_c_echo().Status) == 0x0000
-        before, started = len(pauses), time.monotonic()
-        time.sleep(0.5)  # the input this test needs: half a second of an idle association
-        elapsed, count = time.monotonic() - started, len(pauses) - before
-    finally:
-        assoc.release()
-    assert pauses and all(bound == IDLE_WAIT_S for bound in pauses)
-    assert 0 < count <= elapsed / IDLE_WAIT_S * 1.5 + 2  # pynetdicom's reactor: about 500
 
 
 def _listener_settings(tmp_path: Path, **overrides: Any) -> Settings:
