@@ -49,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import select
 import sys
 import threading
@@ -104,19 +105,20 @@ def adoptable(dul: object) -> bool:
 def reactor_adoptable(assoc: object) -> bool:
     """Whether this association's reactor sleeps the way :class:`PromptAssociation` replaces:
     ``time.sleep(0.001)`` through ``pynetdicom.association``'s ``time`` name, with the
-    DIMSE messages on a ``queue.Queue``."""
+    DIMSE messages and the DUL's primitives for the user (release and abort requests) on
+    a ``queue.Queue`` each."""
     clock = pynetdicom_association.__dict__.get("time")
     reactor = getattr(Association, "_run_reactor", None)
-    queue = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    messages = getattr(getattr(assoc, "dimse", None), "msg_queue", None)
+    user_queue = getattr(getattr(assoc, "dul", None), "to_user_queue", None)
     return (
         isinstance(assoc, Association)
         and (clock is time or isinstance(clock, _ReactorClock))
         and reactor is not None
         and _REACTOR_DELAY_S in reactor.__code__.co_consts
         and "sleep" in reactor.__code__.co_names
-        and queue is not None
-        and hasattr(queue, "not_empty")
-        and hasattr(queue, "queue")
+        and isinstance(messages, queue.Queue)
+        and type(user_queue) is queue.Queue
     )
 
 
@@ -238,9 +240,26 @@ class PromptDUL(DULServiceProvider):
                     pass
 
 
+class _UserQueue(queue.Queue):  # type: ignore[type-arg]
+    """The DUL's queue of primitives for the user (A-RELEASE, A-ABORT, ...) that also wakes
+    the reactor waiting on ``wake``: a release or abort is answered at once, not at the
+    reactor's next look (an association per instance, as some modalities send, would
+    otherwise wait up to :data:`IDLE_WAIT_S` for every release)."""
+
+    def __init__(self, wake: threading.Condition) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        with self._wake:
+            self._wake.notify_all()
+
+
 class PromptAssociation(Association):
-    """An acceptor association whose reactor's 1 ms sleep ends when a DIMSE message is
-    queued (made from pynetdicom's own with :meth:`adopt`, before its thread starts)."""
+    """An acceptor association whose reactor's 1 ms sleep ends when a DIMSE message, or a
+    primitive for the user such as a release request, is queued (made from pynetdicom's
+    own with :meth:`adopt`, before its thread starts)."""
 
     _gate: PromptGate
     _reactor_wait_s: float
@@ -256,6 +275,10 @@ class PromptAssociation(Association):
                 log.warning("this pynetdicom's association reactor has changed; it keeps its 1 ms polling loop")
             return False
         _install_reactor_clock()
+        user_queue = _UserQueue(assoc.dimse.msg_queue.not_empty)
+        while not assoc.dul.to_user_queue.empty():  # nothing yet, before the thread starts
+            user_queue.put(assoc.dul.to_user_queue.get_nowait())
+        assoc.dul.to_user_queue = user_queue
         assoc.__class__ = cls
         prompt: PromptAssociation = assoc  # type: ignore[assignment]  # the class was just changed
         prompt._gate = gate
@@ -263,15 +286,16 @@ class PromptAssociation(Association):
         return True
 
     def reactor_sleep(self, seconds: float) -> None:
-        """The reactor's pause: until a DIMSE message is queued, at most ``_reactor_wait_s``
-        (``seconds`` itself while the gate says the cores are busy)."""
+        """The reactor's pause: until a DIMSE message or a primitive for the user is queued,
+        at most ``_reactor_wait_s`` (``seconds`` itself while the gate says the cores are
+        busy)."""
         if not self._gate.prompt:
             time.sleep(seconds)
             return
-        queue = self.dimse.msg_queue
-        with queue.not_empty:  # the queue's own mutex: put() notifies this condition
-            if not queue.queue:
-                queue.not_empty.wait(self._reactor_wait_s)
+        messages = self.dimse.msg_queue
+        with messages.not_empty:  # the queue's own mutex: put() notifies this condition
+            if not messages.queue and self.dul.to_user_queue.empty():
+                messages.not_empty.wait(self._reactor_wait_s)
 
 
 class _ReactorClock:

@@ -279,6 +279,23 @@ def test_a_queued_message_wakes_the_reactor() -> None:
     assert woke.wait(5.0)  # not the 10 s bound
 
 
+def test_requests_and_the_release_are_answered_without_waiting_for_the_bound(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 10 s bounds on both waits, a C-ECHO and the release still finish at once: the
+    DUL queues the release request where the reactor's wait sees it."""
+    monkeypatch.setattr(prompt_dul, "IDLE_WAIT_S", 10.0)
+    assoc = server.associate()
+    started = time.monotonic()
+    try:
+        for _ in range(3):
+            assert int(assoc.send_c_echo().Status) == 0x0000
+    finally:
+        assoc.release()
+    assert assoc.is_released
+    assert time.monotonic() - started < 5.0  # not one 10 s wait for the reactor's next look
+
+
 def test_a_crowded_gate_makes_the_reactor_sleep_like_pynetdicom(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = PromptGate(0)
     gate.enter()
