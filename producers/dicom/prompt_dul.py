@@ -86,8 +86,9 @@ _REACTOR_DELAY_S = 0.001
 """The sleep in pynetdicom's ``Association._run_reactor`` loop."""
 IDLE_WAIT_S = 0.02
 """How long a prompt loop waits when nothing happens before it looks again anyway (what
-needs no event: the ARTIM and idle timers, a socket closed from another thread, the
-reactor's check for a release or abort request). 20 ms bounds how late those are seen.
+needs no event: the ARTIM and idle timers, a socket closed from another thread, the DUL
+thread having died). 20 ms bounds how late those are seen; a request, a response to send,
+a release or an abort wakes the loops at once.
 With pynetdicom's 1 ms bound kept, as before 2026-12-01, each idle association still woke
 its two threads about 2,000 times a second, and the listener alone gained nothing from
 the event-driven DUL in the benchmark; with this bound it went from 0.72-0.87x to
