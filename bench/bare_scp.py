@@ -21,7 +21,7 @@ event-driven ones (``producers/dicom/prompt_dul.py``, gated the same way, for up
 listener's default ``dicom_scp_prompt_associations`` associations) instead of pynetdicom's
 1 ms polling loops: the ceiling of a pynetdicom SCP that wakes on events, so the benchmark
 can say how much of the listener's ratio to the plain bare SCP comes from that change
-alone. (The only project code the bare SCP can use; nothing else of the listener.)
+alone. (The only listener code the bare SCP uses, besides reading that setting's default.)
 
 Run: ``.venv/bin/python -m bench.bare_scp --port 45113 --out DIR [--aet BARE]
 [--kafka-bootstrap HOST:PORT --kafka-topic TOPIC] [--prompt-dul]``; stops on SIGTERM/SIGINT.
