@@ -20,9 +20,10 @@ sending 1/rounds of every receiver phase's instances in turn, and a phase's time
 sum of its rounds; each round starts with a different receiver. Before them the Kafka
 broker is warmed up: acks=all records one at a time, at least 20,000, until the round
 trip stops improving (a JVM broker's first tens of thousands of requests run before its
-JIT compiled them, and a deployed broker is long past that). On a shared 2-core VM whose speed drifts by a third within minutes,
-phases run one after the other compared different machines (the same listener measured
-0.92x and 0.70x of the bare SCP in two such runs on 2026-12-01).
+JIT compiled them, and a deployed broker is long past that). On a shared 2-core VM whose
+speed drifts by a third within minutes, phases run one after the other compared different
+machines (the same listener measured 0.92x and 0.70x of the bare SCP in two such runs on
+2026-12-01).
 
 1. **direct** — N generated MR slices (``cohortstream.synthetic.mr_study``) straight to
    Orthanc's DICOM port; Orthanc answers each C-STORE after storing it, so storescu's
@@ -128,7 +129,8 @@ STACK_PORTS = {
     "COHORTSTREAM_STACK_ORTHANC_DICOM_PORT": 45242,
 }
 STACK_SERVICES = {"kafka": "kafka", "mongo": "MongoDB-wire server", "orthanc": "orthanc"}
-"""deploy/stack.sh service → its label in the CPU accounting."""
+"""The services the benchmark's stack runs (deploy/stack.sh name → its label in the CPU
+accounting)."""
 SCP_PORT = 45112
 SCP_AET = "COHORTSTREAM"
 BARE_PORT = 45113
@@ -232,7 +234,7 @@ class Stack:
     def _environ(self) -> dict[str, str]:
         env = clean_environ()
         env["COHORTSTREAM_STACK_DIR"] = str(self.state_dir)
-        env["COHORTSTREAM_STACK_SERVICES"] = "kafka mongo orthanc"
+        env["COHORTSTREAM_STACK_SERVICES"] = " ".join(STACK_SERVICES)
         env.update({k: str(v) for k, v in STACK_PORTS.items()})
         if "COHORTSTREAM_CACHE_DIR" in os.environ:
             env["COHORTSTREAM_CACHE_DIR"] = os.environ["COHORTSTREAM_CACHE_DIR"]
