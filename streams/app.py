@@ -125,7 +125,9 @@ def create_app(settings: Settings, *, app_id: str | None = None, fetch_max_wait_
     )
     app.fetch_batching = FetchBatching(
         min_bytes=settings.consumer_fetch_min_bytes,
-        max_wait_ms=round((fetch_max_wait_s or settings.consumer_fetch_max_wait_s) * 1000),
+        max_wait_ms=round(
+            (settings.consumer_fetch_max_wait_s if fetch_max_wait_s is None else fetch_max_wait_s) * 1000
+        ),
     )
     return app
 
